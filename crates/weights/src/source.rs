@@ -1,0 +1,125 @@
+//! The `WeightSource` trait every backend (safetensors directory, GGUF file, dummy) implements,
+//! plus the `Slice` description of which part of a tensor a tensor-parallel rank needs.
+
+use std::ops::Range;
+
+use candle_core::{DType, Device, Tensor};
+
+use crate::error::{Result, WeightsError};
+
+/// Which part of a 2-D (or 1-D) tensor a rank needs. `Rows` is a range of dim 0, `Cols` a range
+/// of dim 1 (only valid for 2-D tensors).
+#[derive(Clone, Debug, PartialEq)]
+pub enum Slice {
+    Full,
+    Rows(Range<usize>),
+    Cols(Range<usize>),
+}
+
+impl std::fmt::Display for Slice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Slice::Full => write!(f, "Full"),
+            Slice::Rows(r) => write!(f, "Rows({}..{})", r.start, r.end),
+            Slice::Cols(c) => write!(f, "Cols({}..{})", c.start, c.end),
+        }
+    }
+}
+
+impl Slice {
+    /// Shape of the result of applying this slice to a tensor of shape `full`, or a `BadSlice`
+    /// error (naming `name` and `file`) when the range is empty-inverted, out of bounds, or a
+    /// `Cols` slice is applied to something that is not 2-D.
+    pub fn output_shape(&self, full: &[usize], name: &str, file: &str) -> Result<Vec<usize>> {
+        let bad = || WeightsError::BadSlice {
+            name: name.to_string(),
+            file: file.to_string(),
+            slice: self.to_string(),
+            shape: full.to_vec(),
+        };
+        let mut out = full.to_vec();
+        match self {
+            Slice::Full => {}
+            Slice::Rows(r) => {
+                if full.is_empty() || r.start > r.end || r.end > full[0] {
+                    return Err(bad());
+                }
+                out[0] = r.len();
+            }
+            Slice::Cols(c) => {
+                if full.len() != 2 || c.start > c.end || c.end > full[1] {
+                    return Err(bad());
+                }
+                out[1] = c.len();
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// A provider of model tensors under their HF/transformers names
+/// ("model.layers.3.self_attn.q_proj.weight", "model.norm.weight", "lm_head.weight", ...).
+pub trait WeightSource: Send + Sync {
+    /// HF-style config.json object (for GGUF it is synthesized from the metadata).
+    fn config(&self) -> &serde_json::Value;
+
+    /// Whether the tensor `name` exists in this source.
+    fn contains(&self, name: &str) -> bool;
+
+    /// Loads `name`, checks its full shape equals `full_shape` (`ShapeMismatch` otherwise), takes
+    /// `slice` of it and converts it to `dtype` on `device`. Implementations touch only the bytes
+    /// the slice needs, so a rank's resident memory is roughly its share of the model.
+    fn load(
+        &self,
+        name: &str,
+        full_shape: &[usize],
+        slice: &Slice,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Tensor>;
+
+    /// Human-readable origin for messages ("/path/model.safetensors", "x.gguf", "dummy").
+    fn describe(&self) -> String;
+}
+
+/// Returns `ShapeMismatch` unless `found == expected`.
+pub(crate) fn check_shape(name: &str, file: &str, expected: &[usize], found: &[usize]) -> Result<()> {
+    if expected == found {
+        Ok(())
+    } else {
+        Err(WeightsError::ShapeMismatch {
+            name: name.to_string(),
+            file: file.to_string(),
+            expected: expected.to_vec(),
+            found: found.to_vec(),
+        })
+    }
+}
+
+/// Copies the bytes a slice selects out of a row-major buffer holding a tensor of shape `full`
+/// with `elem_size`-byte elements. `Rows` borrows a contiguous sub-range; `Cols` gathers each
+/// row's sub-range, so only those pages of a memory-mapped buffer are touched.
+pub(crate) fn slice_bytes<'a>(
+    data: &'a [u8],
+    full: &[usize],
+    elem_size: usize,
+    slice: &Slice,
+) -> std::borrow::Cow<'a, [u8]> {
+    use std::borrow::Cow;
+    match slice {
+        Slice::Full => Cow::Borrowed(data),
+        Slice::Rows(r) => {
+            let row_bytes = full[1..].iter().product::<usize>() * elem_size;
+            Cow::Borrowed(&data[r.start * row_bytes..r.end * row_bytes])
+        }
+        Slice::Cols(c) => {
+            let row_bytes = full[1] * elem_size;
+            let mut out = Vec::with_capacity(full[0] * c.len() * elem_size);
+            for row in 0..full[0] {
+                let base = row * row_bytes;
+                out.extend_from_slice(&data[base + c.start * elem_size..base + c.end * elem_size]);
+            }
+            Cow::Owned(out)
+        }
+    }
+}
