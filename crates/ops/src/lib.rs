@@ -1,1 +1,14 @@
+//! CPU f32 kernels for the hot paths of a Llama-family forward pass. Each kernel has a naive
+//! reference in [`reference`] that tests compare against, and `benches/kernels.rs` measures it
+//! (llm.c's habit: a kernel is done when it has a reference and a number).
+//!
+//! Parallelism uses rayon's global pool, so `--threads` sizes every kernel at once.
 
+mod attention;
+mod elementwise;
+mod matmul;
+pub mod reference;
+
+pub use attention::{paged_attention, write_kv, KvLayout, SeqSpan};
+pub use elementwise::{add_bias, add_inplace, rms_norm, rope_rotate_half, silu_mul};
+pub use matmul::matmul_nt;
