@@ -1,0 +1,118 @@
+//! Per-request sampling parameters and their validation.
+
+use serde::{Deserialize, Serialize};
+
+/// Most top logprobs a request may ask for per token (vLLM's default limit).
+pub const MAX_LOGPROBS: usize = 20;
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SamplingParams {
+    /// 0 = greedy.
+    pub temperature: f32,
+    /// 0 = off.
+    pub top_k: usize,
+    /// 1 = off.
+    pub top_p: f32,
+    /// 0 = off.
+    pub min_p: f32,
+    /// 1 = off.
+    pub repetition_penalty: f32,
+    pub seed: Option<u64>,
+    /// Top logprobs per generated token (`Some(0)`: only the chosen token's).
+    pub logprobs: Option<usize>,
+    pub max_tokens: usize,
+    pub stop: Vec<String>,
+    pub stop_token_ids: Vec<u32>,
+    pub ignore_eos: bool,
+}
+
+impl Default for SamplingParams {
+    fn default() -> Self {
+        SamplingParams {
+            temperature: 1.0,
+            top_k: 0,
+            top_p: 1.0,
+            min_p: 0.0,
+            repetition_penalty: 1.0,
+            seed: None,
+            logprobs: None,
+            max_tokens: 256,
+            stop: Vec::new(),
+            stop_token_ids: Vec::new(),
+            ignore_eos: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum SamplingError {
+    #[error("{field} must be {rule}, got {value}")]
+    OutOfRange { field: &'static str, rule: &'static str, value: String },
+    #[error("stop strings must not be empty")]
+    EmptyStop,
+    #[error("stop_token_id {id} is outside the vocabulary ({vocab_size})")]
+    StopTokenOutOfVocab { id: u32, vocab_size: usize },
+}
+
+impl SamplingParams {
+    pub fn greedy() -> Self {
+        SamplingParams { temperature: 0.0, ..Default::default() }
+    }
+
+    pub fn validate(&self, vocab_size: usize) -> Result<(), SamplingError> {
+        let bad = |field, rule, value: String| Err(SamplingError::OutOfRange { field, rule, value });
+        if !(self.temperature >= 0.0 && self.temperature.is_finite()) {
+            return bad("temperature", ">= 0", self.temperature.to_string());
+        }
+        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
+            return bad("top_p", "in (0, 1]", self.top_p.to_string());
+        }
+        if !(0.0..=1.0).contains(&self.min_p) {
+            return bad("min_p", "in [0, 1]", self.min_p.to_string());
+        }
+        if !(self.repetition_penalty > 0.0 && self.repetition_penalty.is_finite()) {
+            return bad("repetition_penalty", "> 0", self.repetition_penalty.to_string());
+        }
+        if let Some(k) = self.logprobs.filter(|&k| k > MAX_LOGPROBS) {
+            return bad("logprobs", "at most 20", k.to_string());
+        }
+        if self.max_tokens == 0 {
+            return bad("max_tokens", ">= 1", "0".into());
+        }
+        if self.stop.iter().any(String::is_empty) {
+            return Err(SamplingError::EmptyStop);
+        }
+        if let Some(&id) = self.stop_token_ids.iter().find(|&&id| id as usize >= vocab_size) {
+            return Err(SamplingError::StopTokenOutOfVocab { id, vocab_size });
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_bad_field_is_named() {
+        let ok = SamplingParams::default();
+        assert!(ok.validate(10).is_ok());
+        let cases: Vec<(SamplingParams, &str)> = vec![
+            (SamplingParams { temperature: -1.0, ..ok.clone() }, "temperature must be >= 0, got -1"),
+            (SamplingParams { temperature: f32::NAN, ..ok.clone() }, "temperature"),
+            (SamplingParams { top_p: 0.0, ..ok.clone() }, "top_p must be in (0, 1]"),
+            (SamplingParams { top_p: 1.5, ..ok.clone() }, "top_p"),
+            (SamplingParams { min_p: -0.1, ..ok.clone() }, "min_p"),
+            (SamplingParams { repetition_penalty: 0.0, ..ok.clone() }, "repetition_penalty"),
+            (SamplingParams { logprobs: Some(21), ..ok.clone() }, "logprobs must be at most 20"),
+            (SamplingParams { max_tokens: 0, ..ok.clone() }, "max_tokens"),
+            (SamplingParams { stop: vec![String::new()], ..ok.clone() }, "stop strings must not be empty"),
+            (SamplingParams { stop_token_ids: vec![10], ..ok.clone() }, "stop_token_id 10"),
+        ];
+        for (p, msg) in cases {
+            let err = p.validate(10).unwrap_err().to_string();
+            assert!(err.contains(msg), "`{err}` should contain `{msg}`");
+        }
+    }
+}
