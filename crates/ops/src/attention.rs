@@ -57,6 +57,75 @@ unsafe impl Sync for OutPtr {}
 
 /// Query rows per work item: enough to amortize scheduling, few enough to balance a prefill.
 const ROWS_PER_ITEM: usize = 16;
+/// Spans with at least this many query rows use the GEMM formulation.
+const GEMM_MIN_ROWS: usize = 32;
+
+#[derive(Default)]
+struct Scratch {
+    keys: Vec<f32>,
+    values: Vec<f32>,
+    scores: Vec<f32>,
+}
+
+/// Head `h` of one span as S = Q·Kᵀ (gemm), causal softmax, O = S·V (gemm, written in place).
+///
+/// # Safety
+/// `out` must point to a [T, q_width] buffer of which this call alone writes head `h` of the
+/// span's rows.
+#[allow(clippy::too_many_arguments)]
+unsafe fn attend_gemm(
+    q: &[f32],
+    q_width: usize,
+    s: &SeqSpan,
+    h: usize,
+    kv_head: usize,
+    layout: &KvLayout,
+    k_cache: &[f32],
+    v_cache: &[f32],
+    scale: f32,
+    out: *mut f32,
+    scratch: &mut Scratch,
+) {
+    let (hd, ctx, rows) = (layout.head_dim, s.context_len, s.q_len);
+    let w = layout.token_width();
+    // Gather this KV head's context into contiguous [ctx, hd] matrices.
+    for (buf, cache) in [(&mut scratch.keys, k_cache), (&mut scratch.values, v_cache)] {
+        buf.clear();
+        for p in 0..ctx {
+            let base = s.slot(p, layout.block_size) * w + kv_head * hd;
+            buf.extend_from_slice(&cache[base..base + hd]);
+        }
+    }
+    scratch.scores.clear();
+    scratch.scores.resize(rows * ctx, 0.0);
+    let q0 = q.as_ptr().add(s.q_start * q_width + h * hd);
+    gemm::gemm(
+        rows, ctx, hd,
+        scratch.scores.as_mut_ptr(), 1, ctx as isize, false,
+        q0, 1, q_width as isize,
+        scratch.keys.as_ptr(), hd as isize, 1,
+        0.0, scale, false, false, false, gemm::Parallelism::None,
+    );
+    for (r, row) in scratch.scores.chunks_mut(ctx).enumerate() {
+        let visible = ctx - rows + r + 1;
+        let max = row[..visible].iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+        let mut sum = 0.0;
+        for v in &mut row[..visible] {
+            *v = (*v - max).exp();
+            sum += *v;
+        }
+        let inv = 1.0 / sum;
+        row[..visible].iter_mut().for_each(|v| *v *= inv);
+        row[visible..].fill(0.0);
+    }
+    gemm::gemm(
+        rows, hd, ctx,
+        out.add(s.q_start * q_width + h * hd), 1, q_width as isize, false,
+        scratch.scores.as_ptr(), 1, ctx as isize,
+        scratch.values.as_ptr(), 1, hd as isize,
+        0.0, 1.0, false, false, false, gemm::Parallelism::None,
+    );
+}
 
 /// Causal attention of q [T, num_q_heads, head_dim] over each span's cached context; q head h
 /// reads KV head `kv_head_of_q[h]`. Writes out [T, num_q_heads, head_dim].
@@ -81,15 +150,24 @@ pub fn paged_attention(
         assert!(s.q_len <= s.context_len && (s.q_start + s.q_len) * q_width <= q.len(), "paged_attention: span");
         assert!(s.block_table.len() * layout.block_size >= s.context_len, "paged_attention: block table too short");
     }
+    let dst = OutPtr(out.as_mut_ptr());
+    // Long prefill spans run as two small GEMMs per head; the rest row by row.
+    let (long, short): (Vec<usize>, Vec<usize>) = (0..spans.len()).partition(|&i| spans[i].q_len >= GEMM_MIN_ROWS);
+    let long_items: Vec<(usize, usize)> = long.iter().flat_map(|&si| (0..num_q_heads).map(move |h| (si, h))).collect();
+    long_items.par_iter().for_each_init(Scratch::default, |scratch, &(si, h)| {
+        let dst = dst;
+        // SAFETY: this item alone writes head h of the span's rows.
+        unsafe { attend_gemm(q, q_width, &spans[si], h, kv_head_of_q[h], layout, k_cache, v_cache, scale, dst.0, scratch) };
+    });
     let mut items = Vec::new();
-    for (si, s) in spans.iter().enumerate() {
+    for &si in &short {
+        let s = &spans[si];
         for h in 0..num_q_heads {
             for r0 in (0..s.q_len).step_by(ROWS_PER_ITEM) {
                 items.push((si, h, r0, (r0 + ROWS_PER_ITEM).min(s.q_len)));
             }
         }
     }
-    let dst = OutPtr(out.as_mut_ptr());
     items.par_iter().for_each_init(Vec::new, |scores, &(si, h, r0, r1)| {
         let dst = dst;
         let s = &spans[si];

@@ -66,13 +66,21 @@ fn rowwise_kernels_match_reference() {
 fn paged_attention_matches_reference_on_ragged_shuffled_blocks() {
     let mut rng = Rng(3);
     let layout = KvLayout { block_size: 4, num_kv_heads: 3, head_dim: 16 };
-    let num_blocks = 40;
+    let num_blocks = 64;
     let w = layout.token_width();
     let (mut kc, mut vc) = (vec![0.0; num_blocks * 4 * w], vec![0.0; num_blocks * 4 * w]);
     // (context_len, q_len, block table): a decode, a whole prefill, a prefill chunk after a
     // cached prefix, and a long decode; blocks deliberately scattered.
-    let tables: Vec<Vec<u32>> = vec![vec![7, 3], vec![12, 0, 25, 9, 1], vec![30, 2, 39], (13..23).rev().collect()];
-    let shape = [(6, 1), (17, 17), (11, 4), (37, 1)];
+    // The last two spans are long enough for the GEMM formulation (whole prompt, and a chunk).
+    let tables: Vec<Vec<u32>> = vec![
+        vec![7, 3],
+        vec![12, 0, 25, 9, 1],
+        vec![30, 2, 39],
+        (13..23).rev().collect(),
+        (40..52).rev().collect(),
+        vec![55, 53, 57, 54, 56, 58, 59, 52, 60],
+    ];
+    let shape = [(6, 1), (17, 17), (11, 4), (37, 1), (45, 45), (36, 33)];
     // Fill each sequence's context in the cache through write_kv, in its own order.
     for (tbl, &(ctx, _)) in tables.iter().zip(&shape) {
         let slots: Vec<u32> = (0..ctx).map(|p| tbl[p / 4] * 4 + (p % 4) as u32).collect();
