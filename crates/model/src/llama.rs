@@ -1,0 +1,291 @@
+//! LLaMA: Open and Efficient Foundation Language Models (Touvron et al. 2023), and the variants
+//! sharing its decoder: Llama 2/3 (GQA, Ainslie et al. 2023), Mistral, Qwen2 (q/k/v biases).
+//!
+//! At load time q/k/v are fused into one projection and gate/up into another, so a layer runs
+//! four matmuls. A `Llama` holds one pipeline stage's layers of one tensor-parallel rank.
+
+use std::ops::Range;
+
+use candle_core::{DType, Device, Tensor};
+use shardline_ops::KvLayout;
+use shardline_weights::{LoadProgress, Slice, WeightSource};
+
+use crate::batch::BatchInput;
+use crate::collective::Collective;
+use crate::config::ModelConfig;
+use crate::error::{ModelError, Result};
+use crate::kv::KvCache;
+use crate::ops::{self, QkvDims};
+use crate::rope::RopeTable;
+use crate::shard::ShardPlan;
+
+/// How to load a model.
+#[derive(Clone, Debug)]
+pub struct LoadOptions {
+    pub dtype: DType,
+    pub device: Device,
+    /// This rank's tensor-parallel share (`None`: the whole model).
+    pub plan: Option<ShardPlan>,
+    /// This pipeline stage's layers (`None`: all of them).
+    pub layers: Option<Range<usize>>,
+    /// Draw a progress bar on a terminal.
+    pub progress: bool,
+}
+
+impl LoadOptions {
+    pub fn cpu(dtype: DType) -> Self {
+        LoadOptions { dtype, device: Device::Cpu, plan: None, layers: None, progress: false }
+    }
+}
+
+struct Layer {
+    input_norm: Tensor,
+    qkv: Tensor,
+    qkv_bias: Option<Tensor>,
+    o_proj: Tensor,
+    post_norm: Tensor,
+    gate_up: Tensor,
+    down: Tensor,
+}
+
+pub struct Llama {
+    cfg: ModelConfig,
+    plan: ShardPlan,
+    layer_range: Range<usize>,
+    embed: Option<Tensor>,
+    layers: Vec<Layer>,
+    norm: Option<Tensor>,
+    lm_head: Option<Tensor>,
+    rope: RopeTable,
+    kv_head_of_q: Vec<usize>,
+    dims: QkvDims,
+    inter: usize,
+    dtype: DType,
+    device: Device,
+}
+
+/// Loads tensors by HF name, counting them on the progress bar.
+struct Loader<'a> {
+    src: &'a dyn WeightSource,
+    opts: &'a LoadOptions,
+    bar: LoadProgress,
+}
+
+impl Loader<'_> {
+    fn get(&self, name: &str, shape: &[usize], slice: Slice) -> Result<Tensor> {
+        let t = self.src.load(name, shape, &slice, self.opts.dtype, &self.opts.device)?;
+        self.bar.inc(1);
+        Ok(t)
+    }
+}
+
+impl Llama {
+    /// Loads this rank's and stage's share of the model described by `src.config()`.
+    pub fn load(src: &dyn WeightSource, opts: &LoadOptions) -> Result<Self> {
+        let cfg = ModelConfig::from_json(src.config())?;
+        let plan = match &opts.plan {
+            Some(p) => p.clone(),
+            None => ShardPlan::single(&cfg),
+        };
+        let layer_range = opts.layers.clone().unwrap_or(0..cfg.num_layers);
+        if layer_range.start >= layer_range.end || layer_range.end > cfg.num_layers {
+            return Err(ModelError::Shard(format!(
+                "layer range {}..{} is not inside the model's {} layers",
+                layer_range.start, layer_range.end, cfg.num_layers
+            )));
+        }
+        let (first, last) = (layer_range.start == 0, layer_range.end == cfg.num_layers);
+        let per_layer = 9 + if cfg.attention_bias { 3 } else { 0 };
+        let total = layer_range.len() * per_layer + usize::from(first) + 2 * usize::from(last);
+        let bar = if opts.progress {
+            LoadProgress::new(total as u64, "loading weights")
+        } else {
+            LoadProgress::hidden(total as u64)
+        };
+        let ld = Loader { src, opts, bar };
+        let (h, hd) = (cfg.hidden_size, cfg.head_dim);
+        let rows = |r: &Range<usize>, scale: usize| Slice::Rows(r.start * scale..r.end * scale);
+        let cols = |r: &Range<usize>, scale: usize| Slice::Cols(r.start * scale..r.end * scale);
+        let full_vocab = plan.vocab == (0..cfg.vocab_size);
+
+        let embed = if first || (last && cfg.tie_word_embeddings && full_vocab) {
+            Some(ld.get("model.embed_tokens.weight", &[cfg.vocab_size, h], Slice::Full)?)
+        } else {
+            None
+        };
+        let mut layers = Vec::with_capacity(layer_range.len());
+        for i in layer_range.clone() {
+            let p = format!("model.layers.{i}");
+            let attn = |w: &str, n: usize, r: &Range<usize>| {
+                ld.get(&format!("{p}.self_attn.{w}.weight"), &[n * hd, h], rows(r, hd))
+            };
+            let q = attn("q_proj", cfg.num_heads, &plan.q_heads)?;
+            let k = attn("k_proj", cfg.num_kv_heads, &plan.kv_heads)?;
+            let v = attn("v_proj", cfg.num_kv_heads, &plan.kv_heads)?;
+            let qkv_bias = if cfg.attention_bias {
+                let bias = |w: &str, n: usize, r: &Range<usize>| {
+                    ld.get(&format!("{p}.self_attn.{w}.bias"), &[n * hd], rows(r, hd))
+                };
+                let (qb, kb, vb) = (
+                    bias("q_proj", cfg.num_heads, &plan.q_heads)?,
+                    bias("k_proj", cfg.num_kv_heads, &plan.kv_heads)?,
+                    bias("v_proj", cfg.num_kv_heads, &plan.kv_heads)?,
+                );
+                Some(Tensor::cat(&[qb, kb, vb], 0)?)
+            } else {
+                None
+            };
+            let mlp = |w: &str| {
+                ld.get(&format!("{p}.mlp.{w}.weight"), &[cfg.intermediate_size, h], rows(&plan.intermediate, 1))
+            };
+            let (gate, up) = (mlp("gate_proj")?, mlp("up_proj")?);
+            layers.push(Layer {
+                input_norm: ld.get(&format!("{p}.input_layernorm.weight"), &[h], Slice::Full)?,
+                qkv: Tensor::cat(&[q, k, v], 0)?,
+                qkv_bias,
+                o_proj: ld.get(&format!("{p}.self_attn.o_proj.weight"), &[h, cfg.q_dim()], cols(&plan.q_heads, hd))?,
+                post_norm: ld.get(&format!("{p}.post_attention_layernorm.weight"), &[h], Slice::Full)?,
+                gate_up: Tensor::cat(&[gate, up], 0)?,
+                down: ld.get(
+                    &format!("{p}.mlp.down_proj.weight"),
+                    &[h, cfg.intermediate_size],
+                    cols(&plan.intermediate, 1),
+                )?,
+            });
+        }
+        let (norm, lm_head) = if last {
+            let norm = ld.get("model.norm.weight", &[h], Slice::Full)?;
+            let tied = cfg.tie_word_embeddings || !src.contains("lm_head.weight");
+            let head = match (&embed, tied) {
+                (Some(e), true) if full_vocab => e.clone(),
+                (_, true) => ld.get("model.embed_tokens.weight", &[cfg.vocab_size, h], rows(&plan.vocab, 1))?,
+                (_, false) => ld.get("lm_head.weight", &[cfg.vocab_size, h], rows(&plan.vocab, 1))?,
+            };
+            (Some(norm), Some(head))
+        } else {
+            (None, None)
+        };
+        ld.bar.finish();
+        Ok(Llama {
+            rope: RopeTable::new(&cfg),
+            kv_head_of_q: plan.local_kv_of_q(&cfg),
+            dims: QkvDims { q_heads: plan.num_q_heads(), kv_heads: plan.num_kv_heads(), head_dim: hd },
+            inter: plan.intermediate.len(),
+            dtype: opts.dtype,
+            device: opts.device.clone(),
+            cfg,
+            plan,
+            layer_range,
+            embed,
+            layers,
+            norm,
+            lm_head,
+        })
+    }
+
+    pub fn config(&self) -> &ModelConfig {
+        &self.cfg
+    }
+
+    pub fn plan(&self) -> &ShardPlan {
+        &self.plan
+    }
+
+    pub fn layer_range(&self) -> Range<usize> {
+        self.layer_range.clone()
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    fn host_kernels(&self) -> bool {
+        self.device.is_cpu() && self.dtype == DType::F32
+    }
+
+    /// A paged KV cache for this stage's layers.
+    pub fn new_cache(&self, num_blocks: usize, block_size: usize) -> Result<KvCache> {
+        let layout = KvLayout { block_size, num_kv_heads: self.dims.kv_heads, head_dim: self.dims.head_dim };
+        KvCache::new(self.layers.len(), layout, num_blocks, self.host_kernels(), self.dtype, &self.device)
+    }
+
+    /// Bytes of KV cache one token takes on this rank and stage.
+    pub fn kv_bytes_per_token(&self) -> usize {
+        let elem = if self.host_kernels() { 4 } else { self.dtype.size_in_bytes() };
+        2 * self.layers.len() * self.dims.kv_heads * self.dims.head_dim * elem
+    }
+
+    /// Token embeddings [T, hidden] (first stage only).
+    pub fn embed(&self, tokens: &[u32]) -> Result<Tensor> {
+        let embed = self.embed.as_ref().ok_or_else(|| {
+            ModelError::Shard("this pipeline stage does not hold the embedding (not the first stage)".into())
+        })?;
+        if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= self.cfg.vocab_size) {
+            return Err(ModelError::Batch(format!("token id {bad} is outside the vocabulary ({})", self.cfg.vocab_size)));
+        }
+        let ids = Tensor::from_slice(tokens, tokens.len(), &self.device)?;
+        Ok(embed.index_select(&ids, 0)?)
+    }
+
+    /// Runs this stage's decoder layers over `hidden` [T, hidden], reading and extending `cache`.
+    pub fn forward_layers(
+        &self,
+        mut x: Tensor,
+        batch: &BatchInput,
+        cache: &mut KvCache,
+        comm: &dyn Collective,
+    ) -> Result<Tensor> {
+        if x.dim(0)? != batch.num_rows() {
+            return Err(ModelError::Batch(format!("{} hidden rows for {} batch rows", x.dim(0)?, batch.num_rows())));
+        }
+        let (cos, sin) = self.rope.cos_sin(&batch.positions);
+        let eps = self.cfg.rms_norm_eps;
+        for (li, l) in self.layers.iter().enumerate() {
+            let h = ops::rms_norm(&x, &l.input_norm, eps)?;
+            let qkv = ops::linear(&h, &l.qkv, l.qkv_bias.as_ref())?;
+            let (q, k, v) = ops::split_qkv_rope(&qkv, &self.dims, &cos, &sin)?;
+            let a = ops::attention(&q, &k, &v, cache, li, batch, &self.dims, &self.kv_head_of_q)?;
+            let mut o = ops::linear(&a, &l.o_proj, None)?;
+            if comm.size() > 1 {
+                o = comm.all_reduce_sum(&o)?;
+            }
+            x = ops::add(&x, &o)?;
+            let h = ops::rms_norm(&x, &l.post_norm, eps)?;
+            let gu = ops::linear(&h, &l.gate_up, None)?;
+            let m = ops::silu_mul(&gu, self.inter)?;
+            let mut d = ops::linear(&m, &l.down, None)?;
+            if comm.size() > 1 {
+                d = comm.all_reduce_sum(&d)?;
+            }
+            x = ops::add(&x, &d)?;
+        }
+        Ok(x)
+    }
+
+    /// f32 logits [rows.len(), vocab] of the chosen rows of the last stage's output.
+    pub fn logits(&self, hidden: &Tensor, rows: &[usize], comm: &dyn Collective) -> Result<Tensor> {
+        let (norm, head) = match (&self.norm, &self.lm_head) {
+            (Some(n), Some(h)) => (n, h),
+            _ => return Err(ModelError::Shard("this pipeline stage does not hold the LM head (not the last stage)".into())),
+        };
+        let idx: Vec<u32> = rows.iter().map(|&r| r as u32).collect();
+        let picked = hidden.index_select(&Tensor::from_vec(idx, rows.len(), &self.device)?, 0)?;
+        let h = ops::rms_norm(&picked, norm, self.cfg.rms_norm_eps)?;
+        let mut logits = ops::linear(&h, head, None)?.to_dtype(DType::F32)?;
+        if comm.size() > 1 {
+            logits = comm.all_gather_last_dim(&logits)?;
+        }
+        Ok(logits)
+    }
+
+    /// Embedding → layers → logits for the rows the batch asks for (single-stage models).
+    pub fn forward(&self, batch: &BatchInput, cache: &mut KvCache, comm: &dyn Collective) -> Result<Tensor> {
+        let x = self.embed(&batch.tokens)?;
+        let x = self.forward_layers(x, batch, cache, comm)?;
+        self.logits(&x, &batch.logit_rows, comm)
+    }
+}
