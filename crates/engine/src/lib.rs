@@ -1,1 +1,20 @@
+//! Shardline's engine core: it owns requests from arrival to their last token. It admits them
+//! into a continuous batch when KV blocks allow, feeds an [`Executor`] one ragged step at a time
+//! (prefill chunks and decodes mixed), samples, detokenizes incrementally and applies stop rules.
+//! Front ends (`shardline run`, later the gRPC router) only submit prompts and read events.
 
+mod blocks;
+mod engine;
+mod error;
+mod executor;
+mod load;
+mod output;
+mod sequence;
+
+pub use blocks::BlockAllocator;
+pub use engine::{Engine, EngineConfig, RequestId, StepEvent};
+pub use error::{EngineError, Result};
+pub use executor::{Executor, LocalExecutor};
+pub use load::{load_local, LoadFormat, ModelSpec};
+pub use output::{GenerationMetrics, GenerationOutput, TokenLogprobs};
+pub use sequence::Prompt;

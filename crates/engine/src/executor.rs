@@ -1,0 +1,65 @@
+//! What runs a step's forward pass. The engine core sees only this trait: in-process today, a
+//! group of tensor/pipeline-parallel workers later.
+
+use shardline_model::{BatchInput, KvCache, Llama, SeqInput, SingleRank};
+
+use crate::error::Result;
+
+pub trait Executor: Send {
+    /// Tokens per KV block.
+    fn block_size(&self) -> usize;
+    /// KV blocks available per sequence-independent pool.
+    fn num_blocks(&self) -> usize;
+    fn vocab_size(&self) -> usize;
+    /// The longest sequence (prompt + generated) the model supports.
+    fn max_model_len(&self) -> usize;
+    /// Runs one ragged step; returns f32 logits for every sequence with `wants_logits`, in order.
+    fn execute(&mut self, seqs: Vec<SeqInput>) -> Result<Vec<Vec<f32>>>;
+}
+
+/// The whole model in this process.
+pub struct LocalExecutor {
+    model: Llama,
+    cache: KvCache,
+}
+
+impl LocalExecutor {
+    /// Allocates a KV cache of `num_blocks` × `block_size` tokens for `model`.
+    pub fn new(model: Llama, num_blocks: usize, block_size: usize) -> Result<Self> {
+        let cache = model.new_cache(num_blocks, block_size)?;
+        Ok(LocalExecutor { model, cache })
+    }
+
+    pub fn model(&self) -> &Llama {
+        &self.model
+    }
+}
+
+impl Executor for LocalExecutor {
+    fn block_size(&self) -> usize {
+        self.cache.block_size()
+    }
+
+    fn num_blocks(&self) -> usize {
+        self.cache.num_blocks()
+    }
+
+    fn vocab_size(&self) -> usize {
+        self.model.config().vocab_size
+    }
+
+    fn max_model_len(&self) -> usize {
+        self.model.config().max_position_embeddings
+    }
+
+    fn execute(&mut self, seqs: Vec<SeqInput>) -> Result<Vec<Vec<f32>>> {
+        let batch = BatchInput::new(seqs, self.cache.block_size(), self.cache.num_blocks())?;
+        if batch.logit_rows.is_empty() {
+            let x = self.model.embed(&batch.tokens)?;
+            self.model.forward_layers(x, &batch, &mut self.cache, &SingleRank)?;
+            return Ok(Vec::new());
+        }
+        let logits = self.model.forward(&batch, &mut self.cache, &SingleRank)?;
+        Ok(logits.to_vec2::<f32>()?)
+    }
+}
