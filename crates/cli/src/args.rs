@@ -63,19 +63,19 @@ pub struct SamplingArgs {
     #[arg(long, env = "SHARDLINE_MAX_TOKENS", default_value_t = 128)]
     pub max_tokens: usize,
     /// Sampling temperature; 0 is greedy.
-    #[arg(long, env = "SHARDLINE_TEMPERATURE", default_value_t = 0.0)]
+    #[arg(long, env = "SHARDLINE_TEMPERATURE", allow_negative_numbers = true, default_value_t = 0.0)]
     pub temperature: f32,
     /// Nucleus sampling: keep the smallest set of tokens whose probability reaches this.
-    #[arg(long, env = "SHARDLINE_TOP_P", default_value_t = 1.0)]
+    #[arg(long, env = "SHARDLINE_TOP_P", allow_negative_numbers = true, default_value_t = 1.0)]
     pub top_p: f32,
     /// Keep only the k most likely tokens (0: off).
     #[arg(long, env = "SHARDLINE_TOP_K", default_value_t = 0)]
     pub top_k: usize,
     /// Drop tokens less likely than this fraction of the most likely one (0: off).
-    #[arg(long, env = "SHARDLINE_MIN_P", default_value_t = 0.0)]
+    #[arg(long, env = "SHARDLINE_MIN_P", allow_negative_numbers = true, default_value_t = 0.0)]
     pub min_p: f32,
     /// Penalize tokens already in the prompt or output (1: off).
-    #[arg(long, env = "SHARDLINE_REPETITION_PENALTY", default_value_t = 1.0)]
+    #[arg(long, env = "SHARDLINE_REPETITION_PENALTY", allow_negative_numbers = true, default_value_t = 1.0)]
     pub repetition_penalty: f32,
     /// Seed for reproducible sampling.
     #[arg(long, env = "SHARDLINE_SEED")]

@@ -51,16 +51,22 @@ fn weight_source(path: &Path, format: LoadFormat) -> Result<Box<dyn WeightSource
     match format {
         LoadFormat::Auto => Ok(shardline_weights::open(path)?),
         LoadFormat::Dummy => {
-            let config = if path.is_dir() || path.extension().is_some_and(|e| e == "gguf") {
-                shardline_weights::open(path)?.config().clone()
+            // Only the config is read: the directory need not hold any weights.
+            let config = if path.is_dir() {
+                read_json(&path.join("config.json"))?
+            } else if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("json")) {
+                read_json(path)?
             } else {
-                let text = std::fs::read_to_string(path)
-                    .map_err(|e| EngineError::Load(format!("{}: {e}", path.display())))?;
-                serde_json::from_str(&text).map_err(|e| EngineError::Load(format!("{}: {e}", path.display())))?
+                shardline_weights::open(path)?.config().clone()
             };
             Ok(Box::new(DummySource::new(config, 0)))
         }
     }
+}
+
+fn read_json(path: &Path) -> Result<serde_json::Value> {
+    let text = std::fs::read_to_string(path).map_err(|e| EngineError::Load(format!("{}: {e}", path.display())))?;
+    serde_json::from_str(&text).map_err(|e| EngineError::Load(format!("{}: {e}", path.display())))
 }
 
 /// The tokenizer that goes with a model path: tokenizer.json in the directory (or next to a
