@@ -143,7 +143,7 @@ pub fn attention(
     kv_head_of_q: &[usize],
 ) -> Result<Tensor> {
     let scale = 1.0 / (d.head_dim as f32).sqrt();
-    let layout = cache.layout.clone();
+    let layout = cache.layout;
     let t = q.dim(0)?;
     match &mut cache.layers[layer] {
         LayerKv::Host { k: kc, v: vc } => {

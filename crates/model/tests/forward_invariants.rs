@@ -57,8 +57,8 @@ fn check_cached_decode_matches_recompute(arch: &str, tied: bool) {
     let mut cache = model.new_cache(BLOCKS, BLOCK).unwrap();
     // Prefill 5 tokens, then one token per step.
     let mut got = vec![step(&model, &mut cache, vec![seq(toks[..5].to_vec(), 0, table(0, 8))]).remove(0)];
-    for i in 5..toks.len() {
-        got.push(step(&model, &mut cache, vec![seq(vec![toks[i]], i, table(0, 8))]).remove(0));
+    for (i, &t) in toks.iter().enumerate().skip(5) {
+        got.push(step(&model, &mut cache, vec![seq(vec![t], i, table(0, 8))]).remove(0));
     }
     for (k, g) in got.iter().enumerate() {
         let d = max_diff(g, &full[4 + k]);
@@ -113,8 +113,8 @@ fn half_precision_candle_path_tracks_f32_kernels() {
         let (_d, model) = load("LlamaForCausalLM", false, dtype);
         let mut cache = model.new_cache(BLOCKS, BLOCK).unwrap();
         let mut got = vec![step(&model, &mut cache, vec![seq(toks[..6].to_vec(), 0, table(0, 4))]).remove(0)];
-        for i in 6..toks.len() {
-            got.push(step(&model, &mut cache, vec![seq(vec![toks[i]], i, table(0, 4))]).remove(0));
+        for (i, &t) in toks.iter().enumerate().skip(6) {
+            got.push(step(&model, &mut cache, vec![seq(vec![t], i, table(0, 4))]).remove(0));
         }
         for (k, g) in got.iter().enumerate() {
             let d = max_diff(g, &want[5 + k]);

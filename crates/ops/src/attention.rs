@@ -55,6 +55,13 @@ struct OutPtr(*mut f32);
 unsafe impl Send for OutPtr {}
 unsafe impl Sync for OutPtr {}
 
+impl OutPtr {
+    /// Through a method, so closures capture the whole (Send) wrapper, not the raw field.
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
 /// Query rows per work item: enough to amortize scheduling, few enough to balance a prefill.
 const ROWS_PER_ITEM: usize = 16;
 /// Spans with at least this many query rows use the GEMM formulation.
@@ -143,7 +150,7 @@ pub fn paged_attention(
 ) {
     let hd = layout.head_dim;
     let q_width = num_q_heads * hd;
-    assert!(q.len() == out.len() && q.len() % q_width == 0, "paged_attention: q/out shapes");
+    assert!(q.len() == out.len() && q.len().is_multiple_of(q_width), "paged_attention: q/out shapes");
     assert!(kv_head_of_q.len() == num_q_heads, "paged_attention: head map");
     assert!(kv_head_of_q.iter().all(|&h| h < layout.num_kv_heads), "paged_attention: head map");
     for s in spans {
@@ -155,9 +162,8 @@ pub fn paged_attention(
     let (long, short): (Vec<usize>, Vec<usize>) = (0..spans.len()).partition(|&i| spans[i].q_len >= GEMM_MIN_ROWS);
     let long_items: Vec<(usize, usize)> = long.iter().flat_map(|&si| (0..num_q_heads).map(move |h| (si, h))).collect();
     long_items.par_iter().for_each_init(Scratch::default, |scratch, &(si, h)| {
-        let dst = dst;
         // SAFETY: this item alone writes head h of the span's rows.
-        unsafe { attend_gemm(q, q_width, &spans[si], h, kv_head_of_q[h], layout, k_cache, v_cache, scale, dst.0, scratch) };
+        unsafe { attend_gemm(q, q_width, &spans[si], h, kv_head_of_q[h], layout, k_cache, v_cache, scale, dst.get(), scratch) };
     });
     let mut items = Vec::new();
     for &si in &short {
@@ -169,7 +175,6 @@ pub fn paged_attention(
         }
     }
     items.par_iter().for_each_init(Vec::new, |scores, &(si, h, r0, r1)| {
-        let dst = dst;
         let s = &spans[si];
         let kv_off = kv_head_of_q[h] * hd;
         let w = layout.token_width();
@@ -192,7 +197,7 @@ pub fn paged_attention(
             }
             let inv = 1.0 / sum;
             // SAFETY: (row, h) belongs to this item only; the slice lies inside out.
-            let o = unsafe { std::slice::from_raw_parts_mut(dst.0.add(row * q_width + h * hd), hd) };
+            let o = unsafe { std::slice::from_raw_parts_mut(dst.get().add(row * q_width + h * hd), hd) };
             o.fill(0.0);
             for (p, &pr) in scores.iter().enumerate() {
                 let base = s.slot(p, layout.block_size) * w + kv_off;

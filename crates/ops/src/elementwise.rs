@@ -9,7 +9,7 @@ const PAR_MIN_ELEMS: usize = 1 << 15;
 /// LlamaRMSNorm per row of length `weight.len()`: x · rsqrt(mean(x²) + eps) · weight.
 pub fn rms_norm(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
     let n = weight.len();
-    assert!(n > 0 && x.len() % n == 0 && out.len() == x.len(), "rms_norm: shapes");
+    assert!(n > 0 && x.len().is_multiple_of(n) && out.len() == x.len(), "rms_norm: shapes");
     let row = |(xr, or): (&[f32], &mut [f32])| {
         let ss: f32 = xr.iter().map(|v| v * v).sum();
         let inv = 1.0 / (ss / n as f32 + eps).sqrt();
@@ -46,7 +46,7 @@ pub fn rope_rotate_half(x: &mut [f32], num_heads: usize, head_dim: usize, cos: &
 
 /// SwiGLU: each row of `gate_up` is [gate | up] (2 · inter wide); out = silu(gate) · up.
 pub fn silu_mul(gate_up: &[f32], inter: usize, out: &mut [f32]) {
-    assert!(inter > 0 && gate_up.len() == 2 * out.len() && out.len() % inter == 0, "silu_mul: shapes");
+    assert!(inter > 0 && gate_up.len() == 2 * out.len() && out.len().is_multiple_of(inter), "silu_mul: shapes");
     let row = |(g, o): (&[f32], &mut [f32])| {
         let (gate, up) = g.split_at(inter);
         for ((o, &a), &b) in o.iter_mut().zip(gate).zip(up) {
@@ -68,7 +68,7 @@ pub fn add_inplace(a: &mut [f32], b: &[f32]) {
 
 /// Adds `bias` to every row of `x`.
 pub fn add_bias(x: &mut [f32], bias: &[f32]) {
-    assert!(!bias.is_empty() && x.len() % bias.len() == 0, "add_bias: shapes");
+    assert!(!bias.is_empty() && x.len().is_multiple_of(bias.len()), "add_bias: shapes");
     for row in x.chunks_mut(bias.len()) {
         add_inplace(row, bias);
     }

@@ -59,13 +59,19 @@ struct OutPtr(*mut f32);
 unsafe impl Send for OutPtr {}
 unsafe impl Sync for OutPtr {}
 
+impl OutPtr {
+    /// Through a method, so closures capture the whole (Send) wrapper, not the raw field.
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
 fn stream(x: &[f32], m: usize, k: usize, w: &[f32], n: usize, out: &mut [f32]) {
     let threads = rayon::current_num_threads().max(1);
     // A few chunks per thread balance load; each chunk is one contiguous stretch of w.
     let chunk = n.div_ceil(threads * 4).max(16);
     let dst = OutPtr(out.as_mut_ptr());
     w.par_chunks(chunk * k).enumerate().for_each(|(c, w_chunk)| {
-        let dst = dst;
         let j0 = c * chunk;
         let mut acc = [0.0f32; ROWS_PER_PASS];
         for (jj, w_row) in w_chunk.chunks_exact(k).enumerate() {
@@ -75,7 +81,7 @@ fn stream(x: &[f32], m: usize, k: usize, w: &[f32], n: usize, out: &mut [f32]) {
                 dot_rows(&x[i0 * k..(i0 + rows) * k], rows, w_row, &mut acc);
                 for (r, &v) in acc[..rows].iter().enumerate() {
                     // SAFETY: (i0 + r, j0 + jj) is inside out and owned by this chunk.
-                    unsafe { *dst.0.add((i0 + r) * n + j0 + jj) = v };
+                    unsafe { *dst.get().add((i0 + r) * n + j0 + jj) = v };
                 }
                 i0 += rows;
             }

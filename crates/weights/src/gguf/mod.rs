@@ -263,7 +263,7 @@ impl WeightSource for GgufSource {
 impl GgufSource {
     /// Rows per head of a q/k projection with `rows` rows split over `heads` heads.
     fn head_dim(&self, name: &str, rows: usize, heads: usize) -> Result<usize> {
-        if heads == 0 || rows % heads != 0 || (rows / heads) % 2 != 0 {
+        if heads == 0 || !rows.is_multiple_of(heads) || !(rows / heads).is_multiple_of(2) {
             return Err(WeightsError::BadGguf {
                 file: self.path.clone(),
                 reason: format!(
