@@ -15,7 +15,7 @@ use shardline_tokenizer::Tokenizer;
 
 use crate::blocks::BlockAllocator;
 use crate::error::{EngineError, Result};
-use crate::executor::Executor;
+use crate::executor::{Executor, ScheduledSeq, StepPlan};
 use crate::output::GenerationOutput;
 use crate::sequence::{Prompt, Sequence};
 
@@ -46,6 +46,8 @@ pub struct Engine {
     waiting: VecDeque<Sequence>,
     running: Vec<Sequence>,
     finished: HashMap<RequestId, GenerationOutput>,
+    /// Running sequences that ended since the last step (the executor may forget them).
+    retired: Vec<RequestId>,
     next_id: RequestId,
 }
 
@@ -70,6 +72,7 @@ impl Engine {
             waiting: VecDeque::new(),
             running: Vec::new(),
             finished: HashMap::new(),
+            retired: Vec::new(),
             next_id: 0,
         })
     }
@@ -154,6 +157,7 @@ impl Engine {
         if let Some(i) = self.running.iter().position(|s| s.id == id) {
             let seq = self.running.remove(i);
             self.blocks.release(seq.blocks);
+            self.retired.push(id);
             return true;
         }
         false
@@ -193,19 +197,21 @@ impl Engine {
             return Ok(Vec::new());
         }
         plan.sort_unstable();
-        let inputs = plan
+        let seqs = plan
             .iter()
             .map(|&(i, n)| {
                 let s = &self.running[i];
-                SeqInput {
+                let input = SeqInput {
                     tokens: s.tokens[s.cached_len..s.cached_len + n].to_vec(),
                     cached_len: s.cached_len,
                     block_table: s.blocks.clone(),
                     wants_logits: s.cached_len + n == s.tokens.len(),
-                }
+                };
+                ScheduledSeq { seq_id: s.id, input }
             })
             .collect();
-        let logits = self.exec.execute(inputs)?;
+        let finished = std::mem::take(&mut self.retired);
+        let logits = self.exec.execute(StepPlan { seqs, finished })?;
         let mut logits = logits.into_iter();
         let mut events = Vec::new();
         for &(i, n) in &plan {
@@ -227,6 +233,7 @@ impl Engine {
                 let seq = self.running.remove(i);
                 self.finished.insert(seq.id, seq.output());
                 self.blocks.release(seq.blocks);
+                self.retired.push(seq.id);
             } else {
                 i += 1;
             }

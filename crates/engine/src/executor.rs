@@ -5,6 +5,22 @@ use shardline_model::{BatchInput, KvCache, Llama, SeqInput, SingleRank};
 
 use crate::error::Result;
 
+/// One sequence's share of a step, under its engine-wide id.
+#[derive(Clone, Debug)]
+pub struct ScheduledSeq {
+    pub seq_id: u64,
+    pub input: SeqInput,
+}
+
+/// Everything an executor needs for one step. Ids let remote executors learn a sequence's
+/// block table once and forget it when `finished` says so.
+#[derive(Clone, Debug, Default)]
+pub struct StepPlan {
+    pub seqs: Vec<ScheduledSeq>,
+    /// Sequences that ended since the previous step.
+    pub finished: Vec<u64>,
+}
+
 pub trait Executor: Send {
     /// Tokens per KV block.
     fn block_size(&self) -> usize;
@@ -14,7 +30,7 @@ pub trait Executor: Send {
     /// The longest sequence (prompt + generated) the model supports.
     fn max_model_len(&self) -> usize;
     /// Runs one ragged step; returns f32 logits for every sequence with `wants_logits`, in order.
-    fn execute(&mut self, seqs: Vec<SeqInput>) -> Result<Vec<Vec<f32>>>;
+    fn execute(&mut self, plan: StepPlan) -> Result<Vec<Vec<f32>>>;
 }
 
 /// The whole model in this process.
@@ -52,10 +68,11 @@ impl Executor for LocalExecutor {
         self.model.config().max_position_embeddings
     }
 
-    fn execute(&mut self, seqs: Vec<SeqInput>) -> Result<Vec<Vec<f32>>> {
+    fn execute(&mut self, plan: StepPlan) -> Result<Vec<Vec<f32>>> {
+        let seqs = plan.seqs.into_iter().map(|s| s.input).collect();
         let batch = BatchInput::new(seqs, self.cache.block_size(), self.cache.num_blocks())?;
         if batch.logit_rows.is_empty() {
-            let x = self.model.embed(&batch.tokens)?;
+            let x = self.model.embed(&batch.tokens, &SingleRank)?;
             self.model.forward_layers(x, &batch, &mut self.cache, &SingleRank)?;
             return Ok(Vec::new());
         }

@@ -82,6 +82,13 @@ fn tokenizer_for(path: &Path) -> Result<Tokenizer> {
     Ok(Tokenizer::from_gguf(path)?)
 }
 
+/// The resolved config of the model `spec` names, without loading any weights.
+pub fn read_config(spec: &ModelSpec) -> Result<shardline_model::ModelConfig> {
+    let path = shardline_weights::resolve_model(&spec.model)?;
+    let src = weight_source(&path, spec.load_format)?;
+    Ok(shardline_model::ModelConfig::from_json(src.config())?)
+}
+
 /// Loads the model (this rank's and stage's share, per `spec`) and its tokenizer.
 pub fn load_local(spec: &ModelSpec) -> Result<(Llama, Tokenizer)> {
     let path = shardline_weights::resolve_model(&spec.model)?;

@@ -106,10 +106,9 @@ impl Llama {
         let (h, hd) = (cfg.hidden_size, cfg.head_dim);
         let rows = |r: &Range<usize>, scale: usize| Slice::Rows(r.start * scale..r.end * scale);
         let cols = |r: &Range<usize>, scale: usize| Slice::Cols(r.start * scale..r.end * scale);
-        let full_vocab = plan.vocab == (0..cfg.vocab_size);
-
-        let embed = if first || (last && cfg.tie_word_embeddings && full_vocab) {
-            Some(ld.get("model.embed_tokens.weight", &[cfg.vocab_size, h], Slice::Full)?)
+        // Vocab-parallel: each TP rank holds its vocab rows (the whole table when alone).
+        let embed = if first || (last && cfg.tie_word_embeddings) {
+            Some(ld.get("model.embed_tokens.weight", &[cfg.vocab_size, h], rows(&plan.vocab, 1))?)
         } else {
             None
         };
@@ -157,8 +156,8 @@ impl Llama {
             let norm = ld.get("model.norm.weight", &[h], Slice::Full)?;
             let tied = cfg.tie_word_embeddings || !src.contains("lm_head.weight");
             let head = match (&embed, tied) {
-                (Some(e), true) if full_vocab => e.clone(),
-                (_, true) => ld.get("model.embed_tokens.weight", &[cfg.vocab_size, h], rows(&plan.vocab, 1))?,
+                (Some(e), true) => e.clone(),
+                (None, true) => ld.get("model.embed_tokens.weight", &[cfg.vocab_size, h], rows(&plan.vocab, 1))?,
                 (_, false) => ld.get("lm_head.weight", &[cfg.vocab_size, h], rows(&plan.vocab, 1))?,
             };
             (Some(norm), Some(head))
@@ -219,16 +218,44 @@ impl Llama {
         2 * self.layers.len() * self.dims.kv_heads * self.dims.head_dim * elem
     }
 
-    /// Token embeddings [T, hidden] (first stage only).
-    pub fn embed(&self, tokens: &[u32]) -> Result<Tensor> {
+    /// Token embeddings [T, hidden] (first stage only). Under TP each rank looks up the ids in
+    /// its vocab slice, zeroes the rest, and the group sums.
+    pub fn embed(&self, tokens: &[u32], comm: &dyn Collective) -> Result<Tensor> {
         let embed = self.embed.as_ref().ok_or_else(|| {
             ModelError::Shard("this pipeline stage does not hold the embedding (not the first stage)".into())
         })?;
         if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= self.cfg.vocab_size) {
             return Err(ModelError::Batch(format!("token id {bad} is outside the vocabulary ({})", self.cfg.vocab_size)));
         }
-        let ids = Tensor::from_slice(tokens, tokens.len(), &self.device)?;
-        Ok(embed.index_select(&ids, 0)?)
+        let vocab = &self.plan.vocab;
+        if vocab.len() == self.cfg.vocab_size {
+            let ids = Tensor::from_slice(tokens, tokens.len(), &self.device)?;
+            return Ok(embed.index_select(&ids, 0)?);
+        }
+        let local: Vec<u32> = tokens.iter().map(|&t| if vocab.contains(&(t as usize)) { t - vocab.start as u32 } else { 0 }).collect();
+        let mask: Vec<f32> = tokens.iter().map(|&t| if vocab.contains(&(t as usize)) { 1.0 } else { 0.0 }).collect();
+        let ids = Tensor::from_vec(local, tokens.len(), &self.device)?;
+        let mask = Tensor::from_vec(mask, (tokens.len(), 1), &self.device)?.to_dtype(self.dtype)?;
+        let partial = embed.index_select(&ids, 0)?.broadcast_mul(&mask)?;
+        comm.all_reduce_sum(&partial)
+    }
+
+    /// Bytes of weights this rank and stage hold.
+    pub fn weight_bytes(&self) -> usize {
+        let size = |t: &Tensor| t.elem_count() * t.dtype().size_in_bytes();
+        let mut n: usize = self.embed.iter().chain(&self.norm).map(size).sum();
+        if let (Some(h), Some(e)) = (&self.lm_head, &self.embed) {
+            if h.id() != e.id() {
+                n += size(h);
+            }
+        } else if let Some(h) = &self.lm_head {
+            n += size(h);
+        }
+        for l in &self.layers {
+            n += [&l.input_norm, &l.qkv, &l.o_proj, &l.post_norm, &l.gate_up, &l.down].into_iter().map(size).sum::<usize>();
+            n += l.qkv_bias.as_ref().map_or(0, size);
+        }
+        n
     }
 
     /// Runs this stage's decoder layers over `hidden` [T, hidden], reading and extending `cache`.
@@ -284,7 +311,7 @@ impl Llama {
 
     /// Embedding → layers → logits for the rows the batch asks for (single-stage models).
     pub fn forward(&self, batch: &BatchInput, cache: &mut KvCache, comm: &dyn Collective) -> Result<Tensor> {
-        let x = self.embed(&batch.tokens)?;
+        let x = self.embed(&batch.tokens, comm)?;
         let x = self.forward_layers(x, batch, cache, comm)?;
         self.logits(&x, &batch.logit_rows, comm)
     }

@@ -1,0 +1,18 @@
+//! How the ranks of a Shardline group talk. A rendezvous at `MASTER_ADDR:MASTER_PORT` (rank 0
+//! listens) exchanges each rank's data address and rank 0's group description; then every pair
+//! of ranks holds one TCP stream, multiplexed by message tag. Collectives (all-reduce, all-gather,
+//! broadcast, barrier) run over any subgroup, e.g. one pipeline stage's tensor-parallel ranks.
+//!
+//! Every wait is bounded or fails on disconnect: a rank that never joins, dies or stalls shows up
+//! as an error naming it, never as a hang.
+
+mod collectives;
+mod error;
+mod mesh;
+mod rendezvous;
+mod wire;
+
+pub use collectives::Group;
+pub use error::{CommError, Result};
+pub use mesh::{Comm, Tag};
+pub use rendezvous::{rendezvous, RendezvousConfig};

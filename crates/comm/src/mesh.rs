@@ -1,0 +1,181 @@
+//! The established group: one TCP stream per peer, a writer thread draining a queue (so sends
+//! never block on a slow reader and two ranks sending to each other cannot deadlock) and a
+//! reader thread sorting incoming frames into one inbox per tag.
+
+use std::net::{Shutdown, TcpStream};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::Mutex;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crate::error::{CommError, Result};
+use crate::wire::{read_frame, write_frame};
+
+/// Independent message streams between two ranks; order is kept within a tag.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Tag {
+    /// Rank 0 → workers: group setup, steps, shutdown.
+    Control = 0,
+    /// Pipeline stage → next stage: hidden states.
+    Hidden = 1,
+    /// Collectives inside a tensor-parallel group.
+    Collective = 2,
+    /// Last stage → rank 0: logits.
+    Result = 3,
+}
+const NUM_TAGS: usize = 4;
+
+struct Peer {
+    stream: TcpStream,
+    /// `None` once the group is closed.
+    outbox: Mutex<Option<Sender<(u8, Vec<u8>)>>>,
+    writer: Mutex<Option<JoinHandle<()>>>,
+    inbox: Vec<Mutex<Receiver<Vec<u8>>>>,
+}
+
+impl Peer {
+    fn start(rank: usize, stream: TcpStream) -> Result<Peer> {
+        stream.set_nodelay(true).map_err(|e| CommError::io(format!("rank {rank}: TCP_NODELAY"), e))?;
+        let clone = |s: &TcpStream| s.try_clone().map_err(|e| CommError::io(format!("rank {rank}: socket"), e));
+        let (mut reader, mut writer) = (clone(&stream)?, clone(&stream)?);
+        let (out_tx, out_rx) = mpsc::channel::<(u8, Vec<u8>)>();
+        let writer_thread = std::thread::Builder::new()
+            .name(format!("comm-tx-{rank}"))
+            .spawn(move || {
+                for (tag, payload) in out_rx {
+                    if write_frame(&mut writer, tag, &payload).is_err() {
+                        break;
+                    }
+                }
+            })
+            .map_err(|e| CommError::io("spawning a writer thread", e))?;
+        let (senders, receivers): (Vec<_>, Vec<_>) = (0..NUM_TAGS).map(|_| mpsc::channel::<Vec<u8>>()).unzip();
+        std::thread::Builder::new()
+            .name(format!("comm-rx-{rank}"))
+            .spawn(move || {
+                // Ends on EOF or error; dropping the senders tells every waiting receiver.
+                while let Ok((tag, payload)) = read_frame(&mut reader) {
+                    match senders.get(tag as usize) {
+                        Some(tx) if tx.send(payload).is_ok() => {}
+                        _ => break,
+                    }
+                }
+            })
+            .map_err(|e| CommError::io("spawning a reader thread", e))?;
+        Ok(Peer {
+            stream,
+            outbox: Mutex::new(Some(out_tx)),
+            writer: Mutex::new(Some(writer_thread)),
+            inbox: receivers.into_iter().map(Mutex::new).collect(),
+        })
+    }
+}
+
+/// This rank's connections to every other rank of the group.
+pub struct Comm {
+    rank: usize,
+    world: usize,
+    peers: Vec<Option<Peer>>,
+    timeout: Duration,
+    group_blob: Vec<u8>,
+}
+
+impl Comm {
+    pub(crate) fn new(rank: usize, streams: Vec<Option<TcpStream>>, timeout: Duration, group_blob: Vec<u8>) -> Result<Comm> {
+        let world = streams.len();
+        let peers = streams
+            .into_iter()
+            .enumerate()
+            .map(|(r, s)| s.map(|s| Peer::start(r, s)).transpose())
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Comm { rank, world, peers, timeout, group_blob })
+    }
+
+    pub fn rank(&self) -> usize {
+        self.rank
+    }
+
+    pub fn world_size(&self) -> usize {
+        self.world
+    }
+
+    /// How long a collective waits for a peer before failing.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// The group description rank 0 handed out at the rendezvous.
+    pub fn group_blob(&self) -> &[u8] {
+        &self.group_blob
+    }
+
+    fn peer(&self, rank: usize) -> Result<&Peer> {
+        self.peers
+            .get(rank)
+            .and_then(Option::as_ref)
+            .ok_or_else(|| CommError::Protocol(format!("rank {} has no connection to rank {rank}", self.rank)))
+    }
+
+    /// Queues `payload` for `to`; returns at once.
+    pub fn send(&self, to: usize, tag: Tag, payload: Vec<u8>) -> Result<()> {
+        let peer = self.peer(to)?;
+        let outbox = peer.outbox.lock().expect("outbox lock");
+        match outbox.as_ref() {
+            Some(tx) => tx.send((tag as u8, payload)).map_err(|_| CommError::Disconnected { rank: to }),
+            None => Err(CommError::Protocol("the group is closed".into())),
+        }
+    }
+
+    /// The next `tag` message from `from`, waiting at most the group timeout.
+    pub fn recv(&self, from: usize, tag: Tag) -> Result<Vec<u8>> {
+        self.recv_within(from, tag, Some(self.timeout), "answer")
+    }
+
+    /// Like `recv` but waits as long as the peer stays connected (an idle worker waiting for
+    /// work, for instance).
+    pub fn recv_until_disconnect(&self, from: usize, tag: Tag) -> Result<Vec<u8>> {
+        self.recv_within(from, tag, None, "answer")
+    }
+
+    /// The next `tag` message from `from`, waiting at most `timeout` (forever when `None`, as
+    /// long as the peer stays connected); a timeout error says the peer did not `what`.
+    pub fn recv_within(&self, from: usize, tag: Tag, timeout: Option<Duration>, what: &'static str) -> Result<Vec<u8>> {
+        let peer = self.peer(from)?;
+        let inbox = peer.inbox[tag as usize].lock().expect("inbox lock");
+        match timeout {
+            None => inbox.recv().map_err(|_| CommError::Disconnected { rank: from }),
+            Some(t) => inbox.recv_timeout(t).map_err(|e| match e {
+                RecvTimeoutError::Timeout => CommError::Timeout { rank: from, what, timeout: t },
+                RecvTimeoutError::Disconnected => CommError::Disconnected { rank: from },
+            }),
+        }
+    }
+
+    /// Delivers everything already sent, then closes every connection (waking any thread
+    /// blocked on this group). Peers always drain their sockets, so the wait is short; a dead
+    /// peer fails its writes at once.
+    pub fn close(&self) {
+        for p in self.peers.iter().flatten() {
+            p.outbox.lock().expect("outbox lock").take();
+            if let Some(w) = p.writer.lock().expect("writer lock").take() {
+                let _ = w.join();
+            }
+            let _ = p.stream.shutdown(Shutdown::Both);
+        }
+    }
+
+    /// Closes every connection at once, dropping anything still queued (for failures).
+    pub fn abort(&self) {
+        for p in self.peers.iter().flatten() {
+            p.outbox.lock().expect("outbox lock").take();
+            let _ = p.stream.shutdown(Shutdown::Both);
+        }
+    }
+}
+
+impl Drop for Comm {
+    fn drop(&mut self) {
+        self.close();
+    }
+}

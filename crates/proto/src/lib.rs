@@ -1,0 +1,8 @@
+//! Wire types generated from the versioned definitions in `proto/`.
+
+/// Rank 0 ↔ worker control plane (`proto/shardline/worker/v1/worker.proto`).
+pub mod worker {
+    pub mod v1 {
+        include!(concat!(env!("OUT_DIR"), "/shardline.worker.v1.rs"));
+    }
+}
