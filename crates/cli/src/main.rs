@@ -1,7 +1,10 @@
 //! `shardline`: one binary, one subcommand per job.
 
 mod args;
+mod group;
+mod launch;
 mod run;
+mod worker;
 
 use clap::{Parser, Subcommand};
 
@@ -14,8 +17,13 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Generate offline, in this process (no server): streams tokens, then prints speed.
+    /// Generate offline (no server): streams tokens, then prints speed. With --tp/--pp the
+    /// model is split over a group of local ranks, this process being rank 0.
     Run(run::RunArgs),
+    /// Start and supervise this node's ranks of a group (rank 0 runs the job given after `--`).
+    Launch(launch::LaunchCmdArgs),
+    /// One rank of a group (started by `launch`, torchrun, mpirun or srun).
+    Worker(worker::WorkerArgs),
 }
 
 fn main() {
@@ -28,6 +36,8 @@ fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run(args) => run::run(args),
+        Command::Launch(args) => launch::launch(args),
+        Command::Worker(args) => worker::worker(args),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

@@ -1,0 +1,120 @@
+//! Flags and start-up shared by every command that runs a TP × PP group: `run --tp --pp`
+//! (rank 0 in this process, other local ranks spawned and supervised), `launch` (every local
+//! rank spawned) and `worker` (one rank, started by `launch`, torchrun, mpirun or srun).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::{Args, ValueEnum};
+use shardline_launcher::{LaunchPlan, RankCommand, Supervisor, Watch};
+use shardline_worker::{RankEnv, DEFAULT_MASTER_PORT};
+
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+pub enum DeviceArg {
+    Cpu,
+    Cuda,
+}
+
+impl DeviceArg {
+    pub fn name(self) -> &'static str {
+        match self {
+            DeviceArg::Cpu => "cpu",
+            DeviceArg::Cuda => "cuda",
+        }
+    }
+}
+
+/// Where the group's ranks run and how they find each other.
+#[derive(Args, Clone, Debug)]
+pub struct LaunchArgs {
+    /// Number of nodes (machines) in the group; each runs one launcher.
+    #[arg(long, env = "SHARDLINE_NNODES", default_value_t = 1)]
+    pub nnodes: usize,
+    /// This node's index (node 0 hosts rank 0).
+    #[arg(long, env = "SHARDLINE_NODE_RANK", default_value_t = 0)]
+    pub node_rank: usize,
+    /// Address of node 0, where rank 0 listens for the rendezvous.
+    #[arg(long, env = "MASTER_ADDR", default_value = "127.0.0.1")]
+    pub master_addr: String,
+    /// Rendezvous port on node 0 (single node: a free port is picked when unset).
+    #[arg(long, env = "MASTER_PORT")]
+    pub master_port: Option<u16>,
+    /// CPU threads per rank (default: this machine's cores split evenly between its ranks).
+    #[arg(long, env = "SHARDLINE_THREADS_PER_RANK")]
+    pub threads_per_rank: Option<usize>,
+    /// Seconds any rank waits for another (rendezvous, collectives) before failing.
+    #[arg(long, env = "SHARDLINE_COMM_TIMEOUT", default_value_t = 60)]
+    pub comm_timeout: u64,
+}
+
+impl LaunchArgs {
+    pub fn timeout(&self) -> Duration {
+        Duration::from_secs(self.comm_timeout)
+    }
+
+    pub fn plan(&self, world_size: usize) -> anyhow::Result<LaunchPlan> {
+        let master_port = match self.master_port {
+            Some(p) => p,
+            None if self.nnodes == 1 => free_port()?,
+            None => DEFAULT_MASTER_PORT,
+        };
+        let plan = LaunchPlan {
+            world_size,
+            nnodes: self.nnodes,
+            node_rank: self.node_rank,
+            master_addr: self.master_addr.clone(),
+            master_port,
+            threads_per_rank: self.threads_per_rank,
+        };
+        plan.validate()?;
+        Ok(plan)
+    }
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn current_exe() -> anyhow::Result<PathBuf> {
+    std::env::current_exe().context("locating the shardline binary to start ranks")
+}
+
+pub fn worker_command(rank: usize, timeout: u64) -> anyhow::Result<RankCommand> {
+    Ok(RankCommand {
+        rank,
+        program: current_exe()?,
+        args: vec!["worker".into(), "--comm-timeout".into(), timeout.to_string()],
+        env: vec![],
+        raw_stdout: false,
+    })
+}
+
+/// Spawns this node's ranks other than rank 0 (which the calling process plays) and supervises
+/// them in the background: if one dies, the group is taken down and this process exits 1.
+pub fn spawn_local_workers(plan: &LaunchPlan, timeout: u64) -> anyhow::Result<Watch> {
+    let cmds = plan
+        .local_ranks()
+        .filter(|&r| r != 0)
+        .map(|r| worker_command(r, timeout))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let sup = Supervisor::spawn(plan, cmds)?;
+    Ok(sup.watch(|e| {
+        eprintln!("error: {e}");
+        std::process::exit(1);
+    }))
+}
+
+/// The rank environment for rank 0 played by this process.
+pub fn rank0_env(plan: &LaunchPlan) -> anyhow::Result<RankEnv> {
+    if !plan.local_ranks().contains(&0) {
+        bail!("node {} does not host rank 0; start it with `shardline launch` instead", plan.node_rank);
+    }
+    Ok(RankEnv {
+        rank: 0,
+        world_size: plan.world_size,
+        local_rank: 0,
+        master_addr: plan.master_addr.clone(),
+        master_port: plan.master_port,
+    })
+}

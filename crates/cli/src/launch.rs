@@ -1,0 +1,69 @@
+//! `shardline launch`: starts this node's ranks and supervises them until the group ends.
+
+use anyhow::bail;
+use clap::Args;
+use shardline_launcher::{RankCommand, Supervisor, SupervisorError};
+
+use crate::group::{worker_command, LaunchArgs};
+
+#[derive(Args, Debug)]
+pub struct LaunchCmdArgs {
+    /// Tensor-parallel degree.
+    #[arg(long, env = "SHARDLINE_TP", default_value_t = 1)]
+    tp: usize,
+    /// Pipeline-parallel degree.
+    #[arg(long, env = "SHARDLINE_PP", default_value_t = 1)]
+    pp: usize,
+    #[command(flatten)]
+    launch: LaunchArgs,
+    /// Rank 0's job, after `--` (e.g. `-- run --model smollm2-135m --prompt hi`); required on
+    /// the node that hosts rank 0.
+    #[arg(last = true)]
+    rank0: Vec<String>,
+}
+
+pub fn launch(args: LaunchCmdArgs) -> anyhow::Result<()> {
+    let world = args.tp * args.pp;
+    if world == 0 {
+        bail!("--tp and --pp must be at least 1");
+    }
+    let plan = args.launch.plan(world)?;
+    let mut cmds = Vec::new();
+    for rank in plan.local_ranks() {
+        if rank == 0 {
+            if args.rank0.is_empty() {
+                bail!("this node hosts rank 0: give its job after `--`, e.g. `-- run --prompt hi`");
+            }
+            cmds.push(RankCommand {
+                rank,
+                program: std::env::current_exe()?,
+                args: args.rank0.clone(),
+                env: vec![
+                    ("SHARDLINE_TP".into(), args.tp.to_string()),
+                    ("SHARDLINE_PP".into(), args.pp.to_string()),
+                    ("SHARDLINE_COMM_TIMEOUT".into(), args.launch.comm_timeout.to_string()),
+                ],
+                raw_stdout: true,
+            });
+        } else {
+            cmds.push(worker_command(rank, args.launch.comm_timeout)?);
+        }
+    }
+    eprintln!(
+        "launcher: node {}/{} starting ranks {:?} of {world} (rendezvous {}:{}, {} threads per rank)",
+        plan.node_rank,
+        plan.nnodes,
+        plan.local_ranks(),
+        plan.master_addr,
+        plan.master_port,
+        plan.threads()
+    );
+    match Supervisor::spawn(&plan, cmds)?.wait() {
+        Ok(()) => Ok(()),
+        Err(e @ SupervisorError::Interrupted(_)) => {
+            eprintln!("launcher: {e}");
+            std::process::exit(130);
+        }
+        Err(e) => Err(e.into()),
+    }
+}

@@ -1,0 +1,159 @@
+//! TP × PP groups as users start them: `run --tp --pp` (rank 0 in process, workers spawned),
+//! two launchers forming one group over loopback, and the failure paths (a worker killed
+//! mid-generation, a rank that never starts). SmolLM2-135M is resolved like `--model
+//! smollm2-135m` (fetched into $SHARDLINE_CACHE on first use).
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const PROMPT: &str = "The capital of France is";
+
+fn shardline() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_shardline"));
+    for var in ["SHARDLINE_MODEL", "RANK", "WORLD_SIZE", "MASTER_PORT", "SHARDLINE_TP", "SHARDLINE_PP"] {
+        c.env_remove(var);
+    }
+    c
+}
+
+fn run_json(extra: &[&str]) -> serde_json::Value {
+    let out = shardline()
+        .args(["run", "--prompt", PROMPT, "--max-tokens", "12", "--ignore-eos", "--logprobs", "5", "--output", "json"])
+        .args(extra)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{extra:?}: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn assert_same_generation(got: &serde_json::Value, want: &serde_json::Value, what: &str) {
+    assert_eq!(got["token_ids"], want["token_ids"], "{what}: greedy tokens");
+    let (g, w) = (got["logprobs"].as_array().unwrap(), want["logprobs"].as_array().unwrap());
+    for (gs, ws) in g.iter().zip(w) {
+        for (a, b) in gs["top"].as_array().unwrap().iter().zip(ws["top"].as_array().unwrap()) {
+            assert_eq!(a["token_id"], b["token_id"], "{what}");
+            let d = (a["logprob"].as_f64().unwrap() - b["logprob"].as_f64().unwrap()).abs();
+            assert!(d < 1e-4, "{what}: logprob differs by {d}");
+        }
+    }
+}
+
+#[test]
+fn smollm2_every_layout_matches_the_single_process() {
+    let want = run_json(&[]);
+    for (tp, pp) in [(2, 1), (3, 1), (4, 1), (1, 2), (1, 3), (2, 2)] {
+        let (tp_s, pp_s) = (tp.to_string(), pp.to_string());
+        let got = run_json(&["--tp", &tp_s, "--pp", &pp_s]);
+        assert_same_generation(&got, &want, &format!("tp {tp} pp {pp}"));
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+#[test]
+fn two_launchers_on_loopback_form_one_group() {
+    let want = run_json(&[]);
+    let port = free_port().to_string();
+    let node1 = shardline()
+        .args(["launch", "--tp", "2", "--pp", "2", "--nnodes", "2", "--node-rank", "1", "--master-port", &port])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let got = run_json(&["--tp", "2", "--pp", "2", "--nnodes", "2", "--node-rank", "0", "--master-port", &port]);
+    assert_same_generation(&got, &want, "2 nodes × (tp 2, pp 2)");
+    let out = wait_bounded(node1, Duration::from_secs(20));
+    assert!(out.status.success(), "node 1 launcher: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+fn wait_bounded(mut child: Child, limit: Duration) -> Output {
+    let start = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            panic!("process did not exit within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().unwrap()
+}
+
+fn alive(pid: u32) -> bool {
+    // SAFETY: signal 0 only checks that the process exists.
+    unsafe { libc::kill(pid as libc::pid_t, 0) == 0 }
+}
+
+fn children_of(pid: u32) -> Vec<u32> {
+    let path = format!("/proc/{pid}/task/{pid}/children");
+    std::fs::read_to_string(path).unwrap_or_default().split_whitespace().filter_map(|p| p.parse().ok()).collect()
+}
+
+#[test]
+fn killing_a_worker_takes_the_group_down_quickly() {
+    let mut run = shardline()
+        .args(["run", "--prompt", PROMPT, "--max-tokens", "2000", "--ignore-eos", "--tp", "2", "--pp", "2"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until rank 0 reports the group ready, i.e. generation is about to start.
+    let mut stderr = BufReader::new(run.stderr.take().unwrap());
+    let mut log = String::new();
+    loop {
+        let mut line = String::new();
+        assert!(stderr.read_line(&mut line).unwrap() > 0, "run ended early: {log}");
+        log.push_str(&line);
+        if line.starts_with("rank 3 ready") {
+            break;
+        }
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let workers = children_of(run.id());
+    assert_eq!(workers.len(), 3, "three spawned ranks");
+    // SAFETY: SIGKILL to our grandchild, a worker of this test's group.
+    unsafe { libc::kill(workers[1] as libc::pid_t, libc::SIGKILL) };
+    let killed = Instant::now();
+    let status = loop {
+        if let Some(s) = run.try_wait().unwrap() {
+            break s;
+        }
+        assert!(killed.elapsed() < Duration::from_secs(5), "run did not exit within 5 s of a worker dying");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut rest = String::new();
+    let _ = std::io::Read::read_to_string(&mut stderr, &mut rest);
+    assert!(!status.success());
+    assert!(rest.contains("killed by signal 9"), "{rest}");
+    std::thread::sleep(Duration::from_millis(200));
+    for w in workers {
+        assert!(!alive(w) || std::fs::read_to_string(format!("/proc/{w}/stat")).unwrap_or_default().contains(") Z "), "rank process {w} left behind");
+    }
+}
+
+#[test]
+fn a_rank_that_never_starts_is_a_rendezvous_timeout() {
+    let port = free_port().to_string();
+    // Rank 0 of a 2-rank group whose rank 1 is never started.
+    let out = shardline()
+        .args(["run", "--prompt", PROMPT, "--tp", "2", "--comm-timeout", "1"])
+        .env("RANK", "0")
+        .env("WORLD_SIZE", "2")
+        .env("MASTER_PORT", &port)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("ranks [1] did not join"), "{err}");
+    // A worker whose rank 0 never appears.
+    let out = shardline()
+        .args(["worker", "--comm-timeout", "1"])
+        .env("RANK", "1")
+        .env("WORLD_SIZE", "2")
+        .env("MASTER_PORT", free_port().to_string())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("rank 0 did not accept"), "{err}");
+}

@@ -1,0 +1,272 @@
+//! Spawning and watching the local ranks.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crate::plan::LaunchPlan;
+
+/// How long ranks get to exit after SIGTERM before SIGKILL.
+const GRACE: Duration = Duration::from_secs(3);
+const POLL: Duration = Duration::from_millis(50);
+
+#[derive(Debug, thiserror::Error)]
+pub enum SupervisorError {
+    #[error("could not start rank {rank} ({program}): {source}")]
+    Spawn { rank: usize, program: String, source: std::io::Error },
+    #[error("{0}")]
+    RankFailed(String),
+    #[error("interrupted by {0}; the group was shut down")]
+    Interrupted(&'static str),
+}
+
+/// The program and arguments one rank runs.
+#[derive(Clone, Debug)]
+pub struct RankCommand {
+    pub rank: usize,
+    pub program: PathBuf,
+    pub args: Vec<String>,
+    /// Extra environment (e.g. the rank-0 job's settings).
+    pub env: Vec<(String, String)>,
+    /// Pass stdout through unprefixed (the job's output), instead of prefixing each line.
+    pub raw_stdout: bool,
+}
+
+struct Slot {
+    rank: usize,
+    child: Option<Child>,
+}
+
+pub struct Supervisor {
+    slots: Arc<Mutex<Vec<Slot>>>,
+    ready: Arc<AtomicUsize>,
+    pumps: Vec<JoinHandle<()>>,
+}
+
+fn describe(rank: usize, status: ExitStatus) -> String {
+    match (status.code(), status.signal()) {
+        (Some(code), _) => format!("rank {rank} exited with status {code}"),
+        (None, Some(sig)) => format!("rank {rank} was killed by signal {sig}"),
+        _ => format!("rank {rank} exited ({status})"),
+    }
+}
+
+/// Copies a child's output to ours: line by line with a `[rank N]` prefix, or raw.
+fn pump(rank: usize, src: impl Read + Send + 'static, to_stdout: bool, raw: bool, ready: Arc<AtomicUsize>) -> JoinHandle<()> {
+    std::thread::spawn(move || {
+        if raw {
+            let mut src = src;
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = src.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                let mut out = std::io::stdout().lock();
+                let _ = out.write_all(&buf[..n]);
+                let _ = out.flush();
+            }
+            return;
+        }
+        for line in BufReader::new(src).lines().map_while(Result::ok) {
+            if line.starts_with("READY ") {
+                ready.fetch_add(1, Ordering::SeqCst);
+            }
+            if to_stdout {
+                let _ = writeln!(std::io::stdout().lock(), "[rank {rank}] {line}");
+            } else {
+                let _ = writeln!(std::io::stderr().lock(), "[rank {rank}] {line}");
+            }
+        }
+    })
+}
+
+impl Supervisor {
+    /// Starts every command with the group environment of `plan`.
+    pub fn spawn(plan: &LaunchPlan, commands: Vec<RankCommand>) -> Result<Supervisor, SupervisorError> {
+        let ready = Arc::new(AtomicUsize::new(0));
+        let mut slots = Vec::new();
+        let mut pumps = Vec::new();
+        let parent = std::process::id() as libc::pid_t;
+        let threads = plan.threads().to_string();
+        for rc in commands {
+            let mut cmd = Command::new(&rc.program);
+            cmd.args(&rc.args)
+                .env("RANK", rc.rank.to_string())
+                .env("WORLD_SIZE", plan.world_size.to_string())
+                .env("LOCAL_RANK", (rc.rank - plan.local_ranks().start).to_string())
+                .env("MASTER_ADDR", &plan.master_addr)
+                .env("MASTER_PORT", plan.master_port.to_string())
+                .envs(rc.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped());
+            if std::env::var_os("SHARDLINE_THREADS").is_none() || plan.threads_per_rank.is_some() {
+                cmd.env("SHARDLINE_THREADS", &threads);
+            }
+            // SAFETY: only async-signal-safe libc calls between fork and exec.
+            unsafe {
+                cmd.pre_exec(move || {
+                    // Own process group: a terminal's Ctrl-C reaches the launcher, which then
+                    // shuts ranks down in order. Die with the launcher: no orphans.
+                    libc::setpgid(0, 0);
+                    libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                    if libc::getppid() != parent {
+                        libc::_exit(1);
+                    }
+                    Ok(())
+                });
+            }
+            let mut child = cmd.spawn().map_err(|source| SupervisorError::Spawn {
+                rank: rc.rank,
+                program: rc.program.display().to_string(),
+                source,
+            })?;
+            let (out, err) = (child.stdout.take().expect("piped"), child.stderr.take().expect("piped"));
+            pumps.push(pump(rc.rank, out, true, rc.raw_stdout, Arc::clone(&ready)));
+            pumps.push(pump(rc.rank, err, false, false, Arc::clone(&ready)));
+            slots.push(Slot { rank: rc.rank, child: Some(child) });
+        }
+        Ok(Supervisor { slots: Arc::new(Mutex::new(slots)), ready, pumps })
+    }
+
+    /// Local ranks that printed their READY line so far.
+    pub fn num_ready(&self) -> usize {
+        self.ready.load(Ordering::SeqCst)
+    }
+
+    /// One supervision pass: `Ok(true)` once every rank has exited successfully (ranks exit 0
+    /// only when rank 0 ends the group), `Err` (after taking the group down) when one failed.
+    fn poll(&self) -> Result<bool, SupervisorError> {
+        let mut slots = self.slots.lock().expect("slots lock");
+        let mut failure = None;
+        for slot in slots.iter_mut() {
+            let Some(child) = slot.child.as_mut() else { continue };
+            if let Ok(Some(status)) = child.try_wait() {
+                slot.child = None;
+                if !status.success() {
+                    failure.get_or_insert_with(|| describe(slot.rank, status));
+                }
+            }
+        }
+        if let Some(msg) = failure {
+            terminate(&mut slots);
+            return Err(SupervisorError::RankFailed(msg));
+        }
+        Ok(slots.iter().all(|s| s.child.is_none()))
+    }
+
+    /// Blocks until every rank exits successfully, a rank fails, or SIGINT/SIGTERM arrives; failures and signals take the group down first.
+    pub fn wait(self) -> Result<(), SupervisorError> {
+        let signals = SignalFlags::register();
+        let result = loop {
+            if let Some(sig) = signals.raised() {
+                terminate(&mut self.slots.lock().expect("slots lock"));
+                break Err(SupervisorError::Interrupted(sig));
+            }
+            match self.poll() {
+                Ok(true) => break Ok(()),
+                Ok(false) => std::thread::sleep(POLL),
+                Err(e) => break Err(e),
+            }
+        };
+        for p in self.pumps {
+            let _ = p.join();
+        }
+        result
+    }
+
+    /// Supervises on a background thread; `on_failure` runs (once) if a rank fails or a signal
+    /// arrives. Returns a handle whose `finish` performs an orderly shutdown wait.
+    pub fn watch(self, on_failure: impl FnOnce(SupervisorError) + Send + 'static) -> Watch {
+        let slots = Arc::clone(&self.slots);
+        let thread = std::thread::spawn(move || {
+            if let Err(e) = self.wait() {
+                on_failure(e);
+            }
+        });
+        Watch { slots, thread: Some(thread) }
+    }
+}
+
+/// A supervisor running on its own thread.
+pub struct Watch {
+    slots: Arc<Mutex<Vec<Slot>>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Watch {
+    /// Declares an orderly shutdown and waits (bounded) for every rank to exit; stragglers are
+    /// terminated.
+    pub fn finish(mut self) {
+        let deadline = Instant::now() + GRACE * 2;
+        while Instant::now() < deadline && !self.slots.lock().expect("slots lock").iter().all(|s| s.child.is_none()) {
+            std::thread::sleep(POLL);
+        }
+        terminate(&mut self.slots.lock().expect("slots lock"));
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// SIGTERM every live rank, wait up to the grace period, then SIGKILL what is left.
+fn terminate(slots: &mut [Slot]) {
+    for child in slots.iter_mut().filter_map(|s| s.child.as_mut()) {
+        // SAFETY: plain kill(2) on our own child's pid.
+        unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+    }
+    let deadline = Instant::now() + GRACE;
+    loop {
+        for slot in slots.iter_mut() {
+            if let Some(c) = slot.child.as_mut() {
+                if let Ok(Some(_)) = c.try_wait() {
+                    slot.child = None;
+                }
+            }
+        }
+        if slots.iter().all(|s| s.child.is_none()) {
+            return;
+        }
+        if Instant::now() >= deadline {
+            break;
+        }
+        std::thread::sleep(POLL);
+    }
+    for slot in slots.iter_mut() {
+        if let Some(mut c) = slot.child.take() {
+            tracing::warn!(rank = slot.rank, "rank ignored SIGTERM; killing it");
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// SIGINT / SIGTERM observed by the supervisor (instead of killing the launcher outright).
+struct SignalFlags {
+    int: Arc<AtomicBool>,
+    term: Arc<AtomicBool>,
+}
+
+impl SignalFlags {
+    fn register() -> Self {
+        let (int, term) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicBool::new(false)));
+        let _ = signal_hook::flag::register(signal_hook::consts::SIGINT, Arc::clone(&int));
+        let _ = signal_hook::flag::register(signal_hook::consts::SIGTERM, Arc::clone(&term));
+        SignalFlags { int, term }
+    }
+
+    fn raised(&self) -> Option<&'static str> {
+        if self.int.load(Ordering::SeqCst) {
+            Some("SIGINT")
+        } else if self.term.load(Ordering::SeqCst) {
+            Some("SIGTERM")
+        } else {
+            None
+        }
+    }
+}
