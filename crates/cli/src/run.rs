@@ -96,11 +96,12 @@ struct Backend {
     vocab_size: usize,
 }
 
-fn model_spec(args: &RunArgs) -> ModelSpec {
+fn model_spec(args: &RunArgs) -> anyhow::Result<ModelSpec> {
     let mut spec = ModelSpec::cpu(&args.model.model, args.model.dtype.into());
     spec.load_format = args.model.load_format();
     spec.progress = true;
-    spec
+    spec.device = shardline_worker::device_for(args.device.name(), 0)?;
+    Ok(spec)
 }
 
 /// KV blocks: one request's worth per copy. The pool is zero-filled lazily, so untouched blocks
@@ -115,7 +116,7 @@ fn engine_config(args: &RunArgs) -> EngineConfig {
 
 fn local_backend(args: &RunArgs) -> anyhow::Result<Backend> {
     init_threads(args.model.threads)?;
-    let spec = model_spec(args);
+    let spec = model_spec(args)?;
     let (model, tokenizer) = load_local(&spec).with_context(|| format!("loading model `{}`", spec.model))?;
     let cfg = model.config().clone();
     let exec = LocalExecutor::new(model, num_blocks(args, cfg.max_position_embeddings), args.block_size)?;
@@ -124,9 +125,6 @@ fn local_backend(args: &RunArgs) -> anyhow::Result<Backend> {
 }
 
 fn group_backend(args: &RunArgs, env: Option<RankEnv>) -> anyhow::Result<Backend> {
-    if args.device == DeviceArg::Cuda {
-        bail!("--device cuda needs a build with `--features cuda`");
-    }
     let world = args.tp * args.pp;
     let (env, workers) = match env {
         Some(env) => {
@@ -144,7 +142,7 @@ fn group_backend(args: &RunArgs, env: Option<RankEnv>) -> anyhow::Result<Backend
     if env.world_size != world {
         bail!("--tp {} × --pp {} = {world} ranks, but the launcher started {}", args.tp, args.pp, env.world_size);
     }
-    let spec = model_spec(args);
+    let spec = model_spec(args)?;
     let cfg = read_config(&spec).with_context(|| format!("reading the config of `{}`", spec.model))?;
     let pp_layers = (!args.pp_layers.is_empty()).then_some(args.pp_layers.as_slice());
     let layout = GroupLayout::new(args.tp, args.pp, cfg.num_layers, pp_layers)?;

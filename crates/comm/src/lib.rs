@@ -9,6 +9,8 @@
 mod collectives;
 mod error;
 mod mesh;
+#[cfg(feature = "cuda")]
+pub mod nccl;
 mod rendezvous;
 mod wire;
 

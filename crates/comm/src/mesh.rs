@@ -26,10 +26,13 @@ pub enum Tag {
 }
 const NUM_TAGS: usize = 4;
 
+/// A tagged message waiting for the writer thread.
+type Frame = (u8, Vec<u8>);
+
 struct Peer {
     stream: TcpStream,
     /// `None` once the group is closed.
-    outbox: Mutex<Option<Sender<(u8, Vec<u8>)>>>,
+    outbox: Mutex<Option<Sender<Frame>>>,
     writer: Mutex<Option<JoinHandle<()>>>,
     inbox: Vec<Mutex<Receiver<Vec<u8>>>>,
 }
@@ -39,7 +42,7 @@ impl Peer {
         stream.set_nodelay(true).map_err(|e| CommError::io(format!("rank {rank}: TCP_NODELAY"), e))?;
         let clone = |s: &TcpStream| s.try_clone().map_err(|e| CommError::io(format!("rank {rank}: socket"), e));
         let (mut reader, mut writer) = (clone(&stream)?, clone(&stream)?);
-        let (out_tx, out_rx) = mpsc::channel::<(u8, Vec<u8>)>();
+        let (out_tx, out_rx) = mpsc::channel::<Frame>();
         let writer_thread = std::thread::Builder::new()
             .name(format!("comm-tx-{rank}"))
             .spawn(move || {

@@ -14,7 +14,7 @@ pub enum EngineError {
     #[error(transparent)]
     Tokenizer(#[from] shardline_tokenizer::TokenizerError),
     #[error("tensor operation failed: {0}")]
-    Candle(#[from] candle_core::Error),
+    Candle(Box<candle_core::Error>),
     #[error("{0}")]
     Load(String),
 }
@@ -23,6 +23,12 @@ impl EngineError {
     /// Whether the request itself was bad (as opposed to the server failing).
     pub fn is_invalid_request(&self) -> bool {
         matches!(self, EngineError::InvalidRequest(_) | EngineError::Sampling(_))
+    }
+}
+
+impl From<candle_core::Error> for EngineError {
+    fn from(e: candle_core::Error) -> Self {
+        EngineError::Candle(Box::new(e))
     }
 }
 

@@ -24,7 +24,7 @@ impl LaunchPlan {
         if self.world_size == 0 || self.nnodes == 0 {
             return Err(PlanError::Invalid("world size and --nnodes must be positive".into()));
         }
-        if self.world_size % self.nnodes != 0 {
+        if !self.world_size.is_multiple_of(self.nnodes) {
             return Err(PlanError::Invalid(format!(
                 "{} ranks cannot be spread evenly over {} nodes",
                 self.world_size, self.nnodes

@@ -14,10 +14,17 @@ pub enum ModelError {
     Batch(String),
     #[error(transparent)]
     Weights(#[from] WeightsError),
+    /// Boxed: candle's error is large and would bloat every `Result` on the hot path.
     #[error("tensor operation failed: {0}")]
-    Candle(#[from] candle_core::Error),
+    Candle(Box<candle_core::Error>),
     #[error("collective operation failed: {0}")]
     Collective(String),
+}
+
+impl From<candle_core::Error> for ModelError {
+    fn from(e: candle_core::Error) -> Self {
+        ModelError::Candle(Box::new(e))
+    }
 }
 
 pub type Result<T> = std::result::Result<T, ModelError>;

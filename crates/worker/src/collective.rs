@@ -1,7 +1,9 @@
-//! The model's `Collective` over a tensor-parallel group of the communicator. CPU tensors move
-//! as f32 host buffers; other dtypes are widened to f32 for the wire and narrowed back.
+//! The model's `Collective` over one tensor-parallel group: over the TCP mesh for CPU ranks
+//! (f32 host buffers; other dtypes widened for the wire), over NCCL for CUDA ranks.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Instant;
 
 use candle_core::{DType, Tensor};
 use shardline_comm::{Comm, Group};
@@ -10,11 +12,43 @@ use shardline_model::{Collective, ModelError};
 pub struct TpCollective {
     comm: Arc<Comm>,
     group: Group,
+    #[cfg(feature = "cuda")]
+    nccl: Option<(shardline_comm::nccl::NcclComm, Vec<usize>)>,
+    /// Time spent inside collectives (including waiting for slower ranks), for step stats.
+    nanos: AtomicU64,
 }
 
 impl TpCollective {
     pub fn new(comm: Arc<Comm>, ranks: Vec<usize>) -> Self {
-        TpCollective { comm, group: Group::new(ranks) }
+        TpCollective {
+            comm,
+            group: Group::new(ranks),
+            #[cfg(feature = "cuda")]
+            nccl: None,
+            nanos: AtomicU64::new(0),
+        }
+    }
+
+    /// Runs the group's collectives through NCCL on `stream`; `gather_widths` are the members'
+    /// shares of the gathered dimension (the vocab split).
+    #[cfg(feature = "cuda")]
+    pub fn with_nccl(mut self, stream: Arc<cudarc::driver::CudaStream>, gather_widths: Vec<usize>) -> shardline_comm::Result<Self> {
+        if self.group.size() > 1 {
+            self.nccl = Some((shardline_comm::nccl::NcclComm::new(&self.comm, &self.group, stream)?, gather_widths));
+        }
+        Ok(self)
+    }
+
+    /// Seconds spent in collectives so far.
+    pub fn seconds(&self) -> f64 {
+        self.nanos.load(Ordering::Relaxed) as f64 / 1e9
+    }
+
+    fn timed<T>(&self, f: impl FnOnce() -> T) -> T {
+        let start = Instant::now();
+        let out = f();
+        self.nanos.fetch_add(start.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        out
     }
 }
 
@@ -35,8 +69,12 @@ impl Collective for TpCollective {
         if self.size() == 1 {
             return Ok(t.clone());
         }
+        #[cfg(feature = "cuda")]
+        if let Some((nccl, _)) = &self.nccl {
+            return self.timed(|| crate::nccl::all_reduce_sum(nccl, t));
+        }
         let mut data = t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
-        self.group.all_reduce_sum(&self.comm, &mut data).map_err(err)?;
+        self.timed(|| self.group.all_reduce_sum(&self.comm, &mut data)).map_err(err)?;
         Ok(Tensor::from_vec(data, t.shape(), t.device())?.to_dtype(t.dtype())?)
     }
 
@@ -44,18 +82,21 @@ impl Collective for TpCollective {
         if self.size() == 1 {
             return Ok(t.clone());
         }
-        let (rows, cols) = t.dims2()?;
+        #[cfg(feature = "cuda")]
+        if let Some((nccl, widths)) = &self.nccl {
+            return self.timed(|| crate::nccl::all_gather_last_dim(nccl, widths, t));
+        }
+        let rows = t.dim(0)?;
         let data = t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
-        let parts = self.group.all_gather(&self.comm, &data).map_err(err)?;
+        let parts = self.timed(|| self.group.all_gather(&self.comm, &data)).map_err(err)?;
         let mut tensors = Vec::with_capacity(parts.len());
         for p in parts {
-            let width = if rows == 0 { 0 } else { p.len() / rows };
+            let width = p.len().checked_div(rows).unwrap_or(0);
             if width * rows != p.len() {
                 return Err(ModelError::Collective(format!("all-gather: a rank sent {} values for {rows} rows", p.len())));
             }
             tensors.push(Tensor::from_vec(p, (rows, width), t.device())?);
         }
-        let _ = cols;
         Ok(Tensor::cat(&tensors, 1)?.to_dtype(t.dtype())?)
     }
 }

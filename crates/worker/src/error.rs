@@ -13,13 +13,19 @@ pub enum WorkerError {
     #[error(transparent)]
     Engine(#[from] shardline_engine::EngineError),
     #[error("tensor operation failed: {0}")]
-    Candle(#[from] candle_core::Error),
+    Candle(Box<candle_core::Error>),
     #[error("malformed message: {0}")]
     Decode(#[from] prost::DecodeError),
     #[error("rank {rank}: {message}")]
     Remote { rank: usize, message: String },
     #[error("protocol error: {0}")]
     Protocol(String),
+}
+
+impl From<candle_core::Error> for WorkerError {
+    fn from(e: candle_core::Error) -> Self {
+        WorkerError::Candle(Box::new(e))
+    }
 }
 
 pub type Result<T> = std::result::Result<T, WorkerError>;

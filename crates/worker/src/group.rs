@@ -67,7 +67,7 @@ pub fn start_group(spec: GroupSpec, env: &RankEnv, timeout: Duration, load_timeo
         std::thread::Builder::new()
             .name("rank0-shard".into())
             .spawn(move || {
-                let mut shard = match WorkerShard::load(0, &spec, comm) {
+                let mut shard = match WorkerShard::load(0, 0, &spec, comm) {
                     Ok((shard, tok)) => {
                         let cfg = shard.model().config().clone();
                         let _ = boot_tx.send(Ok((shard.ready(), tok, cfg)));
@@ -87,9 +87,10 @@ pub fn start_group(spec: GroupSpec, env: &RankEnv, timeout: Duration, load_timeo
                                 return;
                             }
                         }
-                        Some(Kind::Shutdown(_)) | None => return,
+                        Some(Kind::Shutdown(_)) | None => break,
                     }
                 }
+                eprintln!("{}", shard.stats_line());
             })
             .map_err(|e| WorkerError::Protocol(format!("spawning rank 0's shard thread: {e}")))?
     };
@@ -114,7 +115,7 @@ pub fn start_group(spec: GroupSpec, env: &RankEnv, timeout: Duration, load_timeo
 pub fn run_worker(env: &RankEnv, timeout: Duration) -> Result<()> {
     let comm = Arc::new(rendezvous(&rendezvous_config(env, timeout, Vec::new()))?);
     let spec = GroupSpec::decode(comm.group_blob())?;
-    let mut shard = match WorkerShard::load(env.rank, &spec, Arc::clone(&comm)) {
+    let mut shard = match WorkerShard::load(env.rank, env.local_rank, &spec, Arc::clone(&comm)) {
         Ok((shard, _tokenizer)) => shard,
         Err(e) => {
             let msg = Ready { rank: env.rank as u32, error: e.to_string(), ..Default::default() };
@@ -144,7 +145,7 @@ pub fn run_worker(env: &RankEnv, timeout: Duration) -> Result<()> {
                 }
             },
             Some(Kind::Shutdown(_)) => {
-                tracing::info!(rank = env.rank, peak_rss = crate::shard::peak_rss_bytes(), "shutting down");
+                eprintln!("{}", shard.stats_line());
                 comm.close();
                 return Ok(());
             }

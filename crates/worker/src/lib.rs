@@ -8,6 +8,8 @@ mod env;
 mod error;
 mod group;
 mod layout;
+#[cfg(feature = "cuda")]
+mod nccl;
 mod shard;
 
 pub use collective::TpCollective;
@@ -16,5 +18,5 @@ pub use env::{RankEnv, DEFAULT_MASTER_PORT};
 pub use error::{Result, WorkerError};
 pub use group::{run_worker, start_group, GroupReady};
 pub use layout::GroupLayout;
-pub use shard::peak_rss_bytes;
+pub use shard::{device_for, peak_rss_bytes};
 pub use shardline_proto::worker::v1::GroupSpec;

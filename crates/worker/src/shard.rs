@@ -25,6 +25,19 @@ pub fn dtype_of(name: &str) -> Result<DType> {
     }
 }
 
+/// The device a rank runs on: the CPU, or CUDA device `local_rank` of this node.
+pub fn device_for(kind: &str, local_rank: usize) -> Result<Device> {
+    match kind {
+        "cpu" => Ok(Device::Cpu),
+        #[cfg(feature = "cuda")]
+        "cuda" => Ok(Device::new_cuda(local_rank)?),
+        other => {
+            let _ = local_rank;
+            Err(WorkerError::Protocol(format!("device `{other}` is not available in this build (cuda needs --features cuda)")))
+        }
+    }
+}
+
 pub fn layout_of(spec: &GroupSpec) -> GroupLayout {
     GroupLayout {
         tp: spec.tp as usize,
@@ -50,17 +63,27 @@ pub struct WorkerShard {
     comm: Arc<Comm>,
     tp: TpCollective,
     block_tables: HashMap<u64, Vec<u32>>,
+    stats: StepStats,
+}
+
+/// Where a rank's step time goes.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct StepStats {
+    pub steps: u64,
+    /// Wall time inside `step`.
+    pub busy_s: f64,
+    /// Waiting for and sending pipeline hidden states.
+    pub pipeline_s: f64,
 }
 
 impl WorkerShard {
     /// Loads rank `rank`'s slice of the model (its TP share of its stage's layers) and KV cache.
-    pub fn load(rank: usize, spec: &GroupSpec, comm: Arc<Comm>) -> Result<(WorkerShard, Tokenizer)> {
+    /// `local_rank` picks the CUDA device on this node.
+    pub fn load(rank: usize, local_rank: usize, spec: &GroupSpec, comm: Arc<Comm>) -> Result<(WorkerShard, Tokenizer)> {
         let layout = layout_of(spec);
         let stage = layout.stage_of(rank);
-        if spec.device != "cpu" {
-            return Err(WorkerError::Protocol(format!("device `{}` is not available in this build", spec.device)));
-        }
         let mut mspec = ModelSpec::cpu(&spec.model, dtype_of(&spec.dtype)?);
+        mspec.device = device_for(&spec.device, local_rank)?;
         mspec.load_format = if spec.load_format == "dummy" { LoadFormat::Dummy } else { LoadFormat::Auto };
         let cfg = shardline_engine::read_config(&mspec)?;
         mspec.plan = Some(ShardPlan::new(&cfg, layout.tp_rank_of(rank), layout.tp)?);
@@ -68,7 +91,15 @@ impl WorkerShard {
         let (model, tokenizer) = load_local(&mspec)?;
         let cache = model.new_cache(spec.num_blocks as usize, spec.block_size as usize)?;
         let tp = TpCollective::new(Arc::clone(&comm), layout.tp_group(stage));
-        let shard = WorkerShard { rank, layout, model, cache, comm, tp, block_tables: HashMap::new() };
+        #[cfg(feature = "cuda")]
+        let tp = match model.device() {
+            Device::Cuda(dev) => {
+                let widths = (0..layout.tp).map(|r| shardline_model::even_split(cfg.vocab_size, layout.tp, r).len()).collect();
+                tp.with_nccl(dev.cuda_stream(), widths)?
+            }
+            _ => tp,
+        };
+        let shard = WorkerShard { rank, layout, model, cache, comm, tp, block_tables: HashMap::new(), stats: StepStats::default() };
         Ok((shard, tokenizer))
     }
 
@@ -86,8 +117,32 @@ impl WorkerShard {
         &self.model
     }
 
+    /// One line for logs: steps, busy time and the share spent communicating.
+    pub fn stats_line(&self) -> String {
+        let s = self.stats;
+        let comm = self.tp.seconds() + s.pipeline_s;
+        format!(
+            "STATS rank={} steps={} busy={:.3}s tp_collectives={:.3}s pipeline={:.3}s comm_share={:.1}% peak_rss={:.1}MiB",
+            self.rank,
+            s.steps,
+            s.busy_s,
+            self.tp.seconds(),
+            s.pipeline_s,
+            if s.busy_s > 0.0 { 100.0 * comm / s.busy_s } else { 0.0 },
+            peak_rss_bytes() as f64 / 1048576.0
+        )
+    }
+
     /// Runs this rank's part of `step`; the result rank returns the logits.
     pub fn step(&mut self, step: &Step) -> Result<Option<StepResult>> {
+        let start = std::time::Instant::now();
+        let out = self.step_inner(step);
+        self.stats.steps += 1;
+        self.stats.busy_s += start.elapsed().as_secs_f64();
+        out
+    }
+
+    fn step_inner(&mut self, step: &Step) -> Result<Option<StepResult>> {
         for s in &step.new_sequences {
             self.block_tables.insert(s.seq_id, s.block_table.clone());
         }
@@ -120,7 +175,9 @@ impl WorkerShard {
             self.model.embed(&batch.tokens, &self.tp)?
         } else {
             let from = self.layout.rank_of(stage - 1, tp_rank);
+            let wait = std::time::Instant::now();
             let bytes = self.comm.recv(from, Tag::Hidden)?;
+            self.stats.pipeline_s += wait.elapsed().as_secs_f64();
             let (got_step, data) = decode_hidden(&bytes)?;
             if got_step != step_id || data.len() != batch.num_rows() * hidden {
                 return Err(WorkerError::Protocol(format!(
@@ -129,12 +186,16 @@ impl WorkerShard {
                     batch.num_rows() * hidden
                 )));
             }
-            Tensor::from_vec(data, (batch.num_rows(), hidden), &Device::Cpu)?.to_dtype(self.model.dtype())?
+            Tensor::from_vec(data, (batch.num_rows(), hidden), &Device::Cpu)?
+                .to_dtype(self.model.dtype())?
+                .to_device(self.model.device())?
         };
         let x = self.model.forward_layers(x, &batch, &mut self.cache, &self.tp)?;
         if stage + 1 < self.layout.pp {
             let to = self.layout.rank_of(stage + 1, tp_rank);
+            let send = std::time::Instant::now();
             self.comm.send(to, Tag::Hidden, encode_hidden(step_id, &x)?)?;
+            self.stats.pipeline_s += send.elapsed().as_secs_f64();
             return Ok(None);
         }
         if batch.logit_rows.is_empty() {
@@ -169,7 +230,7 @@ fn encode_hidden(step_id: u64, x: &Tensor) -> Result<Vec<u8>> {
 }
 
 fn decode_hidden(bytes: &[u8]) -> Result<(u64, Vec<f32>)> {
-    if bytes.len() < 8 || (bytes.len() - 8) % 4 != 0 {
+    if bytes.len() < 8 || !(bytes.len() - 8).is_multiple_of(4) {
         return Err(WorkerError::Protocol("malformed hidden-state message".into()));
     }
     let step = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes"));
