@@ -45,6 +45,8 @@ struct Slot {
 pub struct Supervisor {
     slots: Arc<Mutex<Vec<Slot>>>,
     ready: Arc<AtomicUsize>,
+    /// Workers expected to print READY (a rank-0 job does not).
+    expected_ready: usize,
     pumps: Vec<JoinHandle<()>>,
 }
 
@@ -91,6 +93,7 @@ impl Supervisor {
         let ready = Arc::new(AtomicUsize::new(0));
         let mut slots = Vec::new();
         let mut pumps = Vec::new();
+        let expected_ready = commands.iter().filter(|c| !c.raw_stdout).count();
         let parent = std::process::id() as libc::pid_t;
         let threads = plan.threads().to_string();
         for rc in commands {
@@ -131,7 +134,7 @@ impl Supervisor {
             pumps.push(pump(rc.rank, err, false, false, Arc::clone(&ready)));
             slots.push(Slot { rank: rc.rank, child: Some(child) });
         }
-        Ok(Supervisor { slots: Arc::new(Mutex::new(slots)), ready, pumps })
+        Ok(Supervisor { slots: Arc::new(Mutex::new(slots)), ready, expected_ready, pumps })
     }
 
     /// Local ranks that printed their READY line so far.
@@ -163,7 +166,12 @@ impl Supervisor {
     /// Blocks until every rank exits successfully, a rank fails, or SIGINT/SIGTERM arrives; failures and signals take the group down first.
     pub fn wait(self) -> Result<(), SupervisorError> {
         let signals = SignalFlags::register();
+        let mut announced = self.expected_ready == 0;
         let result = loop {
+            if !announced && self.num_ready() >= self.expected_ready {
+                eprintln!("launcher: all {} local worker ranks are READY", self.expected_ready);
+                announced = true;
+            }
             if let Some(sig) = signals.raised() {
                 terminate(&mut self.slots.lock().expect("slots lock"));
                 break Err(SupervisorError::Interrupted(sig));
