@@ -5,9 +5,11 @@
 //! Parallelism uses rayon's global pool, so `--threads` sizes every kernel at once.
 
 mod attention;
+mod attn_kernels;
 mod elementwise;
 mod matmul;
 pub mod reference;
+mod simd;
 
 pub use attention::{paged_attention, write_kv, KvLayout, SeqSpan};
 pub use elementwise::{add_bias, add_inplace, rms_norm, rope_rotate_half, silu_mul};

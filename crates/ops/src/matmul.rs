@@ -1,19 +1,34 @@
 //! out[m×n] = x[m×k] · wᵀ, with w a torch Linear weight [n×k] (row j is output j's weights).
 //!
 //! Decode steps have a handful of rows and are bound by reading w from memory once, so small m
-//! gets a streaming kernel: threads own contiguous ranges of w's rows and dot each with every x
-//! row (AVX2+FMA when the CPU has it). Prefill has hundreds of rows and is compute-bound: that
-//! goes to the `gemm` crate's blocked kernels.
+//! gets a streaming kernel: threads own contiguous ranges of w's rows and compute register tiles
+//! of up to 4 x rows × 3 w rows (AVX2+FMA when the CPU has it), which keeps both FMA pipes fed
+//! once m > 2 makes the work compute-heavy. Large m (prefill) is compute-bound and goes to the
+//! `gemm` crate's blocked kernels.
 
 use rayon::prelude::*;
 
-/// Largest m handled by the streaming kernel (measured: `cargo bench -p shardline-ops`).
-const STREAM_MAX_M: usize = 8;
-/// x rows processed per pass over a w row.
-const ROWS_PER_PASS: usize = 4;
+use crate::simd::has_avx2_fma;
 
+/// Largest m handled by the streaming kernel: on 2 Zen3 cores it beat gemm through m = 32 at
+/// SmolLM2's shapes (gemm pulls ahead by m = 64; `cargo bench -p shardline-ops -- mlp_up`).
+const STREAM_MAX_M: usize = 32;
+/// x rows × w rows computed together in one register tile.
+const X_ROWS: usize = 4;
+const W_ROWS: usize = 3;
+type Tile = [[f32; W_ROWS]; X_ROWS];
+/// Up to this many x rows, w rows are streamed one at a time.
+const NARROW_MAX_M: usize = 2;
+
+/// out[m×n] = x[m×k] · w[n×k]ᵀ, all row-major; every element of `out` is written.
+///
+/// # Panics
+/// If a slice length does not match its shape.
 pub fn matmul_nt(x: &[f32], m: usize, k: usize, w: &[f32], n: usize, out: &mut [f32]) {
-    assert!(x.len() == m * k && w.len() == n * k && out.len() == m * n, "matmul_nt: shapes");
+    assert!(
+        x.len() == m * k && w.len() == n * k && out.len() == m * n,
+        "matmul_nt: shapes"
+    );
     if m == 0 || n == 0 {
         return;
     }
@@ -71,96 +86,215 @@ fn stream(x: &[f32], m: usize, k: usize, w: &[f32], n: usize, out: &mut [f32]) {
     // A few chunks per thread balance load; each chunk is one contiguous stretch of w.
     let chunk = n.div_ceil(threads * 4).max(16);
     let dst = OutPtr(out.as_mut_ptr());
-    w.par_chunks(chunk * k).enumerate().for_each(|(c, w_chunk)| {
-        let j0 = c * chunk;
-        let mut acc = [0.0f32; ROWS_PER_PASS];
-        for (jj, w_row) in w_chunk.chunks_exact(k).enumerate() {
-            let mut i0 = 0;
-            while i0 < m {
-                let rows = (m - i0).min(ROWS_PER_PASS);
-                dot_rows(&x[i0 * k..(i0 + rows) * k], rows, w_row, &mut acc);
-                for (r, &v) in acc[..rows].iter().enumerate() {
-                    // SAFETY: (i0 + r, j0 + jj) is inside out and owned by this chunk.
-                    unsafe { *dst.get().add((i0 + r) * n + j0 + jj) = v };
+    let simd = has_avx2_fma();
+    // With one or two x rows the kernel is memory-bound and one sequential w stream is what
+    // the hardware prefetcher serves best; with more rows, tiling w rows saves loads (measured).
+    let w_step = if m <= NARROW_MAX_M { 1 } else { W_ROWS };
+    w.par_chunks(chunk * k)
+        .enumerate()
+        .for_each(|(c, w_chunk)| {
+            let j0 = c * chunk;
+            let rows_here = w_chunk.len() / k;
+            let mut tile: Tile = [[0.0; W_ROWS]; X_ROWS];
+            let mut jj = 0;
+            while jj < rows_here {
+                let cols = (rows_here - jj).min(w_step);
+                let w_rows = &w_chunk[jj * k..(jj + cols) * k];
+                let mut i0 = 0;
+                while i0 < m {
+                    let rows = (m - i0).min(X_ROWS);
+                    let x_rows = &x[i0 * k..(i0 + rows) * k];
+                    if simd {
+                        // SAFETY: AVX2 and FMA were detected; the slices hold rows×k and cols×k.
+                        #[cfg(target_arch = "x86_64")]
+                        unsafe {
+                            avx2::tile(x_rows, rows, w_rows, cols, k, &mut tile)
+                        };
+                    } else {
+                        portable_tile(x_rows, rows, w_rows, cols, k, &mut tile);
+                    }
+                    for (r, t) in tile.iter().enumerate().take(rows) {
+                        for (cc, &v) in t.iter().enumerate().take(cols) {
+                            // SAFETY: (i0 + r, j0 + jj + cc) is inside out and owned by this chunk.
+                            unsafe { *dst.get().add((i0 + r) * n + j0 + jj + cc) = v };
+                        }
+                    }
+                    i0 += rows;
                 }
-                i0 += rows;
+                jj += cols;
             }
-        }
-    });
+        });
 }
 
-/// acc[r] = x_r · w_row for the `rows` (≤ 4) rows of `x`.
-#[inline]
-fn dot_rows(x: &[f32], rows: usize, w_row: &[f32], acc: &mut [f32; ROWS_PER_PASS]) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-            // SAFETY: the CPU supports the features the function is compiled for.
-            unsafe { avx2::dot_rows(x, rows, w_row, acc) };
-            return;
+/// tile[r][c] = x_r · w_c for `rows` x rows and `cols` w rows, each of length k.
+fn portable_tile(x: &[f32], rows: usize, w: &[f32], cols: usize, k: usize, tile: &mut Tile) {
+    for (r, t) in tile.iter_mut().enumerate().take(rows) {
+        for (c, v) in t.iter_mut().enumerate().take(cols) {
+            *v = portable_dot(&x[r * k..(r + 1) * k], &w[c * k..(c + 1) * k]);
         }
     }
-    portable_dot_rows(x, rows, w_row, acc);
 }
 
-fn portable_dot_rows(x: &[f32], rows: usize, w_row: &[f32], acc: &mut [f32; ROWS_PER_PASS]) {
-    let k = w_row.len();
-    for (r, a) in acc.iter_mut().enumerate().take(rows) {
-        let xr = &x[r * k..(r + 1) * k];
-        // Eight independent partial sums let the compiler vectorize without reassociating.
-        let mut lanes = [0.0f32; 8];
-        let (xc, xt) = xr.split_at(k - k % 8);
-        let (wc, wt) = w_row.split_at(k - k % 8);
-        for (xv, wv) in xc.chunks_exact(8).zip(wc.chunks_exact(8)) {
-            for l in 0..8 {
-                lanes[l] += xv[l] * wv[l];
-            }
+fn portable_dot(a: &[f32], b: &[f32]) -> f32 {
+    // Eight independent partial sums let the compiler vectorize without reassociating.
+    let mut lanes = [0.0f32; 8];
+    let body = a.len() - a.len() % 8;
+    for (av, bv) in a[..body].chunks_exact(8).zip(b[..body].chunks_exact(8)) {
+        for l in 0..8 {
+            lanes[l] += av[l] * bv[l];
         }
-        *a = lanes.iter().sum::<f32>() + xt.iter().zip(wt).map(|(p, q)| p * q).sum::<f32>();
     }
+    lanes.iter().sum::<f32>()
+        + a[body..]
+            .iter()
+            .zip(&b[body..])
+            .map(|(p, q)| p * q)
+            .sum::<f32>()
 }
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
     use std::arch::x86_64::*;
 
-    use super::ROWS_PER_PASS;
+    use super::{Tile, W_ROWS, X_ROWS};
+    use crate::simd::avx2::hsum;
 
-    #[inline]
+    /// Dispatches to a register tile sized at compile time, so the accumulators stay in
+    /// registers (a runtime-sized loop would spill them to the stack).
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn hsum(v: __m256) -> f32 {
-        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-        let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 0x55));
-        _mm_cvtss_f32(s)
+    pub unsafe fn tile(x: &[f32], rows: usize, w: &[f32], cols: usize, k: usize, out: &mut Tile) {
+        debug_assert!(x.len() >= rows * k && w.len() >= cols * k);
+        let (xp, wp) = (x.as_ptr(), w.as_ptr());
+        match (rows, cols) {
+            (4, 3) => fixed::<4, 3>(xp, wp, k, out),
+            (4, 2) => fixed::<4, 2>(xp, wp, k, out),
+            (4, _) => narrow::<4>(xp, wp, k, out),
+            (3, 3) => fixed::<3, 3>(xp, wp, k, out),
+            (3, 2) => fixed::<3, 2>(xp, wp, k, out),
+            (3, _) => narrow::<3>(xp, wp, k, out),
+            (2, 3) => fixed::<2, 3>(xp, wp, k, out),
+            (2, 2) => fixed::<2, 2>(xp, wp, k, out),
+            (2, _) => narrow::<2>(xp, wp, k, out),
+            (_, 3) => fixed::<1, 3>(xp, wp, k, out),
+            (_, 2) => fixed::<1, 2>(xp, wp, k, out),
+            _ => narrow::<1>(xp, wp, k, out),
+        }
     }
 
-    /// Two 8-lane accumulators per x row; w is loaded once per 16 elements for all rows.
+    /// R dot products with one w row, two accumulators per x row (16 elements a step) so the
+    /// FMA latency is hidden even for R = 1; w is read strictly sequentially.
+    #[inline]
     #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn dot_rows(x: &[f32], rows: usize, w_row: &[f32], acc: &mut [f32; ROWS_PER_PASS]) {
-        let k = w_row.len();
+    unsafe fn narrow<const R: usize>(x: *const f32, w: *const f32, k: usize, out: &mut Tile) {
+        const { assert!(R <= X_ROWS) };
+        let mut a0 = [_mm256_setzero_ps(); R];
+        let mut a1 = [_mm256_setzero_ps(); R];
         let body = k - k % 16;
-        let wp = w_row.as_ptr();
-        let xp = x.as_ptr();
-        let mut a0 = [_mm256_setzero_ps(); ROWS_PER_PASS];
-        let mut a1 = [_mm256_setzero_ps(); ROWS_PER_PASS];
         let mut p = 0;
         while p < body {
-            let w0 = _mm256_loadu_ps(wp.add(p));
-            let w1 = _mm256_loadu_ps(wp.add(p + 8));
-            for r in 0..rows {
-                let xr = xp.add(r * k + p);
+            let w0 = _mm256_loadu_ps(w.add(p));
+            let w1 = _mm256_loadu_ps(w.add(p + 8));
+            for r in 0..R {
+                let xr = x.add(r * k + p);
                 a0[r] = _mm256_fmadd_ps(_mm256_loadu_ps(xr), w0, a0[r]);
                 a1[r] = _mm256_fmadd_ps(_mm256_loadu_ps(xr.add(8)), w1, a1[r]);
             }
             p += 16;
         }
-        for r in 0..rows {
+        for r in 0..R {
             let mut s = hsum(_mm256_add_ps(a0[r], a1[r]));
             for q in body..k {
-                s += *xp.add(r * k + q) * *wp.add(q);
+                s += *x.add(r * k + q) * *w.add(q);
             }
-            acc[r] = s;
+            out[r][0] = s;
+        }
+    }
+
+    /// R×C dot products of length k: per 8 elements, R + C loads feed R·C FMAs (4×3: 7 loads
+    /// for 12 FMAs, so Zen3's two load ports keep both FMA pipes busy).
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn fixed<const R: usize, const C: usize>(
+        x: *const f32,
+        w: *const f32,
+        k: usize,
+        out: &mut Tile,
+    ) {
+        const { assert!(R <= X_ROWS && C <= W_ROWS) };
+        let mut acc = [[_mm256_setzero_ps(); C]; R];
+        let body = k - k % 8;
+        let mut p = 0;
+        // The tile's C w rows are one contiguous block and the next tile reads the block after
+        // it; prefetch that block at C× the pace we walk this one, so DRAM streams stay busy
+        // even though the hardware prefetcher sees C interleaved streams.
+        let next = w.wrapping_add(C * k);
+        while p < body {
+            _mm_prefetch::<_MM_HINT_T0>(next.wrapping_add(p * C) as *const i8);
+            _mm_prefetch::<_MM_HINT_T0>(next.wrapping_add(p * C + 16) as *const i8);
+            let mut wv = [_mm256_setzero_ps(); C];
+            for (c, v) in wv.iter_mut().enumerate() {
+                *v = _mm256_loadu_ps(w.add(c * k + p));
+            }
+            for (r, a) in acc.iter_mut().enumerate() {
+                let xv = _mm256_loadu_ps(x.add(r * k + p));
+                for (c, v) in a.iter_mut().enumerate() {
+                    *v = _mm256_fmadd_ps(xv, wv[c], *v);
+                }
+            }
+            p += 8;
+        }
+        for (r, a) in acc.iter().enumerate() {
+            for (c, v) in a.iter().enumerate() {
+                let mut s = hsum(*v);
+                for q in body..k {
+                    s += *x.add(r * k + q) * *w.add(c * k + q);
+                }
+                out[r][c] = s;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The public tests only reach the tile kernel the CPU selects; here each is checked.
+    use super::*;
+
+    #[test]
+    fn tile_kernels_match_naive_dots() {
+        let mut seed = 3u32;
+        let mut next = move || {
+            seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            (seed >> 8) as f32 / (1u32 << 23) as f32 - 1.0
+        };
+        for k in [1, 7, 8, 16, 33, 100] {
+            let x: Vec<f32> = (0..X_ROWS * k).map(|_| next()).collect();
+            let w: Vec<f32> = (0..W_ROWS * k).map(|_| next()).collect();
+            for rows in 1..=X_ROWS {
+                for cols in 1..=W_ROWS {
+                    let want = |r: usize, c: usize| -> f32 {
+                        (0..k).map(|p| x[r * k + p] * w[c * k + p]).sum()
+                    };
+                    let mut tiles = vec![[[f32::NAN; W_ROWS]; X_ROWS]];
+                    portable_tile(&x, rows, &w, cols, k, &mut tiles[0]);
+                    #[cfg(target_arch = "x86_64")]
+                    if has_avx2_fma() {
+                        tiles.push([[f32::NAN; W_ROWS]; X_ROWS]);
+                        // SAFETY: features detected; x and w hold X_ROWS·k and W_ROWS·k floats.
+                        unsafe { avx2::tile(&x, rows, &w, cols, k, &mut tiles[1]) };
+                    }
+                    for t in &tiles {
+                        for (r, tr) in t.iter().enumerate().take(rows) {
+                            for (c, &v) in tr.iter().enumerate().take(cols) {
+                                assert!(
+                                    (v - want(r, c)).abs() < 1e-4,
+                                    "k={k} {rows}x{cols} [{r}][{c}]"
+                                );
+                            }
+                        }
+                    }
+                }
+            }
         }
     }
 }
