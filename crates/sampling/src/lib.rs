@@ -2,10 +2,14 @@
 //! semantics vLLM and TGI users expect (parameter names, order of logit processors, logprobs of
 //! the raw distribution, stop strings excluded from the output).
 
+mod error;
+mod logprobs;
 mod params;
 mod sampler;
 mod stop;
 
-pub use params::{SamplingError, SamplingParams, MAX_LOGPROBS};
-pub use sampler::{log_softmax_top, logprob_of, SampledToken, Sampler, TokenLogprob};
+pub use error::SamplingError;
+pub use logprobs::{log_softmax_top, logprob_of, TokenLogprob};
+pub use params::{SamplingParams, MAX_LOGPROBS};
+pub use sampler::{SampledToken, Sampler};
 pub use stop::{check_token_stop, FinishReason, StopMatcher, StopOutcome};

@@ -2,9 +2,13 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::error::SamplingError;
+
 /// Most top logprobs a request may ask for per token (vLLM's default limit).
 pub const MAX_LOGPROBS: usize = 20;
 
+/// What a request asks of the sampler, in vLLM's names and conventions. Missing JSON fields
+/// take the defaults below.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct SamplingParams {
@@ -45,23 +49,19 @@ impl Default for SamplingParams {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
-pub enum SamplingError {
-    #[error("{field} must be {rule}, got {value}")]
-    OutOfRange { field: &'static str, rule: &'static str, value: String },
-    #[error("stop strings must not be empty")]
-    EmptyStop,
-    #[error("stop_token_id {id} is outside the vocabulary ({vocab_size})")]
-    StopTokenOutOfVocab { id: u32, vocab_size: usize },
-}
-
 impl SamplingParams {
+    /// Deterministic argmax decoding.
     pub fn greedy() -> Self {
-        SamplingParams { temperature: 0.0, ..Default::default() }
+        SamplingParams {
+            temperature: 0.0,
+            ..Default::default()
+        }
     }
 
+    /// Rejects parameters vLLM would reject, naming the field and the allowed range.
     pub fn validate(&self, vocab_size: usize) -> Result<(), SamplingError> {
-        let bad = |field, rule, value: String| Err(SamplingError::OutOfRange { field, rule, value });
+        let bad =
+            |field, rule, value: String| Err(SamplingError::OutOfRange { field, rule, value });
         if !(self.temperature >= 0.0 && self.temperature.is_finite()) {
             return bad("temperature", ">= 0", self.temperature.to_string());
         }
@@ -72,10 +72,14 @@ impl SamplingParams {
             return bad("min_p", "in [0, 1]", self.min_p.to_string());
         }
         if !(self.repetition_penalty > 0.0 && self.repetition_penalty.is_finite()) {
-            return bad("repetition_penalty", "> 0", self.repetition_penalty.to_string());
+            return bad(
+                "repetition_penalty",
+                "> 0",
+                self.repetition_penalty.to_string(),
+            );
         }
         if let Some(k) = self.logprobs.filter(|&k| k > MAX_LOGPROBS) {
-            return bad("logprobs", "at most 20", k.to_string());
+            return bad("logprobs", "at most 20 (MAX_LOGPROBS)", k.to_string());
         }
         if self.max_tokens == 0 {
             return bad("max_tokens", ">= 1", "0".into());
@@ -83,7 +87,11 @@ impl SamplingParams {
         if self.stop.iter().any(String::is_empty) {
             return Err(SamplingError::EmptyStop);
         }
-        if let Some(&id) = self.stop_token_ids.iter().find(|&&id| id as usize >= vocab_size) {
+        if let Some(&id) = self
+            .stop_token_ids
+            .iter()
+            .find(|&&id| id as usize >= vocab_size)
+        {
             return Err(SamplingError::StopTokenOutOfVocab { id, vocab_size });
         }
         Ok(())
@@ -99,20 +107,127 @@ mod tests {
         let ok = SamplingParams::default();
         assert!(ok.validate(10).is_ok());
         let cases: Vec<(SamplingParams, &str)> = vec![
-            (SamplingParams { temperature: -1.0, ..ok.clone() }, "temperature must be >= 0, got -1"),
-            (SamplingParams { temperature: f32::NAN, ..ok.clone() }, "temperature"),
-            (SamplingParams { top_p: 0.0, ..ok.clone() }, "top_p must be in (0, 1]"),
-            (SamplingParams { top_p: 1.5, ..ok.clone() }, "top_p"),
-            (SamplingParams { min_p: -0.1, ..ok.clone() }, "min_p"),
-            (SamplingParams { repetition_penalty: 0.0, ..ok.clone() }, "repetition_penalty"),
-            (SamplingParams { logprobs: Some(21), ..ok.clone() }, "logprobs must be at most 20"),
-            (SamplingParams { max_tokens: 0, ..ok.clone() }, "max_tokens"),
-            (SamplingParams { stop: vec![String::new()], ..ok.clone() }, "stop strings must not be empty"),
-            (SamplingParams { stop_token_ids: vec![10], ..ok.clone() }, "stop_token_id 10"),
+            (
+                SamplingParams {
+                    temperature: -1.0,
+                    ..ok.clone()
+                },
+                "temperature must be >= 0, got -1",
+            ),
+            (
+                SamplingParams {
+                    temperature: f32::NAN,
+                    ..ok.clone()
+                },
+                "temperature",
+            ),
+            (
+                SamplingParams {
+                    top_p: 0.0,
+                    ..ok.clone()
+                },
+                "top_p must be in (0, 1]",
+            ),
+            (
+                SamplingParams {
+                    top_p: 1.5,
+                    ..ok.clone()
+                },
+                "top_p",
+            ),
+            (
+                SamplingParams {
+                    min_p: -0.1,
+                    ..ok.clone()
+                },
+                "min_p must be in [0, 1]",
+            ),
+            (
+                SamplingParams {
+                    min_p: 1.5,
+                    ..ok.clone()
+                },
+                "min_p",
+            ),
+            (
+                SamplingParams {
+                    repetition_penalty: -1.0,
+                    ..ok.clone()
+                },
+                "repetition_penalty must be > 0",
+            ),
+            (
+                SamplingParams {
+                    repetition_penalty: 0.0,
+                    ..ok.clone()
+                },
+                "repetition_penalty",
+            ),
+            (
+                SamplingParams {
+                    logprobs: Some(21),
+                    ..ok.clone()
+                },
+                "logprobs must be at most 20",
+            ),
+            (
+                SamplingParams {
+                    max_tokens: 0,
+                    ..ok.clone()
+                },
+                "max_tokens must be >= 1, got 0",
+            ),
+            (
+                SamplingParams {
+                    stop: vec![String::new()],
+                    ..ok.clone()
+                },
+                "stop strings must not be empty",
+            ),
+            (
+                SamplingParams {
+                    stop_token_ids: vec![10],
+                    ..ok.clone()
+                },
+                "stop_token_id 10 is outside the vocabulary (size 10)",
+            ),
         ];
         for (p, msg) in cases {
             let err = p.validate(10).unwrap_err().to_string();
             assert!(err.contains(msg), "`{err}` should contain `{msg}`");
         }
+    }
+
+    #[test]
+    fn edge_values_are_accepted() {
+        let p = SamplingParams {
+            temperature: 0.0,
+            top_p: 1.0,
+            min_p: 1.0,
+            logprobs: Some(MAX_LOGPROBS),
+            max_tokens: 1,
+            stop: vec!["x".into()],
+            stop_token_ids: vec![9],
+            ..Default::default()
+        };
+        assert_eq!(p.validate(10), Ok(()));
+        assert_eq!(SamplingParams::greedy().temperature, 0.0);
+    }
+
+    #[test]
+    fn json_fills_missing_fields_with_defaults() {
+        let p: SamplingParams =
+            serde_json::from_str(r#"{"temperature": 0.7, "stop": ["\n\n"], "seed": 3}"#).unwrap();
+        let want = SamplingParams {
+            temperature: 0.7,
+            stop: vec!["\n\n".into()],
+            seed: Some(3),
+            ..Default::default()
+        };
+        assert_eq!(p, want);
+        assert_eq!(p.max_tokens, 256);
+        let back: SamplingParams =
+            serde_json::from_str(&serde_json::to_string(&p).unwrap()).unwrap();
+        assert_eq!(back, p);
     }
 }

@@ -1,20 +1,24 @@
 //! One row of logits → one token. Processor order follows HF/vLLM: repetition penalty, then
 //! greedy argmax or temperature → top-k → top-p → min-p → draw. Logprobs describe the raw
 //! model distribution (log_softmax of unprocessed logits, in f64), as vLLM reports by default.
-
-use std::cmp::Ordering;
+//!
+//! Vocabularies are 49k–152k entries, so the hot path avoids full sorts: top-k is a
+//! `select_nth_unstable`, and top-p a quickselect on probability mass.
+//! NaN logits are treated as -inf so a numerically broken row never yields a NaN token.
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
 
+use crate::logprobs::{by_value_desc, exp_nonpos, key, log_sum_exp, top_with_lse, TokenLogprob};
 use crate::params::SamplingParams;
 
-#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
-pub struct TokenLogprob {
-    pub token_id: u32,
-    pub logprob: f32,
-}
+/// Below this temperature sampling is greedy (vLLM's `_SAMPLING_EPS`); dividing by a smaller
+/// value would overflow logits without changing the outcome meaningfully.
+const GREEDY_TEMPERATURE: f32 = 1e-5;
+
+/// Below this many undecided candidates the top-p search just sorts them.
+const NUCLEUS_SORT_BELOW: usize = 64;
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct SampledToken {
@@ -25,41 +29,33 @@ pub struct SampledToken {
     pub top: Vec<TokenLogprob>,
 }
 
+/// Per-sequence sampler: owns the request's parameters and its RNG stream, so a seeded request
+/// replays the same tokens for the same logits.
 pub struct Sampler {
     params: SamplingParams,
     rng: StdRng,
-    scratch: Vec<(f32, u32)>,
+    /// (value, token id): logits, then unnormalised probabilities. Reused across calls.
+    cand: Vec<(f64, u32)>,
 }
 
-/// Descending by value, ascending id on ties: a total, deterministic order.
-fn by_value_desc(a: &(f32, u32), b: &(f32, u32)) -> Ordering {
-    b.0.partial_cmp(&a.0).unwrap_or(Ordering::Equal).then(a.1.cmp(&b.1))
-}
-
-fn log_sum_exp(logits: &[f32]) -> f64 {
-    let max = logits.iter().cloned().fold(f32::NEG_INFINITY, f32::max) as f64;
-    max + logits.iter().map(|&l| (l as f64 - max).exp()).sum::<f64>().ln()
-}
-
-/// The `k` highest raw logprobs, most likely first (ties: lower id first).
-pub fn log_softmax_top(logits: &[f32], k: usize) -> Vec<TokenLogprob> {
-    if k == 0 || logits.is_empty() {
-        return Vec::new();
+/// Index of the largest logit (lowest index on ties, NaN skipped).
+fn argmax(logits: &[f32]) -> u32 {
+    let (mut best, mut best_val) = (0, f32::NEG_INFINITY);
+    for (i, &l) in logits.iter().enumerate() {
+        if l > best_val {
+            (best, best_val) = (i, l);
+        }
     }
-    let lse = log_sum_exp(logits);
-    let mut all: Vec<(f32, u32)> = logits.iter().enumerate().map(|(i, &l)| (l, i as u32)).collect();
-    let k = k.min(all.len());
-    if k < all.len() {
-        all.select_nth_unstable_by(k - 1, by_value_desc);
-        all.truncate(k);
-    }
-    all.sort_unstable_by(by_value_desc);
-    all.into_iter().map(|(l, id)| TokenLogprob { token_id: id, logprob: (l as f64 - lse) as f32 }).collect()
+    best as u32
 }
 
-/// Raw logprob of one token.
-pub fn logprob_of(logits: &[f32], token: u32) -> f32 {
-    (logits[token as usize] as f64 - log_sum_exp(logits)) as f32
+/// HF's repetition penalty: shrink positive logits, push negative ones further down.
+fn penalize(l: f32, penalty: f32) -> f32 {
+    if l < 0.0 {
+        l * penalty
+    } else {
+        l / penalty
+    }
 }
 
 impl Sampler {
@@ -68,88 +64,120 @@ impl Sampler {
             Some(seed) => StdRng::seed_from_u64(seed),
             None => StdRng::from_os_rng(),
         };
-        Sampler { params: params.clone(), rng, scratch: Vec::new() }
+        Sampler {
+            params: params.clone(),
+            rng,
+            cand: Vec::new(),
+        }
     }
 
     /// `history` is the prompt plus everything generated so far (for the repetition penalty).
+    /// Panics on an empty `logits` row.
     pub fn sample(&mut self, logits: &[f32], history: &[u32]) -> SampledToken {
+        assert!(!logits.is_empty(), "sample() needs a non-empty logits row");
         let token_id = self.choose(logits, history);
-        let top = self.params.logprobs.map_or_else(Vec::new, |k| log_softmax_top(logits, k));
-        let logprob = top
-            .iter()
-            .find(|t| t.token_id == token_id)
-            .map_or_else(|| logprob_of(logits, token_id), |t| t.logprob);
-        SampledToken { token_id, logprob, top }
+        let lse = log_sum_exp(logits);
+        let top = self
+            .params
+            .logprobs
+            .map_or_else(Vec::new, |k| top_with_lse(logits, k, lse));
+        let logprob = (key(logits[token_id as usize]) - lse) as f32;
+        SampledToken {
+            token_id,
+            logprob,
+            top,
+        }
     }
 
     fn choose(&mut self, raw: &[f32], history: &[u32]) -> u32 {
         let p = &self.params;
-        let mut penalized;
-        let logits = if p.repetition_penalty != 1.0 && !history.is_empty() {
-            penalized = raw.to_vec();
-            let mut seen = history.to_vec();
-            seen.sort_unstable();
-            seen.dedup();
-            let vocab = penalized.len();
-            for &t in seen.iter().filter(|&&t| (t as usize) < vocab) {
-                let l = &mut penalized[t as usize];
-                *l = if *l < 0.0 { *l * p.repetition_penalty } else { *l / p.repetition_penalty };
-            }
-            &penalized[..]
-        } else {
-            raw
-        };
-        if p.temperature == 0.0 || p.top_k == 1 {
-            return argmax(logits);
+        let penalized = p.repetition_penalty != 1.0 && !history.is_empty();
+        let greedy = p.temperature < GREEDY_TEMPERATURE || p.top_k == 1;
+        if greedy && !penalized {
+            return argmax(raw);
         }
-        let cand = &mut self.scratch;
+        let cand = &mut self.cand;
         cand.clear();
-        cand.extend(logits.iter().enumerate().map(|(i, &l)| (l / p.temperature, i as u32)));
+        cand.extend(raw.iter().enumerate().map(|(i, &l)| (key(l), i as u32)));
+        if penalized {
+            // Computed from the raw logit, so a token repeated in history is penalised once.
+            for &t in history.iter().filter(|&&t| (t as usize) < raw.len()) {
+                cand[t as usize].0 = key(penalize(raw[t as usize], p.repetition_penalty));
+            }
+        }
+        if greedy {
+            return cand
+                .iter()
+                .min_by(|a, b| by_value_desc(a, b))
+                .map_or(0, |c| c.1);
+        }
         if p.top_k > 0 && p.top_k < cand.len() {
             cand.select_nth_unstable_by(p.top_k - 1, by_value_desc);
             cand.truncate(p.top_k);
         }
-        cand.sort_unstable_by(by_value_desc);
-        // Probabilities of the survivors (softmax over them, f64 for a stable cumulative sum).
-        let max = cand[0].0 as f64;
-        let mut probs: Vec<f64> = cand.iter().map(|&(l, _)| (l as f64 - max).exp()).collect();
-        let total: f64 = probs.iter().sum();
-        probs.iter_mut().for_each(|q| *q /= total);
-        let mut keep = probs.len();
+        let max = cand.iter().map(|c| c.0).fold(f64::NEG_INFINITY, f64::max);
+        if max == f64::NEG_INFINITY {
+            // Every candidate is masked; fall back to the lowest surviving id deterministically.
+            return cand.iter().map(|c| c.1).min().unwrap_or(0);
+        }
+        // Unnormalised probabilities of softmax(logits / T); the best token weighs exactly 1.
+        let inv_t = 1.0 / p.temperature as f64;
+        cand.iter_mut()
+            .for_each(|c| c.0 = exp_nonpos((c.0 - max) * inv_t));
         if p.top_p < 1.0 {
-            // Smallest prefix whose mass reaches top_p (at least one token).
-            let mut cum = 0.0;
-            keep = probs
-                .iter()
-                .position(|&q| {
-                    cum += q;
-                    cum >= p.top_p as f64
-                })
-                .map_or(probs.len(), |i| i + 1);
+            let keep = nucleus_len(cand, p.top_p as f64);
+            cand.truncate(keep);
         }
         if p.min_p > 0.0 {
-            let floor = p.min_p as f64 * probs[0];
-            keep = keep.min(probs.iter().take_while(|&&q| q >= floor).count().max(1));
+            // q_i >= min_p * q_max  <=>  w_i >= min_p, since w_max = 1.
+            // Clamped so an unvalidated min_p > 1 still keeps the best token.
+            let floor = (p.min_p as f64).min(1.0);
+            cand.retain(|c| c.0 >= floor);
         }
-        let mass: f64 = probs[..keep].iter().sum();
+        let mass: f64 = cand.iter().map(|c| c.0).sum();
         let mut u = self.rng.random::<f64>() * mass;
-        for (i, &q) in probs[..keep].iter().enumerate() {
-            if u < q {
-                return cand[i].1;
+        for &(w, id) in cand.iter() {
+            if u < w {
+                return id;
             }
-            u -= q;
+            u -= w;
         }
-        cand[keep - 1].1
+        // Rounding left a sliver of `u`: the last candidate with weight takes it.
+        cand.iter()
+            .rev()
+            .find(|c| c.0 > 0.0)
+            .map_or(cand[0].1, |c| c.1)
     }
 }
 
-/// Index of the largest logit (lowest index on ties).
-fn argmax(logits: &[f32]) -> u32 {
-    let mut best = 0;
-    for (i, &l) in logits.iter().enumerate() {
-        if l > logits[best] {
-            best = i;
+/// Reorders `cand` (weights) so its first `n` entries are the nucleus — the best-first prefix
+/// whose mass first reaches `top_p` of the total — and returns `n`. A quickselect on mass:
+/// each round partitions the undecided range around its median and keeps the half holding
+/// the boundary, so the cost is O(V) however large the nucleus is (a flat 152k distribution
+/// would otherwise need a full sort). Only the final small range is sorted.
+fn nucleus_len(cand: &mut [(f64, u32)], top_p: f64) -> usize {
+    let target = top_p * cand.iter().map(|c| c.0).sum::<f64>();
+    // cand[..lo] is surely in the nucleus (mass `before`), cand[hi..] surely out.
+    let (mut lo, mut hi, mut before) = (0, cand.len(), 0.0);
+    while hi - lo > NUCLEUS_SORT_BELOW {
+        let mid = (hi - lo) / 2;
+        cand[lo..hi].select_nth_unstable_by(mid, by_value_desc);
+        let upper: f64 = cand[lo..=lo + mid].iter().map(|c| c.0).sum();
+        if before + upper >= target {
+            hi = lo + mid + 1;
+        } else {
+            before += upper;
+            lo += mid + 1;
         }
     }
-    best as u32
+    cand[lo..hi].sort_unstable_by(by_value_desc);
+    let mut cum = before;
+    match cand[lo..hi].iter().position(|c| {
+        cum += c.0;
+        cum >= target
+    }) {
+        Some(i) => lo + i + 1,
+        // Rounding kept the mass just short of the target: everything left is in.
+        None => hi.max(1),
+    }
 }

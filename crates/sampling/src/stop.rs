@@ -14,8 +14,15 @@ pub enum FinishReason {
 }
 
 /// The finish reason due to the token just generated (`generated_len` counts it), if any.
-pub fn check_token_stop(token: u32, generated_len: usize, params: &SamplingParams, eos_token_ids: &[u32]) -> Option<FinishReason> {
-    if params.stop_token_ids.contains(&token) || (!params.ignore_eos && eos_token_ids.contains(&token)) {
+pub fn check_token_stop(
+    token: u32,
+    generated_len: usize,
+    params: &SamplingParams,
+    eos_token_ids: &[u32],
+) -> Option<FinishReason> {
+    if params.stop_token_ids.contains(&token)
+        || (!params.ignore_eos && eos_token_ids.contains(&token))
+    {
         Some(FinishReason::Stop)
     } else if generated_len >= params.max_tokens {
         Some(FinishReason::Length)
@@ -45,24 +52,42 @@ pub struct StopMatcher {
 
 impl StopMatcher {
     pub fn new(stops: &[String]) -> Self {
-        StopMatcher { stops: stops.iter().filter(|s| !s.is_empty()).cloned().collect(), held: String::new(), stopped: false }
+        StopMatcher {
+            stops: stops.iter().filter(|s| !s.is_empty()).cloned().collect(),
+            held: String::new(),
+            stopped: false,
+        }
     }
 
     pub fn push(&mut self, delta: &str) -> StopOutcome {
         if self.stopped {
-            return StopOutcome { emit: String::new(), stopped: true };
+            return StopOutcome {
+                emit: String::new(),
+                stopped: true,
+            };
         }
         self.held.push_str(delta);
-        if let Some(pos) = self.stops.iter().filter_map(|s| self.held.find(s.as_str())).min() {
+        if let Some(pos) = self
+            .stops
+            .iter()
+            .filter_map(|s| self.held.find(s.as_str()))
+            .min()
+        {
             self.stopped = true;
             let emit = self.held[..pos].to_string();
             self.held.clear();
-            return StopOutcome { emit, stopped: true };
+            return StopOutcome {
+                emit,
+                stopped: true,
+            };
         }
         let keep = self.longest_partial_suffix();
         let emit = self.held[..self.held.len() - keep].to_string();
         self.held.drain(..self.held.len() - keep);
-        StopOutcome { emit, stopped: false }
+        StopOutcome {
+            emit,
+            stopped: false,
+        }
     }
 
     /// Releases what is held back at the end of generation.
@@ -111,7 +136,10 @@ mod tests {
     fn stop_split_across_deltas_is_found_and_excluded() {
         let (out, stopped, emitted) = run(&["STOP"], &["hello S", "TO", "P world"]);
         assert_eq!((out.as_str(), stopped), ("hello ", true));
-        assert_eq!(emitted[0], "hello ", "the possible start of a stop string is held back");
+        assert_eq!(
+            emitted[0], "hello ",
+            "the possible start of a stop string is held back"
+        );
     }
 
     #[test]
@@ -139,12 +167,101 @@ mod tests {
 
     #[test]
     fn token_rules() {
-        let p = SamplingParams { max_tokens: 3, stop_token_ids: vec![7], ..Default::default() };
+        let p = SamplingParams {
+            max_tokens: 3,
+            stop_token_ids: vec![7],
+            ..Default::default()
+        };
         assert_eq!(check_token_stop(7, 1, &p, &[2]), Some(FinishReason::Stop));
         assert_eq!(check_token_stop(2, 1, &p, &[2]), Some(FinishReason::Stop));
         assert_eq!(check_token_stop(5, 2, &p, &[2]), None);
         assert_eq!(check_token_stop(5, 3, &p, &[2]), Some(FinishReason::Length));
-        let ignore = SamplingParams { ignore_eos: true, ..p };
+        // A stop token on the last allowed step reports Stop, as vLLM does.
+        assert_eq!(check_token_stop(2, 3, &p, &[2]), Some(FinishReason::Stop));
+        let ignore = SamplingParams {
+            ignore_eos: true,
+            ..p
+        };
         assert_eq!(check_token_stop(2, 1, &ignore, &[2]), None);
+        assert_eq!(
+            check_token_stop(7, 1, &ignore, &[2]),
+            Some(FinishReason::Stop),
+            "stop ids still apply"
+        );
+        assert_eq!(
+            check_token_stop(2, 3, &ignore, &[2]),
+            Some(FinishReason::Length)
+        );
+    }
+
+    #[test]
+    fn text_equal_to_a_stop_prefix_is_held_then_flushed() {
+        let mut m = StopMatcher::new(&["STOP".to_string()]);
+        assert_eq!(
+            m.push("ST"),
+            StopOutcome {
+                emit: String::new(),
+                stopped: false
+            }
+        );
+        assert_eq!(
+            m.push("O"),
+            StopOutcome {
+                emit: String::new(),
+                stopped: false
+            }
+        );
+        assert_eq!(m.finish(), "STO");
+        assert_eq!(m.finish(), "", "finish drains once");
+    }
+
+    #[test]
+    fn nothing_after_a_stop_and_no_stops_passes_through() {
+        let mut m = StopMatcher::new(&["!".to_string()]);
+        assert_eq!(
+            m.push("hi!there"),
+            StopOutcome {
+                emit: "hi".into(),
+                stopped: true
+            }
+        );
+        assert_eq!(
+            m.push("more"),
+            StopOutcome {
+                emit: String::new(),
+                stopped: true
+            }
+        );
+        assert_eq!(m.finish(), "");
+        let (out, stopped, emitted) = run(&[], &["a", "b", "c"]);
+        assert_eq!((out.as_str(), stopped), ("abc", false));
+        assert_eq!(
+            emitted,
+            vec!["a", "b", "c"],
+            "without stops nothing is held back"
+        );
+    }
+
+    #[test]
+    fn overlapping_stop_prefixes_hold_the_longest_candidate() {
+        // "aab" is a stop: after "xaa" both "a" and "aa" could start it; keep the longest.
+        let (out, stopped, emitted) = run(&["aab"], &["xaa", "ab"]);
+        assert_eq!((out.as_str(), stopped), ("xa", true));
+        assert_eq!(emitted[0], "x");
+        // A stop spread over many single-char deltas.
+        let (out, stopped, _) = run(&["</s>"], &["ok", "<", "/", "s", ">", "tail"]);
+        assert_eq!((out.as_str(), stopped), ("ok", true));
+    }
+
+    #[test]
+    fn finish_reason_serializes_like_openai() {
+        assert_eq!(
+            serde_json::to_string(&FinishReason::Stop).unwrap(),
+            r#""stop""#
+        );
+        assert_eq!(
+            serde_json::to_string(&FinishReason::Length).unwrap(),
+            r#""length""#
+        );
     }
 }
