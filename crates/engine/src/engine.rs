@@ -1,11 +1,18 @@
-//! The engine core loop (continuous batching, Yu et al. 2022 "Orca"): every step admits waiting
-//! requests whose KV blocks fit, gives each running decode one token and spends the rest of the
-//! token budget on prompt chunks (chunked prefill), runs one ragged forward pass and samples.
+//! The engine core loop (continuous batching, Yu et al. 2022 "Orca"; paged KV, Kwon et al. 2023
+//! "vLLM"): every step gives each running decode one token and spends the rest of the token
+//! budget on prompt chunks (chunked prefill), then admits waiting requests with what is left,
+//! runs one ragged forward pass and samples.
 //!
-//! Admission reserves blocks for prompt + max_tokens up front, so a running request never has to
-//! be preempted for memory; requests that do not fit wait in arrival order.
+//! KV blocks are allocated on demand: a sequence holds only the blocks covering the tokens it has
+//! in the cache or is being fed this step, so the cache is shared by need rather than by worst
+//! case. When a running sequence needs a block and none is free, the most recently admitted
+//! sequence is preempted by recompute: its blocks are freed, its tokens (prompt and generated)
+//! kept, and it goes back to the front of the queue to be prefilled again when blocks allow.
+//! Older sequences thus always make progress. A request is admitted when the policy allows, a
+//! sequence slot is free and blocks for its first chunk are (keeping a 1% watermark spare for
+//! running decodes); one that could not fit even an empty cache is rejected by `add_request`.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -14,6 +21,7 @@ use shardline_sampling::SamplingParams;
 use shardline_tokenizer::Tokenizer;
 
 use crate::blocks::BlockAllocator;
+use crate::config::{EngineConfig, SchedulerPolicy};
 use crate::error::{EngineError, Result};
 use crate::executor::{Executor, ScheduledSeq, StepPlan};
 use crate::output::GenerationOutput;
@@ -23,32 +31,26 @@ pub use crate::sequence::StepEvent;
 
 pub type RequestId = u64;
 
-#[derive(Clone, Debug)]
-pub struct EngineConfig {
-    /// Most tokens (decodes + prompt chunks) in one forward pass.
-    pub max_batch_tokens: usize,
-    /// Most sequences running at once.
-    pub max_num_seqs: usize,
-}
-
-impl Default for EngineConfig {
-    fn default() -> Self {
-        EngineConfig { max_batch_tokens: 2048, max_num_seqs: 64 }
-    }
-}
-
 pub struct Engine {
     exec: Box<dyn Executor>,
     tokenizer: Arc<Tokenizer>,
     eos_token_ids: Vec<u32>,
     cfg: EngineConfig,
     blocks: BlockAllocator,
+    /// Blocks admission leaves free for running sequences to grow into (vLLM's 1% watermark),
+    /// so a new request does not get admitted only to be preempted a step later.
+    watermark: usize,
     waiting: VecDeque<Sequence>,
+    /// In admission order: the last is the first to be preempted.
     running: Vec<Sequence>,
     finished: HashMap<RequestId, GenerationOutput>,
-    /// Running sequences that ended since the last step (the executor may forget them).
-    retired: Vec<RequestId>,
+    /// Executor ids to retire with the next step (see [`StepPlan::finished`]).
+    retired: Vec<u64>,
+    /// Static policy: the members of the batch being run; only they may (re)join `running`.
+    static_batch: HashSet<RequestId>,
     next_id: RequestId,
+    next_exec_id: u64,
+    num_preemptions: u64,
 }
 
 impl Engine {
@@ -65,6 +67,7 @@ impl Engine {
         }
         Ok(Engine {
             blocks: BlockAllocator::new(exec.num_blocks()),
+            watermark: exec.num_blocks() / 100,
             exec,
             tokenizer: Arc::new(tokenizer),
             eos_token_ids,
@@ -73,12 +76,24 @@ impl Engine {
             running: Vec::new(),
             finished: HashMap::new(),
             retired: Vec::new(),
+            static_batch: HashSet::new(),
             next_id: 0,
+            next_exec_id: 0,
+            num_preemptions: 0,
         })
+    }
+
+    pub fn config(&self) -> &EngineConfig {
+        &self.cfg
     }
 
     pub fn tokenizer(&self) -> &Tokenizer {
         &self.tokenizer
+    }
+
+    /// The tokenizer, for front ends that format text outside the engine (e.g. in another thread).
+    pub fn shared_tokenizer(&self) -> Arc<Tokenizer> {
+        Arc::clone(&self.tokenizer)
     }
 
     pub fn eos_token_ids(&self) -> &[u32] {
@@ -143,6 +158,34 @@ impl Engine {
         self.waiting.len()
     }
 
+    /// Prompt tokens of a queued, running or finished (not yet taken) request.
+    pub fn prompt_len(&self, id: RequestId) -> Option<usize> {
+        let queued = self.waiting.iter().chain(&self.running).find(|s| s.id == id).map(|s| s.prompt_len);
+        queued.or_else(|| self.finished.get(&id).map(|out| out.prompt_token_ids.len()))
+    }
+
+    /// KV blocks held by running sequences.
+    pub fn kv_blocks_used(&self) -> usize {
+        self.blocks.num_total() - self.blocks.num_free()
+    }
+
+    pub fn kv_blocks_total(&self) -> usize {
+        self.blocks.num_total()
+    }
+
+    /// Fraction of the KV cache in use, 0..=1.
+    pub fn kv_usage(&self) -> f64 {
+        match self.blocks.num_total() {
+            0 => 0.0,
+            total => self.kv_blocks_used() as f64 / total as f64,
+        }
+    }
+
+    /// Sequences preempted (and later recomputed) since the engine started.
+    pub fn num_preemptions(&self) -> u64 {
+        self.num_preemptions
+    }
+
     /// The result of a finished request (once).
     pub fn take_output(&mut self, id: RequestId) -> Option<GenerationOutput> {
         self.finished.remove(&id)
@@ -150,66 +193,140 @@ impl Engine {
 
     /// Drops a request wherever it is, releasing its blocks.
     pub fn abort(&mut self, id: RequestId) -> bool {
+        self.static_batch.remove(&id);
         if let Some(i) = self.waiting.iter().position(|s| s.id == id) {
-            self.waiting.remove(i);
+            self.waiting.remove(i); // a waiting sequence holds no blocks
             return true;
         }
         if let Some(i) = self.running.iter().position(|s| s.id == id) {
-            let seq = self.running.remove(i);
-            self.blocks.release(seq.blocks);
-            self.retired.push(id);
+            let mut seq = self.running.remove(i);
+            drop_kv(&mut self.blocks, &mut self.retired, &mut seq);
             return true;
         }
         false
     }
 
-    fn admit(&mut self) {
-        let bs = self.exec.block_size();
-        while self.running.len() < self.cfg.max_num_seqs {
-            let Some(seq) = self.waiting.front() else { break };
-            let need = (seq.prompt_len + seq.params.max_tokens).div_ceil(bs);
-            let Some(blocks) = self.blocks.allocate(need) else { break };
-            let mut seq = self.waiting.pop_front().expect("front exists");
-            seq.blocks = blocks;
-            self.running.push(seq);
+    /// Most sequences the policy lets run at once.
+    fn seq_limit(&self) -> usize {
+        match self.cfg.policy {
+            SchedulerPolicy::Sequential => 1,
+            SchedulerPolicy::Continuous | SchedulerPolicy::Static => self.cfg.max_num_seqs,
         }
     }
 
-    /// One scheduling step: admit, run one forward pass, sample. Returns one event per sequence
-    /// that produced a token.
-    pub fn step(&mut self) -> Result<Vec<StepEvent>> {
-        self.admit();
-        let mut budget = self.cfg.max_batch_tokens;
-        let mut plan: Vec<(usize, usize)> = Vec::new(); // (running index, tokens fed)
-        // Decodes first: they are latency-critical and cost one token each.
-        for pass_decodes in [true, false] {
-            for (i, s) in self.running.iter().enumerate() {
-                let is_decode = s.cached_len >= s.prompt_len;
-                if is_decode != pass_decodes || budget == 0 {
-                    continue;
-                }
-                let n = s.pending().min(budget);
-                budget -= n;
-                plan.push((i, n));
+    /// Gives running sequences their tokens for this step, decodes first (they are
+    /// latency-critical and cost one token each), then prompt chunks. Blocks are allocated as
+    /// needed; when none are left the newest sequence is preempted (possibly the one asking).
+    /// Returns (running index, tokens fed) pairs and whether anything was preempted.
+    fn schedule_running(&mut self, budget: &mut usize) -> (Vec<(usize, usize)>, bool) {
+        let bs = self.exec.block_size();
+        let mut order: Vec<usize> = (0..self.running.len()).collect();
+        order.sort_by_key(|&i| !self.running[i].is_decode()); // stable: admission order within each kind
+        let mut plan: Vec<(usize, usize)> = Vec::new();
+        // Victims are taken from the back, so the survivors are always `running[..live]`.
+        let mut live = self.running.len();
+        for i in order {
+            if *budget == 0 {
+                break;
             }
+            if i >= live {
+                continue;
+            }
+            let n = self.running[i].pending().min(*budget);
+            while !grow(&mut self.blocks, &mut self.running[i], n, bs) {
+                live -= 1;
+                drop_kv(&mut self.blocks, &mut self.retired, &mut self.running[live]);
+                self.num_preemptions += 1;
+                tracing::debug!(request_id = self.running[live].id, "KV cache full: preempted, will recompute");
+                if let Some(k) = plan.iter().position(|&(j, _)| j == live) {
+                    *budget += plan.remove(k).1;
+                }
+                if live == i {
+                    break;
+                }
+            }
+            if i < live {
+                plan.push((i, n));
+                *budget -= n;
+            }
+        }
+        let preempted = self.running.split_off(live);
+        let any = !preempted.is_empty();
+        // Back to the front of the queue, oldest first: they were admitted before anyone waiting.
+        for seq in preempted.into_iter().rev() {
+            self.waiting.push_front(seq);
+        }
+        (plan, any)
+    }
+
+    /// Moves waiting requests (preempted ones first, then by arrival) into the batch while the
+    /// policy allows, a slot is free and blocks for their first chunk can be had.
+    fn admit(&mut self, budget: &mut usize, plan: &mut Vec<(usize, usize)>) {
+        let bs = self.exec.block_size();
+        let limit = self.seq_limit();
+        let is_static = self.cfg.policy == SchedulerPolicy::Static;
+        if is_static && self.static_batch.is_empty() && self.running.is_empty() {
+            self.static_batch = self.waiting.iter().take(limit).map(|s| s.id).collect();
+        }
+        while *budget > 0 && self.running.len() < limit {
+            let Some(seq) = self.waiting.front() else { break };
+            if is_static && !self.static_batch.contains(&seq.id) {
+                break;
+            }
+            let n = seq.pending().min(*budget);
+            // With nothing running every block is free, and the watermark must not keep out a
+            // request that fits only an empty cache.
+            let spare = if self.running.is_empty() { 0 } else { self.watermark };
+            if self.blocks.num_free() < (seq.cached_len + n).div_ceil(bs) + spare {
+                break;
+            }
+            let mut seq = self.waiting.pop_front().expect("front exists");
+            let grown = grow(&mut self.blocks, &mut seq, n, bs);
+            debug_assert!(grown, "free blocks were checked");
+            self.running.push(seq);
+            plan.push((self.running.len() - 1, n));
+            *budget -= n;
+        }
+    }
+
+    /// One scheduling step: schedule the running batch, admit, run one forward pass, sample.
+    /// Returns one event per sequence that produced a token.
+    pub fn step(&mut self) -> Result<Vec<StepEvent>> {
+        let mut budget = self.cfg.max_batch_tokens;
+        let (mut plan, preempted) = self.schedule_running(&mut budget);
+        // Like vLLM: no admissions in a step that had to preempt, the cache is under pressure.
+        if !preempted {
+            self.admit(&mut budget, &mut plan);
         }
         if plan.is_empty() {
             return Ok(Vec::new());
         }
         plan.sort_unstable();
-        let seqs = plan
-            .iter()
-            .map(|&(i, n)| {
-                let s = &self.running[i];
-                let input = SeqInput {
-                    tokens: s.tokens[s.cached_len..s.cached_len + n].to_vec(),
-                    cached_len: s.cached_len,
-                    block_table: s.blocks.clone(),
-                    wants_logits: s.cached_len + n == s.tokens.len(),
-                };
-                ScheduledSeq { seq_id: s.id, input }
-            })
-            .collect();
+        let now = Instant::now();
+        let mut seqs = Vec::with_capacity(plan.len());
+        for &(i, n) in &plan {
+            let s = &mut self.running[i];
+            s.mark_scheduled(now);
+            let seq_id = match s.registered {
+                Some((id, len)) if len == s.blocks.len() => id,
+                old => {
+                    // The executor may have learned the old table once and for all: register the
+                    // grown table under a fresh id and retire the old one.
+                    self.retired.extend(old.map(|(id, _)| id));
+                    let id = self.next_exec_id;
+                    self.next_exec_id += 1;
+                    s.registered = Some((id, s.blocks.len()));
+                    id
+                }
+            };
+            let input = SeqInput {
+                tokens: s.tokens[s.cached_len..s.cached_len + n].to_vec(),
+                cached_len: s.cached_len,
+                block_table: s.blocks.clone(),
+                wants_logits: s.cached_len + n == s.tokens.len(),
+            };
+            seqs.push(ScheduledSeq { seq_id, input });
+        }
         let finished = std::mem::take(&mut self.retired);
         let logits = self.exec.execute(StepPlan { seqs, finished })?;
         let mut logits = logits.into_iter();
@@ -230,10 +347,10 @@ impl Engine {
         let mut i = 0;
         while i < self.running.len() {
             if self.running[i].finish.is_some() {
-                let seq = self.running.remove(i);
+                let mut seq = self.running.remove(i);
+                drop_kv(&mut self.blocks, &mut self.retired, &mut seq);
+                self.static_batch.remove(&seq.id);
                 self.finished.insert(seq.id, seq.output());
-                self.blocks.release(seq.blocks);
-                self.retired.push(seq.id);
             } else {
                 i += 1;
             }
@@ -270,4 +387,27 @@ impl Engine {
         let id = self.add_request(prompt, params)?;
         Ok(self.run_to_completion(&[id], on_event)?.remove(0))
     }
+}
+
+/// Allocates blocks so `seq` can take `n` more tokens into the cache; false (nothing taken) when
+/// too few are free.
+fn grow(blocks: &mut BlockAllocator, seq: &mut Sequence, n: usize, block_size: usize) -> bool {
+    let need = (seq.cached_len + n).div_ceil(block_size).saturating_sub(seq.blocks.len());
+    if need == 0 {
+        return true;
+    }
+    match blocks.allocate(need) {
+        Some(new) => {
+            seq.blocks.extend(new);
+            true
+        }
+        None => false,
+    }
+}
+
+/// Frees `seq`'s blocks and tells the executor to forget its table; its tokens stay, so it can
+/// be recomputed.
+fn drop_kv(blocks: &mut BlockAllocator, retired: &mut Vec<u64>, seq: &mut Sequence) {
+    blocks.release(seq.evict());
+    retired.extend(seq.registered.take().map(|(id, _)| id));
 }

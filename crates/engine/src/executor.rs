@@ -5,9 +5,13 @@ use shardline_model::{BatchInput, KvCache, Llama, SeqInput, SingleRank};
 
 use crate::error::Result;
 
-/// One sequence's share of a step, under its engine-wide id.
+/// One sequence's share of a step.
 #[derive(Clone, Debug)]
 pub struct ScheduledSeq {
+    /// The id this block table goes by; not the request id. A table never changes under one id:
+    /// when a sequence's table grows (blocks are allocated on demand) or is dropped (preemption)
+    /// the engine retires the id in [`StepPlan::finished`] and uses a fresh one, so a remote
+    /// executor may learn each id's table once.
     pub seq_id: u64,
     pub input: SeqInput,
 }
@@ -17,7 +21,8 @@ pub struct ScheduledSeq {
 #[derive(Clone, Debug, Default)]
 pub struct StepPlan {
     pub seqs: Vec<ScheduledSeq>,
-    /// Sequences that ended since the previous step.
+    /// Ids (see [`ScheduledSeq::seq_id`]) the executor may forget: their sequences ended, were
+    /// preempted, or now go by a new id. None of them is scheduled in the same plan.
     pub finished: Vec<u64>,
 }
 

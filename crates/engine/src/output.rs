@@ -19,6 +19,14 @@ pub struct GenerationMetrics {
     pub prefill_tokens_per_s: f64,
     /// (generated − 1) / time from first to last token; 0 with a single token.
     pub decode_tokens_per_s: f64,
+    /// Arrival to the first time the scheduler gave the request tokens.
+    pub queue_ms: f64,
+    /// First scheduled to first generated token (the prompt's prefill, possibly chunked).
+    pub prefill_ms: f64,
+    /// First to last generated token (includes recomputation after a preemption).
+    pub decode_ms: f64,
+    /// Arrival to last generated token: queue_ms + prefill_ms + decode_ms.
+    pub e2e_ms: f64,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]

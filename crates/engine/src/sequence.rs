@@ -1,5 +1,6 @@
 //! One request's life inside the engine: its tokens, KV blocks, sampler, streaming detokenizer
-//! and stop state.
+//! and stop state. Preemption drops only the KV blocks: tokens, sampler, decoder and stop state
+//! survive, so a recomputed sequence continues its text stream where it left off.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -28,7 +29,11 @@ pub(crate) struct Sequence {
     pub tokens: Vec<u32>,
     /// Leading `tokens` whose K/V are in the cache.
     pub cached_len: usize,
+    /// KV blocks covering the cached tokens and those scheduled this step (allocated on demand).
     pub blocks: Vec<u32>,
+    /// The id the executor knows this sequence's block table by, and that table's length; `None`
+    /// while the executor knows nothing of it (see [`crate::executor::ScheduledSeq`]).
+    pub registered: Option<(u64, usize)>,
     pub params: SamplingParams,
     sampler: Sampler,
     decoder: IncrementalDecoder<Arc<Tokenizer>>,
@@ -37,6 +42,7 @@ pub(crate) struct Sequence {
     logprobs: Vec<TokenLogprobs>,
     pub finish: Option<FinishReason>,
     arrival: Instant,
+    first_scheduled: Option<Instant>,
     first_token: Option<Instant>,
     last_token: Option<Instant>,
 }
@@ -50,6 +56,8 @@ pub struct StepEvent {
     /// stop string is incomplete).
     pub text: String,
     pub finish: Option<FinishReason>,
+    /// This token's logprob entry, when the request asked for logprobs.
+    pub logprobs: Option<TokenLogprobs>,
 }
 
 impl Sequence {
@@ -63,11 +71,13 @@ impl Sequence {
             tokens: prompt,
             cached_len: 0,
             blocks,
+            registered: None,
             params,
             text: String::new(),
             logprobs: Vec::new(),
             finish: None,
             arrival,
+            first_scheduled: None,
             first_token: None,
             last_token: None,
         }
@@ -82,6 +92,23 @@ impl Sequence {
         self.tokens.len() - self.cached_len
     }
 
+    /// Whether only the last sampled token is missing from the cache.
+    pub fn is_decode(&self) -> bool {
+        self.pending() == 1
+    }
+
+    /// Records the first time the scheduler gave this sequence tokens (ends its queueing time).
+    pub fn mark_scheduled(&mut self, now: Instant) {
+        self.first_scheduled.get_or_insert(now);
+    }
+
+    /// Forgets the KV cache (preemption by recompute): returns the blocks to free and leaves
+    /// every token pending, so the next schedule refeeds prompt and generated tokens alike.
+    pub fn evict(&mut self) -> Vec<u32> {
+        self.cached_len = 0;
+        std::mem::take(&mut self.blocks)
+    }
+
     /// Samples from this step's logits and applies every stop rule.
     pub fn accept(&mut self, logits: &[f32], eos_token_ids: &[u32]) -> Result<StepEvent> {
         let now = Instant::now();
@@ -89,8 +116,9 @@ impl Sequence {
         self.last_token = Some(now);
         let SampledToken { token_id, logprob, top } = self.sampler.sample(logits, &self.tokens);
         self.tokens.push(token_id);
-        if self.params.logprobs.is_some() {
-            self.logprobs.push(TokenLogprobs { token_id, logprob, top });
+        let entry = self.params.logprobs.map(|_| TokenLogprobs { token_id, logprob, top });
+        if let Some(entry) = &entry {
+            self.logprobs.push(entry.clone());
         }
         let delta = self.decoder.push(token_id)?;
         let mut out = self.stop.push(&delta);
@@ -110,14 +138,19 @@ impl Sequence {
         }
         self.text.push_str(&out.emit);
         self.finish = finish;
-        Ok(StepEvent { request_id: self.id, token_id, text: out.emit, finish })
+        Ok(StepEvent { request_id: self.id, token_id, text: out.emit, finish, logprobs: entry })
     }
 
     pub fn output(&self) -> GenerationOutput {
-        let secs = |a: Instant, b: Option<Instant>| b.map_or(0.0, |b| b.duration_since(a).as_secs_f64());
-        let ttft = secs(self.arrival, self.first_token);
+        // 0 for a span whose end (or start) never happened.
+        let secs = |a: Option<Instant>, b: Option<Instant>| match (a, b) {
+            (Some(a), Some(b)) => b.saturating_duration_since(a).as_secs_f64(),
+            _ => 0.0,
+        };
+        let arrival = Some(self.arrival);
+        let ttft = secs(arrival, self.first_token);
         let n = self.generated().len();
-        let decode_secs = self.first_token.map_or(0.0, |f| secs(f, self.last_token));
+        let decode_secs = secs(self.first_token, self.last_token);
         GenerationOutput {
             text: self.text.clone(),
             prompt_token_ids: self.tokens[..self.prompt_len].to_vec(),
@@ -128,6 +161,10 @@ impl Sequence {
                 ttft_ms: ttft * 1e3,
                 prefill_tokens_per_s: if ttft > 0.0 { self.prompt_len as f64 / ttft } else { 0.0 },
                 decode_tokens_per_s: if n > 1 && decode_secs > 0.0 { (n - 1) as f64 / decode_secs } else { 0.0 },
+                queue_ms: secs(arrival, self.first_scheduled) * 1e3,
+                prefill_ms: secs(self.first_scheduled, self.first_token) * 1e3,
+                decode_ms: decode_secs * 1e3,
+                e2e_ms: secs(arrival, self.last_token) * 1e3,
             },
         }
     }
