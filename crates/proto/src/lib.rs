@@ -6,3 +6,8 @@ pub mod worker {
         include!(concat!(env!("OUT_DIR"), "/shardline.worker.v1.rs"));
     }
 }
+
+/// The public generation API served by rank 0 (`proto/shardline/v1/generate.proto`).
+pub mod v1 {
+    include!(concat!(env!("OUT_DIR"), "/shardline.v1.rs"));
+}

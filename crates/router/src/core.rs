@@ -1,0 +1,281 @@
+//! The engine core: one thread owns the [`Engine`] and steps it while anything is unfinished,
+//! as vLLM v1's EngineCore does. Front ends talk to it through an [`EngineHandle`]: submit a
+//! request and get its events on a channel; dropping the receiver aborts the request, and its
+//! KV blocks are free before the next step.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc};
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use shardline_engine::{Engine, EngineError, GenerationOutput, Prompt, RequestId, TokenLogprobs};
+use shardline_sampling::SamplingParams;
+use tokio::sync::{mpsc as async_mpsc, oneshot};
+
+use crate::error::RouterError;
+use crate::metrics::Metrics;
+
+/// What a request's receiver gets, in order: tokens, then exactly one `Finished` or `Failed`.
+#[derive(Debug)]
+pub enum CoreEvent {
+    Token { token_id: u32, text: String, logprobs: Option<TokenLogprobs> },
+    Finished(Box<GenerationOutput>),
+    /// The engine failed; the server is going down.
+    Failed(String),
+}
+
+/// A submitted request: its engine id, prompt length and event stream. Dropping it aborts the
+/// request.
+pub struct Submitted {
+    pub id: RequestId,
+    pub prompt_tokens: usize,
+    pub events: async_mpsc::UnboundedReceiver<CoreEvent>,
+    _slot: QueueSlot,
+}
+
+/// Counts a request against `max_queue` until it is dropped.
+struct QueueSlot(Arc<AtomicUsize>);
+
+impl Drop for QueueSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Load figures the core publishes after every step (read by /health and /metrics).
+#[derive(Debug, Default)]
+pub struct CoreStats {
+    pub serving: AtomicBool,
+    pub running: AtomicUsize,
+    pub waiting: AtomicUsize,
+    pub kv_blocks_used: AtomicUsize,
+    pub kv_blocks_total: AtomicUsize,
+    pub preemptions: AtomicU64,
+    pub steps: AtomicU64,
+}
+
+impl CoreStats {
+    pub fn kv_usage(&self) -> f64 {
+        let total = self.kv_blocks_total.load(Ordering::Relaxed);
+        if total == 0 {
+            0.0
+        } else {
+            self.kv_blocks_used.load(Ordering::Relaxed) as f64 / total as f64
+        }
+    }
+}
+
+type Reply = oneshot::Sender<Result<(RequestId, usize), EngineError>>;
+
+enum Command {
+    Submit { prompt: Prompt, params: SamplingParams, events: async_mpsc::UnboundedSender<CoreEvent>, reply: Reply },
+    Shutdown,
+}
+
+/// Cheap to clone; every front end holds one.
+#[derive(Clone)]
+pub struct EngineHandle {
+    commands: mpsc::Sender<Command>,
+    in_flight: Arc<AtomicUsize>,
+    max_queue: usize,
+    pub stats: Arc<CoreStats>,
+    pub metrics: Arc<Metrics>,
+}
+
+impl EngineHandle {
+    /// Validates and queues a request. Errors: invalid request, queue full, engine gone.
+    pub async fn submit(&self, prompt: Prompt, params: SamplingParams) -> Result<Submitted, RouterError> {
+        if !self.stats.serving.load(Ordering::SeqCst) {
+            return Err(RouterError::Unavailable("it has stopped".into()));
+        }
+        if self.in_flight.fetch_add(1, Ordering::SeqCst) >= self.max_queue {
+            self.in_flight.fetch_sub(1, Ordering::SeqCst);
+            return Err(RouterError::QueueFull(self.max_queue));
+        }
+        let slot = QueueSlot(Arc::clone(&self.in_flight));
+        let (events_tx, events) = async_mpsc::unbounded_channel();
+        let (reply, answer) = oneshot::channel();
+        self.commands
+            .send(Command::Submit { prompt, params, events: events_tx, reply })
+            .map_err(|_| RouterError::Unavailable("it has stopped".into()))?;
+        let (id, prompt_tokens) = answer.await.map_err(|_| RouterError::Unavailable("it stopped".into()))??;
+        Ok(Submitted { id, prompt_tokens, events, _slot: slot })
+    }
+
+    /// Asks the core to stop after aborting what is in flight.
+    pub fn shutdown(&self) {
+        let _ = self.commands.send(Command::Shutdown);
+    }
+}
+
+/// Limits the core enforces outside the engine.
+#[derive(Clone, Debug)]
+pub struct CoreConfig {
+    /// Requests waiting or running at once before new ones get RESOURCE_EXHAUSTED.
+    pub max_queue: usize,
+}
+
+/// The running core thread; `join` returns the engine's fatal error, if any.
+pub struct EngineCore {
+    pub handle: EngineHandle,
+    thread: JoinHandle<Result<(), EngineError>>,
+}
+
+impl EngineCore {
+    pub fn start(engine: Engine, cfg: CoreConfig, metrics: Arc<Metrics>) -> Self {
+        let (commands, rx) = mpsc::channel();
+        let stats = Arc::new(CoreStats::default());
+        stats.serving.store(true, Ordering::SeqCst);
+        let core_stats = Arc::clone(&stats);
+        let core_metrics = Arc::clone(&metrics);
+        let thread = std::thread::Builder::new()
+            .name("engine-core".into())
+            .spawn(move || {
+                let mut state = CoreLoop { engine, streams: HashMap::new(), stats: core_stats, metrics: core_metrics };
+                let result = state.run(rx);
+                state.stats.serving.store(false, Ordering::SeqCst);
+                if let Err(e) = &result {
+                    state.fail_all(&e.to_string());
+                }
+                result
+            })
+            .expect("spawning the engine-core thread");
+        let handle = EngineHandle { commands, in_flight: Arc::new(AtomicUsize::new(0)), max_queue: cfg.max_queue, stats, metrics };
+        EngineCore { handle, thread }
+    }
+
+    /// Waits for the core thread to end (after `shutdown` or a fatal error).
+    pub fn join(self) -> Result<(), EngineError> {
+        self.thread.join().unwrap_or_else(|_| Err(EngineError::Load("the engine-core thread panicked".into())))
+    }
+
+    /// Whether the thread has ended (fatal error or shutdown).
+    pub fn is_finished(&self) -> bool {
+        self.thread.is_finished()
+    }
+}
+
+/// Per-request bookkeeping on the core side.
+struct Stream {
+    events: async_mpsc::UnboundedSender<CoreEvent>,
+    last_token: Option<Instant>,
+}
+
+struct CoreLoop {
+    engine: Engine,
+    streams: HashMap<RequestId, Stream>,
+    stats: Arc<CoreStats>,
+    metrics: Arc<Metrics>,
+}
+
+impl CoreLoop {
+    fn run(&mut self, rx: mpsc::Receiver<Command>) -> Result<(), EngineError> {
+        loop {
+            self.publish_stats();
+            // Idle: block for work. Busy: take what arrived and keep stepping.
+            if !self.engine.has_unfinished() {
+                match rx.recv() {
+                    Ok(cmd) => {
+                        if !self.handle(cmd) {
+                            return Ok(());
+                        }
+                    }
+                    Err(_) => return Ok(()),
+                }
+            }
+            loop {
+                match rx.try_recv() {
+                    Ok(cmd) => {
+                        if !self.handle(cmd) {
+                            return Ok(());
+                        }
+                    }
+                    Err(mpsc::TryRecvError::Empty) => break,
+                    Err(mpsc::TryRecvError::Disconnected) => return Ok(()),
+                }
+            }
+            self.abort_abandoned();
+            if self.engine.has_unfinished() {
+                self.step()?;
+            }
+        }
+    }
+
+    /// Returns false on shutdown.
+    fn handle(&mut self, cmd: Command) -> bool {
+        match cmd {
+            Command::Submit { prompt, params, events, reply } => {
+                let result = self.engine.add_request(&prompt, params).map(|id| (id, self.engine.prompt_len(id).unwrap_or(0)));
+                if let Ok((id, prompt_tokens)) = &result {
+                    self.streams.insert(*id, Stream { events, last_token: None });
+                    self.metrics.prompt_tokens.inc_by(*prompt_tokens as u64);
+                }
+                if reply.send(result).is_err() {
+                    // The caller went away before hearing back; its stream is already closed.
+                }
+                true
+            }
+            Command::Shutdown => {
+                let ids: Vec<RequestId> = self.streams.keys().copied().collect();
+                for id in ids {
+                    self.engine.abort(id);
+                }
+                self.fail_all("the server is shutting down");
+                false
+            }
+        }
+    }
+
+    /// Aborts requests whose receiver was dropped (client disconnected or cancelled).
+    fn abort_abandoned(&mut self) {
+        let gone: Vec<RequestId> = self.streams.iter().filter(|(_, s)| s.events.is_closed()).map(|(id, _)| *id).collect();
+        for id in gone {
+            self.engine.abort(id);
+            self.streams.remove(&id);
+            self.metrics.aborted.inc();
+        }
+    }
+
+    fn step(&mut self) -> Result<(), EngineError> {
+        let events = self.engine.step()?;
+        self.stats.steps.fetch_add(1, Ordering::Relaxed);
+        let now = Instant::now();
+        for e in events {
+            let Some(stream) = self.streams.get_mut(&e.request_id) else { continue };
+            if let Some(prev) = stream.last_token {
+                self.metrics.inter_token_latency.observe(now.duration_since(prev).as_secs_f64());
+            }
+            stream.last_token = Some(now);
+            self.metrics.generation_tokens.inc();
+            let sent = stream.events.send(CoreEvent::Token { token_id: e.token_id, text: e.text, logprobs: e.logprobs }).is_ok();
+            if e.finish.is_some() {
+                let stream = self.streams.remove(&e.request_id).expect("stream present");
+                if let Some(out) = self.engine.take_output(e.request_id) {
+                    self.metrics.observe_finished(&out);
+                    let _ = stream.events.send(CoreEvent::Finished(Box::new(out)));
+                }
+            } else if !sent {
+                self.engine.abort(e.request_id);
+                self.streams.remove(&e.request_id);
+                self.metrics.aborted.inc();
+            }
+        }
+        Ok(())
+    }
+
+    fn publish_stats(&self) {
+        let s = &self.stats;
+        s.running.store(self.engine.num_running(), Ordering::Relaxed);
+        s.waiting.store(self.engine.num_waiting(), Ordering::Relaxed);
+        s.kv_blocks_used.store(self.engine.kv_blocks_used(), Ordering::Relaxed);
+        s.kv_blocks_total.store(self.engine.kv_blocks_total(), Ordering::Relaxed);
+        s.preemptions.store(self.engine.num_preemptions(), Ordering::Relaxed);
+    }
+
+    fn fail_all(&mut self, why: &str) {
+        for (_, s) in self.streams.drain() {
+            let _ = s.events.send(CoreEvent::Failed(why.to_string()));
+        }
+    }
+}

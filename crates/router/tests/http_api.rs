@@ -1,0 +1,698 @@
+//! The OpenAI-compatible HTTP API over real sockets, on a tiny random model (as in
+//! `crates/engine/tests/engine_tiny.rs`): results equal the engine's own greedy output, SSE
+//! streams add up to the same text, bad requests are 400s with OpenAI error bodies, and a
+//! client that goes away mid-stream gets its request aborted and its KV blocks freed.
+//!
+//! The client is a few lines of HTTP/1.1 over `tokio::net::TcpStream` (chunked bodies and SSE
+//! included), to keep the dependency tree as it is.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use candle_core::DType;
+use serde_json::{json, Value};
+use shardline_engine::{load_local, Engine, EngineConfig, LocalExecutor, ModelSpec, Prompt};
+use shardline_router::http::router;
+use shardline_router::{CoreConfig, EngineCore, EngineHandle, Metrics, ServerInfo};
+use shardline_sampling::SamplingParams;
+use shardline_tokenizer::{ChatMessage, Tokenizer};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+
+const VOCAB: usize = 300;
+const BLOCK_SIZE: usize = 4;
+const NUM_BLOCKS: usize = 256;
+const CHATML: &str = "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}\
+                      {% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}";
+
+// ---------------------------------------------------------------------------------------------
+// Fixture: tiny model, engine core and HTTP server on 127.0.0.1:0
+// ---------------------------------------------------------------------------------------------
+
+fn model_dir() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = shardline_model::testing::tiny_config("LlamaForCausalLM", VOCAB, false);
+    shardline_model::testing::write_tiny_model(dir.path(), &cfg, 3).unwrap();
+    std::fs::write(dir.path().join("tokenizer.json"), shardline_tokenizer::testing::tiny_tokenizer_json(VOCAB))
+        .unwrap();
+    let tok_cfg = json!({"bos_token": "<s>", "eos_token": "</s>", "chat_template": CHATML});
+    std::fs::write(dir.path().join("tokenizer_config.json"), tok_cfg.to_string()).unwrap();
+    dir
+}
+
+fn engine(dir: &tempfile::TempDir) -> Engine {
+    let spec = ModelSpec::cpu(dir.path().to_str().unwrap(), DType::F32);
+    let (model, tok) = load_local(&spec).unwrap();
+    let eos = model.config().eos_token_ids.clone();
+    let exec = LocalExecutor::new(model, NUM_BLOCKS, BLOCK_SIZE).unwrap();
+    Engine::new(Box::new(exec), tok, &eos, EngineConfig::default()).unwrap()
+}
+
+struct Server {
+    addr: SocketAddr,
+    handle: EngineHandle,
+    dir: tempfile::TempDir,
+    _core: EngineCore,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.handle.shutdown();
+    }
+}
+
+async fn start() -> Server {
+    let dir = model_dir();
+    let engine = engine(&dir);
+    let tokenizer = Arc::new(Tokenizer::from_dir(dir.path()).unwrap());
+    let info = Arc::new(ServerInfo {
+        model_id: "tiny".into(),
+        tokenizer,
+        vocab_size: VOCAB,
+        max_model_len: 512,
+        eos_token_ids: engine.eos_token_ids().to_vec(),
+        tp: 1,
+        pp: 1,
+        block_size: BLOCK_SIZE,
+        num_kv_blocks: NUM_BLOCKS,
+        dtype: "f32".into(),
+        scheduler: "continuous".into(),
+    });
+    let core = EngineCore::start(engine, CoreConfig { max_queue: 64 }, Arc::new(Metrics::new("tiny")));
+    let handle = core.handle.clone();
+    let app = router(handle.clone(), info);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    Server { addr, handle, dir, _core: core }
+}
+
+/// Every test body runs under this bound.
+async fn bounded<F: Future>(f: F) -> F::Output {
+    tokio::time::timeout(Duration::from_secs(120), f).await.expect("test timed out")
+}
+
+/// The engine's own greedy result, on a fresh engine over the same weights.
+fn direct(dir: &tempfile::TempDir, prompt: Prompt, max_tokens: usize) -> shardline_engine::GenerationOutput {
+    let params = SamplingParams { max_tokens, ignore_eos: true, ..SamplingParams::greedy() };
+    engine(dir).generate(&prompt, params, |_| {}).unwrap()
+}
+
+// ---------------------------------------------------------------------------------------------
+// A minimal HTTP/1.1 client
+// ---------------------------------------------------------------------------------------------
+
+enum BodyKind {
+    Chunked,
+    Length(usize),
+    UntilClose,
+}
+
+struct Response {
+    status: u16,
+    headers: Vec<(String, String)>,
+    reader: BufReader<TcpStream>,
+    kind: BodyKind,
+    done: bool,
+}
+
+impl Response {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+
+    /// The next piece of the body, or None at its end.
+    async fn next_bytes(&mut self) -> Option<Vec<u8>> {
+        if self.done {
+            return None;
+        }
+        match &mut self.kind {
+            BodyKind::Chunked => {
+                let mut line = String::new();
+                self.reader.read_line(&mut line).await.unwrap();
+                let size = usize::from_str_radix(line.trim().split(';').next().unwrap(), 16)
+                    .unwrap_or_else(|_| panic!("bad chunk size line {line:?}"));
+                if size == 0 {
+                    // Trailers, then the blank line.
+                    loop {
+                        line.clear();
+                        if self.reader.read_line(&mut line).await.unwrap() == 0 || line.trim().is_empty() {
+                            break;
+                        }
+                    }
+                    self.done = true;
+                    return None;
+                }
+                let mut buf = vec![0; size];
+                self.reader.read_exact(&mut buf).await.unwrap();
+                line.clear();
+                self.reader.read_line(&mut line).await.unwrap();
+                Some(buf)
+            }
+            BodyKind::Length(left) => {
+                if *left == 0 {
+                    self.done = true;
+                    return None;
+                }
+                let mut buf = vec![0; (*left).min(1 << 16)];
+                let n = self.reader.read(&mut buf).await.unwrap();
+                assert!(n > 0, "connection closed before the body ended");
+                *left -= n;
+                buf.truncate(n);
+                Some(buf)
+            }
+            BodyKind::UntilClose => {
+                let mut buf = vec![0; 1 << 16];
+                let n = self.reader.read(&mut buf).await.unwrap();
+                if n == 0 {
+                    self.done = true;
+                    return None;
+                }
+                buf.truncate(n);
+                Some(buf)
+            }
+        }
+    }
+
+    async fn text(mut self) -> String {
+        let mut all = Vec::new();
+        while let Some(b) = self.next_bytes().await {
+            all.extend(b);
+        }
+        String::from_utf8(all).unwrap()
+    }
+
+    async fn json(self) -> Value {
+        let text = self.text().await;
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
+    }
+
+    /// Server-sent events: the `data` of the next event, skipping comments (keep-alives).
+    fn events(self) -> Events {
+        Events { response: self, buf: Vec::new() }
+    }
+}
+
+struct Events {
+    response: Response,
+    buf: Vec<u8>,
+}
+
+impl Events {
+    async fn next(&mut self) -> Option<String> {
+        loop {
+            if let Some(i) = self.buf.windows(2).position(|w| w == b"\n\n") {
+                let event: Vec<u8> = self.buf.drain(..i + 2).collect();
+                let event = String::from_utf8(event).unwrap();
+                let data: Vec<&str> = event
+                    .lines()
+                    .filter_map(|l| l.strip_prefix("data:"))
+                    .map(|d| d.strip_prefix(' ').unwrap_or(d))
+                    .collect();
+                if !data.is_empty() {
+                    return Some(data.join("\n"));
+                }
+                continue;
+            }
+            match self.response.next_bytes().await {
+                Some(b) => self.buf.extend(b),
+                None => return None,
+            }
+        }
+    }
+
+    /// Every remaining event's data.
+    async fn all(mut self) -> Vec<String> {
+        let mut out = Vec::new();
+        while let Some(d) = self.next().await {
+            out.push(d);
+        }
+        out
+    }
+}
+
+/// Sends one request on a fresh connection. `content_type` None sends none at all.
+async fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: Option<&[u8]>,
+    content_type: Option<&str>,
+) -> Response {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    if let Some(ct) = content_type {
+        head.push_str(&format!("Content-Type: {ct}\r\n"));
+    }
+    let body = body.unwrap_or_default();
+    if method != "GET" {
+        head.push_str(&format!("Content-Length: {}\r\n", body.len()));
+    }
+    head.push_str("\r\n");
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream.write_all(body).await.unwrap();
+    let mut reader = BufReader::new(stream);
+    let mut line = String::new();
+    reader.read_line(&mut line).await.unwrap();
+    let status: u16 = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("bad status line {line:?}"));
+    let mut headers = Vec::new();
+    loop {
+        line.clear();
+        reader.read_line(&mut line).await.unwrap();
+        let l = line.trim_end();
+        if l.is_empty() {
+            break;
+        }
+        let (k, v) = l.split_once(':').unwrap();
+        headers.push((k.trim().to_string(), v.trim().to_string()));
+    }
+    let find = |name: &str| headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.clone());
+    let kind = if find("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
+        BodyKind::Chunked
+    } else if let Some(n) = find("content-length") {
+        BodyKind::Length(n.parse().unwrap())
+    } else {
+        BodyKind::UntilClose
+    };
+    Response { status, headers, reader, kind, done: false }
+}
+
+async fn post(addr: SocketAddr, path: &str, body: &Value) -> Response {
+    request(addr, "POST", path, Some(body.to_string().as_bytes()), Some("application/json")).await
+}
+
+async fn get(addr: SocketAddr, path: &str) -> Response {
+    request(addr, "GET", path, None, None).await
+}
+
+/// Posts and expects 200 with a JSON body.
+async fn post_ok(addr: SocketAddr, path: &str, body: &Value) -> Value {
+    let r = post(addr, path, body).await;
+    let status = r.status;
+    let v = r.json().await;
+    assert_eq!(status, 200, "{v}");
+    v
+}
+
+/// Posts a streaming request; returns the data of every event (the last is `[DONE]`).
+async fn post_stream(addr: SocketAddr, path: &str, body: &Value) -> Vec<String> {
+    let r = post(addr, path, body).await;
+    assert_eq!(r.status, 200);
+    assert!(r.header("content-type").unwrap().starts_with("text/event-stream"));
+    r.events().all().await
+}
+
+fn chunks(events: &[String]) -> Vec<Value> {
+    assert_eq!(events.last().map(String::as_str), Some("[DONE]"), "stream must end with [DONE]: {events:?}");
+    events[..events.len() - 1].iter().map(|e| serde_json::from_str(e).unwrap()).collect()
+}
+
+/// The value of an unlabelled-by-us metric line (`name{model_name="tiny"} value`).
+fn metric(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tests
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn completions_equal_the_engines_greedy_output_streamed_or_not() {
+    let server = start().await;
+    let addr = server.addr;
+    bounded(async {
+        let want = direct(&server.dir, Prompt::Text("the quick brown fox".into()), 12);
+        let req = json!({"model": "tiny", "prompt": "the quick brown fox", "max_tokens": 12, "temperature": 0, "ignore_eos": true});
+        let v = post_ok(addr, "/v1/completions", &req).await;
+        assert_eq!(v["object"], "text_completion");
+        assert!(v["id"].as_str().unwrap().starts_with("cmpl-"));
+        assert_eq!(v["model"], "tiny");
+        assert!(v["created"].as_u64().unwrap() > 0);
+        let choice = &v["choices"][0];
+        assert_eq!(choice["index"], 0);
+        assert_eq!(choice["text"], want.text.as_str());
+        assert_eq!(choice["finish_reason"], "length");
+        assert!(choice["logprobs"].is_null());
+        assert_eq!(v["usage"], json!({"prompt_tokens": want.prompt_token_ids.len(), "completion_tokens": 12, "total_tokens": want.prompt_token_ids.len() + 12}));
+
+        // The same as token ids, and as a one-element list.
+        let ids = json!({"prompt": want.prompt_token_ids, "max_tokens": 12, "temperature": 0, "ignore_eos": true});
+        assert_eq!(post_ok(addr, "/v1/completions", &ids).await["choices"][0]["text"], want.text.as_str());
+        let one = json!({"prompt": ["the quick brown fox"], "max_tokens": 12, "temperature": 0, "ignore_eos": true});
+        assert_eq!(post_ok(addr, "/v1/completions", &one).await["choices"][0]["text"], want.text.as_str());
+
+        // Streamed: chunks add up to the same text, then the finish chunk, usage, [DONE].
+        let mut req = req.clone();
+        req["stream"] = json!(true);
+        req["stream_options"] = json!({"include_usage": true});
+        let chunks = chunks(&post_stream(addr, "/v1/completions", &req).await);
+        assert!(chunks.len() >= 3, "{chunks:?}");
+        let (usage, rest) = chunks.split_last().unwrap();
+        assert_eq!(usage["choices"], json!([]));
+        assert_eq!(usage["usage"]["completion_tokens"], 12);
+        let (fin, tokens) = rest.split_last().unwrap();
+        assert_eq!(fin["choices"][0]["finish_reason"], "length");
+        let mut text = String::new();
+        for c in tokens {
+            assert_eq!(c["object"], "text_completion");
+            assert_eq!(c["id"], fin["id"]);
+            assert!(c["choices"][0]["finish_reason"].is_null());
+            text.push_str(c["choices"][0]["text"].as_str().unwrap());
+        }
+        assert_eq!(text, want.text);
+
+        // Without Content-Type (curl -d sends a form type; some clients send none).
+        let body = json!({"prompt": "the quick brown fox", "max_tokens": 12, "temperature": 0, "ignore_eos": true}).to_string();
+        for ct in [None, Some("application/x-www-form-urlencoded")] {
+            let r = request(addr, "POST", "/v1/completions", Some(body.as_bytes()), ct).await;
+            assert_eq!(r.status, 200);
+            assert_eq!(r.json().await["choices"][0]["text"], want.text.as_str());
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn chat_completions_streamed_or_not() {
+    let server = start().await;
+    let addr = server.addr;
+    bounded(async {
+        let messages = vec![ChatMessage::new("system", "be brief"), ChatMessage::new("user", "hello there")];
+        let want = direct(&server.dir, Prompt::Chat(messages), 10);
+        let req = json!({
+            "model": "tiny",
+            "messages": [
+                {"role": "system", "content": "be brief"},
+                {"role": "user", "content": [{"type": "text", "text": "hello there"}]},
+            ],
+            "max_completion_tokens": 10, "temperature": 0, "ignore_eos": true,
+        });
+        let v = post_ok(addr, "/v1/chat/completions", &req).await;
+        assert_eq!(v["object"], "chat.completion");
+        assert!(v["id"].as_str().unwrap().starts_with("chatcmpl-"));
+        let choice = &v["choices"][0];
+        assert_eq!(choice["message"], json!({"role": "assistant", "content": want.text}));
+        assert_eq!(choice["finish_reason"], "length");
+        assert_eq!(v["usage"]["prompt_tokens"], want.prompt_token_ids.len());
+        assert_eq!(v["usage"]["completion_tokens"], 10);
+
+        let mut req = req.clone();
+        req["stream"] = json!(true);
+        let chunks = chunks(&post_stream(addr, "/v1/chat/completions", &req).await);
+        assert_eq!(chunks[0]["choices"][0]["delta"], json!({"role": "assistant", "content": ""}));
+        let (fin, rest) = chunks.split_last().unwrap();
+        assert_eq!(fin["choices"][0]["finish_reason"], "length");
+        assert_eq!(fin["choices"][0]["delta"], json!({}));
+        let mut text = String::new();
+        for c in rest {
+            assert_eq!(c["object"], "chat.completion.chunk");
+            assert!(c.get("usage").is_none(), "usage only when asked: {c}");
+            text.push_str(c["choices"][0]["delta"]["content"].as_str().unwrap());
+        }
+        assert_eq!(text, want.text);
+
+        // No max_tokens: the rest of the context (stops at EOS or the 512-token context).
+        let req = json!({"messages": [{"role": "user", "content": "hi"}], "temperature": 0});
+        let v = post_ok(addr, "/v1/chat/completions", &req).await;
+        let usage = &v["usage"];
+        assert!(usage["total_tokens"].as_u64().unwrap() <= 512, "{usage}");
+        if v["choices"][0]["finish_reason"] == "length" {
+            assert_eq!(usage["total_tokens"], 512);
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn logprobs_in_openai_shapes() {
+    let server = start().await;
+    let addr = server.addr;
+    bounded(async {
+        let req = json!({"prompt": "hello", "max_tokens": 5, "temperature": 0, "ignore_eos": true, "logprobs": 2});
+        let v = post_ok(addr, "/v1/completions", &req).await;
+        let lp = &v["choices"][0]["logprobs"];
+        let tokens = lp["tokens"].as_array().unwrap();
+        assert_eq!(tokens.len(), 5);
+        assert_eq!(lp["token_logprobs"].as_array().unwrap().len(), 5);
+        let offsets: Vec<u64> = lp["text_offset"].as_array().unwrap().iter().map(|o| o.as_u64().unwrap()).collect();
+        assert_eq!(offsets[0], 0);
+        assert!(offsets.windows(2).all(|w| w[0] <= w[1]));
+        for (i, top) in lp["top_logprobs"].as_array().unwrap().iter().enumerate() {
+            let top = top.as_object().unwrap();
+            assert!((1..=2).contains(&top.len()), "{top:?}");
+            // Greedy: the chosen token is the most likely one.
+            let best = top.values().map(|x| x.as_f64().unwrap()).fold(f64::MIN, f64::max);
+            assert!((lp["token_logprobs"][i].as_f64().unwrap() - best).abs() < 1e-6);
+        }
+
+        // Streamed completions carry each token's logprobs.
+        let mut sreq = req.clone();
+        sreq["stream"] = json!(true);
+        let chunks = chunks(&post_stream(addr, "/v1/completions", &sreq).await);
+        let streamed: Vec<&Value> = chunks
+            .iter()
+            .filter_map(|c| c["choices"][0]["logprobs"].as_object())
+            .flat_map(|l| l["tokens"].as_array().unwrap())
+            .collect();
+        assert_eq!(streamed.len(), 5);
+
+        let req = json!({
+            "messages": [{"role": "user", "content": "hi"}],
+            "max_tokens": 4, "temperature": 0, "ignore_eos": true, "logprobs": true, "top_logprobs": 3,
+        });
+        let v = post_ok(addr, "/v1/chat/completions", &req).await;
+        let content = v["choices"][0]["logprobs"]["content"].as_array().unwrap();
+        assert_eq!(content.len(), 4);
+        for entry in content {
+            let token = entry["token"].as_str().unwrap();
+            let bytes: Vec<u8> = entry["bytes"].as_array().unwrap().iter().map(|b| b.as_u64().unwrap() as u8).collect();
+            assert_eq!(bytes, token.as_bytes());
+            let top = entry["top_logprobs"].as_array().unwrap();
+            assert_eq!(top.len(), 3);
+            assert_eq!(top[0]["token"], entry["token"]);
+            assert!(entry["logprob"].as_f64().unwrap() <= 0.0);
+        }
+        // logprobs without top_logprobs: the chosen token only.
+        let req = json!({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2, "logprobs": true});
+        let v = post_ok(addr, "/v1/chat/completions", &req).await;
+        assert_eq!(v["choices"][0]["logprobs"]["content"][0]["top_logprobs"], json!([]));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn bad_requests_are_400s_with_openai_errors_and_the_server_keeps_serving() {
+    let server = start().await;
+    let addr = server.addr;
+    bounded(async {
+        let long: Vec<u32> = (0..600).map(|i| 10 + i % 200).collect();
+        let cases: Vec<(&str, Vec<u8>, u16, &str)> = vec![
+            ("/v1/completions", b"{\"prompt\": \"hi\", ".to_vec(), 400, "not valid JSON"),
+            ("/v1/completions", b"".to_vec(), 400, "not valid JSON"),
+            ("/v1/completions", br#"{"prompt": "hi", "max_tokens": "ten"}"#.to_vec(), 400, "max_tokens"),
+            ("/v1/completions", br#"{"prompt": "hi", "max_tokens": -1}"#.to_vec(), 400, "max_tokens"),
+            ("/v1/completions", br#"{"prompt": "hi", "max_tokens": 0}"#.to_vec(), 400, "max_tokens"),
+            ("/v1/completions", br#"{"prompt": "hi", "temperature": -1}"#.to_vec(), 400, "temperature"),
+            ("/v1/completions", br#"{"prompt": "hi", "top_p": 0}"#.to_vec(), 400, "top_p"),
+            ("/v1/completions", br#"{"prompt": "hi", "logprobs": 21}"#.to_vec(), 400, "logprobs"),
+            ("/v1/completions", br#"{"prompt": "hi", "stop": [""]}"#.to_vec(), 400, "stop"),
+            ("/v1/completions", br#"{"prompt": "hi", "stop_token_ids": [300]}"#.to_vec(), 400, "300"),
+            ("/v1/completions", br#"{"prompt": "hi", "top_k": -5}"#.to_vec(), 400, "top_k"),
+            ("/v1/completions", br#"{"prompt": ""}"#.to_vec(), 400, "empty"),
+            ("/v1/completions", br#"{"prompt": []}"#.to_vec(), 400, "empty"),
+            ("/v1/completions", br#"{"max_tokens": 3}"#.to_vec(), 400, "missing field `prompt`"),
+            ("/v1/completions", br#"{"prompt": 5}"#.to_vec(), 400, "prompt"),
+            ("/v1/completions", br#"{"prompt": ["a", "b"]}"#.to_vec(), 400, "batched"),
+            ("/v1/completions", json!({"prompt": long}).to_string().into_bytes(), 400, "context length"),
+            ("/v1/completions", br#"{"prompt": "hi", "max_tokens": 600}"#.to_vec(), 400, "context length"),
+            ("/v1/completions", br#"{"prompt": [1, 2, 300]}"#.to_vec(), 400, "300"),
+            ("/v1/completions", br#"{"prompt": [1, -2]}"#.to_vec(), 400, "non-negative"),
+            ("/v1/completions", br#"{"prompt": "hi", "n": 2}"#.to_vec(), 400, "n = 2"),
+            ("/v1/completions", br#"{"prompt": "hi", "echo": true}"#.to_vec(), 400, "echo"),
+            (
+                "/v1/completions",
+                br#"{"prompt": "hi", "stream_options": {"include_usage": true}}"#.to_vec(),
+                400,
+                "stream",
+            ),
+            (
+                "/v1/completions",
+                br#"{"prompt": "hi", "model": "gpt-4"}"#.to_vec(),
+                404,
+                "The model `gpt-4` does not exist.",
+            ),
+            ("/v1/chat/completions", br#"{"messages": []}"#.to_vec(), 400, "messages"),
+            ("/v1/chat/completions", br#"{"messages": "hi"}"#.to_vec(), 400, "messages"),
+            ("/v1/chat/completions", br#"{"messages": [{"content": "hi"}]}"#.to_vec(), 400, "role"),
+            (
+                "/v1/chat/completions",
+                br#"{"messages": [{"role": "user", "content": [{"type": "image_url"}]}]}"#.to_vec(),
+                400,
+                "image_url",
+            ),
+            (
+                "/v1/chat/completions",
+                br#"{"messages": [{"role": "user", "content": "hi"}], "n": 3}"#.to_vec(),
+                400,
+                "n = 3",
+            ),
+            (
+                "/v1/chat/completions",
+                br#"{"messages": [{"role": "user", "content": "hi"}], "top_logprobs": 2}"#.to_vec(),
+                400,
+                "top_logprobs",
+            ),
+            (
+                "/v1/chat/completions",
+                br#"{"messages": [{"role": "user", "content": "hi"}], "logprobs": true, "top_logprobs": 21}"#.to_vec(),
+                400,
+                "top_logprobs",
+            ),
+            (
+                "/v1/chat/completions",
+                br#"{"messages": [{"role": "user", "content": "hi"}], "max_tokens": 1000}"#.to_vec(),
+                400,
+                "context length",
+            ),
+            (
+                "/v1/chat/completions",
+                br#"{"messages": [{"role": "user", "content": "hi"}], "model": "x"}"#.to_vec(),
+                404,
+                "does not exist",
+            ),
+        ];
+        for (path, body, status, needle) in cases {
+            let shown = String::from_utf8_lossy(&body).chars().take(80).collect::<String>();
+            // Streaming requests fail the same way, before any event is sent.
+            for stream in [false, true] {
+                let mut body = body.clone();
+                if stream {
+                    match serde_json::from_slice::<Value>(&body) {
+                        Ok(Value::Object(mut m)) if !m.contains_key("stream_options") => {
+                            m.insert("stream".into(), json!(true));
+                            body = serde_json::to_vec(&m).unwrap();
+                        }
+                        _ => continue,
+                    }
+                }
+                let r = request(addr, "POST", path, Some(&body), Some("application/json")).await;
+                let got = r.status;
+                assert!(r.header("content-type").unwrap().starts_with("application/json"));
+                let v = r.json().await;
+                assert_eq!(got, status, "{path} {shown} (stream {stream}): {v}");
+                let err = &v["error"];
+                let message = err["message"].as_str().unwrap();
+                assert!(message.contains(needle), "{path} {shown}: `{message}` should mention `{needle}`");
+                assert_eq!(err["code"], status);
+                assert!(err["type"].is_string());
+                assert!(err.get("param").is_some());
+            }
+        }
+        // Wrong routes and methods are JSON errors too.
+        let r = get(addr, "/v1/nothing").await;
+        assert_eq!(r.status, 404);
+        assert!(r.json().await["error"]["message"].is_string());
+        let r = get(addr, "/v1/completions").await;
+        assert_eq!(r.status, 405);
+        assert!(r.json().await["error"]["message"].is_string());
+
+        // Still serving.
+        let v = post_ok(addr, "/v1/completions", &json!({"prompt": "hi", "max_tokens": 3, "ignore_eos": true})).await;
+        assert_eq!(v["usage"]["completion_tokens"], 3);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn models_health_and_metrics() {
+    let server = start().await;
+    let addr = server.addr;
+    bounded(async {
+        let v = get(addr, "/v1/models").await.json().await;
+        assert_eq!(v["object"], "list");
+        let data = v["data"].as_array().unwrap();
+        assert_eq!(data.len(), 1);
+        assert_eq!(data[0]["id"], "tiny");
+        assert_eq!(data[0]["object"], "model");
+        assert_eq!(data[0]["owned_by"], "shardline");
+        assert_eq!(data[0]["max_model_len"], 512);
+
+        let r = get(addr, "/health").await;
+        assert_eq!(r.status, 200);
+        assert_eq!(r.text().await, "");
+
+        post_ok(addr, "/v1/completions", &json!({"prompt": "hi", "max_tokens": 4, "ignore_eos": true})).await;
+        let r = get(addr, "/metrics").await;
+        assert_eq!(r.status, 200);
+        assert!(r.header("content-type").unwrap().starts_with("text/plain; version=0.0.4"));
+        let text = r.text().await;
+        for name in [
+            "shardline:time_to_first_token_seconds",
+            "shardline:kv_cache_usage_perc",
+            "shardline:num_requests_running",
+            "shardline:generation_tokens_total",
+        ] {
+            assert!(text.contains(name), "missing {name} in\n{text}");
+        }
+        assert_eq!(metric(&text, "shardline:time_to_first_token_seconds_count"), Some(1.0));
+        assert_eq!(metric(&text, "shardline:generation_tokens_total"), Some(4.0));
+
+        // Once the engine stops, health and requests say so.
+        server.handle.shutdown();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while get(addr, "/health").await.status != 503 {
+            assert!(Instant::now() < deadline, "/health never turned 503");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let r = post(addr, "/v1/completions", &json!({"prompt": "hi"})).await;
+        assert_eq!(r.status, 503);
+        assert_eq!(r.json().await["error"]["code"], 503);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_client_that_leaves_mid_stream_frees_its_kv_blocks() {
+    let server = start().await;
+    let addr = server.addr;
+    bounded(async {
+        let req = json!({"prompt": "a long story", "max_tokens": 480, "ignore_eos": true, "stream": true});
+        let r = post(addr, "/v1/completions", &req).await;
+        assert_eq!(r.status, 200);
+        let mut events = r.events();
+        let first = events.next().await.expect("a first chunk");
+        assert!(first.starts_with('{'), "{first}");
+        let busy = metric(&get(addr, "/metrics").await.text().await, "shardline:kv_cache_usage_perc").unwrap();
+        drop(events); // closes the connection
+
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let text = get(addr, "/metrics").await.text().await;
+            let usage = metric(&text, "shardline:kv_cache_usage_perc").unwrap();
+            if usage == 0.0 {
+                let aborted = metric(&text, "shardline:request_aborted_total").unwrap();
+                let generated = metric(&text, "shardline:generation_tokens_total").unwrap();
+                // Either the abort landed mid-way (the usual case), or generation had already
+                // run to the end; both leave the cache empty.
+                assert!(aborted == 1.0 || generated == 480.0, "aborted {aborted}, generated {generated}, busy {busy}");
+                eprintln!("cancelled after {generated} tokens (kv usage while streaming: {busy})");
+                break;
+            }
+            assert!(Instant::now() < deadline, "KV cache still {usage} used after the client left");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // The server still serves.
+        post_ok(addr, "/v1/completions", &json!({"prompt": "hi", "max_tokens": 2})).await;
+    })
+    .await;
+}
