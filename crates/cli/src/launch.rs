@@ -16,8 +16,17 @@ pub struct LaunchCmdArgs {
     pp: usize,
     #[command(flatten)]
     launch: LaunchArgs,
-    /// Rank 0's job, after `--` (e.g. `-- run --model smollm2-135m --prompt hi`); required on
-    /// the node that hosts rank 0.
+    /// Model rank 0 serves when no job is given after `--`.
+    #[arg(long, env = "SHARDLINE_MODEL", default_value = "smollm2-135m")]
+    model: String,
+    /// gRPC address rank 0 serves on when no job is given after `--`.
+    #[arg(long, env = "SHARDLINE_GRPC_ADDR", default_value = "127.0.0.1:50051")]
+    grpc_addr: String,
+    /// HTTP address (or `off`) rank 0 serves on when no job is given after `--`.
+    #[arg(long, env = "SHARDLINE_HTTP_ADDR", default_value = "127.0.0.1:8000")]
+    http_addr: String,
+    /// Rank 0's job, after `--` (e.g. `-- serve --scheduler static` or `-- run --prompt hi`);
+    /// default: `serve --model M --grpc-addr G --http-addr H`.
     #[arg(last = true)]
     rank0: Vec<String>,
 }
@@ -31,13 +40,15 @@ pub fn launch(args: LaunchCmdArgs) -> anyhow::Result<()> {
     let mut cmds = Vec::new();
     for rank in plan.local_ranks() {
         if rank == 0 {
-            if args.rank0.is_empty() {
-                bail!("this node hosts rank 0: give its job after `--`, e.g. `-- run --prompt hi`");
-            }
+            let job = if args.rank0.is_empty() {
+                ["serve", "--model", &args.model, "--grpc-addr", &args.grpc_addr, "--http-addr", &args.http_addr].map(String::from).to_vec()
+            } else {
+                args.rank0.clone()
+            };
             cmds.push(RankCommand {
                 rank,
                 program: std::env::current_exe()?,
-                args: args.rank0.clone(),
+                args: job,
                 env: vec![
                     ("SHARDLINE_TP".into(), args.tp.to_string()),
                     ("SHARDLINE_PP".into(), args.pp.to_string()),

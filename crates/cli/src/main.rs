@@ -1,9 +1,12 @@
 //! `shardline`: one binary, one subcommand per job.
 
 mod args;
+mod backend;
+mod generate;
 mod group;
 mod launch;
 mod run;
+mod serve;
 mod worker;
 
 use clap::{Parser, Subcommand};
@@ -22,7 +25,12 @@ enum Command {
     /// Generate offline (no server): streams tokens, then prints speed. With --tp/--pp the
     /// model is split over a group of local ranks, this process being rank 0.
     Run(run::RunArgs),
-    /// Start and supervise this node's ranks of a group (rank 0 runs the job given after `--`).
+    /// Serve the model over gRPC and OpenAI-compatible HTTP (rank 0 of a group with --tp/--pp).
+    Serve(serve::ServeArgs),
+    /// Generate through a running server over gRPC (same flags and JSON as `run`).
+    Generate(generate::GenerateArgs),
+    /// Start and supervise this node's ranks of a group (rank 0 serves, or runs the job given
+    /// after `--`).
     Launch(launch::LaunchCmdArgs),
     /// One rank of a group (started by `launch`, torchrun, mpirun or srun).
     Worker(worker::WorkerArgs),
@@ -38,6 +46,8 @@ fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run(args) => run::run(args),
+        Command::Serve(args) => serve::serve(args),
+        Command::Generate(args) => generate::generate(args),
         Command::Launch(args) => launch::launch(args),
         Command::Worker(args) => worker::worker(args),
     };

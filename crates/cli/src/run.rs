@@ -3,16 +3,14 @@
 use std::io::Write;
 use std::time::Instant;
 
-use anyhow::{bail, Context};
+use anyhow::bail;
 use clap::{Args, ValueEnum};
 use rand::{Rng, SeedableRng};
-use shardline_engine::{load_local, read_config, Engine, EngineConfig, GenerationOutput, LoadFormat, LocalExecutor, ModelSpec, Prompt};
-use shardline_launcher::Watch;
-use shardline_worker::{start_group, GroupExecutor, GroupLayout, GroupSpec, RankEnv};
+use shardline_engine::{Engine, EngineConfig, GenerationOutput, Prompt};
 use shardline_tokenizer::ChatMessage;
 
-use crate::args::{init_threads, ModelArgs, SamplingArgs};
-use crate::group::{rank0_env, spawn_local_workers, DeviceArg, LaunchArgs};
+use crate::args::{ModelArgs, SamplingArgs};
+use crate::backend::{self, Backend, EngineShape, ParallelArgs, Role};
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
 pub enum OutputFormat {
@@ -52,20 +50,8 @@ pub struct RunArgs {
     /// Most tokens per forward pass (longer prompts are prefilled in chunks).
     #[arg(long, env = "SHARDLINE_MAX_BATCH_TOKENS", default_value_t = 2048)]
     max_batch_tokens: usize,
-    /// Tensor-parallel degree: each layer split over this many ranks.
-    #[arg(long, env = "SHARDLINE_TP", default_value_t = 1)]
-    tp: usize,
-    /// Pipeline-parallel degree: the layers split into this many stages.
-    #[arg(long, env = "SHARDLINE_PP", default_value_t = 1)]
-    pp: usize,
-    /// Layers per pipeline stage, e.g. `10,10,10` (default: as even as possible).
-    #[arg(long, env = "SHARDLINE_PP_LAYERS", value_delimiter = ',')]
-    pp_layers: Vec<usize>,
-    /// Device kind of every rank.
-    #[arg(long, env = "SHARDLINE_DEVICE", value_enum, default_value = "cpu")]
-    device: DeviceArg,
     #[command(flatten)]
-    launch: LaunchArgs,
+    parallel: ParallelArgs,
 }
 
 fn build_prompt(args: &RunArgs, vocab: usize) -> anyhow::Result<Prompt> {
@@ -88,107 +74,30 @@ fn build_prompt(args: &RunArgs, vocab: usize) -> anyhow::Result<Prompt> {
     Ok(Prompt::Chat(messages))
 }
 
-/// What generation runs on: the model in this process, or a group with rank 0 here.
-struct Backend {
-    engine: Engine,
-    /// Local ranks spawned by this process (a group started without a launcher).
-    workers: Option<Watch>,
-    vocab_size: usize,
-}
-
-fn model_spec(args: &RunArgs) -> anyhow::Result<ModelSpec> {
-    let mut spec = ModelSpec::cpu(&args.model.model, args.model.dtype.into());
-    spec.load_format = args.model.load_format();
-    spec.progress = true;
-    spec.device = shardline_worker::device_for(args.device.name(), 0)?;
-    Ok(spec)
-}
-
 /// KV blocks: one request's worth per copy. The pool is zero-filled lazily, so untouched blocks
 /// cost address space, not memory.
-fn num_blocks(args: &RunArgs, max_len: usize) -> usize {
-    max_len.min(8192).div_ceil(args.block_size) * args.batch
+fn num_blocks(block_size: usize, batch: usize, max_len: usize) -> usize {
+    max_len.min(8192).div_ceil(block_size) * batch
 }
 
-fn engine_config(args: &RunArgs) -> EngineConfig {
-    EngineConfig { max_batch_tokens: args.max_batch_tokens, max_num_seqs: args.batch.max(1) }
-}
-
-fn local_backend(args: &RunArgs) -> anyhow::Result<Backend> {
-    init_threads(args.model.threads)?;
-    let spec = model_spec(args)?;
-    let (model, tokenizer) = load_local(&spec).with_context(|| format!("loading model `{}`", spec.model))?;
-    let cfg = model.config().clone();
-    let exec = LocalExecutor::new(model, num_blocks(args, cfg.max_position_embeddings), args.block_size)?;
-    let engine = Engine::new(Box::new(exec), tokenizer, &cfg.eos_token_ids, engine_config(args))?;
-    Ok(Backend { engine, workers: None, vocab_size: cfg.vocab_size })
-}
-
-fn group_backend(args: &RunArgs, env: Option<RankEnv>) -> anyhow::Result<Backend> {
-    let world = args.tp * args.pp;
-    let (env, workers) = match env {
-        Some(env) => {
-            init_threads(args.model.threads)?;
-            (env, None)
-        }
-        None => {
-            let plan = args.launch.plan(world)?;
-            let threads = if args.model.threads > 0 { args.model.threads } else { plan.threads() };
-            init_threads(threads)?;
-            let watch = spawn_local_workers(&plan, args.launch.comm_timeout)?;
-            (rank0_env(&plan)?, Some(watch))
-        }
-    };
-    if env.world_size != world {
-        bail!("--tp {} × --pp {} = {world} ranks, but the launcher started {}", args.tp, args.pp, env.world_size);
+fn engine_shape(args: &RunArgs) -> EngineShape {
+    let (block_size, batch) = (args.block_size, args.batch);
+    EngineShape {
+        block_size,
+        num_blocks: Box::new(move |max_len| num_blocks(block_size, batch, max_len)),
+        engine: EngineConfig { max_batch_tokens: args.max_batch_tokens, max_num_seqs: batch.max(1), ..Default::default() },
     }
-    let spec = model_spec(args)?;
-    let cfg = read_config(&spec).with_context(|| format!("reading the config of `{}`", spec.model))?;
-    let pp_layers = (!args.pp_layers.is_empty()).then_some(args.pp_layers.as_slice());
-    let layout = GroupLayout::new(args.tp, args.pp, cfg.num_layers, pp_layers)?;
-    let group_spec = GroupSpec {
-        model: args.model.model.clone(),
-        load_format: if spec.load_format == LoadFormat::Dummy { "dummy" } else { "auto" }.into(),
-        dtype: format!("{:?}", args.model.dtype).to_lowercase(),
-        tp: args.tp as u32,
-        pp: args.pp as u32,
-        stage_layers: layout.stage_layers.iter().map(|&l| l as u32).collect(),
-        num_blocks: num_blocks(args, cfg.max_position_embeddings) as u32,
-        block_size: args.block_size as u32,
-        device: args.device.name().into(),
-    };
-    let ready = start_group(group_spec, &env, args.launch.timeout(), LOAD_TIMEOUT)?;
-    for r in &ready.ready {
-        eprintln!(
-            "rank {} ready: stage {} tp {} | weights {:.1} MiB | kv cache {:.1} MiB | peak RSS {:.1} MiB",
-            r.rank,
-            layout.stage_of(r.rank as usize),
-            layout.tp_rank_of(r.rank as usize),
-            r.weight_bytes as f64 / 1048576.0,
-            r.kv_cache_bytes as f64 / 1048576.0,
-            r.peak_rss_bytes as f64 / 1048576.0
-        );
-    }
-    let (exec, tokenizer) = GroupExecutor::new(ready);
-    let engine = Engine::new(Box::new(exec), tokenizer, &cfg.eos_token_ids, engine_config(args))?;
-    Ok(Backend { engine, workers, vocab_size: cfg.vocab_size })
 }
-
-/// Model loading on the other ranks can take a while; dead ranks are still noticed at once.
-const LOAD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(600);
 
 pub fn run(args: RunArgs) -> anyhow::Result<()> {
     if args.batch == 0 {
         bail!("--batch must be at least 1");
     }
-    let env = RankEnv::from_env()?;
-    if let Some(env) = env.as_ref().filter(|e| e.rank != 0) {
-        // Started by mpirun/srun/torchrun with the same command on every rank.
-        init_threads(args.model.threads)?;
-        return crate::worker::run_rank(env, args.launch.comm_timeout);
-    }
-    let backend = if env.is_some() || args.tp * args.pp > 1 { group_backend(&args, env)? } else { local_backend(&args)? };
-    let Backend { mut engine, workers, vocab_size } = backend;
+    let env = match backend::role()? {
+        Role::Worker(env) => return backend::run_worker_rank(&args.model, &args.parallel, &env),
+        Role::Rank0(env) => env,
+    };
+    let Backend { mut engine, workers, vocab_size, .. } = backend::build(&args.model, &args.parallel, engine_shape(&args), env)?;
     let prompt = build_prompt(&args, vocab_size)?;
     let result = generate(&args, &mut engine, &prompt);
     drop(engine); // ends the group: every rank gets Shutdown

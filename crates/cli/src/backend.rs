@@ -1,0 +1,159 @@
+//! Building the engine a command runs on: the whole model in this process, or a TP × PP group
+//! with rank 0 here (spawning the other local ranks unless a launcher already did).
+
+use anyhow::{bail, Context};
+use clap::Args;
+use shardline_engine::{load_local, read_config, Engine, EngineConfig, LoadFormat, LocalExecutor, ModelSpec};
+use shardline_launcher::Watch;
+use shardline_worker::{start_group, GroupExecutor, GroupLayout, GroupSpec, RankEnv};
+
+use crate::args::{init_threads, ModelArgs};
+use crate::group::{rank0_env, spawn_local_workers, DeviceArg, LaunchArgs};
+
+/// How the model is split and where its ranks run.
+#[derive(Args, Debug)]
+pub struct ParallelArgs {
+    /// Tensor-parallel degree: each layer split over this many ranks.
+    #[arg(long, env = "SHARDLINE_TP", default_value_t = 1)]
+    pub tp: usize,
+    /// Pipeline-parallel degree: the layers split into this many stages.
+    #[arg(long, env = "SHARDLINE_PP", default_value_t = 1)]
+    pub pp: usize,
+    /// Layers per pipeline stage, e.g. `10,10,10` (default: as even as possible).
+    #[arg(long, env = "SHARDLINE_PP_LAYERS", value_delimiter = ',')]
+    pub pp_layers: Vec<usize>,
+    /// Device kind of every rank.
+    #[arg(long, env = "SHARDLINE_DEVICE", value_enum, default_value = "cpu")]
+    pub device: DeviceArg,
+    #[command(flatten)]
+    pub launch: LaunchArgs,
+}
+
+impl ParallelArgs {
+    pub fn world_size(&self) -> usize {
+        self.tp * self.pp
+    }
+}
+
+/// KV cache and batching limits.
+pub struct EngineShape {
+    pub block_size: usize,
+    /// KV blocks, given the model's context length.
+    pub num_blocks: Box<dyn Fn(usize) -> usize>,
+    pub engine: EngineConfig,
+}
+
+/// What generation runs on.
+pub struct Backend {
+    pub engine: Engine,
+    /// Local ranks spawned by this process (a group started without a launcher).
+    pub workers: Option<Watch>,
+    pub vocab_size: usize,
+    pub max_model_len: usize,
+    pub num_blocks: usize,
+}
+
+/// What to do in this process, given the rank environment a launcher may have set.
+pub enum Role {
+    /// A worker rank (mpirun/srun/torchrun started the same command everywhere).
+    Worker(RankEnv),
+    /// Rank 0 of a group, or a single process.
+    Rank0(Option<RankEnv>),
+}
+
+pub fn role() -> anyhow::Result<Role> {
+    Ok(match RankEnv::from_env()? {
+        Some(env) if env.rank != 0 => Role::Worker(env),
+        env => Role::Rank0(env),
+    })
+}
+
+/// Runs this process as a worker rank.
+pub fn run_worker_rank(model: &ModelArgs, parallel: &ParallelArgs, env: &RankEnv) -> anyhow::Result<()> {
+    init_threads(model.threads)?;
+    crate::worker::run_rank(env, parallel.launch.comm_timeout)
+}
+
+pub fn build(model: &ModelArgs, parallel: &ParallelArgs, shape: EngineShape, env: Option<RankEnv>) -> anyhow::Result<Backend> {
+    if parallel.world_size() == 0 {
+        bail!("--tp and --pp must be at least 1");
+    }
+    if env.is_some() || parallel.world_size() > 1 {
+        group_backend(model, parallel, shape, env)
+    } else {
+        local_backend(model, parallel, shape)
+    }
+}
+
+fn model_spec(model: &ModelArgs, parallel: &ParallelArgs) -> anyhow::Result<ModelSpec> {
+    let mut spec = ModelSpec::cpu(&model.model, model.dtype.into());
+    spec.load_format = model.load_format();
+    spec.progress = true;
+    spec.device = shardline_worker::device_for(parallel.device.name(), 0)?;
+    Ok(spec)
+}
+
+fn local_backend(model: &ModelArgs, parallel: &ParallelArgs, shape: EngineShape) -> anyhow::Result<Backend> {
+    init_threads(model.threads)?;
+    let spec = model_spec(model, parallel)?;
+    let (llama, tokenizer) = load_local(&spec).with_context(|| format!("loading model `{}`", spec.model))?;
+    let cfg = llama.config().clone();
+    let num_blocks = (shape.num_blocks)(cfg.max_position_embeddings);
+    let exec = LocalExecutor::new(llama, num_blocks, shape.block_size)?;
+    let engine = Engine::new(Box::new(exec), tokenizer, &cfg.eos_token_ids, shape.engine)?;
+    Ok(Backend { engine, workers: None, vocab_size: cfg.vocab_size, max_model_len: cfg.max_position_embeddings, num_blocks })
+}
+
+/// Model loading on the other ranks can take a while; dead ranks are still noticed at once.
+const LOAD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(600);
+
+fn group_backend(model: &ModelArgs, parallel: &ParallelArgs, shape: EngineShape, env: Option<RankEnv>) -> anyhow::Result<Backend> {
+    let world = parallel.world_size();
+    let (env, workers) = match env {
+        Some(env) => {
+            init_threads(model.threads)?;
+            (env, None)
+        }
+        None => {
+            let plan = parallel.launch.plan(world)?;
+            let threads = if model.threads > 0 { model.threads } else { plan.threads() };
+            init_threads(threads)?;
+            let watch = spawn_local_workers(&plan, parallel.launch.comm_timeout)?;
+            (rank0_env(&plan)?, Some(watch))
+        }
+    };
+    if env.world_size != world {
+        bail!("--tp {} × --pp {} = {world} ranks, but the launcher started {}", parallel.tp, parallel.pp, env.world_size);
+    }
+    let spec = model_spec(model, parallel)?;
+    let cfg = read_config(&spec).with_context(|| format!("reading the config of `{}`", spec.model))?;
+    let pp_layers = (!parallel.pp_layers.is_empty()).then_some(parallel.pp_layers.as_slice());
+    let layout = GroupLayout::new(parallel.tp, parallel.pp, cfg.num_layers, pp_layers)?;
+    let num_blocks = (shape.num_blocks)(cfg.max_position_embeddings);
+    let group_spec = GroupSpec {
+        model: model.model.clone(),
+        load_format: if spec.load_format == LoadFormat::Dummy { "dummy" } else { "auto" }.into(),
+        dtype: format!("{:?}", model.dtype).to_lowercase(),
+        tp: parallel.tp as u32,
+        pp: parallel.pp as u32,
+        stage_layers: layout.stage_layers.iter().map(|&l| l as u32).collect(),
+        num_blocks: num_blocks as u32,
+        block_size: shape.block_size as u32,
+        device: parallel.device.name().into(),
+    };
+    let ready = start_group(group_spec, &env, parallel.launch.timeout(), LOAD_TIMEOUT)?;
+    for r in &ready.ready {
+        eprintln!(
+            "rank {} ready: stage {} tp {} | weights {:.1} MiB | kv cache {:.1} MiB | peak RSS {:.1} MiB",
+            r.rank,
+            layout.stage_of(r.rank as usize),
+            layout.tp_rank_of(r.rank as usize),
+            r.weight_bytes as f64 / 1048576.0,
+            r.kv_cache_bytes as f64 / 1048576.0,
+            r.peak_rss_bytes as f64 / 1048576.0
+        );
+    }
+    let (exec, tokenizer) = GroupExecutor::new(ready);
+    let engine = Engine::new(Box::new(exec), tokenizer, &cfg.eos_token_ids, shape.engine)?;
+    Ok(Backend { engine, workers, vocab_size: cfg.vocab_size, max_model_len: cfg.max_position_embeddings, num_blocks })
+}
