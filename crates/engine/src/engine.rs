@@ -11,6 +11,12 @@
 //! Older sequences thus always make progress. A request is admitted when the policy allows, a
 //! sequence slot is free and blocks for its first chunk are (keeping a 1% watermark spare for
 //! running decodes); one that could not fit even an empty cache is rejected by `add_request`.
+//!
+//! An executor may keep several steps in flight ([`Executor::max_in_flight`], one per pipeline
+//! stage with pipeline parallelism, like vLLM's virtual engines): each `step` then fills the
+//! pipeline with microbatches planned from the sequences not already in one (running sequences
+//! split evenly between them, so every stage has work) and completes the oldest. A sequence in
+//! flight is never scheduled again, preempted or freed until its microbatch returns.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -46,6 +52,8 @@ pub struct Engine {
     finished: HashMap<RequestId, GenerationOutput>,
     /// Executor ids to retire with the next step (see [`StepPlan::finished`]).
     retired: Vec<u64>,
+    /// Submitted steps, oldest first.
+    in_flight: VecDeque<Microbatch>,
     /// Static policy: the members of the batch being run; only they may (re)join `running`.
     static_batch: HashSet<RequestId>,
     next_id: RequestId,
@@ -76,6 +84,7 @@ impl Engine {
             running: Vec::new(),
             finished: HashMap::new(),
             retired: Vec::new(),
+            in_flight: VecDeque::new(),
             static_batch: HashSet::new(),
             next_id: 0,
             next_exec_id: 0,
@@ -198,7 +207,12 @@ impl Engine {
             self.waiting.remove(i); // a waiting sequence holds no blocks
             return true;
         }
-        if let Some(i) = self.running.iter().position(|s| s.id == id) {
+        if let Some(i) = self.running.iter().position(|s| s.id == id && !s.aborted) {
+            if self.running[i].in_flight {
+                // Its step may still write its blocks: dropped when that step returns.
+                self.running[i].aborted = true;
+                return true;
+            }
             let mut seq = self.running.remove(i);
             drop_kv(&mut self.blocks, &mut self.retired, &mut seq);
             return true;
@@ -214,61 +228,86 @@ impl Engine {
         }
     }
 
-    /// Gives running sequences their tokens for this step, decodes first (they are
-    /// latency-critical and cost one token each), then prompt chunks. Blocks are allocated as
-    /// needed; when none are left the newest sequence is preempted (possibly the one asking).
-    /// Returns (running index, tokens fed) pairs and whether anything was preempted.
-    fn schedule_running(&mut self, budget: &mut usize) -> (Vec<(usize, usize)>, bool) {
+    /// Gives running sequences not in flight their tokens for this step (at most `cap` of them),
+    /// decodes first (they are latency-critical and cost one token each), then prompt chunks.
+    /// Blocks are allocated as needed; when none are left the newest sequence not in flight is
+    /// preempted (possibly the one asking, unless a newer one is in flight: then it waits).
+    /// Returns (running index, tokens fed) pairs and whether the cache ran out (a sequence was
+    /// preempted or has to wait).
+    fn schedule_running(&mut self, budget: &mut usize, cap: usize) -> (Vec<(usize, usize)>, bool) {
         let bs = self.exec.block_size();
-        let mut order: Vec<usize> = (0..self.running.len()).collect();
+        let mut order: Vec<usize> = (0..self.running.len()).filter(|&i| !self.running[i].in_flight).collect();
         order.sort_by_key(|&i| !self.running[i].is_decode()); // stable: admission order within each kind
         let mut plan: Vec<(usize, usize)> = Vec::new();
-        // Victims are taken from the back, so the survivors are always `running[..live]`.
-        let mut live = self.running.len();
+        let mut evicted = vec![false; self.running.len()];
+        let mut waits = false;
         for i in order {
-            if *budget == 0 {
+            if *budget == 0 || plan.len() >= cap {
                 break;
             }
-            if i >= live {
+            if evicted[i] {
                 continue;
             }
             let n = self.running[i].pending().min(*budget);
+            let mut fits = true;
             while !grow(&mut self.blocks, &mut self.running[i], n, bs) {
-                live -= 1;
-                drop_kv(&mut self.blocks, &mut self.retired, &mut self.running[live]);
+                let victim = (0..self.running.len()).rev().find(|&j| !evicted[j] && !self.running[j].in_flight);
+                let victim = victim.expect("`i` itself is a candidate");
+                if victim == i && self.running[i + 1..].iter().any(|s| s.in_flight) {
+                    fits = false; // newer sequences hold blocks in flight: wait for them
+                    waits = true;
+                    break;
+                }
+                evicted[victim] = true;
+                drop_kv(&mut self.blocks, &mut self.retired, &mut self.running[victim]);
                 self.num_preemptions += 1;
-                tracing::debug!(request_id = self.running[live].id, "KV cache full: preempted, will recompute");
-                if let Some(k) = plan.iter().position(|&(j, _)| j == live) {
+                tracing::debug!(request_id = self.running[victim].id, "KV cache full: preempted, will recompute");
+                if let Some(k) = plan.iter().position(|&(j, _)| j == victim) {
                     *budget += plan.remove(k).1;
                 }
-                if live == i {
+                if victim == i {
+                    fits = false;
                     break;
                 }
             }
-            if i < live {
+            if fits {
                 plan.push((i, n));
                 *budget -= n;
             }
         }
-        let preempted = self.running.split_off(live);
-        let any = !preempted.is_empty();
-        // Back to the front of the queue, oldest first: they were admitted before anyone waiting.
-        for seq in preempted.into_iter().rev() {
-            self.waiting.push_front(seq);
+        let any = evicted.contains(&true);
+        if any {
+            let mut new_index = Vec::with_capacity(evicted.len());
+            let mut preempted = Vec::new();
+            for (seq, gone) in std::mem::take(&mut self.running).into_iter().zip(&evicted) {
+                new_index.push(self.running.len());
+                if *gone {
+                    preempted.push(seq);
+                } else {
+                    self.running.push(seq);
+                }
+            }
+            for entry in &mut plan {
+                entry.0 = new_index[entry.0];
+            }
+            // Back to the front of the queue, oldest first: they were admitted before anyone waiting.
+            for seq in preempted.into_iter().rev() {
+                self.waiting.push_front(seq);
+            }
         }
-        (plan, any)
+        (plan, any || waits)
     }
 
     /// Moves waiting requests (preempted ones first, then by arrival) into the batch while the
     /// policy allows, a slot is free and blocks for their first chunk can be had.
-    fn admit(&mut self, budget: &mut usize, plan: &mut Vec<(usize, usize)>) {
+    fn admit(&mut self, budget: &mut usize, plan: &mut Vec<(usize, usize)>, cap: usize) {
         let bs = self.exec.block_size();
         let limit = self.seq_limit();
         let is_static = self.cfg.policy == SchedulerPolicy::Static;
         if is_static && self.static_batch.is_empty() && self.running.is_empty() {
             self.static_batch = self.waiting.iter().take(limit).map(|s| s.id).collect();
         }
-        while *budget > 0 && self.running.len() < limit {
+        while *budget > 0 && self.running.len() < limit && plan.len() < cap {
             let Some(seq) = self.waiting.front() else { break };
             if is_static && !self.static_batch.contains(&seq.id) {
                 break;
@@ -289,17 +328,34 @@ impl Engine {
         }
     }
 
-    /// One scheduling step: schedule the running batch, admit, run one forward pass, sample.
-    /// Returns one event per sequence that produced a token.
+    /// One scheduling step: fills the executor's pipeline with microbatches (schedule the
+    /// running sequences not in flight, admit, submit), then completes the oldest: advances its
+    /// sequences' caches and samples. Returns one event per sequence that produced a token.
     pub fn step(&mut self) -> Result<Vec<StepEvent>> {
+        while self.in_flight.len() < self.exec.max_in_flight().max(1) && self.launch()? {}
+        match self.in_flight.pop_front() {
+            Some(microbatch) => self.complete(microbatch),
+            None => Ok(Vec::new()),
+        }
+    }
+
+    /// Plans a microbatch over the sequences not in flight and submits it; false when there was
+    /// nothing to run.
+    fn launch(&mut self) -> Result<bool> {
+        let depth = self.exec.max_in_flight();
+        // With several microbatches in flight, each takes its share of the sequences.
+        let cap = match depth {
+            0 | 1 => usize::MAX,
+            _ => (self.running.len() + self.waiting.len()).min(self.seq_limit()).div_ceil(depth).max(1),
+        };
         let mut budget = self.cfg.max_batch_tokens;
-        let (mut plan, preempted) = self.schedule_running(&mut budget);
+        let (mut plan, cache_full) = self.schedule_running(&mut budget, cap);
         // Like vLLM: no admissions in a step that had to preempt, the cache is under pressure.
-        if !preempted {
-            self.admit(&mut budget, &mut plan);
+        if !cache_full {
+            self.admit(&mut budget, &mut plan, cap);
         }
         if plan.is_empty() {
-            return Ok(Vec::new());
+            return Ok(false);
         }
         plan.sort_unstable();
         let now = Instant::now();
@@ -327,16 +383,52 @@ impl Engine {
             };
             seqs.push(ScheduledSeq { seq_id, input });
         }
-        let finished = std::mem::take(&mut self.retired);
-        let logits = self.exec.execute(StepPlan { seqs, finished })?;
+        let step = StepPlan { seqs, finished: std::mem::take(&mut self.retired) };
+        let logits = if depth > 1 {
+            self.exec.submit(step)?;
+            None
+        } else {
+            Some(self.exec.execute(step)?)
+        };
+        let mut members = Vec::with_capacity(plan.len());
+        for &(i, n) in &plan {
+            self.running[i].in_flight = true;
+            members.push((self.running[i].id, n));
+        }
+        self.in_flight.push_back(Microbatch { seqs: members, logits });
+        Ok(true)
+    }
+
+    /// Applies a returned microbatch: its sequences' tokens are now cached, those that asked for
+    /// logits sample, and finished or aborted sequences leave.
+    fn complete(&mut self, microbatch: Microbatch) -> Result<Vec<StepEvent>> {
+        let result = match microbatch.logits {
+            Some(logits) => Ok(logits),
+            None => self.exec.wait(),
+        };
+        let mut members = Vec::with_capacity(microbatch.seqs.len());
+        for &(id, n) in &microbatch.seqs {
+            let i = self.running.iter().position(|s| s.id == id).expect("sequences in flight stay running");
+            self.running[i].in_flight = false;
+            members.push((i, n));
+        }
+        let logits = match result {
+            Ok(logits) => logits,
+            Err(e) => {
+                self.retire_finished(); // drops the aborted; the rest will be scheduled again
+                return Err(e);
+            }
+        };
         let mut logits = logits.into_iter();
         let mut events = Vec::new();
-        for &(i, n) in &plan {
+        for (i, n) in members {
             let s = &mut self.running[i];
             s.cached_len += n;
             if s.cached_len == s.tokens.len() {
                 let row = logits.next().expect("one logits row per sequence that asked");
-                events.push(s.accept(&row, &self.eos_token_ids)?);
+                if !s.aborted {
+                    events.push(s.accept(&row, &self.eos_token_ids)?);
+                }
             }
         }
         self.retire_finished();
@@ -346,11 +438,14 @@ impl Engine {
     fn retire_finished(&mut self) {
         let mut i = 0;
         while i < self.running.len() {
-            if self.running[i].finish.is_some() {
+            let s = &self.running[i];
+            if !s.in_flight && (s.finish.is_some() || s.aborted) {
                 let mut seq = self.running.remove(i);
                 drop_kv(&mut self.blocks, &mut self.retired, &mut seq);
                 self.static_batch.remove(&seq.id);
-                self.finished.insert(seq.id, seq.output());
+                if !seq.aborted {
+                    self.finished.insert(seq.id, seq.output());
+                }
             } else {
                 i += 1;
             }
@@ -387,6 +482,13 @@ impl Engine {
         let id = self.add_request(prompt, params)?;
         Ok(self.run_to_completion(&[id], on_event)?.remove(0))
     }
+}
+
+/// A step submitted to the executor: its sequences (request id, tokens fed) and, from an executor
+/// running one step at a time, its logits already.
+struct Microbatch {
+    seqs: Vec<(RequestId, usize)>,
+    logits: Option<Vec<Vec<f32>>>,
 }
 
 /// Allocates blocks so `seq` can take `n` more tokens into the cache; false (nothing taken) when

@@ -3,7 +3,7 @@
 
 use shardline_model::{BatchInput, KvCache, Llama, SeqInput, SingleRank};
 
-use crate::error::Result;
+use crate::error::{EngineError, Result};
 
 /// One sequence's share of a step.
 #[derive(Clone, Debug)]
@@ -36,6 +36,24 @@ pub trait Executor: Send {
     fn max_model_len(&self) -> usize;
     /// Runs one ragged step; returns f32 logits for every sequence with `wants_logits`, in order.
     fn execute(&mut self, plan: StepPlan) -> Result<Vec<Vec<f32>>>;
+
+    /// How many steps may be in flight at once (e.g. one per pipeline stage, so every stage
+    /// works on its own microbatch). Above 1 the engine uses [`Executor::submit`] and
+    /// [`Executor::wait`] instead of [`Executor::execute`], and never has one sequence (or one KV
+    /// block) in two steps in flight.
+    fn max_in_flight(&self) -> usize {
+        1
+    }
+
+    /// Starts a step without waiting for it; needed only where `max_in_flight` exceeds 1.
+    fn submit(&mut self, _plan: StepPlan) -> Result<()> {
+        Err(EngineError::Load("this executor runs one step at a time: use execute".into()))
+    }
+
+    /// Waits for the oldest submitted step and returns what [`Executor::execute`] would have.
+    fn wait(&mut self) -> Result<Vec<Vec<f32>>> {
+        Err(EngineError::Load("this executor runs one step at a time: use execute".into()))
+    }
 }
 
 /// The whole model in this process.

@@ -34,6 +34,11 @@ pub(crate) struct Sequence {
     /// The id the executor knows this sequence's block table by, and that table's length; `None`
     /// while the executor knows nothing of it (see [`crate::executor::ScheduledSeq`]).
     pub registered: Option<(u64, usize)>,
+    /// Part of a step the executor has not returned yet: not to be scheduled, preempted or
+    /// have its blocks freed until it does.
+    pub in_flight: bool,
+    /// Aborted while in flight: dropped (blocks freed, no output) when its step returns.
+    pub aborted: bool,
     pub params: SamplingParams,
     sampler: Sampler,
     decoder: IncrementalDecoder<Arc<Tokenizer>>,
@@ -72,6 +77,8 @@ impl Sequence {
             cached_len: 0,
             blocks,
             registered: None,
+            in_flight: false,
+            aborted: false,
             params,
             text: String::new(),
             logprobs: Vec::new(),

@@ -164,7 +164,21 @@ impl Executor for GroupExecutor {
     }
 
     fn execute(&mut self, plan: StepPlan) -> shardline_engine::Result<Vec<Vec<f32>>> {
-        self.submit(plan)?;
-        Ok(self.wait()?.1)
+        GroupExecutor::submit(self, plan)?;
+        Ok(GroupExecutor::wait(self)?.1)
+    }
+
+    /// One microbatch per pipeline stage.
+    fn max_in_flight(&self) -> usize {
+        self.layout.pp
+    }
+
+    fn submit(&mut self, plan: StepPlan) -> shardline_engine::Result<()> {
+        GroupExecutor::submit(self, plan)?;
+        Ok(())
+    }
+
+    fn wait(&mut self) -> shardline_engine::Result<Vec<Vec<f32>>> {
+        Ok(GroupExecutor::wait(self)?.1)
     }
 }

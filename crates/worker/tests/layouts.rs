@@ -35,12 +35,26 @@ fn generate(engine: &mut Engine) -> Vec<GenerationOutput> {
 }
 
 fn single(dir: &tempfile::TempDir) -> Vec<GenerationOutput> {
+    single_with(dir, EngineConfig::default(), generate)
+}
+
+fn single_with(dir: &tempfile::TempDir, cfg: EngineConfig, run: fn(&mut Engine) -> Vec<GenerationOutput>) -> Vec<GenerationOutput> {
     let (model, tok) = load_local(&ModelSpec::cpu(dir.path().to_str().unwrap(), DType::F32)).unwrap();
     let exec = LocalExecutor::new(model, 64, 4).unwrap();
-    generate(&mut Engine::new(Box::new(exec), tok, &[], EngineConfig::default()).unwrap())
+    run(&mut Engine::new(Box::new(exec), tok, &[], cfg).unwrap())
 }
 
 fn grouped(dir: &tempfile::TempDir, tp: usize, pp: usize) -> Vec<GenerationOutput> {
+    grouped_with(dir, tp, pp, EngineConfig::default(), generate)
+}
+
+fn grouped_with(
+    dir: &tempfile::TempDir,
+    tp: usize,
+    pp: usize,
+    cfg: EngineConfig,
+    run: fn(&mut Engine) -> Vec<GenerationOutput>,
+) -> Vec<GenerationOutput> {
     let layout = GroupLayout::new(tp, pp, 4, None).unwrap();
     let spec = GroupSpec {
         model: dir.path().to_str().unwrap().to_string(),
@@ -60,8 +74,8 @@ fn grouped(dir: &tempfile::TempDir, tp: usize, pp: usize) -> Vec<GenerationOutpu
         let ready = start_group(spec, &env(0), TIMEOUT, TIMEOUT).unwrap();
         assert_eq!(ready.ready.len(), tp * pp, "every rank reported READY");
         let (exec, tok) = GroupExecutor::new(ready);
-        let mut engine = Engine::new(Box::new(exec), tok, &[], EngineConfig::default()).unwrap();
-        let out = generate(&mut engine);
+        let mut engine = Engine::new(Box::new(exec), tok, &[], cfg).unwrap();
+        let out = run(&mut engine);
         drop(engine); // shuts the group down
         for w in workers {
             w.join().unwrap().unwrap();
@@ -136,4 +150,23 @@ fn pipeline_keeps_several_steps_in_flight() {
         drop(exec);
         worker.join().unwrap().unwrap();
     });
+}
+
+/// The engine keeps one microbatch per stage in flight over a PP group: with many concurrent
+/// requests and prompts chunked over several steps, the tokens are still the single process's.
+#[test]
+fn engine_pipelines_microbatches_over_stages() {
+    fn many(engine: &mut Engine) -> Vec<GenerationOutput> {
+        let prompts = ["the quick brown fox", "a", "jumps over the lazy dog", "again and again", "b c d", "over the fox"];
+        let p = SamplingParams { max_tokens: 6, ignore_eos: true, ..SamplingParams::greedy() };
+        let ids: Vec<_> = prompts.iter().map(|t| engine.add_request(&Prompt::Text(t.to_string()), p.clone()).unwrap()).collect();
+        engine.run_to_completion(&ids, |_| {}).unwrap()
+    }
+    let dir = model_dir();
+    let cfg = || EngineConfig { max_batch_tokens: 8, ..Default::default() };
+    let want = single_with(&dir, cfg(), many);
+    let got = grouped_with(&dir, 1, 2, cfg(), many);
+    for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+        assert_eq!(g.token_ids, w.token_ids, "request {i}");
+    }
 }
