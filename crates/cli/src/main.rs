@@ -2,6 +2,7 @@
 
 mod args;
 mod backend;
+mod bench;
 mod generate;
 mod group;
 mod launch;
@@ -34,6 +35,9 @@ enum Command {
     Launch(launch::LaunchCmdArgs),
     /// One rank of a group (started by `launch`, torchrun, mpirun or srun).
     Worker(worker::WorkerArgs),
+    /// Load-test a running server (gRPC or OpenAI-compatible): TTFT, TPOT, ITL, E2E and
+    /// throughput per concurrency level or request rate.
+    Bench(bench::BenchArgs),
 }
 
 fn main() {
@@ -50,6 +54,7 @@ fn main() {
         Command::Generate(args) => generate::generate(args),
         Command::Launch(args) => launch::launch(args),
         Command::Worker(args) => worker::worker(args),
+        Command::Bench(args) => bench::bench(args),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

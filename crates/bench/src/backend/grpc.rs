@@ -1,0 +1,69 @@
+//! Shardline's gRPC API: `GenerateStream` with the prompt as token ids, one message per token.
+//!
+//! All requests share one channel: HTTP/2 multiplexes them over a single connection, as a
+//! production client would, instead of paying a handshake per request.
+
+use anyhow::Context;
+use shardline_proto::v1 as pb;
+use shardline_proto::v1::generation_client::GenerationClient;
+use tonic::transport::Channel;
+
+use super::Timeline;
+use crate::metrics::RequestRecord;
+use crate::workload::RequestSpec;
+
+pub struct GrpcBackend {
+    client: GenerationClient<Channel>,
+    pub model: String,
+    pub vocab_size: u32,
+}
+
+impl GrpcBackend {
+    pub async fn connect(endpoint: &str) -> anyhow::Result<GrpcBackend> {
+        let url = if endpoint.contains("://") { endpoint.to_string() } else { format!("http://{endpoint}") };
+        let mut client = GenerationClient::connect(url.clone()).await.with_context(|| format!("connecting to {url}"))?;
+        let info = client
+            .model_info(pb::ModelInfoRequest {})
+            .await
+            .map_err(|s| anyhow::anyhow!("ModelInfo on {url} answered {:?}: {}", s.code(), s.message()))?
+            .into_inner();
+        Ok(GrpcBackend { client, model: info.model_id, vocab_size: info.vocab_size })
+    }
+
+    pub(crate) async fn send(&self, req: &RequestSpec, mut timeline: Timeline) -> RequestRecord {
+        let request = pb::GenerateRequest {
+            request_id: String::new(),
+            input: Some(pb::generate_request::Input::TokenIds(pb::TokenIds { ids: req.prompt.clone() })),
+            sampling: Some(pb::SamplingParameters {
+                temperature: Some(0.0),
+                max_tokens: Some(req.max_tokens as u32),
+                ignore_eos: true,
+                ..Default::default()
+            }),
+        };
+        // Cloning a tonic client is cheap: it shares the channel.
+        let mut stream = match self.client.clone().generate_stream(request).await {
+            Ok(r) => r.into_inner(),
+            Err(s) => return timeline.fail(status_kind(&s)),
+        };
+        loop {
+            match stream.message().await {
+                Ok(Some(msg)) => {
+                    if !msg.token_ids.is_empty() {
+                        timeline.tokens(msg.token_ids.len());
+                    }
+                    if msg.finish_reason != 0 {
+                        return timeline.finish(msg.usage.map(|u| u.completion_tokens as usize));
+                    }
+                }
+                Ok(None) => return timeline.fail("incomplete"),
+                Err(s) => return timeline.fail(status_kind(&s)),
+            }
+        }
+    }
+}
+
+/// `grpc:<Code>`, e.g. `grpc:ResourceExhausted` when the server's queue is full.
+fn status_kind(s: &tonic::Status) -> String {
+    format!("grpc:{:?}", s.code())
+}

@@ -1,0 +1,123 @@
+//! `shardline bench`: flags → [`shardline_bench::BenchConfig`], then the sweep and its outputs.
+//! Everything else lives in the `shardline-bench` crate.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{ensure, Context};
+use clap::Args;
+use shardline_bench::{report, BackendKind, BenchConfig, Slo, Stop};
+
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    /// API to load: `grpc` (Shardline's) or `openai` (any OpenAI-compatible server's streaming
+    /// /v1/completions: vLLM, TGI, trtllm-serve, llama.cpp, `shardline serve`).
+    #[arg(long, env = "SHARDLINE_BENCH_BACKEND", default_value = "grpc")]
+    backend: BackendKind,
+    /// Server URL [default: http://127.0.0.1:50051 for grpc, http://127.0.0.1:8000 for openai].
+    #[arg(long, env = "SHARDLINE_BENCH_ENDPOINT")]
+    endpoint: Option<String>,
+    /// Model name sent in OpenAI requests [default: the first of GET /v1/models].
+    #[arg(long, env = "SHARDLINE_BENCH_MODEL")]
+    model: Option<String>,
+    /// Prompt tokens per request (random token ids, so the length is exact).
+    #[arg(long, env = "SHARDLINE_BENCH_INPUT_LEN", default_value_t = 1024)]
+    input_len: usize,
+    /// Tokens generated per request (EOS ignored).
+    #[arg(long, env = "SHARDLINE_BENCH_OUTPUT_LEN", default_value_t = 128)]
+    output_len: usize,
+    /// Draw each length uniformly from [len·(1−R), len·(1+R)]; 0 keeps them fixed.
+    #[arg(long, env = "SHARDLINE_BENCH_RANDOM_RANGE", default_value_t = 0.0)]
+    random_range: f64,
+    /// Vocabulary size prompt ids are drawn for (ids in [V/10, V/2)) [default: the server's
+    /// over grpc, 32000 over openai].
+    #[arg(long, env = "SHARDLINE_BENCH_VOCAB_SIZE")]
+    vocab_size: Option<u32>,
+    /// Closed-loop runs: this many users, each sending its next request when the previous
+    /// ends; one run per value, e.g. `1,8,32` [default: 1 when no --request-rate].
+    #[arg(long, env = "SHARDLINE_BENCH_CONCURRENCY", value_delimiter = ',')]
+    concurrency: Vec<usize>,
+    /// Open-loop runs: Poisson arrivals at this many requests/s (`inf`: all at once); one run
+    /// per value, e.g. `2,4`.
+    #[arg(long, env = "SHARDLINE_BENCH_REQUEST_RATE", value_delimiter = ',')]
+    request_rate: Vec<f64>,
+    /// Most requests in flight during --request-rate runs [default: unbounded].
+    #[arg(long, env = "SHARDLINE_BENCH_MAX_CONCURRENCY")]
+    max_concurrency: Option<usize>,
+    /// Requests per run.
+    #[arg(long, env = "SHARDLINE_BENCH_NUM_REQUESTS", default_value_t = 64, conflicts_with = "duration")]
+    num_requests: usize,
+    /// Run each level for this many seconds instead of --num-requests.
+    #[arg(long, env = "SHARDLINE_BENCH_DURATION")]
+    duration: Option<f64>,
+    /// Unmeasured requests before each run.
+    #[arg(long, env = "SHARDLINE_BENCH_WARMUP", default_value_t = 1)]
+    warmup: usize,
+    /// Seed of prompts and arrivals (the same seed replays the same requests).
+    #[arg(long, env = "SHARDLINE_BENCH_SEED", default_value_t = 0)]
+    seed: u64,
+    /// Goodput objectives in ms, any of `ttft=MS,tpot=MS,e2e=MS`.
+    #[arg(long, env = "SHARDLINE_BENCH_SLO")]
+    slo: Option<Slo>,
+    /// Seconds before a request counts as failed (`timeout`).
+    #[arg(long, env = "SHARDLINE_BENCH_TIMEOUT", default_value_t = 600.0)]
+    timeout: f64,
+    /// Write the results as JSON (schema `shardline.bench.v1`).
+    #[arg(long, env = "SHARDLINE_BENCH_OUTPUT_JSON")]
+    output_json: Option<PathBuf>,
+    /// Write the results as a Markdown table.
+    #[arg(long, env = "SHARDLINE_BENCH_OUTPUT_MD")]
+    output_md: Option<PathBuf>,
+}
+
+impl BenchArgs {
+    fn config(self) -> anyhow::Result<BenchConfig> {
+        ensure!(self.timeout > 0.0 && self.timeout.is_finite(), "--timeout must be a positive number of seconds");
+        let stop = match self.duration {
+            Some(d) => {
+                ensure!(d > 0.0 && d.is_finite(), "--duration must be a positive number of seconds");
+                Stop::Duration(Duration::from_secs_f64(d))
+            }
+            None => Stop::Requests(self.num_requests),
+        };
+        let concurrency =
+            if self.concurrency.is_empty() && self.request_rate.is_empty() { vec![1] } else { self.concurrency };
+        Ok(BenchConfig {
+            endpoint: self.endpoint.unwrap_or_else(|| self.backend.default_endpoint().to_string()),
+            backend: self.backend,
+            model: self.model,
+            input_len: self.input_len,
+            output_len: self.output_len,
+            random_range: self.random_range,
+            vocab_size: self.vocab_size,
+            concurrency,
+            request_rates: self.request_rate,
+            max_concurrency: self.max_concurrency,
+            stop,
+            warmup: self.warmup,
+            seed: self.seed,
+            slo: self.slo,
+            timeout: Duration::from_secs_f64(self.timeout),
+            progress: std::io::stderr().is_terminal(),
+        })
+    }
+}
+
+pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
+    let (json_path, md_path) = (args.output_json.clone(), args.output_md.clone());
+    let config = args.config()?;
+    // One thread: the client stays light next to a CPU server on the same machine, and one
+    // event loop is plenty for hundreds of streams (vLLM's client is one asyncio loop).
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let result = runtime.block_on(shardline_bench::run(&config))?;
+    print!("{}", report::table(&result));
+    if let Some(path) = json_path {
+        let text = serde_json::to_string_pretty(&report::to_json(&result))?;
+        std::fs::write(&path, text + "\n").with_context(|| format!("writing {}", path.display()))?;
+    }
+    if let Some(path) = md_path {
+        std::fs::write(&path, report::markdown(&result)).with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,145 @@
+//! `shardline bench` against a real `shardline serve` of SmolLM2-135M, over gRPC and over the
+//! OpenAI-compatible HTTP API: every run completes every request without errors, and the JSON
+//! report carries every metric with a positive value.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+fn shardline() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_shardline"));
+    for var in ["SHARDLINE_MODEL", "RANK", "WORLD_SIZE", "MASTER_PORT", "SHARDLINE_TP", "SHARDLINE_PP"] {
+        c.env_remove(var);
+    }
+    c
+}
+
+/// `shardline serve` on ephemeral ports; SIGTERM and a bounded wait on `stop`, SIGKILL on drop.
+struct Server {
+    child: Child,
+    grpc: String,
+    http: String,
+}
+
+impl Server {
+    fn start() -> Server {
+        let args = ["serve", "--model", "smollm2-135m", "--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"];
+        let mut child = shardline().args(args).stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().unwrap();
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        let mut server = Server { child, grpc: String::new(), http: String::new() };
+        let mut line = String::new();
+        loop {
+            line.clear();
+            assert!(stdout.read_line(&mut line).unwrap() > 0, "serve exited before READY");
+            // READY grpc=ADDR http=ADDR
+            if let Some(rest) = line.trim().strip_prefix("READY ") {
+                for field in rest.split_whitespace() {
+                    match field.split_once('=') {
+                        Some(("grpc", a)) => server.grpc = format!("http://{a}"),
+                        Some(("http", a)) => server.http = format!("http://{a}"),
+                        _ => {}
+                    }
+                }
+                break;
+            }
+        }
+        assert!(!server.grpc.is_empty() && !server.http.is_empty(), "READY line without both addresses: {line}");
+        // Keep draining stdout so the server never blocks on a full pipe.
+        std::thread::spawn(move || std::io::copy(&mut stdout, &mut std::io::sink()));
+        server
+    }
+
+    fn stop(mut self) -> std::process::ExitStatus {
+        // SAFETY: SIGTERM to our own child.
+        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
+        let start = Instant::now();
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s;
+            }
+            assert!(start.elapsed() < Duration::from_secs(15), "serve did not exit within 15 s of SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+const NUM_REQUESTS: u64 = 8;
+
+/// Runs a small sweep (concurrency 1 and 4, then the `rates` as Poisson arrivals) and returns
+/// the JSON report.
+fn bench(backend: &str, endpoint: &str, rates: &[&str], dir: &tempfile::TempDir) -> Value {
+    let json = dir.path().join(format!("{backend}.json"));
+    let md = dir.path().join(format!("{backend}.md"));
+    let n = NUM_REQUESTS.to_string();
+    let out = shardline()
+        .args(["bench", "--backend", backend, "--endpoint", endpoint, "--input-len", "16", "--output-len", "8"])
+        .args(["--concurrency", "1,4", "--num-requests", &n, "--warmup", "1"])
+        .args(rates.iter().flat_map(|r| ["--request-rate", r]))
+        .args(["--slo", "ttft=60000,tpot=60000"])
+        .args(["--output-json", json.to_str().unwrap(), "--output-md", md.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "bench over {backend} failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    eprintln!("{backend}:\n{stdout}");
+    assert!(stdout.contains("TTFT p50") && stdout.contains("c=4"), "no table on stdout:\n{stdout}");
+    let markdown = std::fs::read_to_string(&md).unwrap();
+    assert!(markdown.contains("| c=1 |") && markdown.contains("| c=4 |"), "{markdown}");
+    serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap()
+}
+
+fn check(report: &Value, backend: &str, rates: &[f64]) {
+    assert_eq!(report["schema"], "shardline.bench.v1");
+    let runs = report["runs"].as_array().unwrap();
+    assert_eq!(runs.len(), 2 + rates.len(), "{backend}: one run per concurrency and rate");
+    assert_eq!((runs[0]["concurrency"].as_u64(), runs[1]["concurrency"].as_u64()), (Some(1), Some(4)));
+    for (run, rate) in runs[2..].iter().zip(rates) {
+        assert_eq!(run["request_rate"].as_f64(), Some(*rate));
+    }
+    for run in runs {
+        let what = format!("{backend} c={} rate={}", run["concurrency"], run["request_rate"]);
+        assert_eq!(run["backend"], backend, "{what}");
+        assert_eq!(run["model"], "smollm2-135m", "{what}");
+        assert_eq!(run["errors"], serde_json::json!({}), "{what}");
+        assert_eq!(run["num_requests"].as_u64(), Some(NUM_REQUESTS), "{what}");
+        assert_eq!(run["completed"], run["num_requests"], "{what}");
+        assert_eq!(run["total_input_tokens"].as_u64(), Some(16 * NUM_REQUESTS), "{what}");
+        // ignore_eos: every request makes exactly its max_tokens.
+        assert_eq!(run["total_output_tokens"].as_u64(), Some(8 * NUM_REQUESTS), "{what}");
+        for key in ["duration_s", "request_throughput", "output_throughput", "total_token_throughput", "goodput"] {
+            assert!(run[key].as_f64().is_some_and(|v| v > 0.0), "{what}: {key} = {}", run[key]);
+        }
+        // Generous SLOs: every request is good.
+        let (goodput, throughput) = (run["goodput"].as_f64().unwrap(), run["request_throughput"].as_f64().unwrap());
+        assert!((goodput - throughput).abs() < 1e-9, "{what}: goodput {goodput} vs {throughput}");
+        for key in ["ttft_ms", "tpot_ms", "itl_ms", "e2e_ms"] {
+            for stat in ["mean", "p50", "p90", "p99"] {
+                assert!(run[key][stat].as_f64().is_some_and(|v| v > 0.0), "{what}: {key}.{stat} = {}", run[key][stat]);
+            }
+            assert!(run[key]["p50"].as_f64() <= run[key]["p99"].as_f64(), "{what}: {key}");
+        }
+        // E2E spans TTFT plus seven more tokens.
+        assert!(run["e2e_ms"]["mean"].as_f64() > run["ttft_ms"]["mean"].as_f64(), "{what}");
+    }
+}
+
+#[test]
+fn bench_measures_a_live_server_over_grpc_and_openai_http() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start();
+    // The open-loop schedule does not depend on the backend: one rate over gRPC is enough.
+    let grpc = bench("grpc", &server.grpc, &["50"], &dir);
+    check(&grpc, "grpc", &[50.0]);
+    let openai = bench("openai", &server.http, &[], &dir);
+    check(&openai, "openai", &[]);
+    assert!(server.stop().success());
+}
