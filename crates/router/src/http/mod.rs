@@ -1,0 +1,215 @@
+//! OpenAI-compatible HTTP API (axum): `/v1/completions`, `/v1/chat/completions` (both with SSE
+//! streaming), `/v1/models`, `/health` and `/metrics`.
+//!
+//! Bodies are parsed here from raw bytes (any or no Content-Type) so that every malformed
+//! request gets a 400 with OpenAI's error body naming the problem, never axum's 415/422.
+//! Parameter values are checked by the engine ([`SamplingParams::validate`], context and KV
+//! limits) and come back as [`RouterError::InvalidRequest`] → 400.
+//!
+//! Defaults: completions `max_tokens` 16 (OpenAI's); chat without `max_tokens` /
+//! `max_completion_tokens` may use the rest of the context, `min(max_model_len, KV cache
+//! tokens) - prompt tokens`, as vLLM does. `n` must be 1; `echo`, `best_of > 1`, `suffix`,
+//! `logit_bias`, non-zero presence/frequency penalties and `tools` are refused.
+//!
+//! A stream owns its request's [`Submitted`]: when the client disconnects, hyper drops the
+//! response body, the receiver goes with it and the core aborts the request before its next
+//! step. Non-streaming handlers are dropped the same way.
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{header, StatusCode};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use shardline_engine::{GenerationOutput, Prompt, TokenLogprobs};
+use shardline_sampling::{FinishReason, SamplingParams};
+use shardline_tokenizer::{ChatMessage, Tokenizer};
+use tokio_stream::Stream;
+
+use crate::core::{CoreEvent, EngineHandle, Submitted};
+use crate::error::RouterError;
+use crate::openai::*;
+use crate::ServerInfo;
+
+mod error;
+mod logprobs;
+mod params;
+mod stream;
+
+pub use error::ApiError;
+use error::*;
+use logprobs::*;
+use params::*;
+use stream::*;
+
+/// Largest request body accepted (long token-id prompts are verbose JSON).
+const MAX_BODY_BYTES: usize = 32 << 20;
+/// What a logprob of -inf is reported as (JSON has no infinities; vLLM does the same).
+const MIN_LOGPROB: f32 = -9999.0;
+
+struct AppState {
+    handle: EngineHandle,
+    info: Arc<ServerInfo>,
+    /// When the server started (the model's `created`).
+    started: u64,
+}
+
+impl AppState {
+    fn check_model(&self, model: Option<&str>) -> Result<(), ApiError> {
+        match model {
+            Some(m) if m != self.info.model_id => {
+                Err(ApiError::new(StatusCode::NOT_FOUND, format!("The model `{m}` does not exist."))
+                    .with_param("model"))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Tokens one request may span: the context length, and no more than the KV cache holds.
+    fn token_limit(&self) -> usize {
+        let kv = self.info.num_kv_blocks * self.info.block_size;
+        if kv > 0 {
+            self.info.max_model_len.min(kv)
+        } else {
+            self.info.max_model_len
+        }
+    }
+}
+
+/// The OpenAI-compatible API over `handle`.
+pub fn router(handle: EngineHandle, info: Arc<ServerInfo>) -> Router {
+    let state = Arc::new(AppState { handle, info, started: unix_now() });
+    Router::new()
+        .route("/v1/completions", post(completions))
+        .route("/v1/chat/completions", post(chat_completions))
+        .route("/v1/models", get(models))
+        .route("/health", get(health))
+        .route("/metrics", get(metrics))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(state)
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+/// A response id unique within this process and unlikely to repeat across restarts.
+fn response_id(prefix: &str) -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0);
+    format!("{prefix}-{nanos:016x}{:06x}", NEXT.fetch_add(1, Ordering::Relaxed) & 0xff_ffff)
+}
+
+async fn not_found(uri: axum::http::Uri) -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, format!("no route for {}", uri.path()))
+}
+
+async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) -> ApiError {
+    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, format!("method {method} is not allowed on {}", uri.path()))
+}
+
+async fn health(State(s): State<Arc<AppState>>) -> StatusCode {
+    if s.handle.stats.serving.load(Ordering::SeqCst) {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    }
+}
+
+async fn metrics(State(s): State<Arc<AppState>>) -> Response {
+    let text = s.handle.metrics.render(&s.handle.stats);
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
+}
+
+async fn models(State(s): State<Arc<AppState>>) -> Json<ModelList> {
+    Json(ModelList {
+        object: "list",
+        data: vec![ModelCard {
+            id: s.info.model_id.clone(),
+            object: "model",
+            created: s.started,
+            owned_by: "shardline",
+            root: s.info.model_id.clone(),
+            max_model_len: s.info.max_model_len,
+        }],
+    })
+}
+
+async fn completions(State(s): State<Arc<AppState>>, body: Bytes) -> Result<Response, ApiError> {
+    let req: CompletionRequest = parse_body(&body)?;
+    s.check_model(req.model.as_deref())?;
+    let (stream, include_usage) = stream_mode(req.stream, &req.stream_options)?;
+    let (prompt, params) = completion_prompt_and_params(&req)?;
+    let sub = s.handle.submit(prompt, params).await?;
+    let id = response_id("cmpl");
+    let created = unix_now();
+    let model = s.info.model_id.clone();
+    if stream {
+        let format =
+            CompletionChunks { id, created, model, include_usage, tokenizer: Arc::clone(&s.info.tokenizer), offset: 0 };
+        return Ok(sse(sub, format, Vec::new()));
+    }
+    let out = collect(sub).await?;
+    let logprobs = out.logprobs.as_ref().map(|entries| {
+        let mut lp = CompletionLogprobs::default();
+        push_completion_logprobs(&s.info.tokenizer, entries, &mut 0, &mut lp);
+        lp
+    });
+    let usage = Usage::new(out.prompt_token_ids.len(), out.token_ids.len());
+    let reason = Some(finish_reason(out.finish_reason));
+    Ok(Json(CompletionResponse {
+        id,
+        object: "text_completion",
+        created,
+        model,
+        choices: vec![CompletionChoice { index: 0, text: out.text, logprobs, finish_reason: reason }],
+        usage: Some(usage),
+    })
+    .into_response())
+}
+
+async fn chat_completions(State(s): State<Arc<AppState>>, body: Bytes) -> Result<Response, ApiError> {
+    let req: ChatCompletionRequest = parse_body(&body)?;
+    s.check_model(req.model.as_deref())?;
+    let (stream, include_usage) = stream_mode(req.stream, &req.stream_options)?;
+    let (prompt, params) = chat_prompt_and_params(&req, &s)?;
+    let sub = s.handle.submit(prompt, params).await?;
+    let id = response_id("chatcmpl");
+    let created = unix_now();
+    let model = s.info.model_id.clone();
+    if stream {
+        let format = ChatChunks { id, created, model, include_usage, tokenizer: Arc::clone(&s.info.tokenizer) };
+        let first = vec![format.role_chunk()];
+        return Ok(sse(sub, format, first));
+    }
+    let out = collect(sub).await?;
+    let logprobs = out.logprobs.as_ref().map(|entries| chat_logprobs(&s.info.tokenizer, entries));
+    let usage = Usage::new(out.prompt_token_ids.len(), out.token_ids.len());
+    Ok(Json(ChatCompletionResponse {
+        id,
+        object: "chat.completion",
+        created,
+        model,
+        choices: vec![ChatChoice {
+            index: 0,
+            message: ChatMessageOut { role: "assistant", content: out.text },
+            logprobs,
+            finish_reason: Some(finish_reason(out.finish_reason)),
+        }],
+        usage,
+    })
+    .into_response())
+}

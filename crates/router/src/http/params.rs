@@ -1,0 +1,193 @@
+//! OpenAI requests → the engine's prompt and sampling parameters.
+
+use super::*;
+
+/// The sampling fields both endpoints share.
+pub(super) struct Knobs<'a> {
+    temperature: Option<f32>,
+    top_p: Option<f32>,
+    top_k: Option<i64>,
+    min_p: Option<f32>,
+    repetition_penalty: Option<f32>,
+    seed: Option<u64>,
+    stop: &'a Option<StopInput>,
+    stop_token_ids: &'a Option<Vec<u32>>,
+    ignore_eos: Option<bool>,
+    n: Option<usize>,
+    presence_penalty: Option<f32>,
+    frequency_penalty: Option<f32>,
+    logit_bias: &'a Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+impl Knobs<'_> {
+    pub(super) fn params(&self, max_tokens: usize, logprobs: Option<usize>) -> Result<SamplingParams, ApiError> {
+        if let Some(n) = self.n.filter(|&n| n != 1) {
+            return Err(ApiError::bad_request(format!("n = {n} is not supported; only n = 1 is")).with_param("n"));
+        }
+        for (name, v) in [("presence_penalty", self.presence_penalty), ("frequency_penalty", self.frequency_penalty)] {
+            if v.is_some_and(|v| v != 0.0) {
+                return Err(
+                    ApiError::bad_request(format!("{name} is not supported (use repetition_penalty)")).with_param(name)
+                );
+            }
+        }
+        if self.logit_bias.as_ref().is_some_and(|m| !m.is_empty()) {
+            return Err(ApiError::bad_request("logit_bias is not supported").with_param("logit_bias"));
+        }
+        let top_k = match self.top_k {
+            None | Some(-1) | Some(0) => 0,
+            Some(k) if k > 0 => k as usize,
+            Some(k) => {
+                return Err(
+                    ApiError::bad_request(format!("top_k must be -1 (off) or positive, got {k}")).with_param("top_k")
+                )
+            }
+        };
+        let d = SamplingParams::default();
+        Ok(SamplingParams {
+            temperature: self.temperature.unwrap_or(1.0),
+            top_k,
+            top_p: self.top_p.unwrap_or(d.top_p),
+            min_p: self.min_p.unwrap_or(d.min_p),
+            repetition_penalty: self.repetition_penalty.unwrap_or(d.repetition_penalty),
+            seed: self.seed,
+            logprobs,
+            max_tokens,
+            stop: self.stop.clone().map(|s| s.0).unwrap_or_default(),
+            stop_token_ids: self.stop_token_ids.clone().unwrap_or_default(),
+            ignore_eos: self.ignore_eos.unwrap_or(false),
+        })
+    }
+}
+
+/// Whether to stream, and whether to send a usage chunk at the end.
+pub(super) fn stream_mode(stream: Option<bool>, options: &Option<StreamOptions>) -> Result<(bool, bool), ApiError> {
+    let stream = stream.unwrap_or(false);
+    if options.is_some() && !stream {
+        return Err(
+            ApiError::bad_request("stream_options is only allowed with stream = true").with_param("stream_options")
+        );
+    }
+    let usage = options.as_ref().and_then(|o| o.include_usage).unwrap_or(false);
+    Ok((stream, usage))
+}
+
+pub(super) fn completion_prompt_and_params(req: &CompletionRequest) -> Result<(Prompt, SamplingParams), ApiError> {
+    if req.echo == Some(true) {
+        return Err(ApiError::bad_request("echo is not supported").with_param("echo"));
+    }
+    if let Some(b) = req.best_of.filter(|&b| b != 1) {
+        return Err(ApiError::bad_request(format!("best_of = {b} is not supported")).with_param("best_of"));
+    }
+    if req.suffix.as_ref().is_some_and(|s| !s.is_empty()) {
+        return Err(ApiError::bad_request("suffix is not supported").with_param("suffix"));
+    }
+    let prompt = match &req.prompt {
+        PromptInput::Text(t) if t.is_empty() => None,
+        PromptInput::Tokens(ids) if ids.is_empty() => None,
+        PromptInput::Text(t) => Some(Prompt::Text(t.clone())),
+        PromptInput::Tokens(ids) => Some(Prompt::Tokens(ids.clone())),
+    }
+    .ok_or_else(|| ApiError::bad_request("the prompt is empty").with_param("prompt"))?;
+    let knobs = Knobs {
+        temperature: req.temperature,
+        top_p: req.top_p,
+        top_k: req.top_k,
+        min_p: req.min_p,
+        repetition_penalty: req.repetition_penalty,
+        seed: req.seed,
+        stop: &req.stop,
+        stop_token_ids: &req.stop_token_ids,
+        ignore_eos: req.ignore_eos,
+        n: req.n,
+        presence_penalty: req.presence_penalty,
+        frequency_penalty: req.frequency_penalty,
+        logit_bias: &req.logit_bias,
+    };
+    let params = knobs.params(req.max_tokens.unwrap_or(16), req.logprobs)?;
+    Ok((prompt, params))
+}
+
+pub(super) fn chat_prompt_and_params(req: &ChatCompletionRequest, s: &AppState) -> Result<(Prompt, SamplingParams), ApiError> {
+    if req.messages.is_empty() {
+        return Err(ApiError::bad_request("messages must not be empty").with_param("messages"));
+    }
+    if req.tools.as_ref().is_some_and(|t| !t.is_empty()) {
+        return Err(ApiError::bad_request("tools are not supported").with_param("tools"));
+    }
+    if let Some(rf) = &req.response_format {
+        if rf.get("type").and_then(|t| t.as_str()) != Some("text") {
+            return Err(ApiError::bad_request("only response_format {\"type\": \"text\"} is supported")
+                .with_param("response_format"));
+        }
+    }
+    let logprobs = match (req.logprobs.unwrap_or(false), req.top_logprobs) {
+        (false, Some(k)) if k > 0 => {
+            return Err(ApiError::bad_request("top_logprobs requires logprobs = true").with_param("top_logprobs"))
+        }
+        (_, Some(k)) if k > shardline_sampling::MAX_LOGPROBS => {
+            return Err(ApiError::bad_request(format!(
+                "top_logprobs must be at most {}, got {k}",
+                shardline_sampling::MAX_LOGPROBS
+            ))
+            .with_param("top_logprobs"))
+        }
+        (true, k) => Some(k.unwrap_or(0)),
+        (false, _) => None,
+    };
+    let tok: &Tokenizer = &s.info.tokenizer;
+    if tok.chat_template().is_none() {
+        return Err(ApiError::bad_request(
+            "this model has no chat template; use /v1/completions with a formatted prompt",
+        ));
+    }
+    let messages: Vec<ChatMessage> =
+        req.messages.iter().map(|m| ChatMessage::new(m.role.clone(), m.content.0.clone())).collect();
+    // Rendering here turns template errors (e.g. a role the template refuses) into 400s.
+    let rendered = tok.apply_chat_template(&messages, true).map_err(|e| {
+        ApiError::bad_request(format!("the chat template failed on these messages: {e}")).with_param("messages")
+    })?;
+    let max_tokens = match req.max_completion_tokens.or(req.max_tokens) {
+        Some(n) => n,
+        None => {
+            // The rest of the context; 1 when nothing is left, so the engine reports the limit.
+            let prompt_len = tok.encode(&rendered, false).map(|ids| ids.len()).unwrap_or(0);
+            s.token_limit().saturating_sub(prompt_len).max(1)
+        }
+    };
+    let knobs = Knobs {
+        temperature: req.temperature,
+        top_p: req.top_p,
+        top_k: req.top_k,
+        min_p: req.min_p,
+        repetition_penalty: req.repetition_penalty,
+        seed: req.seed,
+        stop: &req.stop,
+        stop_token_ids: &req.stop_token_ids,
+        ignore_eos: req.ignore_eos,
+        n: req.n,
+        presence_penalty: req.presence_penalty,
+        frequency_penalty: req.frequency_penalty,
+        logit_bias: &req.logit_bias,
+    };
+    Ok((Prompt::Chat(messages), knobs.params(max_tokens, logprobs)?))
+}
+
+pub(super) fn finish_reason(r: FinishReason) -> &'static str {
+    match r {
+        FinishReason::Stop => "stop",
+        FinishReason::Length => "length",
+    }
+}
+
+/// Waits for the request's result.
+pub(super) async fn collect(mut sub: Submitted) -> Result<GenerationOutput, ApiError> {
+    while let Some(ev) = sub.events.recv().await {
+        match ev {
+            CoreEvent::Token { .. } => {}
+            CoreEvent::Finished(out) => return Ok(*out),
+            CoreEvent::Failed(msg) => return Err(RouterError::Internal(msg).into()),
+        }
+    }
+    Err(RouterError::Unavailable("it stopped before the request finished".into()).into())
+}
