@@ -2,75 +2,10 @@
 //! OpenAI-compatible HTTP API: every run completes every request without errors, and the JSON
 //! report carries every metric with a positive value.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+mod common;
 
+use common::{shardline, Server};
 use serde_json::Value;
-
-fn shardline() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_shardline"));
-    for var in ["SHARDLINE_MODEL", "RANK", "WORLD_SIZE", "MASTER_PORT", "SHARDLINE_TP", "SHARDLINE_PP"] {
-        c.env_remove(var);
-    }
-    c
-}
-
-/// `shardline serve` on ephemeral ports; SIGTERM and a bounded wait on `stop`, SIGKILL on drop.
-struct Server {
-    child: Child,
-    grpc: String,
-    http: String,
-}
-
-impl Server {
-    fn start() -> Server {
-        let args = ["serve", "--model", "smollm2-135m", "--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"];
-        let mut child = shardline().args(args).stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().unwrap();
-        let mut stdout = BufReader::new(child.stdout.take().unwrap());
-        let mut server = Server { child, grpc: String::new(), http: String::new() };
-        let mut line = String::new();
-        loop {
-            line.clear();
-            assert!(stdout.read_line(&mut line).unwrap() > 0, "serve exited before READY");
-            // READY grpc=ADDR http=ADDR
-            if let Some(rest) = line.trim().strip_prefix("READY ") {
-                for field in rest.split_whitespace() {
-                    match field.split_once('=') {
-                        Some(("grpc", a)) => server.grpc = format!("http://{a}"),
-                        Some(("http", a)) => server.http = format!("http://{a}"),
-                        _ => {}
-                    }
-                }
-                break;
-            }
-        }
-        assert!(!server.grpc.is_empty() && !server.http.is_empty(), "READY line without both addresses: {line}");
-        // Keep draining stdout so the server never blocks on a full pipe.
-        std::thread::spawn(move || std::io::copy(&mut stdout, &mut std::io::sink()));
-        server
-    }
-
-    fn stop(mut self) -> std::process::ExitStatus {
-        // SAFETY: SIGTERM to our own child.
-        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
-        let start = Instant::now();
-        loop {
-            if let Some(s) = self.child.try_wait().unwrap() {
-                return s;
-            }
-            assert!(start.elapsed() < Duration::from_secs(15), "serve did not exit within 15 s of SIGTERM");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 const NUM_REQUESTS: u64 = 8;
 
@@ -135,7 +70,7 @@ fn check(report: &Value, backend: &str, rates: &[f64]) {
 #[test]
 fn bench_measures_a_live_server_over_grpc_and_openai_http() {
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start();
+    let server = Server::start(&["serve", "--model", "smollm2-135m", "--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"]);
     // The open-loop schedule does not depend on the backend: one rate over gRPC is enough.
     let grpc = bench("grpc", &server.grpc, &["50"], &dir);
     check(&grpc, "grpc", &[50.0]);

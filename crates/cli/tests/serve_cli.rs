@@ -3,80 +3,13 @@
 //! alone, in one process and as a TP 2 × PP 2 group; `generate` speaks to it; a rank killed
 //! while a stream is open gives the client an error and takes the whole group down.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+mod common;
+
 use std::time::{Duration, Instant};
 
+use common::{assert_no_leftovers, children_of, shardline, wait_bounded, Server};
 use shardline_proto::v1 as pb;
 use shardline_proto::v1::generation_client::GenerationClient;
-
-fn shardline() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_shardline"));
-    for var in ["SHARDLINE_MODEL", "RANK", "WORLD_SIZE", "MASTER_PORT", "SHARDLINE_TP", "SHARDLINE_PP"] {
-        c.env_remove(var);
-    }
-    c
-}
-
-/// A server process; SIGTERM and a bounded wait on drop.
-struct Server {
-    child: Child,
-    addr: String,
-}
-
-impl Server {
-    /// Starts `args` (a `serve` or `launch` command) and waits for its READY line.
-    fn start(args: &[&str]) -> Server {
-        let mut child = shardline().args(args).stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().unwrap();
-        let stdout = BufReader::new(child.stdout.take().unwrap());
-        // Owned by `Server` from here, so its Drop reaps the process whatever happens next.
-        let mut server = Server { child, addr: String::new() };
-        server.addr = ready_addr(stdout).unwrap_or_else(|| panic!("{args:?} exited before READY"));
-        server
-    }
-
-    /// Sends SIGTERM and waits (bounded) for a clean exit.
-    fn stop(mut self) -> std::process::ExitStatus {
-        // SAFETY: SIGTERM to our own child.
-        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
-        wait_bounded(&mut self.child, Duration::from_secs(15))
-    }
-}
-
-/// The gRPC address from the READY line; stdout keeps being drained afterwards so the server
-/// never blocks on a full pipe.
-fn ready_addr(mut stdout: BufReader<std::process::ChildStdout>) -> Option<String> {
-    let mut line = String::new();
-    loop {
-        line.clear();
-        if stdout.read_line(&mut line).unwrap() == 0 {
-            return None;
-        }
-        if let Some(rest) = line.trim().strip_prefix("READY grpc=") {
-            let addr = format!("http://{}", rest.split_whitespace().next().unwrap());
-            std::thread::spawn(move || std::io::copy(&mut stdout, &mut std::io::sink()));
-            return Some(addr);
-        }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn wait_bounded(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
-    let start = Instant::now();
-    loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            return s;
-        }
-        assert!(start.elapsed() < limit, "process did not exit within {limit:?}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
 
 const PROMPTS: [&str; 8] = [
     "The capital of France is",
@@ -132,18 +65,18 @@ async fn check_concurrent(addr: &str, want: &[Vec<u32>], what: &str) {
 fn smollm2_concurrent_requests_match_each_alone_in_one_process_and_tp2_pp2() {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     // A 64-token step budget: long prompts are prefilled in chunks while others decode.
-    let common = ["--grpc-addr", "127.0.0.1:0", "--http-addr", "off", "--max-batch-tokens", "64"];
-    let single = Server::start(&[&["serve"][..], &common].concat());
-    let want = rt.block_on(alone(&single.addr));
-    rt.block_on(check_concurrent(&single.addr, &want, "tp 1"));
+    let flags = ["--grpc-addr", "127.0.0.1:0", "--http-addr", "off", "--max-batch-tokens", "64"];
+    let single = Server::start(&[&["serve"][..], &flags].concat());
+    let want = rt.block_on(alone(&single.grpc));
+    rt.block_on(check_concurrent(&single.grpc, &want, "tp 1"));
     assert!(single.stop().success());
 
     // The group as `launch` starts it: rank 0 serves, three workers.
-    let group = Server::start(&[&["launch", "--tp", "2", "--pp", "2", "--"], &["serve"][..], &common].concat());
-    rt.block_on(check_concurrent(&group.addr, &want, "tp 2 × pp 2"));
+    let group = Server::start(&[&["launch", "--tp", "2", "--pp", "2", "--"], &["serve"][..], &flags].concat());
+    rt.block_on(check_concurrent(&group.grpc, &want, "tp 2 × pp 2"));
     // And the CLI client gets the same tokens.
     let out = shardline()
-        .args(["generate", "--addr", &group.addr, "--prompt", PROMPTS[0], "--max-tokens", "18", "--ignore-eos", "--output", "json"])
+        .args(["generate", "--addr", &group.grpc, "--prompt", PROMPTS[0], "--max-tokens", "18", "--ignore-eos", "--output", "json"])
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -157,18 +90,13 @@ fn smollm2_concurrent_requests_match_each_alone_in_one_process_and_tp2_pp2() {
     assert_no_leftovers(&ranks);
 }
 
-fn children_of(pid: u32) -> Vec<u32> {
-    let path = format!("/proc/{pid}/task/{pid}/children");
-    std::fs::read_to_string(path).unwrap_or_default().split_whitespace().filter_map(|p| p.parse().ok()).collect()
-}
-
 #[test]
 fn a_killed_rank_fails_open_streams_and_takes_the_group_down() {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let mut group = Server::start(&["launch", "--tp", "2", "--grpc-addr", "127.0.0.1:0", "--http-addr", "off"]);
     let ranks = children_of(group.child.id());
     assert_eq!(ranks.len(), 2, "launcher runs rank 0 and rank 1");
-    let (addr, victim) = (group.addr.clone(), ranks[1]);
+    let (addr, victim) = (group.grpc.clone(), ranks[1]);
     let err = rt.block_on(async move {
         let mut c = GenerationClient::connect(addr).await.unwrap();
         let mut s = c.generate_stream(request(PROMPTS[7], 5000)).await.unwrap().into_inner();
@@ -189,12 +117,4 @@ fn a_killed_rank_fails_open_streams_and_takes_the_group_down() {
     let status = wait_bounded(&mut group.child, Duration::from_secs(15));
     assert!(!status.success(), "the launcher reports the failure");
     assert_no_leftovers(&ranks);
-}
-
-fn assert_no_leftovers(ranks: &[u32]) {
-    std::thread::sleep(Duration::from_millis(200));
-    for r in ranks {
-        let stat = std::fs::read_to_string(format!("/proc/{r}/stat")).unwrap_or_default();
-        assert!(stat.is_empty() || stat.contains(") Z "), "rank process {r} left behind");
-    }
 }

@@ -2,6 +2,28 @@
 
 use super::*;
 
+/// The shared sampling fields of a completion or chat-completion request (both structs carry
+/// them under the same names, as OpenAI's API does).
+macro_rules! knobs {
+    ($req:expr) => {
+        Knobs {
+            temperature: $req.temperature,
+            top_p: $req.top_p,
+            top_k: $req.top_k,
+            min_p: $req.min_p,
+            repetition_penalty: $req.repetition_penalty,
+            seed: $req.seed,
+            stop: &$req.stop,
+            stop_token_ids: &$req.stop_token_ids,
+            ignore_eos: $req.ignore_eos,
+            n: $req.n,
+            presence_penalty: $req.presence_penalty,
+            frequency_penalty: $req.frequency_penalty,
+            logit_bias: &$req.logit_bias,
+        }
+    };
+}
+
 /// The sampling fields both endpoints share.
 pub(super) struct Knobs<'a> {
     temperature: Option<f32>,
@@ -89,21 +111,7 @@ pub(super) fn completion_prompt_and_params(req: &CompletionRequest) -> Result<(P
         PromptInput::Tokens(ids) => Some(Prompt::Tokens(ids.clone())),
     }
     .ok_or_else(|| ApiError::bad_request("the prompt is empty").with_param("prompt"))?;
-    let knobs = Knobs {
-        temperature: req.temperature,
-        top_p: req.top_p,
-        top_k: req.top_k,
-        min_p: req.min_p,
-        repetition_penalty: req.repetition_penalty,
-        seed: req.seed,
-        stop: &req.stop,
-        stop_token_ids: &req.stop_token_ids,
-        ignore_eos: req.ignore_eos,
-        n: req.n,
-        presence_penalty: req.presence_penalty,
-        frequency_penalty: req.frequency_penalty,
-        logit_bias: &req.logit_bias,
-    };
+    let knobs = knobs!(req);
     let params = knobs.params(req.max_tokens.unwrap_or(16), req.logprobs)?;
     Ok((prompt, params))
 }
@@ -155,21 +163,7 @@ pub(super) fn chat_prompt_and_params(req: &ChatCompletionRequest, s: &AppState) 
             s.token_limit().saturating_sub(prompt_len).max(1)
         }
     };
-    let knobs = Knobs {
-        temperature: req.temperature,
-        top_p: req.top_p,
-        top_k: req.top_k,
-        min_p: req.min_p,
-        repetition_penalty: req.repetition_penalty,
-        seed: req.seed,
-        stop: &req.stop,
-        stop_token_ids: &req.stop_token_ids,
-        ignore_eos: req.ignore_eos,
-        n: req.n,
-        presence_penalty: req.presence_penalty,
-        frequency_penalty: req.frequency_penalty,
-        logit_bias: &req.logit_bias,
-    };
+    let knobs = knobs!(req);
     Ok((Prompt::Chat(messages), knobs.params(max_tokens, logprobs)?))
 }
 
