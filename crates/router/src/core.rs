@@ -196,6 +196,9 @@ impl CoreLoop {
                 }
             }
             self.abort_abandoned();
+            // Published before any event goes out, so a client that has seen a token (or has
+            // left) reads /metrics that already account for it.
+            self.publish_stats();
             if self.engine.has_unfinished() {
                 self.step()?;
             }
@@ -240,6 +243,7 @@ impl CoreLoop {
     fn step(&mut self) -> Result<(), EngineError> {
         let events = self.engine.step()?;
         self.stats.steps.fetch_add(1, Ordering::Relaxed);
+        self.publish_stats();
         let now = Instant::now();
         for e in events {
             let Some(stream) = self.streams.get_mut(&e.request_id) else { continue };
