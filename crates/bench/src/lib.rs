@@ -5,9 +5,10 @@
 //! [`load`] offers them (closed loop or Poisson arrivals), [`backend`] sends them and records
 //! every token's arrival, [`metrics`] turns those timelines into TTFT/TPOT/ITL/E2E and
 //! throughputs (pure, with the definitions), [`report`] prints and serializes the result, and
-//! [`run`] sequences a sweep.
+//! [`run`] sequences a sweep; [`cost`] prices a report's throughput.
 
 pub mod backend;
+pub mod cost;
 pub mod load;
 pub mod metrics;
 pub mod report;

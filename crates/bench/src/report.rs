@@ -11,6 +11,10 @@ use crate::run::{BenchReport, RunResult};
 
 /// The JSON output's schema name.
 pub const SCHEMA: &str = "shardline.bench.v1";
+/// Schema of `shardline experiment`'s report.json: several layouts, each with runs of
+/// [`SCHEMA`]'s per-run shape. Named here, beside the run shape it reuses, so `shardline cost`
+/// reads both without depending on the experiment crate.
+pub const EXPERIMENT_SCHEMA: &str = "shardline.experiment.v1";
 
 /// `c=8` or `rate=2/s` (`rate=inf`; `, max 16` with a concurrency cap).
 pub fn load_label(load: Load) -> String {

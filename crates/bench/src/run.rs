@@ -60,7 +60,8 @@ impl BenchConfig {
         closed.chain(open).collect()
     }
 
-    fn validate(&self) -> anyhow::Result<()> {
+    /// Checks the load levels and stop condition (what the flags cannot check alone).
+    pub fn validate(&self) -> anyhow::Result<()> {
         ensure!(!self.loads().is_empty(), "give at least one --concurrency or --request-rate");
         ensure!(self.concurrency.iter().all(|&c| c > 0), "--concurrency values must be at least 1");
         ensure!(self.request_rates.iter().all(|&r| r > 0.0), "--request-rate values must be positive (or inf)");

@@ -1,0 +1,375 @@
+//! What measured throughput costs: `shardline cost` turns a bench or experiment report plus GPU
+//! and API prices into dollars per million tokens. Pure arithmetic, tested on hand-worked
+//! numbers; the CLI only reads files and prints.
+//!
+//! Inputs per run: input and output throughput `in`, `out` (tokens/s, measured while the server
+//! was busy); prices: `N` GPUs at `P` $/GPU-hour, utilization `U` in (0, 1] (the fraction of
+//! hours the server is busy at that throughput), optionally API prices `A` and `B` ($ per 1M
+//! input and output tokens).
+//!
+//! | quantity | formula |
+//! |---|---|
+//! | hourly cost | C = N · P |
+//! | $ per 1M output tokens (all cost on output) | C / (out · 3600 · U) · 1e6 |
+//! | $ per 1M tokens (input + output) | C / ((in + out) · 3600 · U) · 1e6 |
+//! | API cost of one busy hour's tokens | C_api = (in · A + out · B) · 3600 / 1e6 |
+//! | break-even utilization | U* = C / C_api (self-hosting is cheaper above U*; never if U* > 1) |
+//! | self-host $ per 1M input / output, split at the API's A : B | k · A and k · B, k = C / (C_api · U) = U* / U |
+//!
+//! The split answers "what would my price list be if I charged like the API": k scales the API's
+//! prices so that a busy hour's tokens cost exactly C/U, what the hour of hardware costs per
+//! busy hour.
+
+use anyhow::{bail, ensure, Context};
+use serde_json::Value;
+
+use crate::load::Load;
+use crate::report::{load_label, EXPERIMENT_SCHEMA, SCHEMA};
+
+/// An API's list prices, in $ per 1M tokens.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ApiPrices {
+    pub input_usd_per_m: f64,
+    pub output_usd_per_m: f64,
+}
+
+/// What the hardware costs and how busy it is.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Prices {
+    pub gpu_hour_usd: f64,
+    pub gpus: f64,
+    /// Fraction of hours busy at the measured throughput, in (0, 1].
+    pub utilization: f64,
+    pub api: Option<ApiPrices>,
+}
+
+impl Prices {
+    /// Refuses prices that would make the arithmetic meaningless, naming the flag.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        let positive = |v: f64, what: &str| -> anyhow::Result<()> {
+            ensure!(v.is_finite() && v > 0.0, "{what} must be a positive number, not {v}");
+            Ok(())
+        };
+        positive(self.gpu_hour_usd, "--gpu-hour-usd")?;
+        positive(self.gpus, "--gpus")?;
+        ensure!(
+            self.utilization.is_finite() && self.utilization > 0.0 && self.utilization <= 1.0,
+            "--utilization must be in (0, 1], not {}",
+            self.utilization
+        );
+        if let Some(api) = self.api {
+            positive(api.input_usd_per_m, "--api-input-usd-per-m")?;
+            positive(api.output_usd_per_m, "--api-output-usd-per-m")?;
+        }
+        Ok(())
+    }
+
+    /// C = N · P, $ per hour.
+    pub fn hourly_usd(&self) -> f64 {
+        self.gpus * self.gpu_hour_usd
+    }
+}
+
+/// One measured run: which layout and load, and its busy throughput.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MeasuredRun {
+    /// Layout name (experiment reports) or empty (bench reports).
+    pub layout: String,
+    /// `c=8`, `rate=2/s`, ….
+    pub load: String,
+    pub input_tok_s: f64,
+    pub output_tok_s: f64,
+}
+
+/// Self-hosting against an API for one run.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ApiComparison {
+    /// C_api: what the API charges for one busy hour's tokens.
+    pub api_usd_per_busy_hour: f64,
+    /// U* = C / C_api.
+    pub break_even_utilization: f64,
+    /// k · A and k · B.
+    pub input_usd_per_m: f64,
+    pub output_usd_per_m: f64,
+}
+
+/// One run's costs; `None` where the run produced no tokens to divide by.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct RunCost {
+    pub hourly_usd: f64,
+    pub output_usd_per_m: Option<f64>,
+    pub total_usd_per_m: Option<f64>,
+    pub api: Option<ApiComparison>,
+}
+
+/// The formulas of the module header, for one run.
+pub fn run_cost(run: &MeasuredRun, prices: &Prices) -> RunCost {
+    let c = prices.hourly_usd();
+    let per_m = |tok_s: f64| (tok_s > 0.0).then(|| c / (tok_s * 3600.0 * prices.utilization) * 1e6);
+    let api = prices.api.and_then(|api| {
+        let api_hour = (run.input_tok_s * api.input_usd_per_m + run.output_tok_s * api.output_usd_per_m) * 3600.0 / 1e6;
+        (api_hour > 0.0).then(|| {
+            let k = c / (api_hour * prices.utilization);
+            ApiComparison {
+                api_usd_per_busy_hour: api_hour,
+                break_even_utilization: c / api_hour,
+                input_usd_per_m: k * api.input_usd_per_m,
+                output_usd_per_m: k * api.output_usd_per_m,
+            }
+        })
+    });
+    RunCost {
+        hourly_usd: c,
+        output_usd_per_m: per_m(run.output_tok_s),
+        total_usd_per_m: per_m(run.input_tok_s + run.output_tok_s),
+        api,
+    }
+}
+
+/// The runs of a `shardline.bench.v1` or `shardline.experiment.v1` document.
+pub fn measured_runs(report: &Value) -> anyhow::Result<Vec<MeasuredRun>> {
+    let runs_of = |layout: &str, runs: &Value| -> anyhow::Result<Vec<MeasuredRun>> {
+        let runs = runs.as_array().context("`runs` is not a list")?;
+        runs.iter().enumerate().map(|(i, r)| measured_run(layout, r).with_context(|| format!("run {}", i + 1))).collect()
+    };
+    match report["schema"].as_str() {
+        Some(SCHEMA) => runs_of("", &report["runs"]),
+        Some(EXPERIMENT_SCHEMA) => {
+            let layouts = report["layouts"].as_array().context("`layouts` is not a list")?;
+            let mut all = Vec::new();
+            for layout in layouts {
+                let name = layout["name"].as_str().context("a layout without a `name`")?;
+                all.extend(runs_of(name, &layout["runs"]).with_context(|| format!("layout {name}"))?);
+            }
+            Ok(all)
+        }
+        Some(other) => bail!("unknown report schema `{other}` (expected {SCHEMA} or {EXPERIMENT_SCHEMA})"),
+        None => bail!("not a shardline report: no `schema` field (expected {SCHEMA} or {EXPERIMENT_SCHEMA})"),
+    }
+}
+
+fn measured_run(layout: &str, run: &Value) -> anyhow::Result<MeasuredRun> {
+    let number = |key: &str| run[key].as_f64().with_context(|| format!("`{key}` is missing or not a number"));
+    let load = if let Some(c) = run["concurrency"].as_u64() {
+        Load::Concurrency(c as usize)
+    } else {
+        let rate = match &run["request_rate"] {
+            Value::String(s) if s == "inf" => f64::INFINITY,
+            v => v.as_f64().context("a run with neither `concurrency` nor `request_rate`")?,
+        };
+        Load::Rate { rate, max_concurrency: run["max_concurrency"].as_u64().map(|m| m as usize) }
+    };
+    let output_tok_s = number("output_throughput")?;
+    let total = number("total_token_throughput")?;
+    Ok(MeasuredRun {
+        layout: layout.to_string(),
+        load: load_label(load),
+        input_tok_s: (total - output_tok_s).max(0.0),
+        output_tok_s,
+    })
+}
+
+fn usd(v: Option<f64>) -> String {
+    v.map_or("-".into(), |v| format!("{v:.4}"))
+}
+
+/// The cost table in Markdown, one row per run with the prices it is charged at (layouts of an
+/// experiment differ in GPU count), with the formulas under it. The caption gives the first
+/// row's $/GPU-hour, utilization and API prices: one set of prices per table.
+pub fn markdown(rows: &[(MeasuredRun, Prices)]) -> String {
+    let with_layout = rows.iter().any(|(r, _)| !r.layout.is_empty());
+    let with_api = rows.iter().any(|(_, p)| p.api.is_some());
+    let mut header = vec!["load", "in tok/s", "out tok/s", "GPUs", "$/h", "$/1M out", "$/1M total"];
+    if with_layout {
+        header.insert(0, "layout");
+    }
+    if with_api {
+        header.extend(["API $/busy h", "$/1M in (API split)", "$/1M out (API split)", "break-even U"]);
+    }
+    let caption = rows.first().map_or(String::new(), |(_, p)| {
+        let api = p.api.map_or(String::new(), |a| {
+            format!("; API ${}/1M input, ${}/1M output tokens", a.input_usd_per_m, a.output_usd_per_m)
+        });
+        format!("${}/GPU-hour, utilization {}{api}\n\n", p.gpu_hour_usd, p.utilization)
+    });
+    let mut out = format!("{caption}| {} |\n|{}\n", header.join(" | "), "---:|".repeat(header.len()));
+    for (run, prices) in rows {
+        let cost = run_cost(run, prices);
+        let mut row = vec![
+            run.load.clone(),
+            format!("{:.1}", run.input_tok_s),
+            format!("{:.1}", run.output_tok_s),
+            format!("{}", prices.gpus),
+            format!("{:.2}", cost.hourly_usd),
+            usd(cost.output_usd_per_m),
+            usd(cost.total_usd_per_m),
+        ];
+        if with_layout {
+            row.insert(0, run.layout.clone());
+        }
+        if with_api {
+            match cost.api {
+                Some(api) => row.extend([
+                    format!("{:.4}", api.api_usd_per_busy_hour),
+                    format!("{:.4}", api.input_usd_per_m),
+                    format!("{:.4}", api.output_usd_per_m),
+                    break_even_label(api.break_even_utilization),
+                ]),
+                None => row.extend(["-", "-", "-", "-"].map(String::from)),
+            }
+        }
+        out += &format!("| {} |\n", row.join(" | "));
+    }
+    out += "\nC = GPUs × $/GPU-hour; $/1M out = C / (out tok/s × 3600 × U) × 1e6 (all cost charged to output); \
+            $/1M total = C / ((in + out) tok/s × 3600 × U) × 1e6.";
+    if with_api {
+        out += " API $/busy h = (in tok/s × A + out tok/s × B) × 3600 / 1e6 for API prices A, B per 1M input, \
+                output tokens; break-even U* = C / (API $/busy h): self-hosting is cheaper than the API above U*; \
+                API split: $/1M in = k·A, $/1M out = k·B with k = U*/U.";
+    }
+    out.push('\n');
+    out
+}
+
+/// `0.4167`, or `never (U* = 1.39)` when even a fully busy server costs more than the API.
+pub fn break_even_label(u: f64) -> String {
+    if u > 1.0 {
+        format!("never (U* = {u:.2})")
+    } else {
+        format!("{u:.4}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn close(got: f64, want: f64) {
+        assert!((got - want).abs() < 1e-9 * want.abs().max(1.0), "got {got}, want {want}");
+    }
+
+    fn prices(gpus: f64, gpu_hour_usd: f64, utilization: f64, api: Option<(f64, f64)>) -> Prices {
+        let api = api.map(|(a, b)| ApiPrices { input_usd_per_m: a, output_usd_per_m: b });
+        Prices { gpu_hour_usd, gpus, utilization, api }
+    }
+
+    fn run(input_tok_s: f64, output_tok_s: f64) -> MeasuredRun {
+        MeasuredRun { layout: String::new(), load: "c=1".into(), input_tok_s, output_tok_s }
+    }
+
+    #[test]
+    fn one_gpu_at_two_dollars_and_100_tokens_per_second() {
+        // 100 tok/s × 3600 = 360 000 tokens per hour for $2: 2 / 0.36 = $5.5556 per 1M.
+        let c = run_cost(&run(0.0, 100.0), &prices(1.0, 2.0, 1.0, None));
+        close(c.hourly_usd, 2.0);
+        close(c.output_usd_per_m.unwrap(), 2.0 / 0.36);
+        assert!((c.output_usd_per_m.unwrap() - 5.5556).abs() < 1e-4);
+        close(c.total_usd_per_m.unwrap(), 2.0 / 0.36);
+        assert_eq!(c.api, None);
+    }
+
+    #[test]
+    fn utilization_and_input_tokens_spread_the_cost() {
+        // 4 GPUs × $2.5 = $10/h; at half utilization 200 out tok/s is 360 000 tokens per hour:
+        // $27.78 per 1M output; with 300 input tok/s, 900 000 tokens per hour: $11.11 per 1M.
+        let c = run_cost(&run(300.0, 200.0), &prices(4.0, 2.5, 0.5, None));
+        close(c.hourly_usd, 10.0);
+        close(c.output_usd_per_m.unwrap(), 10.0 / 0.36);
+        close(c.total_usd_per_m.unwrap(), 10.0 / 0.9);
+    }
+
+    #[test]
+    fn break_even_below_one_and_the_api_split() {
+        // 1 GPU at $2/h; 1000 in + 1000 out tok/s; API $0.15 / $0.60 per 1M: a busy hour's
+        // tokens cost the API (1000·0.15 + 1000·0.60)·3600/1e6 = $2.70, so U* = 2/2.7 = 0.7407.
+        let c = run_cost(&run(1000.0, 1000.0), &prices(1.0, 2.0, 1.0, Some((0.15, 0.60)))).api.unwrap();
+        close(c.api_usd_per_busy_hour, 2.7);
+        close(c.break_even_utilization, 2.0 / 2.7);
+        // k = U*/U = 0.7407: $0.1111 / $0.4444 per 1M, which prices the hour's 3.6M + 3.6M
+        // tokens at exactly $2.
+        close(c.input_usd_per_m, 0.15 * 2.0 / 2.7);
+        close(c.output_usd_per_m, 0.60 * 2.0 / 2.7);
+        close(3.6 * c.input_usd_per_m + 3.6 * c.output_usd_per_m, 2.0);
+        // At half utilization k doubles: each busy hour must also pay for an idle one.
+        let half = run_cost(&run(1000.0, 1000.0), &prices(1.0, 2.0, 0.5, Some((0.15, 0.60)))).api.unwrap();
+        close(half.output_usd_per_m, 2.0 * c.output_usd_per_m);
+        close(half.break_even_utilization, c.break_even_utilization);
+    }
+
+    #[test]
+    fn break_even_above_one_never_pays() {
+        // 100 out tok/s only: the API charges 100·0.6·3600/1e6 = $0.216 per busy hour; $2 of
+        // GPU is U* = 9.26, never cheaper.
+        let c = run_cost(&run(0.0, 100.0), &prices(1.0, 2.0, 1.0, Some((0.15, 0.60)))).api.unwrap();
+        close(c.api_usd_per_busy_hour, 0.216);
+        close(c.break_even_utilization, 2.0 / 0.216);
+        assert_eq!(break_even_label(c.break_even_utilization), "never (U* = 9.26)");
+        assert_eq!(break_even_label(0.5), "0.5000");
+    }
+
+    #[test]
+    fn a_run_without_tokens_has_no_per_token_cost() {
+        let c = run_cost(&run(0.0, 0.0), &prices(1.0, 2.0, 1.0, Some((0.15, 0.60))));
+        assert_eq!((c.output_usd_per_m, c.total_usd_per_m, c.api), (None, None, None));
+        assert!(markdown(&[(run(0.0, 0.0), prices(1.0, 2.0, 1.0, Some((0.15, 0.6))))]).contains("| - | - |"));
+    }
+
+    #[test]
+    fn bad_prices_are_refused_with_the_flag_named() {
+        let err = |p: Prices| p.validate().unwrap_err().to_string();
+        assert!(prices(1.0, 2.0, 1.0, Some((0.1, 0.2))).validate().is_ok());
+        assert!(err(prices(1.0, 0.0, 1.0, None)).contains("--gpu-hour-usd"));
+        assert!(err(prices(1.0, f64::NAN, 1.0, None)).contains("--gpu-hour-usd"));
+        assert!(err(prices(-1.0, 2.0, 1.0, None)).contains("--gpus"));
+        assert!(err(prices(1.0, 2.0, 0.0, None)).contains("--utilization"));
+        assert!(err(prices(1.0, 2.0, 1.5, None)).contains("--utilization"));
+        assert!(err(prices(1.0, 2.0, 1.0, Some((f64::INFINITY, 0.2)))).contains("--api-input-usd-per-m"));
+        assert!(err(prices(1.0, 2.0, 1.0, Some((0.1, -0.2)))).contains("--api-output-usd-per-m"));
+    }
+
+    fn bench_run(load: Value, total: f64, output: f64) -> Value {
+        let mut r = json!({"output_throughput": output, "total_token_throughput": total});
+        for (k, v) in load.as_object().unwrap() {
+            r[k] = v.clone();
+        }
+        r
+    }
+
+    #[test]
+    fn both_report_schemas_parse() {
+        let bench = json!({"schema": SCHEMA, "runs": [
+            bench_run(json!({"concurrency": 8}), 300.0, 100.0),
+            bench_run(json!({"request_rate": "inf", "max_concurrency": 4}), 10.0, 4.0),
+            bench_run(json!({"request_rate": 2.5, "max_concurrency": null}), 10.0, 4.0),
+        ]});
+        let runs = measured_runs(&bench).unwrap();
+        assert_eq!(runs.iter().map(|r| r.load.as_str()).collect::<Vec<_>>(), ["c=8", "rate=inf max 4", "rate=2.5/s"]);
+        assert_eq!((runs[0].input_tok_s, runs[0].output_tok_s), (200.0, 100.0));
+        assert!(runs.iter().all(|r| r.layout.is_empty()));
+
+        let experiment = json!({"schema": EXPERIMENT_SCHEMA, "layouts": [
+            {"name": "tp1", "runs": [bench_run(json!({"concurrency": 1}), 30.0, 10.0)]},
+            {"name": "tp2", "runs": [bench_run(json!({"concurrency": 1}), 60.0, 20.0), bench_run(json!({"concurrency": 4}), 90.0, 30.0)]},
+        ]});
+        let runs = measured_runs(&experiment).unwrap();
+        let labels: Vec<_> = runs.iter().map(|r| format!("{} {}", r.layout, r.load)).collect();
+        assert_eq!(labels, ["tp1 c=1", "tp2 c=1", "tp2 c=4"]);
+        let rows: Vec<_> = runs.into_iter().map(|r| (r, prices(1.0, 2.0, 1.0, Some((0.15, 0.6))))).collect();
+        let md = markdown(&rows);
+        assert!(md.contains("| layout | load |") && md.contains("break-even U"), "{md}");
+        assert_eq!(md.lines().filter(|l| l.starts_with("| tp")).count(), 3, "{md}");
+    }
+
+    #[test]
+    fn malformed_reports_say_what_is_wrong() {
+        let err = |v: Value| format!("{:#}", measured_runs(&v).unwrap_err());
+        assert!(err(json!({"runs": []})).contains("no `schema`"));
+        assert!(err(json!({"schema": "other.v9"})).contains("unknown report schema `other.v9`"));
+        assert!(err(json!({"schema": SCHEMA, "runs": [{"concurrency": 1}]})).contains("output_throughput"));
+        let no_load = json!({"schema": SCHEMA, "runs": [{"output_throughput": 1.0, "total_token_throughput": 2.0}]});
+        assert!(err(no_load).contains("neither `concurrency` nor `request_rate`"));
+        assert!(err(json!({"schema": EXPERIMENT_SCHEMA, "layouts": [{"runs": []}]})).contains("`name`"));
+    }
+}
