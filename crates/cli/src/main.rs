@@ -3,6 +3,8 @@
 mod args;
 mod backend;
 mod bench;
+mod cost;
+mod experiment;
 mod generate;
 mod group;
 mod launch;
@@ -38,6 +40,12 @@ enum Command {
     /// Load-test a running server (gRPC or OpenAI-compatible): TTFT, TPOT, ITL, E2E and
     /// throughput per concurrency level or request rate.
     Bench(bench::BenchArgs),
+    /// Price a bench or experiment report: $ per 1M tokens from GPU-hour prices, and the
+    /// utilization above which self-hosting beats an API.
+    Cost(cost::CostArgs),
+    /// Run an experiment (launch/experiments/*.toml): each server layout in turn under the same
+    /// bench sweep, then a report folder with tables, plots and costs.
+    Experiment(experiment::ExperimentArgs),
 }
 
 fn main() {
@@ -55,6 +63,8 @@ fn main() {
         Command::Launch(args) => launch::launch(args),
         Command::Worker(args) => worker::worker(args),
         Command::Bench(args) => bench::bench(args),
+        Command::Cost(args) => cost::cost(args),
+        Command::Experiment(args) => experiment::experiment(args),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");
