@@ -9,18 +9,34 @@ use shardline_ops::{
     matmul_nt, paged_attention, rms_norm, rope_rotate_half, silu_mul, KvLayout, SeqSpan,
 };
 
-/// Best of five ~0.2 s rounds, seconds per call.
+/// Seconds on the clock the bench reads: wall time, or with `SHARDLINE_BENCH_CLOCK=cpu` this
+/// process's CPU time, which a busy machine disturbs far less (run it with
+/// `RAYON_NUM_THREADS=1` to get per-core kernel speed).
+fn now() -> f64 {
+    static CPU: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    if *CPU.get_or_init(|| std::env::var("SHARDLINE_BENCH_CLOCK").is_ok_and(|v| v == "cpu")) {
+        let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+        // SAFETY: ts is a valid out-pointer; the clock id is a constant the kernel knows.
+        unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
+        ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9
+    } else {
+        static ORIGIN: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+        ORIGIN.get_or_init(Instant::now).elapsed().as_secs_f64()
+    }
+}
+
+/// Best of five ~0.2 s rounds (on the clock of [`now`]), seconds per call.
 fn time<F: FnMut()>(mut f: F) -> f64 {
     f();
     let mut best = f64::MAX;
     for _ in 0..5 {
-        let t = Instant::now();
+        let t = now();
         let mut reps = 0;
-        while t.elapsed().as_secs_f64() < 0.2 {
+        while now() - t < 0.2 {
             f();
             reps += 1;
         }
-        best = best.min(t.elapsed().as_secs_f64() / reps as f64);
+        best = best.min((now() - t) / reps as f64);
     }
     best
 }
