@@ -22,6 +22,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Instant;
 
+use rayon::prelude::*;
 use shardline_model::SeqInput;
 use shardline_sampling::SamplingParams;
 use shardline_tokenizer::Tokenizer;
@@ -419,20 +420,33 @@ impl Engine {
                 return Err(e);
             }
         };
+        // Rows to sample, by position in `running`, tagged with the member order events keep.
         let mut logits = logits.into_iter();
-        let mut events = Vec::new();
-        for (i, n) in members {
+        let mut rows: Vec<Option<(usize, Vec<f32>)>> = vec![None; self.running.len()];
+        for (order, (i, n)) in members.into_iter().enumerate() {
             let s = &mut self.running[i];
             s.cached_len += n;
             if s.cached_len == s.tokens.len() {
                 let row = logits.next().expect("one logits row per sequence that asked");
                 if !s.aborted {
-                    events.push(s.accept(&row, &self.eos_token_ids)?);
+                    rows[i] = Some((order, row));
                 }
             }
         }
+        // Sampling (a log-sum-exp over the vocabulary for every token's logprob) and
+        // detokenizing are independent per sequence: at batch 32 they were 6% of a step on
+        // one thread.
+        let eos = &self.eos_token_ids;
+        let mut events: Vec<(usize, Result<StepEvent>)> = self
+            .running
+            .par_iter_mut()
+            .zip(rows.par_iter())
+            .filter_map(|(s, row)| row.as_ref().map(|(order, row)| (*order, s.accept(row, eos))))
+            .collect();
+        events.sort_by_key(|(order, _)| *order);
+        let events = events.into_iter().map(|(_, e)| e).collect::<Result<Vec<_>>>();
         self.retire_finished();
-        Ok(events)
+        events
     }
 
     fn retire_finished(&mut self) {
