@@ -130,7 +130,10 @@ pub fn run_cost(run: &MeasuredRun, prices: &Prices) -> RunCost {
 pub fn measured_runs(report: &Value) -> anyhow::Result<Vec<MeasuredRun>> {
     let runs_of = |layout: &str, runs: &Value| -> anyhow::Result<Vec<MeasuredRun>> {
         let runs = runs.as_array().context("`runs` is not a list")?;
-        runs.iter().enumerate().map(|(i, r)| measured_run(layout, r).with_context(|| format!("run {}", i + 1))).collect()
+        runs.iter()
+            .enumerate()
+            .map(|(i, r)| measured_run(layout, r).with_context(|| format!("run {}", i + 1)))
+            .collect()
     };
     match report["schema"].as_str() {
         Some(SCHEMA) => runs_of("", &report["runs"]),

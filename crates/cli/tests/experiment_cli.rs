@@ -43,9 +43,10 @@ fn processes_with(marker: &str) -> Vec<String> {
         .flatten()
         .filter_map(|e| e.file_name().into_string().ok())
         .filter(|pid| pid.chars().all(|c| c.is_ascii_digit()) && *pid != me)
-        .filter(|pid| std::fs::read(format!("/proc/{pid}/environ")).is_ok_and(|env| {
-            env.split(|&b| b == 0).any(|kv| kv == marker.as_bytes())
-        }))
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/environ"))
+                .is_ok_and(|env| env.split(|&b| b == 0).any(|kv| kv == marker.as_bytes()))
+        })
         .collect()
 }
 
@@ -143,7 +144,8 @@ fn experiment_measures_each_layout_and_writes_the_report_folder() {
     assert!(cost.status.success(), "cost failed:\n{table}\n{}", String::from_utf8_lossy(&cost.stderr));
     let header = table.lines().find(|l| l.starts_with("| layout |")).unwrap_or_else(|| panic!("no table:\n{table}"));
     assert!(header.contains("$/1M out") && header.contains("break-even U"), "{header}");
-    let rows: Vec<&str> = table.lines().filter(|l| LAYOUTS.iter().any(|n| l.starts_with(&format!("| {n} |")))).collect();
+    let rows: Vec<&str> =
+        table.lines().filter(|l| LAYOUTS.iter().any(|n| l.starts_with(&format!("| {n} |")))).collect();
     assert_eq!(rows.len(), 4, "a row per layout × level:\n{table}");
     assert!(rows.iter().all(|r| r.split('|').count() == header.split('|').count()), "{table}");
     assert_eq!(std::fs::read_to_string(&md).unwrap(), table);

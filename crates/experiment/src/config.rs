@@ -210,7 +210,9 @@ impl CostSection {
         positive(self.gpu_hour_usd, "gpu_hour_usd")?;
         match &self.gpus {
             Some(Gpus::Count(n)) if self.gpus_per_rank.is_some() => {
-                return Err(format!("[cost] gives gpus = {n} and gpus_per_rank: use one (gpus_per_rank goes with gpus = \"tp*pp\")"))
+                return Err(format!(
+                    "[cost] gives gpus = {n} and gpus_per_rank: use one (gpus_per_rank goes with gpus = \"tp*pp\")"
+                ))
             }
             Some(Gpus::Count(n)) => positive(*n, "gpus")?,
             Some(Gpus::Formula(f)) if f.replace(' ', "") != "tp*pp" => {
@@ -254,7 +256,10 @@ impl ExperimentConfig {
     fn validate(&self) -> Result<(), String> {
         let safe = |s: &str| !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
         if !safe(&self.name) {
-            return Err(format!("name `{}` must be non-empty letters, digits, `-`, `_` or `.` (it names the report folder)", self.name));
+            return Err(format!(
+                "name `{}` must be non-empty letters, digits, `-`, `_` or `.` (it names the report folder)",
+                self.name
+            ));
         }
         if self.layouts.is_empty() {
             return Err("no [[layout]] to run".into());
@@ -268,7 +273,10 @@ impl ExperimentConfig {
                 return Err(format!("two layouts are named `{}`", l.name));
             }
             if l.tp == 0 || l.pp == 0 {
-                return Err(format!("layout `{}`: tp and pp must be at least 1 (got tp = {}, pp = {})", l.name, l.tp, l.pp));
+                return Err(format!(
+                    "layout `{}`: tp and pp must be at least 1 (got tp = {}, pp = {})",
+                    l.name, l.tp, l.pp
+                ));
             }
         }
         if self.model.threads == Some(0) {
@@ -287,7 +295,9 @@ impl ExperimentConfig {
             return Err(format!("[bench] random_range {} is not in [0, 1)", b.random_range));
         }
         if b.concurrency.is_empty() {
-            return Err("[bench] concurrency must list at least one level (rate runs are not plotted, see README)".into());
+            return Err(
+                "[bench] concurrency must list at least one level (rate runs are not plotted, see README)".into()
+            );
         }
         if b.num_requests.is_some() && b.duration.is_some() {
             return Err("[bench] give num_requests or duration, not both".into());

@@ -13,7 +13,10 @@ pub fn cpu_model(cpuinfo: &str) -> Option<String> {
 
 /// `AMD EPYC 7B13, 2 cores, linux x86_64`: the machine the numbers are from.
 pub fn machine_line() -> String {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo").ok().and_then(|t| cpu_model(&t)).unwrap_or_else(|| "unknown CPU".into());
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|t| cpu_model(&t))
+        .unwrap_or_else(|| "unknown CPU".into());
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     format!("{cpu}, {cores} cores, {} {}", std::env::consts::OS, std::env::consts::ARCH)
 }

@@ -91,7 +91,13 @@ fn draw<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, chart: &Chart) -> Resu
         .label_style((FONT, 15))
         .axis_desc_style((FONT, 17))
         .x_labels(x_ticks)
-        .x_label_formatter(&|x| if (x - x.round()).abs() < 1e-6 { format!("{}", x.round().exp2()) } else { String::new() })
+        .x_label_formatter(&|x| {
+            if (x - x.round()).abs() < 1e-6 {
+                format!("{}", x.round().exp2())
+            } else {
+                String::new()
+            }
+        })
         .y_label_formatter(&|y| format!("{y:.0}"))
         .draw()
         .map_err(err)?;
@@ -108,8 +114,11 @@ fn draw<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, chart: &Chart) -> Resu
         anno.label(&s.label).legend(move |(x, y)| {
             // A dashed legend sample is two short strokes; a solid one is one line. Composed
             // on an anchor at the origin, so the strokes' coordinates are absolute.
-            let (first, second) =
-                if dashed { (vec![(x, y), (x + 7, y)], vec![(x + 13, y), (x + 20, y)]) } else { (vec![(x, y), (x + 20, y)], vec![]) };
+            let (first, second) = if dashed {
+                (vec![(x, y), (x + 7, y)], vec![(x + 13, y), (x + 20, y)])
+            } else {
+                (vec![(x, y), (x + 20, y)], vec![])
+            };
             EmptyElement::at((0, 0)) + PathElement::new(first, style) + PathElement::new(second, style)
         });
         ctx.draw_series(points.iter().map(|&p| Circle::new(p, 3, color.filled()))).map_err(err)?;

@@ -98,12 +98,19 @@ impl ExperimentReport {
         out += &format!(
             "Model `{}` · {} backend · input {} / output {} tokens · {count} · warm-up {} · seed {}  \n\
              Machine: {} · started {} UTC\n\n",
-            c.model.name, self.layouts.first().map_or("grpc", |l| l.bench.config.backend.name()), b.input_len,
-            b.output_len, b.warmup, b.seed, self.machine, self.started_utc
+            c.model.name,
+            self.layouts.first().map_or("grpc", |l| l.bench.config.backend.name()),
+            b.input_len,
+            b.output_len,
+            b.warmup,
+            b.seed,
+            self.machine,
+            self.started_utc
         );
         out += "| layout | load | out tok/s | req/s | TTFT p50 | TTFT p99 | ITL p50 | ITL p99 | TPOT p50 | E2E p50 | errors |\n";
         out += "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n";
-        let ms = |s: &Option<Stats>, f: fn(&Stats) -> f64| s.as_ref().map_or("-".to_string(), |s| format!("{:.1}", f(s)));
+        let ms =
+            |s: &Option<Stats>, f: fn(&Stats) -> f64| s.as_ref().map_or("-".to_string(), |s| format!("{:.1}", f(s)));
         for l in &self.layouts {
             for r in &l.bench.runs {
                 let s = &r.summary;
@@ -135,8 +142,19 @@ impl ExperimentReport {
             .layouts
             .iter()
             .map(|l| {
-                let extra = if l.layout.serve_args.is_empty() { String::new() } else { format!(" {}", l.layout.serve_args.join(" ")) };
-                format!("`{}` TP {} × PP {}, {} scheduler{extra}, ready in {:.1} s", l.layout.name, l.layout.tp, l.layout.pp, l.layout.scheduler.name(), l.ready_s)
+                let extra = if l.layout.serve_args.is_empty() {
+                    String::new()
+                } else {
+                    format!(" {}", l.layout.serve_args.join(" "))
+                };
+                format!(
+                    "`{}` TP {} × PP {}, {} scheduler{extra}, ready in {:.1} s",
+                    l.layout.name,
+                    l.layout.tp,
+                    l.layout.pp,
+                    l.layout.scheduler.name(),
+                    l.ready_s
+                )
             })
             .collect();
         out += &described.join("; ");
@@ -162,7 +180,8 @@ impl ExperimentReport {
         let md_path = dir.join("report.md");
         std::fs::write(&md_path, self.markdown()).map_err(io(&md_path))?;
         let mut written = vec![json_path, md_path];
-        let named: Vec<(&str, &BenchReport)> = self.layouts.iter().map(|l| (l.layout.name.as_str(), &l.bench)).collect();
+        let named: Vec<(&str, &BenchReport)> =
+            self.layouts.iter().map(|l| (l.layout.name.as_str(), &l.bench)).collect();
         for chart in experiment_charts(&named) {
             written.extend(plot::render(&chart, dir)?);
         }

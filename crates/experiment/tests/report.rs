@@ -62,7 +62,12 @@ fn report() -> ExperimentReport {
         .zip([0.1, 0.05])
         .map(|(l, step)| LayoutResult { layout: l.clone(), ready_s: 1.5, bench: bench(&bench_config, step) })
         .collect();
-    ExperimentReport { config, machine: "Test CPU, 2 cores, linux x86_64".into(), started_utc: "20260101-000000".into(), layouts }
+    ExperimentReport {
+        config,
+        machine: "Test CPU, 2 cores, linux x86_64".into(),
+        started_utc: "20260101-000000".into(),
+        layouts,
+    }
 }
 
 #[test]
@@ -128,7 +133,8 @@ fn the_folder_has_json_markdown_and_six_plots() {
         let svg = std::fs::read_to_string(out.join(format!("{stem}.svg"))).unwrap();
         assert!(svg.contains("tp1") && svg.contains("tp2-pp2") && svg.contains("concurrency"), "{stem}.svg");
     }
-    let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
     assert_eq!(json["schema"], "shardline.experiment.v1");
     assert!(std::fs::read_to_string(out.join("report.md")).unwrap().contains("## Cost"));
     if let Ok(keep) = std::env::var("SHARDLINE_KEEP_PLOTS") {

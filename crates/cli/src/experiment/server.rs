@@ -41,7 +41,12 @@ type Tail = Arc<Mutex<VecDeque<String>>>;
 
 /// Copies a server stream's lines to the log (and the last few to `tail`); sends the first
 /// READY line on `ready` and keeps draining, so the server never blocks on a full pipe.
-fn pump(src: impl Read + Send + 'static, log: Arc<Mutex<File>>, tail: Option<Tail>, ready: Option<mpsc::Sender<String>>) {
+fn pump(
+    src: impl Read + Send + 'static,
+    log: Arc<Mutex<File>>,
+    tail: Option<Tail>,
+    ready: Option<mpsc::Sender<String>>,
+) {
     thread::spawn(move || {
         let mut ready = ready;
         for line in BufReader::new(src).lines().map_while(Result::ok) {
@@ -65,8 +70,14 @@ fn pump(src: impl Read + Send + 'static, log: Arc<Mutex<File>>, tail: Option<Tai
 impl ServerGroup {
     /// Runs `program args`, logging its output to `log_path`, and waits up to `ready_within`
     /// for its READY line; fails (and tears down) if it exits or stays silent.
-    pub fn start(program: &Path, args: &[String], log_path: &Path, ready_within: Duration) -> anyhow::Result<ServerGroup> {
-        let log = Arc::new(Mutex::new(File::create(log_path).with_context(|| format!("creating {}", log_path.display()))?));
+    pub fn start(
+        program: &Path,
+        args: &[String],
+        log_path: &Path,
+        ready_within: Duration,
+    ) -> anyhow::Result<ServerGroup> {
+        let log =
+            Arc::new(Mutex::new(File::create(log_path).with_context(|| format!("creating {}", log_path.display()))?));
         let mut cmd = Command::new(program);
         cmd.args(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).process_group(0);
         // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
