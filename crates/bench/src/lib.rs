@@ -1,7 +1,8 @@
 //! `shardline bench`: a load generator for Shardline's gRPC API or any OpenAI-compatible
 //! server, measuring what clients see.
 //!
-//! The pieces, one job each: [`workload`] makes seeded requests of exact token lengths,
+//! The pieces, one job each: [`workload`] makes seeded requests of exact token lengths (or
+//! replays a [`dataset`]'s),
 //! [`load`] offers them (closed loop or Poisson arrivals), [`backend`] sends them and records
 //! every token's arrival, [`metrics`] turns those timelines into TTFT/TPOT/ITL/E2E and
 //! throughputs (pure, with the definitions), [`report`] prints and serializes the result, and
@@ -9,6 +10,7 @@
 
 pub mod backend;
 pub mod cost;
+pub mod dataset;
 pub mod load;
 pub mod metrics;
 pub mod report;

@@ -45,6 +45,7 @@ fn run_json(report: &BenchReport, run: &RunResult) -> Value {
         "input_len": c.input_len,
         "output_len": c.output_len,
         "random_range": c.random_range,
+        "dataset": c.dataset.as_ref().map(|d| d.name.clone()),
         "seed": c.seed,
         "warmup": c.warmup,
         "duration_limit_s": match c.stop {
@@ -129,13 +130,15 @@ fn caption(report: &BenchReport) -> String {
         Stop::Duration(d) => format!("{:.0} s per run", d.as_secs_f64()),
     };
     let range = if c.random_range > 0.0 { format!(" (±{:.0}%)", c.random_range * 100.0) } else { String::new() };
+    let prompts = match &c.dataset {
+        Some(d) => format!("dataset {} ({} requests)", d.name, d.requests.len()),
+        None => format!("input {} / output {} tokens{range}", c.input_len, c.output_len),
+    };
     format!(
-        "{} {} · model {} · input {} / output {} tokens{range} · {count} · warm-up {} · seed {}",
+        "{} {} · model {} · {prompts} · {count} · warm-up {} · seed {}",
         c.backend.name(),
         c.endpoint,
         report.model,
-        c.input_len,
-        c.output_len,
         c.warmup,
         c.seed
     )
@@ -195,6 +198,7 @@ mod tests {
             input_len: 16,
             output_len: 3,
             random_range: 0.0,
+            dataset: None,
             vocab_size: None,
             concurrency: vec![2],
             request_rates: vec![f64::INFINITY],

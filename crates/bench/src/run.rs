@@ -10,6 +10,7 @@ use anyhow::{bail, ensure};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::backend::{BackendKind, Client};
+use crate::dataset::Dataset;
 use crate::load::{drive, Load, SendFuture, Stop};
 use crate::metrics::{summarize, Slo, Summary};
 use crate::workload::{token_range, RequestSpec, Workload, WorkloadSpec};
@@ -30,9 +31,12 @@ pub struct BenchConfig {
     pub endpoint: String,
     /// Model name for OpenAI requests; None asks `/v1/models`.
     pub model: Option<String>,
+    /// Random prompts' lengths (unused with a dataset).
     pub input_len: usize,
     pub output_len: usize,
     pub random_range: f64,
+    /// Replay these requests instead of random ones.
+    pub dataset: Option<Arc<Dataset>>,
     /// Overrides the vocabulary prompts are drawn from.
     pub vocab_size: Option<u32>,
     /// Closed-loop runs, one per value.
@@ -108,7 +112,13 @@ pub async fn run(config: &BenchConfig) -> anyhow::Result<BenchReport> {
         random_range: config.random_range,
         token_ids: token_range(vocab),
     };
-    let workload = |seed| Workload::new(spec.clone(), seed).map_err(anyhow::Error::msg);
+    let workload = |seed| {
+        match &config.dataset {
+            Some(d) => Workload::replay(Arc::clone(d), seed),
+            None => Workload::new(spec.clone(), seed),
+        }
+        .map_err(anyhow::Error::msg)
+    };
     workload(config.seed)?;
 
     let mut runs = Vec::new();

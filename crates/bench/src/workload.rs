@@ -1,4 +1,5 @@
-//! Synthetic workloads: prompts of an exact token length, sent as token ids.
+//! Workloads: synthetic prompts of an exact token length, sent as token ids, or a dataset's
+//! text prompts ([`crate::dataset`]) replayed in a seeded order.
 //!
 //! Sending ids instead of text makes the input length exact on any server and tokenizer-free
 //! here (text of N tokens re-tokenizes to a different N). Ids are drawn uniformly from
@@ -7,9 +8,13 @@
 //! RNG, so a seed gives the same request sequence on every run and every server.
 
 use std::ops::{Range, RangeInclusive};
+use std::sync::Arc;
 
 use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
+
+use crate::dataset::Dataset;
 
 /// What requests to make.
 #[derive(Clone, Debug, PartialEq)]
@@ -24,10 +29,29 @@ pub struct WorkloadSpec {
     pub token_ids: Range<u32>,
 }
 
+/// What a request's prompt is sent as.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Prompt {
+    /// Token ids (exact length on any server).
+    TokenIds(Vec<u32>),
+    /// Text, with its length in tokens as the benchmark's tokenizer counts it.
+    Text { text: String, tokens: usize },
+}
+
+impl Prompt {
+    /// Prompt tokens, for the input-token counts and throughputs.
+    pub fn input_tokens(&self) -> usize {
+        match self {
+            Prompt::TokenIds(ids) => ids.len(),
+            Prompt::Text { tokens, .. } => *tokens,
+        }
+    }
+}
+
 /// One request to send.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RequestSpec {
-    pub prompt: Vec<u32>,
+    pub prompt: Prompt,
     pub max_tokens: usize,
 }
 
@@ -44,9 +68,20 @@ pub fn length_range(len: usize, r: f64) -> RangeInclusive<usize> {
     lo..=hi.max(lo)
 }
 
+/// Where a workload's requests come from.
+enum Source {
+    Random(WorkloadSpec),
+    /// A dataset's requests in a seeded shuffle, reshuffled each time round.
+    Replay {
+        dataset: Arc<Dataset>,
+        order: Vec<usize>,
+        next: usize,
+    },
+}
+
 /// An endless, seeded request sequence.
 pub struct Workload {
-    spec: WorkloadSpec,
+    source: Source,
     rng: StdRng,
 }
 
@@ -62,16 +97,39 @@ impl Workload {
             let ids = &spec.token_ids;
             return Err(format!("no token ids to draw prompts from ({ids:?}); is the vocabulary size right?"));
         }
-        Ok(Workload { spec, rng: StdRng::seed_from_u64(seed) })
+        Ok(Workload { source: Source::Random(spec), rng: StdRng::seed_from_u64(seed) })
+    }
+
+    /// `dataset`'s requests, each once in a seeded order before any repeats (vLLM samples a
+    /// dataset the same way).
+    pub fn replay(dataset: Arc<Dataset>, seed: u64) -> Result<Workload, String> {
+        if dataset.requests.is_empty() {
+            return Err(format!("dataset {} has no requests", dataset.name));
+        }
+        let source = Source::Replay { dataset, order: Vec::new(), next: 0 };
+        Ok(Workload { source, rng: StdRng::seed_from_u64(seed) })
     }
 
     /// The next request of the sequence.
     pub fn next_request(&mut self) -> RequestSpec {
-        let input = self.rng.random_range(length_range(self.spec.input_len, self.spec.random_range));
-        let max_tokens = self.rng.random_range(length_range(self.spec.output_len, self.spec.random_range));
-        let ids = self.spec.token_ids.clone();
-        let prompt = (0..input).map(|_| self.rng.random_range(ids.clone())).collect();
-        RequestSpec { prompt, max_tokens }
+        match &mut self.source {
+            Source::Random(spec) => {
+                let input = self.rng.random_range(length_range(spec.input_len, spec.random_range));
+                let max_tokens = self.rng.random_range(length_range(spec.output_len, spec.random_range));
+                let ids = spec.token_ids.clone();
+                let prompt = (0..input).map(|_| self.rng.random_range(ids.clone())).collect();
+                RequestSpec { prompt: Prompt::TokenIds(prompt), max_tokens }
+            }
+            Source::Replay { dataset, order, next } => {
+                if *next == order.len() {
+                    *order = (0..dataset.requests.len()).collect();
+                    order.shuffle(&mut self.rng);
+                    *next = 0;
+                }
+                *next += 1;
+                dataset.requests[order[*next - 1]].clone()
+            }
+        }
     }
 }
 
@@ -88,8 +146,9 @@ mod tests {
         let mut w = Workload::new(spec(16, 8, 0.0), 1).unwrap();
         for _ in 0..50 {
             let r = w.next_request();
-            assert_eq!((r.prompt.len(), r.max_tokens), (16, 8));
-            assert!(r.prompt.iter().all(|id| (4915..24576).contains(id)), "{:?}", r.prompt);
+            let Prompt::TokenIds(ids) = &r.prompt else { panic!("random prompts are token ids") };
+            assert_eq!((ids.len(), r.max_tokens), (16, 8));
+            assert!(ids.iter().all(|id| (4915..24576).contains(id)), "{ids:?}");
         }
     }
 
@@ -100,7 +159,7 @@ mod tests {
         assert_eq!(length_range(1, 0.9), 1..=1);
         assert_eq!(length_range(7, 0.0), 7..=7);
         let mut w = Workload::new(spec(100, 20, 0.5), 7).unwrap();
-        let lens: Vec<usize> = (0..2000).map(|_| w.next_request().prompt.len()).collect();
+        let lens: Vec<usize> = (0..2000).map(|_| w.next_request().prompt.input_tokens()).collect();
         assert!(lens.iter().all(|l| (50..=150).contains(l)));
         assert_eq!((*lens.iter().min().unwrap(), *lens.iter().max().unwrap()), (50, 150));
     }
@@ -113,6 +172,27 @@ mod tests {
         };
         assert_eq!(draw(3), draw(3));
         assert_ne!(draw(3), draw(4));
+    }
+
+    #[test]
+    fn a_dataset_replays_every_request_once_per_round_in_a_seeded_order() {
+        let text = |i: usize| Prompt::Text { text: format!("prompt {i}"), tokens: i + 1 };
+        let requests = (0..5).map(|i| RequestSpec { prompt: text(i), max_tokens: 10 + i }).collect();
+        let dataset = Arc::new(Dataset { name: "test".into(), requests });
+        let draw = |seed| {
+            let mut w = Workload::replay(Arc::clone(&dataset), seed).unwrap();
+            (0..10).map(|_| w.next_request().max_tokens).collect::<Vec<_>>()
+        };
+        let (a, b) = (draw(1), draw(1));
+        assert_eq!(a, b);
+        assert_ne!(a, draw(2));
+        for round in a.chunks(5) {
+            let mut sorted = round.to_vec();
+            sorted.sort();
+            assert_eq!(sorted, [10, 11, 12, 13, 14], "each request once per round: {a:?}");
+        }
+        let empty = Arc::new(Dataset { name: "empty".into(), requests: vec![] });
+        assert!(Workload::replay(empty, 0).is_err());
     }
 
     #[test]

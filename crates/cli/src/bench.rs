@@ -2,12 +2,23 @@
 //! Everything else lives in the `shardline-bench` crate.
 
 use std::io::IsTerminal;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{ensure, Context};
-use clap::Args;
+use anyhow::{bail, ensure, Context};
+use clap::{Args, ValueEnum};
+use shardline_bench::dataset::{self, Dataset};
 use shardline_bench::{report, BackendKind, BenchConfig, Slo, Stop};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum DatasetKind {
+    /// Random token ids of exact lengths (--input-len, --output-len, --random-range).
+    Random,
+    /// ShareGPT conversations (--dataset-path): the first human turn as a text prompt, the
+    /// first reply's token count as max_tokens.
+    Sharegpt,
+}
 
 #[derive(Args, Debug)]
 pub struct BenchArgs {
@@ -21,6 +32,17 @@ pub struct BenchArgs {
     /// Model name sent in OpenAI requests [default: the first of GET /v1/models].
     #[arg(long, env = "SHARDLINE_BENCH_MODEL")]
     model: Option<String>,
+    /// Where prompts come from.
+    #[arg(long, env = "SHARDLINE_BENCH_DATASET", value_enum, default_value = "random")]
+    dataset: DatasetKind,
+    /// The dataset file (ShareGPT JSON: a list of {"conversations": [{"from": "human", "value":
+    /// …}, {"from": "gpt", "value": …}, …]}).
+    #[arg(long, env = "SHARDLINE_BENCH_DATASET_PATH")]
+    dataset_path: Option<PathBuf>,
+    /// Tokenizer that counts a dataset's prompt and reply tokens: an HF directory, a .gguf file
+    /// or the alias `smollm2-135m` (use the served model's).
+    #[arg(long, env = "SHARDLINE_BENCH_TOKENIZER", default_value = "smollm2-135m")]
+    tokenizer: String,
     /// Prompt tokens per request (random token ids, so the length is exact).
     #[arg(long, env = "SHARDLINE_BENCH_INPUT_LEN", default_value_t = 1024)]
     input_len: usize,
@@ -83,6 +105,12 @@ impl BenchArgs {
         };
         let concurrency =
             if self.concurrency.is_empty() && self.request_rate.is_empty() { vec![1] } else { self.concurrency };
+        let dataset = match (self.dataset, &self.dataset_path) {
+            (DatasetKind::Random, None) => None,
+            (DatasetKind::Random, Some(_)) => bail!("--dataset-path needs --dataset sharegpt"),
+            (DatasetKind::Sharegpt, None) => bail!("--dataset sharegpt needs --dataset-path FILE"),
+            (DatasetKind::Sharegpt, Some(path)) => Some(Arc::new(sharegpt(path, &self.tokenizer)?)),
+        };
         Ok(BenchConfig {
             endpoint: self.endpoint.unwrap_or_else(|| self.backend.default_endpoint().to_string()),
             backend: self.backend,
@@ -90,6 +118,7 @@ impl BenchArgs {
             input_len: self.input_len,
             output_len: self.output_len,
             random_range: self.random_range,
+            dataset,
             vocab_size: self.vocab_size,
             concurrency,
             request_rates: self.request_rate,
@@ -102,6 +131,30 @@ impl BenchArgs {
             progress: std::io::stderr().is_terminal(),
         })
     }
+}
+
+/// The ShareGPT file's requests, lengths counted with `tokenizer` (resolved like `--model`).
+fn sharegpt(path: &Path, tokenizer: &str) -> anyhow::Result<Dataset> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let exchanges =
+        dataset::parse_sharegpt(&text).with_context(|| format!("reading {} as ShareGPT", path.display()))?;
+    let model =
+        shardline_weights::resolve_model(tokenizer).with_context(|| format!("resolving --tokenizer {tokenizer}"))?;
+    let tok = shardline_tokenizer::Tokenizer::from_path(&model)
+        .with_context(|| format!("loading the tokenizer of {}", model.display()))?;
+    // Counted as the server will see the prompt: with the special tokens it adds (BOS).
+    let requests = dataset::requests(&exchanges, |s| tok.encode(s, true).map_or(0, |ids| ids.len()));
+    ensure!(
+        !requests.is_empty(),
+        "none of the {} conversations in {} passes the length filter (prompt and reply at least {} tokens, \
+         prompt at most {}, both at most {})",
+        exchanges.len(),
+        path.display(),
+        dataset::MIN_LEN,
+        dataset::MAX_PROMPT_LEN,
+        dataset::MAX_TOTAL_LEN
+    );
+    Ok(Dataset { name: format!("sharegpt:{}", path.display()), requests })
 }
 
 pub fn bench(args: BenchArgs) -> anyhow::Result<()> {

@@ -1,6 +1,6 @@
 //! `shardline bench` against a real `shardline serve` of SmolLM2-135M, over gRPC and over the
 //! OpenAI-compatible HTTP API: every run completes every request without errors, and the JSON
-//! report carries every metric with a positive value.
+//! report carries every metric with a positive value; ShareGPT text prompts work over both.
 
 mod common;
 
@@ -67,6 +67,45 @@ fn check(report: &Value, backend: &str, rates: &[f64]) {
     }
 }
 
+/// ShareGPT-style conversations: text prompts of varied lengths, replies' lengths as max_tokens.
+const SHAREGPT: &str = r#"[
+    {"conversations": [{"from": "human", "value": "What is the capital of France? Answer in one sentence."},
+                       {"from": "gpt", "value": "The capital of France is Paris, on the Seine."}]},
+    {"conversations": [{"from": "human", "value": "Write a short poem about the sea and the wind."},
+                       {"from": "gpt", "value": "Waves roll in under a grey sky, the wind sings low."}]},
+    {"conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello! How can I help you today?"}]},
+    {"conversations": [{"from": "human", "value": "List three primary colours, separated by commas."},
+                       {"from": "gpt", "value": "Red, yellow, blue."}]}
+]"#;
+
+/// `--dataset sharegpt` over gRPC and OpenAI: every request completes and the report names the
+/// dataset. The 2-token "Hi" conversation is filtered out, leaving three requests per round.
+fn sharegpt(server: &Server, dir: &tempfile::TempDir) {
+    let data = dir.path().join("sharegpt.json");
+    std::fs::write(&data, SHAREGPT).unwrap();
+    for (backend, endpoint) in [("grpc", &server.grpc), ("openai", &server.http)] {
+        let json = dir.path().join(format!("sharegpt-{backend}.json"));
+        let out = shardline()
+            .args(["bench", "--backend", backend, "--endpoint", endpoint, "--dataset", "sharegpt"])
+            .args(["--dataset-path", data.to_str().unwrap(), "--tokenizer", "smollm2-135m"])
+            .args(["--concurrency", "2", "--num-requests", "6", "--warmup", "1"])
+            .args(["--output-json", json.to_str().unwrap()])
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "sharegpt over {backend}:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+        assert!(stdout.contains("dataset sharegpt:") && stdout.contains("(3 requests)"), "{stdout}");
+        let report: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+        let run = &report["runs"][0];
+        assert_eq!(run["errors"], serde_json::json!({}), "{backend}");
+        assert_eq!(run["completed"].as_u64(), Some(6), "{backend}");
+        assert!(run["dataset"].as_str().is_some_and(|d| d.starts_with("sharegpt:")), "{backend}: {}", run["dataset"]);
+        // Each of the three requests twice: input and output are their token counts, not 16 × 6.
+        let (input, output) = (run["total_input_tokens"].as_u64().unwrap(), run["total_output_tokens"].as_u64().unwrap());
+        assert!(input % 2 == 0 && output % 2 == 0 && input > 6 * 4 && output > 6 * 4, "{backend}: {input} in, {output} out");
+    }
+}
+
 #[test]
 fn bench_measures_a_live_server_over_grpc_and_openai_http() {
     let dir = tempfile::tempdir().unwrap();
@@ -76,5 +115,6 @@ fn bench_measures_a_live_server_over_grpc_and_openai_http() {
     check(&grpc, "grpc", &[50.0]);
     let openai = bench("openai", &server.http, &[], &dir);
     check(&openai, "openai", &[]);
+    sharegpt(&server, &dir);
     assert!(server.stop().success());
 }

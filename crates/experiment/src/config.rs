@@ -335,6 +335,7 @@ impl ExperimentConfig {
             input_len: b.input_len,
             output_len: b.output_len,
             random_range: b.random_range,
+            dataset: None,
             vocab_size: None,
             concurrency: b.concurrency.clone(),
             request_rates: b.request_rate.clone(),

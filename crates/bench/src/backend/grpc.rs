@@ -1,4 +1,5 @@
-//! Shardline's gRPC API: `GenerateStream` with the prompt as token ids, one message per token.
+//! Shardline's gRPC API: `GenerateStream` with the prompt as token ids (or text, for datasets),
+//! one message per token.
 //!
 //! All requests share one channel: HTTP/2 multiplexes them over a single connection, as a
 //! production client would, instead of paying a handshake per request.
@@ -10,7 +11,7 @@ use tonic::transport::Channel;
 
 use super::Timeline;
 use crate::metrics::RequestRecord;
-use crate::workload::RequestSpec;
+use crate::workload::{Prompt, RequestSpec};
 
 pub struct GrpcBackend {
     client: GenerationClient<Channel>,
@@ -33,7 +34,10 @@ impl GrpcBackend {
     pub(crate) async fn send(&self, req: &RequestSpec, mut timeline: Timeline) -> RequestRecord {
         let request = pb::GenerateRequest {
             request_id: String::new(),
-            input: Some(pb::generate_request::Input::TokenIds(pb::TokenIds { ids: req.prompt.clone() })),
+            input: Some(match &req.prompt {
+                Prompt::TokenIds(ids) => pb::generate_request::Input::TokenIds(pb::TokenIds { ids: ids.clone() }),
+                Prompt::Text { text, .. } => pb::generate_request::Input::Text(text.clone()),
+            }),
             sampling: Some(pb::SamplingParameters {
                 temperature: Some(0.0),
                 max_tokens: Some(req.max_tokens as u32),

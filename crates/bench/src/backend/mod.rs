@@ -85,7 +85,7 @@ impl Client {
     /// Sends one request and records its timeline against `origin`. Never fails: errors
     /// (including running past `timeout`, as `timeout`) are part of the record.
     pub async fn send(&self, req: &RequestSpec, origin: Instant, timeout: Duration) -> RequestRecord {
-        let timeline = Timeline::start(origin, req.prompt.len());
+        let timeline = Timeline::start(origin, req.prompt.input_tokens());
         let send_s = timeline.record.send_s;
         let call = async {
             match self {
@@ -96,7 +96,7 @@ impl Client {
         match tokio::time::timeout(timeout, call).await {
             Ok(record) => record,
             Err(_) => RequestRecord {
-                input_tokens: req.prompt.len(),
+                input_tokens: req.prompt.input_tokens(),
                 send_s,
                 end_s: origin.elapsed().as_secs_f64(),
                 error: Some("timeout".into()),

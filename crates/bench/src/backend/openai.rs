@@ -1,5 +1,5 @@
 //! Any OpenAI-compatible server: streaming `POST /v1/completions` with the prompt as a list of
-//! token ids (vLLM, Shardline, TGI and llama.cpp accept it), `ignore_eos` (vLLM's extension) so
+//! token ids (vLLM, Shardline, TGI and llama.cpp accept it) or, for datasets, a string, `ignore_eos` (vLLM's extension) so
 //! every request makes exactly `max_tokens`, greedy, and `stream_options.include_usage` so the
 //! server reports how many tokens it made.
 //!
@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 use super::http::Target;
 use super::Timeline;
 use crate::metrics::RequestRecord;
-use crate::workload::RequestSpec;
+use crate::workload::{Prompt, RequestSpec};
 
 pub struct OpenAiBackend {
     target: Target,
@@ -47,9 +47,13 @@ impl OpenAiBackend {
     }
 
     fn body(&self, req: &RequestSpec) -> Vec<u8> {
+        let prompt = match &req.prompt {
+            Prompt::TokenIds(ids) => json!(ids),
+            Prompt::Text { text, .. } => json!(text),
+        };
         json!({
             "model": self.model,
-            "prompt": req.prompt,
+            "prompt": prompt,
             "max_tokens": req.max_tokens,
             "temperature": 0.0,
             "ignore_eos": true,
