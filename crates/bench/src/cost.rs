@@ -195,7 +195,10 @@ pub fn markdown(rows: &[(MeasuredRun, Prices)]) -> String {
         });
         format!("${}/GPU-hour, utilization {}{api}\n\n", p.gpu_hour_usd, p.utilization)
     });
-    let mut out = format!("{caption}| {} |\n|{}\n", header.join(" | "), "---:|".repeat(header.len()));
+    // Text columns left-aligned, numbers right-aligned.
+    let text_columns = if with_layout { 2 } else { 1 };
+    let rule = format!("{}{}", "---|".repeat(text_columns), "---:|".repeat(header.len() - text_columns));
+    let mut out = format!("{caption}| {} |\n|{rule}\n", header.join(" | "));
     for (run, prices) in rows {
         let cost = run_cost(run, prices);
         let mut row = vec![
@@ -362,6 +365,7 @@ mod tests {
         let rows: Vec<_> = runs.into_iter().map(|r| (r, prices(1.0, 2.0, 1.0, Some((0.15, 0.6))))).collect();
         let md = markdown(&rows);
         assert!(md.contains("| layout | load |") && md.contains("break-even U"), "{md}");
+        assert!(md.contains("\n|---|---|---:|"), "text columns left, numbers right:\n{md}");
         assert_eq!(md.lines().filter(|l| l.starts_with("| tp")).count(), 3, "{md}");
     }
 
