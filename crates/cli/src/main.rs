@@ -48,7 +48,21 @@ enum Command {
     Experiment(experiment::ExperimentArgs),
 }
 
+/// Keeps freed buffers in the heap instead of returning them to the kernel. A forward pass
+/// allocates its activations afresh (logits alone are 6 MiB at batch 32); with glibc's
+/// defaults big blocks are mmapped and unmapped every time, and re-faulting and zeroing those
+/// pages was ~4% of a batch-32 step.
+fn keep_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only tunes the allocator; called before any other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 256 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
+    }
+}
+
 fn main() {
+    keep_freed_memory();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("SHARDLINE_LOG").unwrap_or_else(|_| "warn".into()),
