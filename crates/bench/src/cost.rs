@@ -79,6 +79,8 @@ pub struct MeasuredRun {
     pub load: String,
     pub input_tok_s: f64,
     pub output_tok_s: f64,
+    /// The layout's TP × PP ranks (experiment reports; bench reports do not know the server's).
+    pub ranks: Option<usize>,
 }
 
 /// Self-hosting against an API for one run.
@@ -128,21 +130,25 @@ pub fn run_cost(run: &MeasuredRun, prices: &Prices) -> RunCost {
 
 /// The runs of a `shardline.bench.v1` or `shardline.experiment.v1` document.
 pub fn measured_runs(report: &Value) -> anyhow::Result<Vec<MeasuredRun>> {
-    let runs_of = |layout: &str, runs: &Value| -> anyhow::Result<Vec<MeasuredRun>> {
+    let runs_of = |layout: &str, ranks: Option<usize>, runs: &Value| -> anyhow::Result<Vec<MeasuredRun>> {
         let runs = runs.as_array().context("`runs` is not a list")?;
         runs.iter()
             .enumerate()
-            .map(|(i, r)| measured_run(layout, r).with_context(|| format!("run {}", i + 1)))
+            .map(|(i, r)| measured_run(layout, ranks, r).with_context(|| format!("run {}", i + 1)))
             .collect()
     };
     match report["schema"].as_str() {
-        Some(SCHEMA) => runs_of("", &report["runs"]),
+        Some(SCHEMA) => runs_of("", None, &report["runs"]),
         Some(EXPERIMENT_SCHEMA) => {
             let layouts = report["layouts"].as_array().context("`layouts` is not a list")?;
             let mut all = Vec::new();
             for layout in layouts {
                 let name = layout["name"].as_str().context("a layout without a `name`")?;
-                all.extend(runs_of(name, &layout["runs"]).with_context(|| format!("layout {name}"))?);
+                let ranks = match (layout["tp"].as_u64(), layout["pp"].as_u64()) {
+                    (Some(tp), Some(pp)) => Some((tp * pp) as usize),
+                    _ => None,
+                };
+                all.extend(runs_of(name, ranks, &layout["runs"]).with_context(|| format!("layout {name}"))?);
             }
             Ok(all)
         }
@@ -151,7 +157,7 @@ pub fn measured_runs(report: &Value) -> anyhow::Result<Vec<MeasuredRun>> {
     }
 }
 
-fn measured_run(layout: &str, run: &Value) -> anyhow::Result<MeasuredRun> {
+fn measured_run(layout: &str, ranks: Option<usize>, run: &Value) -> anyhow::Result<MeasuredRun> {
     let number = |key: &str| run[key].as_f64().with_context(|| format!("`{key}` is missing or not a number"));
     let load = if let Some(c) = run["concurrency"].as_u64() {
         Load::Concurrency(c as usize)
@@ -169,6 +175,7 @@ fn measured_run(layout: &str, run: &Value) -> anyhow::Result<MeasuredRun> {
         load: load_label(load),
         input_tok_s: (total - output_tok_s).max(0.0),
         output_tok_s,
+        ranks,
     })
 }
 
@@ -262,7 +269,7 @@ mod tests {
     }
 
     fn run(input_tok_s: f64, output_tok_s: f64) -> MeasuredRun {
-        MeasuredRun { layout: String::new(), load: "c=1".into(), input_tok_s, output_tok_s }
+        MeasuredRun { layout: String::new(), load: "c=1".into(), input_tok_s, output_tok_s, ranks: None }
     }
 
     #[test]
@@ -357,11 +364,12 @@ mod tests {
 
         let experiment = json!({"schema": EXPERIMENT_SCHEMA, "layouts": [
             {"name": "tp1", "runs": [bench_run(json!({"concurrency": 1}), 30.0, 10.0)]},
-            {"name": "tp2", "runs": [bench_run(json!({"concurrency": 1}), 60.0, 20.0), bench_run(json!({"concurrency": 4}), 90.0, 30.0)]},
+            {"name": "tp2", "tp": 2, "pp": 1, "runs": [bench_run(json!({"concurrency": 1}), 60.0, 20.0), bench_run(json!({"concurrency": 4}), 90.0, 30.0)]},
         ]});
         let runs = measured_runs(&experiment).unwrap();
         let labels: Vec<_> = runs.iter().map(|r| format!("{} {}", r.layout, r.load)).collect();
         assert_eq!(labels, ["tp1 c=1", "tp2 c=1", "tp2 c=4"]);
+        assert_eq!(runs.iter().map(|r| r.ranks).collect::<Vec<_>>(), [None, Some(2), Some(2)]);
         let rows: Vec<_> = runs.into_iter().map(|r| (r, prices(1.0, 2.0, 1.0, Some((0.15, 0.6))))).collect();
         let md = markdown(&rows);
         assert!(md.contains("| layout | load |") && md.contains("break-even U"), "{md}");

@@ -16,9 +16,10 @@ pub struct CostArgs {
     /// Price of one GPU for one hour, in $.
     #[arg(long, env = "SHARDLINE_COST_GPU_HOUR_USD")]
     gpu_hour_usd: f64,
-    /// GPUs the server occupies (every run of the report is charged for this many).
+    /// GPUs the server occupies: a number (every run is charged for it), or `tp*pp` (one GPU
+    /// per rank of each layout; experiment reports only).
     #[arg(long, env = "SHARDLINE_COST_GPUS")]
-    gpus: f64,
+    gpus: String,
     /// Fraction of hours the server is busy at the measured throughput, in (0, 1].
     #[arg(long, env = "SHARDLINE_COST_UTILIZATION", default_value_t = 1.0)]
     utilization: f64,
@@ -38,7 +39,13 @@ pub fn cost(args: CostArgs) -> anyhow::Result<()> {
         (Some(input_usd_per_m), Some(output_usd_per_m)) => Some(ApiPrices { input_usd_per_m, output_usd_per_m }),
         _ => None,
     };
-    let prices = Prices { gpu_hour_usd: args.gpu_hour_usd, gpus: args.gpus, utilization: args.utilization, api };
+    let per_rank = args.gpus.replace(' ', "") == "tp*pp";
+    let gpus = if per_rank {
+        1.0
+    } else {
+        args.gpus.parse().map_err(|_| anyhow::anyhow!("--gpus `{}` is not a number or `tp*pp`", args.gpus))?
+    };
+    let prices = Prices { gpu_hour_usd: args.gpu_hour_usd, gpus, utilization: args.utilization, api };
     prices.validate()?;
     let path = &args.report;
     let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
@@ -46,7 +53,18 @@ pub fn cost(args: CostArgs) -> anyhow::Result<()> {
         serde_json::from_str(&text).with_context(|| format!("{} is not JSON", path.display()))?;
     let runs = cost::measured_runs(&report).with_context(|| format!("reading the runs of {}", path.display()))?;
     anyhow::ensure!(!runs.is_empty(), "{} has no runs to price", path.display());
-    let rows: Vec<_> = runs.into_iter().map(|r| (r, prices)).collect();
+    let mut rows = Vec::new();
+    for run in runs {
+        let gpus = match (per_rank, run.ranks) {
+            (false, _) => gpus,
+            (true, Some(ranks)) => ranks as f64,
+            (true, None) => anyhow::bail!(
+                "--gpus tp*pp needs an experiment report: {} does not name layouts' ranks",
+                path.display()
+            ),
+        };
+        rows.push((run, Prices { gpus, ..prices }));
+    }
     let table = format!("## Cost\n\n{}", cost::markdown(&rows));
     print!("{table}");
     if let Some(out) = &args.output_md {

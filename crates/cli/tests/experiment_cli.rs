@@ -150,6 +150,16 @@ fn experiment_measures_each_layout_and_writes_the_report_folder() {
     assert!(rows.iter().all(|r| r.split('|').count() == header.split('|').count()), "{table}");
     assert_eq!(std::fs::read_to_string(&md).unwrap(), table);
 
+    // One GPU per rank: the TP 2 layout is charged for two.
+    let per_rank = shardline()
+        .args(["cost", "--report", out.join("report.json").to_str().unwrap(), "--gpu-hour-usd", "2", "--gpus", "tp*pp"])
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&per_rank.stdout);
+    assert!(per_rank.status.success(), "{table}\n{}", String::from_utf8_lossy(&per_rank.stderr));
+    assert!(table.contains("| tp2-sequential | c=1 |") && table.contains("| 2 | 4.00 |"), "{table}");
+    assert!(table.contains("| continuous | c=1 |") && table.contains("| 1 | 2.00 |"), "{table}");
+
     let half = shardline()
         .args(["cost", "--report", out.join("report.json").to_str().unwrap(), "--gpu-hour-usd", "2", "--gpus", "1"])
         .args(["--api-input-usd-per-m", "0.15"])
