@@ -229,4 +229,36 @@ impl Tokenizer {
     pub fn inner(&self) -> &tokenizers::Tokenizer {
         &self.inner
     }
+
+    /// Writes this tokenizer as a Hugging Face directory (`tokenizer.json` and a
+    /// `tokenizer_config.json` with the special tokens, `add_bos_token` and chat template), so
+    /// tools that load tokenizers with transformers (load generators such as AIPerf or
+    /// GuideLLM) can count tokens of a GGUF model without reaching a model hub. Loading the
+    /// directory back gives the same tokenizer.
+    pub fn save_hf_dir(&self, dir: &Path) -> Result<()> {
+        let io = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| TokenizerError::Io { path, source }
+        };
+        std::fs::create_dir_all(dir).map_err(io(dir))?;
+        let json_path = dir.join("tokenizer.json");
+        let json = self.inner.to_string(true).map_err(|e| TokenizerError::Load {
+            path: json_path.clone(),
+            message: e.to_string(),
+        })?;
+        std::fs::write(&json_path, json).map_err(io(&json_path))?;
+        let name = |id: Option<u32>| id.and_then(|id| self.inner.id_to_token(id));
+        let mut config = serde_json::json!({
+            "tokenizer_class": "PreTrainedTokenizerFast",
+            "bos_token": name(self.bos),
+            "eos_token": name(self.eos.first().copied()),
+            "chat_template": self.chat_template,
+        });
+        if let Some(add_bos) = self.add_bos {
+            config["add_bos_token"] = add_bos.into();
+        }
+        let config_path = dir.join("tokenizer_config.json");
+        let text = serde_json::to_string_pretty(&config).expect("JSON values serialize");
+        std::fs::write(&config_path, text + "\n").map_err(io(&config_path))
+    }
 }

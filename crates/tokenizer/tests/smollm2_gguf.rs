@@ -204,3 +204,21 @@ fn chat_template_matches_transformers() {
         format!("{expected}<|im_start|>assistant\n")
     );
 }
+
+#[test]
+fn a_saved_hf_directory_loads_back_as_the_same_tokenizer() {
+    let Some(tok) = load() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    tok.save_hf_dir(dir.path()).unwrap();
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("tokenizer_config.json")).unwrap()).unwrap();
+    assert_eq!(config["eos_token"], "<|im_end|>");
+    assert_eq!(config["add_bos_token"], false);
+    let back = Tokenizer::from_dir(dir.path()).unwrap();
+    for (text, expected) in GOLDEN {
+        assert_eq!(back.encode(text, true).unwrap(), *expected, "ids for {text:?}");
+    }
+    assert_eq!((back.vocab_size(), back.bos_token_id(), back.eos_token_ids()), (49152, tok.bos_token_id(), tok.eos_token_ids()));
+    let chat = [shardline_tokenizer::ChatMessage { role: "user".into(), content: "Hi".into() }];
+    assert_eq!(back.apply_chat_template(&chat, true).unwrap(), tok.apply_chat_template(&chat, true).unwrap());
+}
