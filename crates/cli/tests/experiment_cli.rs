@@ -193,3 +193,30 @@ fn bad_configs_fail_before_any_server_starts() {
     refused(&CONFIG.replace("warmup = 1", "warmup = 1\nwarm_up = 2"), "unknown field `warm_up`");
     refused(&CONFIG.replace("tp = 2", "tp = 0"), "tp and pp must be at least 1");
 }
+
+#[test]
+fn a_server_that_dies_before_ready_fails_clearly_and_keeps_the_finished_layouts() {
+    let config = CONFIG
+        .replace("concurrency = [1, 2]", "concurrency = [1]")
+        .replace("num_requests = 4", "num_requests = 2")
+        .replace("scheduler = \"sequential\"", "scheduler = \"sequential\"\nserve_args = [\"--no-such-flag\"]");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("dies.toml");
+    std::fs::write(&path, config).unwrap();
+    let out = dir.path().join("report");
+    let run = shardline()
+        .args(["experiment", "--config", path.to_str().unwrap(), "--output", out.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(!run.status.success());
+    // The error names the layout, says the server exited, and shows its last words.
+    for want in ["layout 2/2 tp2-sequential", "exited", "before printing READY", "--no-such-flag"] {
+        assert!(stderr.contains(want), "want `{want}` in: {stderr}");
+    }
+    let report: Value = serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+    assert_eq!(report["layouts"].as_array().map(Vec::len), Some(1), "the first layout's results are kept");
+    assert!(report["incomplete"].as_str().is_some_and(|w| w.contains("tp2-sequential")), "{}", report["incomplete"]);
+    let md = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(md.contains("**Incomplete:** 1 of 2 layouts measured"), "{md}");
+}

@@ -36,6 +36,9 @@ pub struct ExperimentReport {
     /// `YYYYmmdd-HHMMSS` UTC of the start.
     pub started_utc: String,
     pub layouts: Vec<LayoutResult>,
+    /// Why the experiment stopped before its last layout (the finished ones are still
+    /// reported); None when every layout ran.
+    pub incomplete: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -70,6 +73,7 @@ impl ExperimentReport {
             "description": self.config.description,
             "started_utc": self.started_utc,
             "machine": self.machine,
+            "incomplete": self.incomplete,
             "config": serde_json::to_value(&self.config).unwrap_or(Value::Null),
             "layouts": layouts,
         })
@@ -107,6 +111,13 @@ impl ExperimentReport {
             self.machine,
             self.started_utc
         );
+        if let Some(why) = &self.incomplete {
+            out += &format!(
+                "**Incomplete:** {} of {} layouts measured; then {why}\n\n",
+                self.layouts.len(),
+                c.layouts.len()
+            );
+        }
         out += "| layout | load | out tok/s | req/s | TTFT p50 | TTFT p99 | ITL p50 | ITL p99 | TPOT p50 | E2E p50 | errors |\n";
         out += "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n";
         let ms =

@@ -67,6 +67,7 @@ fn report() -> ExperimentReport {
         machine: "Test CPU, 2 cores, linux x86_64".into(),
         started_utc: "20260101-000000".into(),
         layouts,
+        incomplete: None,
     }
 }
 
@@ -103,6 +104,13 @@ fn markdown_has_a_row_per_layout_and_level_and_per_layout_costs() {
     assert!(cost_row("tp1").contains("| 1 | 2.00 |"), "{}", cost_row("tp1"));
     assert!(cost_row("tp2-pp2").contains("| 4 | 8.00 |"), "{}", cost_row("tp2-pp2"));
     assert!(md.contains("never (U* = "), "tiny throughput never breaks even:\n{md}");
+    assert!(!md.contains("Incomplete"));
+    let mut partial = report();
+    partial.layouts.pop();
+    partial.incomplete = Some("layout 2/2 tp2-pp2: starting the server: it exited".into());
+    let md = partial.markdown();
+    assert!(md.contains("**Incomplete:** 1 of 2 layouts measured; then layout 2/2 tp2-pp2"), "{md}");
+    assert_eq!(partial.to_json()["incomplete"], "layout 2/2 tp2-pp2: starting the server: it exited");
 }
 
 #[test]

@@ -89,7 +89,8 @@ pub fn experiment(args: ExperimentArgs) -> anyhow::Result<()> {
         f => f,
     };
     let done = layouts.len();
-    let report = ExperimentReport { config, machine, started_utc, layouts };
+    let incomplete = failure.as_ref().map(|e| format!("{e:#}"));
+    let report = ExperimentReport { config, machine, started_utc, layouts, incomplete };
     let written = report.write(&dir)?;
     let names: Vec<String> =
         written.iter().filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned())).collect();
