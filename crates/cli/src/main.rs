@@ -5,6 +5,7 @@ mod backend;
 mod bench;
 mod cost;
 mod experiment;
+mod export_tokenizer;
 mod generate;
 mod group;
 mod launch;
@@ -46,6 +47,9 @@ enum Command {
     /// Run an experiment (launch/experiments/*.toml): each server layout in turn under the same
     /// bench sweep, then a report folder with tables, plots and costs.
     Experiment(experiment::ExperimentArgs),
+    /// Write a model's tokenizer (HF directory, GGUF or alias) as a Hugging Face directory, for
+    /// load tools that count tokens with transformers.
+    ExportTokenizer(export_tokenizer::ExportTokenizerArgs),
 }
 
 /// Keeps freed buffers in the heap instead of returning them to the kernel. A forward pass
@@ -79,6 +83,7 @@ fn main() {
         Command::Bench(args) => bench::bench(args),
         Command::Cost(args) => cost::cost(args),
         Command::Experiment(args) => experiment::experiment(args),
+        Command::ExportTokenizer(args) => export_tokenizer::export_tokenizer(args),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");
