@@ -15,6 +15,7 @@ use rayon::prelude::*;
 #[cfg(target_arch = "x86_64")]
 use crate::attn_kernels::Avx2;
 use crate::attn_kernels::{AttnKernels, Portable};
+use crate::out_ptr::OutPtr;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct KvLayout {
@@ -88,19 +89,6 @@ pub fn write_kv(
     }
 }
 
-#[derive(Clone, Copy)]
-struct OutPtr(*mut f32);
-// SAFETY: each work item writes only its own (row, head) slices of `out`.
-unsafe impl Send for OutPtr {}
-unsafe impl Sync for OutPtr {}
-
-impl OutPtr {
-    /// Through a method, so closures capture the whole (Send) wrapper, not the raw field.
-    fn get(self) -> *mut f32 {
-        self.0
-    }
-}
-
 /// Query rows per work item: enough to amortize scheduling, few enough to balance a prefill.
 const ROWS_PER_ITEM: usize = 16;
 /// Spans with at least this many query rows use the GEMM formulation.
@@ -165,7 +153,9 @@ pub fn paged_attention(
             "paged_attention: block table too short"
         );
     }
-    let out = OutPtr(out.as_mut_ptr());
+    // SAFETY: each work item writes only its own (row, head) slices of `out`, and all finish
+    // before this function returns.
+    let out = unsafe { OutPtr::new(out) };
     #[cfg(target_arch = "x86_64")]
     if let Some(kern) = Avx2::detect() {
         let ctx = Ctx {

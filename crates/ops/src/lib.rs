@@ -8,6 +8,7 @@ mod attention;
 mod attn_kernels;
 mod elementwise;
 mod matmul;
+mod out_ptr;
 pub mod reference;
 mod simd;
 

@@ -13,6 +13,7 @@ mod avx512;
 
 use rayon::prelude::*;
 
+use crate::out_ptr::OutPtr;
 use crate::simd::has_avx2_fma;
 
 /// Largest m handled by the AVX2 streaming kernel: on 2 Zen3 cores it beat gemm through m = 32
@@ -124,25 +125,13 @@ pub fn matmul_nt(x: &[f32], m: usize, k: usize, w: &[f32], n: usize, out: &mut [
     }
 }
 
-/// Pointer to `out` shared by threads that write disjoint columns.
-#[derive(Clone, Copy)]
-struct OutPtr(*mut f32);
-// SAFETY: every task writes only the columns of its own disjoint range of w rows.
-unsafe impl Send for OutPtr {}
-unsafe impl Sync for OutPtr {}
-
-impl OutPtr {
-    /// Through a method, so closures capture the whole (Send) wrapper, not the raw field.
-    fn get(self) -> *mut f32 {
-        self.0
-    }
-}
-
 fn stream(x: &[f32], m: usize, k: usize, w: &[f32], n: usize, out: &mut [f32]) {
     let threads = rayon::current_num_threads().max(1);
     // A few chunks per thread balance load; each chunk is one contiguous stretch of w.
     let chunk = n.div_ceil(threads * 4).max(16);
-    let dst = OutPtr(out.as_mut_ptr());
+    // SAFETY: every task writes only the columns of its own disjoint range of w rows, and all
+    // finish before this function returns.
+    let dst = unsafe { OutPtr::new(out) };
     // With one or two x rows the kernel is memory-bound and one sequential w stream is what
     // the hardware prefetcher serves best (the AVX2 narrow kernel does that on AVX-512 CPUs
     // too); with more rows, tiling w rows saves loads (measured).
