@@ -89,7 +89,17 @@ pub fn to_json(report: &BenchReport) -> Value {
 fn rows(report: &BenchReport) -> (Vec<&'static str>, Vec<Vec<String>>) {
     let goodput = report.config.slo.is_some();
     let mut header = vec![
-        "load", "ok", "err", "req/s", "out tok/s", "TTFT p50", "TTFT p99", "ITL p50", "ITL p99", "TPOT p50", "E2E p50",
+        "load",
+        "ok",
+        "err",
+        "req/s",
+        "out tok/s",
+        "TTFT p50",
+        "TTFT p99",
+        "ITL p50",
+        "ITL p99",
+        "TPOT p50",
+        "E2E p50",
     ];
     if goodput {
         header.push("goodput/s");

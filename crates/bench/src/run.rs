@@ -192,7 +192,7 @@ fn progress_bar(config: &BenchConfig, load: Load) -> ProgressBar {
                 "{{prefix:>12}} {{spinner}} {{pos}} done {{elapsed_precise}}/{:.0}s {{msg}}",
                 d.as_secs_f64()
             ))
-                .expect("valid template"),
+            .expect("valid template"),
         ),
     };
     bar.set_prefix(prefix);

@@ -74,7 +74,12 @@ pub fn run_worker_rank(model: &ModelArgs, parallel: &ParallelArgs, env: &RankEnv
     crate::worker::run_rank(env, parallel.launch.comm_timeout)
 }
 
-pub fn build(model: &ModelArgs, parallel: &ParallelArgs, shape: EngineShape, env: Option<RankEnv>) -> anyhow::Result<Backend> {
+pub fn build(
+    model: &ModelArgs,
+    parallel: &ParallelArgs,
+    shape: EngineShape,
+    env: Option<RankEnv>,
+) -> anyhow::Result<Backend> {
     if parallel.world_size() == 0 {
         bail!("--tp and --pp must be at least 1");
     }
@@ -101,13 +106,24 @@ fn local_backend(model: &ModelArgs, parallel: &ParallelArgs, shape: EngineShape)
     let num_blocks = (shape.num_blocks)(cfg.max_position_embeddings);
     let exec = LocalExecutor::new(llama, num_blocks, shape.block_size)?;
     let engine = Engine::new(Box::new(exec), tokenizer, &cfg.eos_token_ids, shape.engine)?;
-    Ok(Backend { engine, workers: None, vocab_size: cfg.vocab_size, max_model_len: cfg.max_position_embeddings, num_blocks })
+    Ok(Backend {
+        engine,
+        workers: None,
+        vocab_size: cfg.vocab_size,
+        max_model_len: cfg.max_position_embeddings,
+        num_blocks,
+    })
 }
 
 /// Model loading on the other ranks can take a while; dead ranks are still noticed at once.
 const LOAD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(600);
 
-fn group_backend(model: &ModelArgs, parallel: &ParallelArgs, shape: EngineShape, env: Option<RankEnv>) -> anyhow::Result<Backend> {
+fn group_backend(
+    model: &ModelArgs,
+    parallel: &ParallelArgs,
+    shape: EngineShape,
+    env: Option<RankEnv>,
+) -> anyhow::Result<Backend> {
     let world = parallel.world_size();
     let (env, workers) = match env {
         Some(env) => {
@@ -123,7 +139,12 @@ fn group_backend(model: &ModelArgs, parallel: &ParallelArgs, shape: EngineShape,
         }
     };
     if env.world_size != world {
-        bail!("--tp {} × --pp {} = {world} ranks, but the launcher started {}", parallel.tp, parallel.pp, env.world_size);
+        bail!(
+            "--tp {} × --pp {} = {world} ranks, but the launcher started {}",
+            parallel.tp,
+            parallel.pp,
+            env.world_size
+        );
     }
     let spec = model_spec(model, parallel)?;
     let cfg = read_config(&spec).with_context(|| format!("reading the config of `{}`", spec.model))?;

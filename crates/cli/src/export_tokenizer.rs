@@ -19,7 +19,8 @@ pub struct ExportTokenizerArgs {
 }
 
 pub fn export_tokenizer(args: ExportTokenizerArgs) -> anyhow::Result<()> {
-    let path = shardline_weights::resolve_model(&args.model).with_context(|| format!("resolving --model {}", args.model))?;
+    let path =
+        shardline_weights::resolve_model(&args.model).with_context(|| format!("resolving --model {}", args.model))?;
     let tokenizer = shardline_tokenizer::Tokenizer::from_path(&path)
         .with_context(|| format!("loading the tokenizer of {}", path.display()))?;
     tokenizer.save_hf_dir(&args.output)?;

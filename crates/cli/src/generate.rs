@@ -139,7 +139,11 @@ fn status_error(s: tonic::Status) -> anyhow::Error {
     anyhow::anyhow!("server answered {:?}: {}", s.code(), s.message())
 }
 
-async fn stream(client: &mut GenerationClient<Channel>, req: pb::GenerateRequest, echo: bool) -> anyhow::Result<Outcome> {
+async fn stream(
+    client: &mut GenerationClient<Channel>,
+    req: pb::GenerateRequest,
+    echo: bool,
+) -> anyhow::Result<Outcome> {
     let sent = Instant::now();
     let mut chunks = client.generate_stream(req).await.map_err(status_error)?.into_inner();
     let mut response = pb::GenerateResponse::default();
@@ -209,7 +213,12 @@ fn print_summary(o: &Outcome) {
     let r = &o.response;
     let t = r.timings.unwrap_or_default();
     let u = r.usage.unwrap_or_default();
-    println!("-- finish: {} | prompt {} tokens | generated {} tokens", finish_name(r.finish_reason), u.prompt_tokens, u.completion_tokens);
+    println!(
+        "-- finish: {} | prompt {} tokens | generated {} tokens",
+        finish_name(r.finish_reason),
+        u.prompt_tokens,
+        u.completion_tokens
+    );
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
     if o.arrivals.len() > 1 {
         let ttft = ms(o.arrivals[0] - o.sent);

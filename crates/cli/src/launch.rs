@@ -41,7 +41,9 @@ pub fn launch(args: LaunchCmdArgs) -> anyhow::Result<()> {
     for rank in plan.local_ranks() {
         if rank == 0 {
             let job = if args.rank0.is_empty() {
-                ["serve", "--model", &args.model, "--grpc-addr", &args.grpc_addr, "--http-addr", &args.http_addr].map(String::from).to_vec()
+                ["serve", "--model", &args.model, "--grpc-addr", &args.grpc_addr, "--http-addr", &args.http_addr]
+                    .map(String::from)
+                    .to_vec()
             } else {
                 args.rank0.clone()
             };

@@ -16,7 +16,11 @@ mod worker;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "shardline", version, about = "Serve Llama-family models across GPUs with tensor and pipeline parallelism")]
+#[command(
+    name = "shardline",
+    version,
+    about = "Serve Llama-family models across GPUs with tensor and pipeline parallelism"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -68,9 +72,7 @@ fn keep_freed_memory() {
 fn main() {
     keep_freed_memory();
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("SHARDLINE_LOG").unwrap_or_else(|_| "warn".into()),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("SHARDLINE_LOG").unwrap_or_else(|_| "warn".into()))
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();

@@ -85,7 +85,11 @@ fn engine_shape(args: &RunArgs) -> EngineShape {
     EngineShape {
         block_size,
         num_blocks: Box::new(move |max_len| num_blocks(block_size, batch, max_len)),
-        engine: EngineConfig { max_batch_tokens: args.max_batch_tokens, max_num_seqs: batch.max(1), ..Default::default() },
+        engine: EngineConfig {
+            max_batch_tokens: args.max_batch_tokens,
+            max_num_seqs: batch.max(1),
+            ..Default::default()
+        },
     }
 }
 
@@ -97,7 +101,8 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         Role::Worker(env) => return backend::run_worker_rank(&args.model, &args.parallel, &env),
         Role::Rank0(env) => env,
     };
-    let Backend { mut engine, workers, vocab_size, .. } = backend::build(&args.model, &args.parallel, engine_shape(&args), env)?;
+    let Backend { mut engine, workers, vocab_size, .. } =
+        backend::build(&args.model, &args.parallel, engine_shape(&args), env)?;
     let prompt = build_prompt(&args, vocab_size)?;
     let result = generate(&args, &mut engine, &prompt);
     drop(engine); // ends the group: every rank gets Shutdown

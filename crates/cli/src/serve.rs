@@ -65,9 +65,14 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let shape = EngineShape {
         block_size: args.block_size,
         num_blocks: Box::new(move |_| blocks),
-        engine: EngineConfig { max_batch_tokens: args.max_batch_tokens, max_num_seqs: args.max_num_seqs, policy: args.scheduler },
+        engine: EngineConfig {
+            max_batch_tokens: args.max_batch_tokens,
+            max_num_seqs: args.max_num_seqs,
+            policy: args.scheduler,
+        },
     };
-    let Backend { engine, workers, vocab_size, max_model_len, num_blocks } = backend::build(&args.model, &args.parallel, shape, env)?;
+    let Backend { engine, workers, vocab_size, max_model_len, num_blocks } =
+        backend::build(&args.model, &args.parallel, shape, env)?;
     let info = Arc::new(ServerInfo {
         model_id: args.model.model.clone(),
         tokenizer: engine.shared_tokenizer(),
@@ -85,7 +90,8 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
         "router: {} | TP {} × PP {} | scheduler {} | KV cache {} blocks × {} tokens",
         info.model_id, info.tp, info.pp, info.scheduler, num_blocks, args.block_size
     );
-    let core = EngineCore::start(engine, CoreConfig { max_queue: args.max_queue }, Arc::new(Metrics::new(&info.model_id)));
+    let core =
+        EngineCore::start(engine, CoreConfig { max_queue: args.max_queue }, Arc::new(Metrics::new(&info.model_id)));
     let cfg = ServeConfig { grpc_addr: args.grpc_addr, http_addr, io_threads: args.io_threads };
     let result = shardline_router::serve(core, info, cfg);
     // The engine (and with it the group) is gone by now: workers got Shutdown or saw rank 0 go.

@@ -18,9 +18,8 @@ pub struct WorkerArgs {
 }
 
 pub fn worker(args: WorkerArgs) -> anyhow::Result<()> {
-    let env = RankEnv::from_env()?.context(
-        "shardline worker needs RANK and WORLD_SIZE (set by shardline launch, torchrun, mpirun or srun)",
-    )?;
+    let env = RankEnv::from_env()?
+        .context("shardline worker needs RANK and WORLD_SIZE (set by shardline launch, torchrun, mpirun or srun)")?;
     crate::args::init_threads(args.threads)?;
     run_rank(&env, args.comm_timeout)
 }

@@ -101,15 +101,27 @@ fn sharegpt(server: &Server, dir: &tempfile::TempDir) {
         assert_eq!(run["completed"].as_u64(), Some(6), "{backend}");
         assert!(run["dataset"].as_str().is_some_and(|d| d.starts_with("sharegpt:")), "{backend}: {}", run["dataset"]);
         // Each of the three requests twice: input and output are their token counts, not 16 × 6.
-        let (input, output) = (run["total_input_tokens"].as_u64().unwrap(), run["total_output_tokens"].as_u64().unwrap());
-        assert!(input % 2 == 0 && output % 2 == 0 && input > 6 * 4 && output > 6 * 4, "{backend}: {input} in, {output} out");
+        let (input, output) =
+            (run["total_input_tokens"].as_u64().unwrap(), run["total_output_tokens"].as_u64().unwrap());
+        assert!(
+            input % 2 == 0 && output % 2 == 0 && input > 6 * 4 && output > 6 * 4,
+            "{backend}: {input} in, {output} out"
+        );
     }
 }
 
 #[test]
 fn bench_measures_a_live_server_over_grpc_and_openai_http() {
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(&["serve", "--model", "smollm2-135m", "--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"]);
+    let server = Server::start(&[
+        "serve",
+        "--model",
+        "smollm2-135m",
+        "--grpc-addr",
+        "127.0.0.1:0",
+        "--http-addr",
+        "127.0.0.1:0",
+    ]);
     // The open-loop schedule does not depend on the backend: one rate over gRPC is enough.
     let grpc = bench("grpc", &server.grpc, &["50"], &dir);
     check(&grpc, "grpc", &[50.0]);

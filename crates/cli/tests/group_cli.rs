@@ -129,7 +129,10 @@ fn killing_a_worker_takes_the_group_down_quickly() {
     assert!(rest.contains("killed by signal 9"), "{rest}");
     std::thread::sleep(Duration::from_millis(200));
     for w in workers {
-        assert!(!alive(w) || std::fs::read_to_string(format!("/proc/{w}/stat")).unwrap_or_default().contains(") Z "), "rank process {w} left behind");
+        assert!(
+            !alive(w) || std::fs::read_to_string(format!("/proc/{w}/stat")).unwrap_or_default().contains(") Z "),
+            "rank process {w} left behind"
+        );
     }
 }
 

@@ -19,7 +19,20 @@ fn shardline(args: &[&str]) -> std::process::Output {
 fn json_output_follows_the_contract_and_text_mode_reports_speed() {
     let dir = tiny_model();
     let model = dir.path().to_str().unwrap();
-    let out = shardline(&["run", "--model", model, "--prompt", "hello", "--max-tokens", "5", "--ignore-eos", "--logprobs", "2", "--output", "json"]);
+    let out = shardline(&[
+        "run",
+        "--model",
+        model,
+        "--prompt",
+        "hello",
+        "--max-tokens",
+        "5",
+        "--ignore-eos",
+        "--logprobs",
+        "2",
+        "--output",
+        "json",
+    ]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["token_ids"].as_array().unwrap().len(), 5);
@@ -34,7 +47,10 @@ fn json_output_follows_the_contract_and_text_mode_reports_speed() {
     }
     let out = shardline(&["run", "--model", model, "--prompt", "hello", "--max-tokens", "4", "--batch", "3"]);
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success() && text.contains("TTFT") && text.contains("decode") && text.contains("batch 3"), "{text}");
+    assert!(
+        out.status.success() && text.contains("TTFT") && text.contains("decode") && text.contains("batch 3"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -42,9 +58,33 @@ fn dummy_weights_need_only_a_config() {
     let dir = tiny_model();
     std::fs::remove_file(dir.path().join("model.safetensors")).unwrap();
     let model = dir.path().to_str().unwrap();
-    let out = shardline(&["run", "--model", model, "--prompt", "hi", "--max-tokens", "3", "--ignore-eos", "--output", "json"]);
+    let out = shardline(&[
+        "run",
+        "--model",
+        model,
+        "--prompt",
+        "hi",
+        "--max-tokens",
+        "3",
+        "--ignore-eos",
+        "--output",
+        "json",
+    ]);
     assert!(!out.status.success(), "real weights are required without --load-format dummy");
-    let out = shardline(&["run", "--model", model, "--load-format", "dummy", "--prompt", "hi", "--max-tokens", "3", "--ignore-eos", "--output", "json"]);
+    let out = shardline(&[
+        "run",
+        "--model",
+        model,
+        "--load-format",
+        "dummy",
+        "--prompt",
+        "hi",
+        "--max-tokens",
+        "3",
+        "--ignore-eos",
+        "--output",
+        "json",
+    ]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["token_ids"].as_array().unwrap().len(), 3);

@@ -26,7 +26,12 @@ const MAX_TOKENS: [u32; 4] = [6, 10, 14, 18];
 fn request(prompt: &str, max_tokens: u32) -> pb::GenerateRequest {
     pb::GenerateRequest {
         input: Some(pb::generate_request::Input::Text(prompt.into())),
-        sampling: Some(pb::SamplingParameters { temperature: Some(0.0), max_tokens: Some(max_tokens), ignore_eos: true, ..Default::default() }),
+        sampling: Some(pb::SamplingParameters {
+            temperature: Some(0.0),
+            max_tokens: Some(max_tokens),
+            ignore_eos: true,
+            ..Default::default()
+        }),
         ..Default::default()
     }
 }
@@ -76,7 +81,18 @@ fn smollm2_concurrent_requests_match_each_alone_in_one_process_and_tp2_pp2() {
     rt.block_on(check_concurrent(&group.grpc, &want, "tp 2 × pp 2"));
     // And the CLI client gets the same tokens.
     let out = shardline()
-        .args(["generate", "--addr", &group.grpc, "--prompt", PROMPTS[0], "--max-tokens", "18", "--ignore-eos", "--output", "json"])
+        .args([
+            "generate",
+            "--addr",
+            &group.grpc,
+            "--prompt",
+            PROMPTS[0],
+            "--max-tokens",
+            "18",
+            "--ignore-eos",
+            "--output",
+            "json",
+        ])
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));

@@ -85,7 +85,12 @@ pub struct Comm {
 }
 
 impl Comm {
-    pub(crate) fn new(rank: usize, streams: Vec<Option<TcpStream>>, timeout: Duration, group_blob: Vec<u8>) -> Result<Comm> {
+    pub(crate) fn new(
+        rank: usize,
+        streams: Vec<Option<TcpStream>>,
+        timeout: Duration,
+        group_blob: Vec<u8>,
+    ) -> Result<Comm> {
         let world = streams.len();
         let peers = streams
             .into_iter()

@@ -6,8 +6,8 @@ use std::ffi::c_char;
 use std::sync::Arc;
 
 use cudarc::driver::CudaStream;
-pub use cudarc::nccl::{Comm as RawNccl, ReduceOp};
 use cudarc::nccl::Id;
+pub use cudarc::nccl::{Comm as RawNccl, ReduceOp};
 
 use crate::collectives::Group;
 use crate::error::{CommError, Result};

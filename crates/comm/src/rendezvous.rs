@@ -114,7 +114,9 @@ pub fn rendezvous(cfg: &RendezvousConfig) -> Result<Comm> {
         }
         let text: String = table.iter().map(|a| format!("{a}\n")).collect();
         for s in joined.iter_mut().flatten() {
-            write_frame(s, 0, text.as_bytes()).and_then(|_| write_frame(s, 0, &cfg.group_blob)).map_err(io("sending the table"))?;
+            write_frame(s, 0, text.as_bytes())
+                .and_then(|_| write_frame(s, 0, &cfg.group_blob))
+                .map_err(io("sending the table"))?;
         }
         (data, table, cfg.group_blob.clone())
     } else {
@@ -132,9 +134,11 @@ pub fn rendezvous(cfg: &RendezvousConfig) -> Result<Comm> {
         s.set_read_timeout(Some(deadline.saturating_duration_since(Instant::now()).max(POLL)))
             .map_err(io("socket timeout"))?;
         let timeout_or = |e: std::io::Error| match e.kind() {
-            ErrorKind::WouldBlock | ErrorKind::TimedOut => {
-                CommError::Timeout { rank: 0, what: "complete the rendezvous (other ranks missing?)", timeout: cfg.timeout }
-            }
+            ErrorKind::WouldBlock | ErrorKind::TimedOut => CommError::Timeout {
+                rank: 0,
+                what: "complete the rendezvous (other ranks missing?)",
+                timeout: cfg.timeout,
+            },
             _ => CommError::Disconnected { rank: 0 },
         };
         let (_, text) = read_frame(&mut s).map_err(timeout_or)?;
@@ -152,7 +156,12 @@ pub fn rendezvous(cfg: &RendezvousConfig) -> Result<Comm> {
     Comm::new(cfg.rank, streams, cfg.timeout, blob)
 }
 
-fn connect_mesh(cfg: &RendezvousConfig, data: &TcpListener, table: &[SocketAddr], deadline: Instant) -> Result<Vec<Option<TcpStream>>> {
+fn connect_mesh(
+    cfg: &RendezvousConfig,
+    data: &TcpListener,
+    table: &[SocketAddr],
+    deadline: Instant,
+) -> Result<Vec<Option<TcpStream>>> {
     let mut streams: Vec<Option<TcpStream>> = (0..cfg.world_size).map(|_| None).collect();
     for (peer, addr) in table.iter().enumerate().take(cfg.rank) {
         let mut s = connect_until(*addr, deadline)

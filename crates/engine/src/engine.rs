@@ -122,7 +122,9 @@ impl Engine {
         };
         let vocab = self.exec.vocab_size();
         if let Some(bad) = ids.iter().find(|&&t| t as usize >= vocab) {
-            return Err(EngineError::InvalidRequest(format!("prompt token id {bad} is outside the vocabulary ({vocab})")));
+            return Err(EngineError::InvalidRequest(format!(
+                "prompt token id {bad} is outside the vocabulary ({vocab})"
+            )));
         }
         if ids.is_empty() {
             return Err(EngineError::InvalidRequest("the prompt is empty".into()));
@@ -480,8 +482,7 @@ impl Engine {
         }
         ids.iter()
             .map(|id| {
-                self.take_output(*id)
-                    .ok_or_else(|| EngineError::InvalidRequest(format!("unknown request id {id}")))
+                self.take_output(*id).ok_or_else(|| EngineError::InvalidRequest(format!("unknown request id {id}")))
             })
             .collect()
     }

@@ -66,7 +66,14 @@ pub struct StepEvent {
 }
 
 impl Sequence {
-    pub fn new(id: u64, prompt: Vec<u32>, params: SamplingParams, tokenizer: Arc<Tokenizer>, blocks: Vec<u32>, arrival: Instant) -> Self {
+    pub fn new(
+        id: u64,
+        prompt: Vec<u32>,
+        params: SamplingParams,
+        tokenizer: Arc<Tokenizer>,
+        blocks: Vec<u32>,
+        arrival: Instant,
+    ) -> Self {
         Sequence {
             id,
             prompt_len: prompt.len(),

@@ -41,7 +41,8 @@ fn greedy_tokens_and_logprobs_match_hf_transformers() {
         let want_prompt: Vec<u32> =
             case["prompt_token_ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
         assert_eq!(engine.encode_prompt(&prompt).unwrap(), want_prompt, "{name}: prompt tokens");
-        let params = SamplingParams { max_tokens: steps, ignore_eos: true, logprobs: Some(5), ..SamplingParams::greedy() };
+        let params =
+            SamplingParams { max_tokens: steps, ignore_eos: true, logprobs: Some(5), ..SamplingParams::greedy() };
         let out = engine.generate(&prompt, params, |_| {}).unwrap();
         let want_steps = case["steps"].as_array().unwrap();
         let want_ids: Vec<u32> = want_steps.iter().map(|s| s["token_id"].as_u64().unwrap() as u32).collect();
@@ -49,14 +50,25 @@ fn greedy_tokens_and_logprobs_match_hf_transformers() {
         let got = out.logprobs.unwrap();
         for (i, (g, w)) in got.iter().zip(want_steps).enumerate() {
             let chosen = w["logprob"].as_f64().unwrap();
-            assert!((g.logprob as f64 - chosen).abs() < TOLERANCE, "{name} step {i}: chosen logprob {} vs {chosen}", g.logprob);
+            assert!(
+                (g.logprob as f64 - chosen).abs() < TOLERANCE,
+                "{name} step {i}: chosen logprob {} vs {chosen}",
+                g.logprob
+            );
             let weakest = g.top.last().unwrap().logprob as f64;
             for wt in w["top"].as_array().unwrap() {
                 let (id, lp) = (wt["token_id"].as_u64().unwrap() as u32, wt["logprob"].as_f64().unwrap());
                 match g.top.iter().find(|t| t.token_id == id) {
-                    Some(t) => assert!((t.logprob as f64 - lp).abs() < TOLERANCE, "{name} step {i} token {id}: {} vs {lp}", t.logprob),
+                    Some(t) => assert!(
+                        (t.logprob as f64 - lp).abs() < TOLERANCE,
+                        "{name} step {i} token {id}: {} vs {lp}",
+                        t.logprob
+                    ),
                     // A near-tie at the edge of the top 5 may swap which token makes the list.
-                    None => assert!((weakest - lp).abs() < TOLERANCE, "{name} step {i}: token {id} ({lp}) missing from our top 5"),
+                    None => assert!(
+                        (weakest - lp).abs() < TOLERANCE,
+                        "{name} step {i}: token {id} ({lp}) missing from our top 5"
+                    ),
                 }
             }
         }

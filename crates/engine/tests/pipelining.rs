@@ -77,7 +77,12 @@ impl Executor for Pipelined {
 }
 
 /// An engine whose executor keeps up to `depth` steps in flight, and the most it ever held.
-fn pipelined(dir: &tempfile::TempDir, num_blocks: usize, cfg: EngineConfig, depth: usize) -> (Engine, Arc<AtomicUsize>) {
+fn pipelined(
+    dir: &tempfile::TempDir,
+    num_blocks: usize,
+    cfg: EngineConfig,
+    depth: usize,
+) -> (Engine, Arc<AtomicUsize>) {
     let (model, tok) = load_local(&ModelSpec::cpu(dir.path().to_str().unwrap(), DType::F32)).unwrap();
     let eos = model.config().eos_token_ids.clone();
     let most_in_flight = Arc::new(AtomicUsize::new(0));
@@ -164,4 +169,3 @@ fn aborting_a_sequence_in_flight_frees_its_blocks_when_its_step_returns() {
     assert!(e.take_output(b).is_none());
     assert_eq!(e.kv_blocks_used(), 0, "every block is back");
 }
-

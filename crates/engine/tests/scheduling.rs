@@ -61,7 +61,8 @@ fn preempted_requests_resume_before_later_arrivals() {
     let probe = engine(&dir, 64, EngineConfig::default());
     let need = (probe.encode_prompt(&text("one more time")).unwrap().len() + 16).div_ceil(BLOCK_SIZE);
     let mut e = engine(&dir, need + 2, with_policy(SchedulerPolicy::Continuous, 2));
-    let ids: Vec<_> = ["one more time", "two more", "three"].iter().map(|p| e.add_request(&text(p), params(16)).unwrap()).collect();
+    let ids: Vec<_> =
+        ["one more time", "two more", "three"].iter().map(|p| e.add_request(&text(p), params(16)).unwrap()).collect();
     let steps = run(&mut e);
     assert!(e.num_preemptions() > 0);
     // The second request was preempted for the first; it goes back in ahead of the third, which
@@ -74,7 +75,10 @@ fn preempted_requests_resume_before_later_arrivals() {
 fn late_joiner(policy: SchedulerPolicy) -> (Vec<GenerationOutput>, Steps, Vec<RequestId>) {
     let dir = model_dir();
     let mut e = engine(&dir, 64, with_policy(policy, 2));
-    let mut ids = vec![e.add_request(&text("first one"), params(12)).unwrap(), e.add_request(&text("second"), params(6)).unwrap()];
+    let mut ids = vec![
+        e.add_request(&text("first one"), params(12)).unwrap(),
+        e.add_request(&text("second"), params(6)).unwrap(),
+    ];
     let mut steps = vec![(e.step().unwrap(), e.num_running())];
     ids.push(e.add_request(&text("late"), params(5)).unwrap());
     steps.extend(run(&mut e));
@@ -84,7 +88,8 @@ fn late_joiner(policy: SchedulerPolicy) -> (Vec<GenerationOutput>, Steps, Vec<Re
 
 /// Step index of the first or last event of `id`.
 fn step_of(steps: &Steps, id: RequestId, last: bool) -> usize {
-    let mut hits = steps.iter().enumerate().filter(|(_, (evs, _))| evs.iter().any(|ev| ev.request_id == id)).map(|(i, _)| i);
+    let mut hits =
+        steps.iter().enumerate().filter(|(_, (evs, _))| evs.iter().any(|ev| ev.request_id == id)).map(|(i, _)| i);
     if last { hits.next_back() } else { hits.next() }.unwrap()
 }
 
@@ -92,9 +97,15 @@ fn step_of(steps: &Steps, id: RequestId, last: bool) -> usize {
 fn static_policy_admits_only_between_batches() {
     let (cont, cont_steps, ids) = late_joiner(SchedulerPolicy::Continuous);
     let batch_end = |steps: &Steps| step_of(steps, ids[0], true).max(step_of(steps, ids[1], true));
-    assert!(step_of(&cont_steps, ids[2], false) < batch_end(&cont_steps), "continuous: the late request joins mid-batch");
+    assert!(
+        step_of(&cont_steps, ids[2], false) < batch_end(&cont_steps),
+        "continuous: the late request joins mid-batch"
+    );
     let (stat, stat_steps, _) = late_joiner(SchedulerPolicy::Static);
-    assert!(step_of(&stat_steps, ids[2], false) > batch_end(&stat_steps), "static: the late request waits for the batch");
+    assert!(
+        step_of(&stat_steps, ids[2], false) > batch_end(&stat_steps),
+        "static: the late request waits for the batch"
+    );
     assert_eq!(stat_steps[1].1, 2, "both batch members run together");
     for (s, c) in stat.iter().zip(&cont) {
         assert_eq!(s.token_ids, c.token_ids);
@@ -162,7 +173,9 @@ fn step_events_carry_logprobs_and_metrics_add_up() {
     let dir = model_dir();
     let mut e = engine(&dir, 64, EngineConfig::default());
     let mut events = Vec::new();
-    let out = e.generate(&text("hi there"), SamplingParams { logprobs: Some(2), ..params(6) }, |ev| events.push(ev.clone())).unwrap();
+    let out = e
+        .generate(&text("hi there"), SamplingParams { logprobs: Some(2), ..params(6) }, |ev| events.push(ev.clone()))
+        .unwrap();
     let streamed: Vec<_> = events.iter().map(|ev| ev.logprobs.clone().unwrap()).collect();
     assert_eq!(Some(streamed), out.logprobs);
     e.generate(&text("hi there"), params(2), |ev| assert!(ev.logprobs.is_none())).unwrap();

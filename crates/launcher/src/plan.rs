@@ -31,7 +31,10 @@ impl LaunchPlan {
             )));
         }
         if self.node_rank >= self.nnodes {
-            return Err(PlanError::Invalid(format!("--node-rank {} must be below --nnodes {}", self.node_rank, self.nnodes)));
+            return Err(PlanError::Invalid(format!(
+                "--node-rank {} must be below --nnodes {}",
+                self.node_rank, self.nnodes
+            )));
         }
         Ok(())
     }
@@ -57,7 +60,14 @@ mod tests {
     use super::*;
 
     fn plan(world: usize, nnodes: usize, node_rank: usize) -> LaunchPlan {
-        LaunchPlan { world_size: world, nnodes, node_rank, master_addr: "127.0.0.1".into(), master_port: 1, threads_per_rank: None }
+        LaunchPlan {
+            world_size: world,
+            nnodes,
+            node_rank,
+            master_addr: "127.0.0.1".into(),
+            master_port: 1,
+            threads_per_rank: None,
+        }
     }
 
     #[test]

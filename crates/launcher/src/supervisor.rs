@@ -59,7 +59,13 @@ fn describe(rank: usize, status: ExitStatus) -> String {
 }
 
 /// Copies a child's output to ours: line by line with a `[rank N]` prefix, or raw.
-fn pump(rank: usize, src: impl Read + Send + 'static, to_stdout: bool, raw: bool, ready: Arc<AtomicUsize>) -> JoinHandle<()> {
+fn pump(
+    rank: usize,
+    src: impl Read + Send + 'static,
+    to_stdout: bool,
+    raw: bool,
+    ready: Arc<AtomicUsize>,
+) -> JoinHandle<()> {
     std::thread::spawn(move || {
         if raw {
             let mut src = src;

@@ -23,7 +23,9 @@ pub enum Architecture {
 pub enum RopeScaling {
     None,
     /// Position interpolation: every frequency divided by `factor`.
-    Linear { factor: f32 },
+    Linear {
+        factor: f32,
+    },
     /// Llama 3.1 wavelength-dependent scaling.
     Llama3 {
         factor: f32,
@@ -103,14 +105,9 @@ struct RawConfig {
 impl ModelConfig {
     /// Resolve an HF `config.json` value (or the one the weight loader synthesizes from GGUF).
     pub fn from_json(value: &serde_json::Value) -> Result<Self> {
-        let raw: RawConfig = serde_json::from_value(value.clone())
-            .map_err(|e| ModelError::Config(format!("config.json: {e}")))?;
-        let arch_name = raw
-            .architectures
-            .first()
-            .cloned()
-            .or_else(|| raw.model_type.clone())
-            .unwrap_or_default();
+        let raw: RawConfig =
+            serde_json::from_value(value.clone()).map_err(|e| ModelError::Config(format!("config.json: {e}")))?;
+        let arch_name = raw.architectures.first().cloned().or_else(|| raw.model_type.clone()).unwrap_or_default();
         let architecture = match arch_name.as_str() {
             "LlamaForCausalLM" | "llama" => Architecture::Llama,
             "MistralForCausalLM" | "mistral" => Architecture::Mistral,
@@ -172,7 +169,9 @@ impl ModelConfig {
             eos_token_ids,
         };
         if cfg.hidden_size == 0 || cfg.intermediate_size == 0 || cfg.num_layers == 0 || cfg.vocab_size == 0 {
-            return Err(ModelError::Config("hidden_size, intermediate_size, num_hidden_layers and vocab_size must be positive".into()));
+            return Err(ModelError::Config(
+                "hidden_size, intermediate_size, num_hidden_layers and vocab_size must be positive".into(),
+            ));
         }
         Ok(cfg)
     }
@@ -204,7 +203,9 @@ fn resolve_rope(r: &RawRope) -> Result<RopeScaling> {
                 ModelError::Config("rope_scaling `llama3` needs `original_max_position_embeddings`".into())
             })?,
         }),
-        other => Err(ModelError::Config(format!("rope_scaling type `{other}` is not supported (default, linear, llama3)"))),
+        other => {
+            Err(ModelError::Config(format!("rope_scaling type `{other}` is not supported (default, linear, llama3)")))
+        }
     }
 }
 

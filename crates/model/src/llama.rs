@@ -225,14 +225,18 @@ impl Llama {
             ModelError::Shard("this pipeline stage does not hold the embedding (not the first stage)".into())
         })?;
         if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= self.cfg.vocab_size) {
-            return Err(ModelError::Batch(format!("token id {bad} is outside the vocabulary ({})", self.cfg.vocab_size)));
+            return Err(ModelError::Batch(format!(
+                "token id {bad} is outside the vocabulary ({})",
+                self.cfg.vocab_size
+            )));
         }
         let vocab = &self.plan.vocab;
         if vocab.len() == self.cfg.vocab_size {
             let ids = Tensor::from_slice(tokens, tokens.len(), &self.device)?;
             return Ok(embed.index_select(&ids, 0)?);
         }
-        let local: Vec<u32> = tokens.iter().map(|&t| if vocab.contains(&(t as usize)) { t - vocab.start as u32 } else { 0 }).collect();
+        let local: Vec<u32> =
+            tokens.iter().map(|&t| if vocab.contains(&(t as usize)) { t - vocab.start as u32 } else { 0 }).collect();
         let mask: Vec<f32> = tokens.iter().map(|&t| if vocab.contains(&(t as usize)) { 1.0 } else { 0.0 }).collect();
         let ids = Tensor::from_vec(local, tokens.len(), &self.device)?;
         let mask = Tensor::from_vec(mask, (tokens.len(), 1), &self.device)?.to_dtype(self.dtype)?;
@@ -252,7 +256,10 @@ impl Llama {
             n += size(h);
         }
         for l in &self.layers {
-            n += [&l.input_norm, &l.qkv, &l.o_proj, &l.post_norm, &l.gate_up, &l.down].into_iter().map(size).sum::<usize>();
+            n += [&l.input_norm, &l.qkv, &l.o_proj, &l.post_norm, &l.gate_up, &l.down]
+                .into_iter()
+                .map(size)
+                .sum::<usize>();
             n += l.qkv_bias.as_ref().map_or(0, size);
         }
         n
@@ -297,7 +304,11 @@ impl Llama {
     pub fn logits(&self, hidden: &Tensor, rows: &[usize], comm: &dyn Collective) -> Result<Tensor> {
         let (norm, head) = match (&self.norm, &self.lm_head) {
             (Some(n), Some(h)) => (n, h),
-            _ => return Err(ModelError::Shard("this pipeline stage does not hold the LM head (not the last stage)".into())),
+            _ => {
+                return Err(ModelError::Shard(
+                    "this pipeline stage does not hold the LM head (not the last stage)".into(),
+                ))
+            }
         };
         let idx: Vec<u32> = rows.iter().map(|&r| r as u32).collect();
         let picked = hidden.index_select(&Tensor::from_vec(idx, rows.len(), &self.device)?, 0)?;

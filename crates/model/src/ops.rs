@@ -102,7 +102,8 @@ pub fn split_qkv_rope(qkv: &Tensor, d: &QkvDims, cos: &[f32], sin: &[f32]) -> Re
     if host_f32(qkv) {
         let all = to_vec(qkv);
         let width = qd + 2 * kvd;
-        let (mut q, mut kk, mut v) = (Vec::with_capacity(t * qd), Vec::with_capacity(t * kvd), Vec::with_capacity(t * kvd));
+        let (mut q, mut kk, mut v) =
+            (Vec::with_capacity(t * qd), Vec::with_capacity(t * kvd), Vec::with_capacity(t * kvd));
         for row in all.chunks_exact(width) {
             q.extend_from_slice(&row[..qd]);
             kk.extend_from_slice(&row[qd..qd + kvd]);
@@ -194,9 +195,8 @@ fn device_attention(
     let mut outs = Vec::with_capacity(batch.seqs.len());
     for (s, &start) in batch.seqs.iter().zip(&batch.row_starts) {
         let (q_len, ctx) = (s.tokens.len(), s.cached_len + s.tokens.len());
-        let slots: Vec<u32> = (0..ctx)
-            .map(|p| s.block_table[p / block_size] * block_size as u32 + (p % block_size) as u32)
-            .collect();
+        let slots: Vec<u32> =
+            (0..ctx).map(|p| s.block_table[p / block_size] * block_size as u32 + (p % block_size) as u32).collect();
         let slots = Tensor::from_vec(slots, ctx, dev)?;
         let gather = |c: &Tensor| -> Result<Tensor> {
             let x = c.index_select(&slots, 0)?.reshape((ctx, d.kv_heads, d.head_dim))?;

@@ -14,9 +14,8 @@ pub struct RopeTable {
 impl RopeTable {
     pub fn new(cfg: &ModelConfig) -> Self {
         let dim = cfg.head_dim;
-        let mut inv_freq: Vec<f32> = (0..dim / 2)
-            .map(|i| 1.0 / cfg.rope_theta.powf((2 * i) as f32 / dim as f32))
-            .collect();
+        let mut inv_freq: Vec<f32> =
+            (0..dim / 2).map(|i| 1.0 / cfg.rope_theta.powf((2 * i) as f32 / dim as f32)).collect();
         match cfg.rope_scaling {
             RopeScaling::None => {}
             RopeScaling::Linear { factor } => inv_freq.iter_mut().for_each(|f| *f /= factor),

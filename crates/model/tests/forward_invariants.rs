@@ -86,7 +86,11 @@ fn ragged_batch_equals_each_sequence_alone() {
     let out = step(
         &model,
         &mut cache,
-        vec![seq(a[..8].to_vec(), 0, table(1, 4)), seq(b.clone(), 0, table(2, 4)), seq(c[..6].to_vec(), 0, table(3, 4))],
+        vec![
+            seq(a[..8].to_vec(), 0, table(1, 4)),
+            seq(b.clone(), 0, table(2, 4)),
+            seq(c[..6].to_vec(), 0, table(3, 4)),
+        ],
     );
     assert!(max_diff(&out[1], &alone(&b)) < 1e-4);
     assert!(max_diff(&out[2], &alone(&c)) < 1e-4);

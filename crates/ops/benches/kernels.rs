@@ -5,9 +5,7 @@
 
 use std::time::Instant;
 
-use shardline_ops::{
-    matmul_nt, paged_attention, rms_norm, rope_rotate_half, silu_mul, KvLayout, SeqSpan,
-};
+use shardline_ops::{matmul_nt, paged_attention, rms_norm, rope_rotate_half, silu_mul, KvLayout, SeqSpan};
 
 /// Seconds on the clock the bench reads: wall time, or with `SHARDLINE_BENCH_CLOCK=cpu` this
 /// process's CPU time, which a busy machine disturbs far less (run it with
@@ -44,19 +42,13 @@ fn time<F: FnMut()>(mut f: F) -> f64 {
 fn report(what: &str, m: usize, n: usize, k: usize, s: f64) {
     let gbs = (n * k * 4) as f64 / s / 1e9;
     let gflops = (2 * m * n * k) as f64 / s / 1e9;
-    println!(
-        "matmul {what:13} m={m:3} n={n:5} k={k:4}: {:8.1} us  {gbs:6.1} GB/s  {gflops:6.1} GFLOP/s",
-        s * 1e6
-    );
+    println!("matmul {what:13} m={m:3} n={n:5} k={k:4}: {:8.1} us  {gbs:6.1} GB/s  {gflops:6.1} GFLOP/s", s * 1e6);
 }
 
 /// `cargo bench -p shardline-ops -- lm_head` runs only benchmarks whose label contains it.
 fn wanted(label: &str) -> bool {
     // cargo passes `--bench` to harness-less benches; flags are not filters.
-    std::env::args()
-        .skip(1)
-        .filter(|a| !a.starts_with("--"))
-        .all(|f| label.contains(&f))
+    std::env::args().skip(1).filter(|a| !a.starts_with("--")).all(|f| label.contains(&f))
 }
 
 fn bench_matmul(m: usize, n: usize, k: usize, label: &str, copies: usize) {
@@ -65,9 +57,7 @@ fn bench_matmul(m: usize, n: usize, k: usize, label: &str, copies: usize) {
         return;
     }
     let x: Vec<f32> = (0..m * k).map(|i| (i % 7) as f32 * 0.1).collect();
-    let ws: Vec<Vec<f32>> = (0..copies)
-        .map(|c| vec![0.01 * (c + 1) as f32; n * k])
-        .collect();
+    let ws: Vec<Vec<f32>> = (0..copies).map(|c| vec![0.01 * (c + 1) as f32; n * k]).collect();
     let mut out = vec![0.0f32; m * n];
     let mut next = 0;
     let s = time(|| {
@@ -81,27 +71,15 @@ fn bench_matmul(m: usize, n: usize, k: usize, label: &str, copies: usize) {
 /// bytes read and written once.
 fn bench_rowwise(t: usize) {
     let (hidden, inter, heads, hd) = (576, 1536, 9, 64);
-    let x: Vec<f32> = (0..t * hidden)
-        .map(|i| (i % 11) as f32 * 0.1 - 0.5)
-        .collect();
+    let x: Vec<f32> = (0..t * hidden).map(|i| (i % 11) as f32 * 0.1 - 0.5).collect();
     let weight = vec![1.0f32; hidden];
     let mut out = vec![0.0f32; t * hidden];
     let s = time(|| rms_norm(&x, &weight, 1e-5, &mut out));
-    println!(
-        "rms_norm  T={t:3} x {hidden}: {:8.1} us  {:6.1} GB/s",
-        s * 1e6,
-        (2 * t * hidden * 4) as f64 / s / 1e9
-    );
-    let gu: Vec<f32> = (0..t * 2 * inter)
-        .map(|i| (i % 13) as f32 * 0.3 - 2.0)
-        .collect();
+    println!("rms_norm  T={t:3} x {hidden}: {:8.1} us  {:6.1} GB/s", s * 1e6, (2 * t * hidden * 4) as f64 / s / 1e9);
+    let gu: Vec<f32> = (0..t * 2 * inter).map(|i| (i % 13) as f32 * 0.3 - 2.0).collect();
     let mut act = vec![0.0f32; t * inter];
     let s = time(|| silu_mul(&gu, inter, &mut act));
-    println!(
-        "silu_mul  T={t:3} x {inter}: {:8.1} us  {:6.1} GB/s",
-        s * 1e6,
-        (3 * t * inter * 4) as f64 / s / 1e9
-    );
+    println!("silu_mul  T={t:3} x {inter}: {:8.1} us  {:6.1} GB/s", s * 1e6, (3 * t * inter * 4) as f64 / s / 1e9);
     let mut qk = vec![0.5f32; t * heads * hd];
     let (cos, sin) = (vec![0.8f32; t * hd / 2], vec![0.6f32; t * hd / 2]);
     let s = time(|| rope_rotate_half(&mut qk, heads, hd, &cos, &sin));
@@ -136,63 +114,29 @@ fn main() {
     if !wanted("attention") {
         return;
     }
-    let layout = KvLayout {
-        block_size: 16,
-        num_kv_heads: 3,
-        head_dim: 64,
-    };
+    let layout = KvLayout { block_size: 16, num_kv_heads: 3, head_dim: 64 };
     let ctx = 512;
     let blocks_per_seq = ctx / layout.block_size;
     // Interleaved block tables, as an allocator serving several sequences would hand out.
-    let tables: Vec<Vec<u32>> = (0..8)
-        .map(|s| (0..blocks_per_seq as u32).map(|b| b * 8 + s).collect())
-        .collect();
-    let cache: Vec<f32> = (0..8 * ctx * layout.token_width())
-        .map(|i| (i % 13) as f32 * 0.01)
-        .collect();
+    let tables: Vec<Vec<u32>> = (0..8).map(|s| (0..blocks_per_seq as u32).map(|b| b * 8 + s).collect()).collect();
+    let cache: Vec<f32> = (0..8 * ctx * layout.token_width()).map(|i| (i % 13) as f32 * 0.01).collect();
     let map: Vec<usize> = (0..9).map(|h| h / 3).collect();
     let decode: Vec<SeqSpan> = tables
         .iter()
         .enumerate()
-        .map(|(i, t)| SeqSpan {
-            q_start: i,
-            q_len: 1,
-            context_len: ctx,
-            block_table: t,
-        })
+        .map(|(i, t)| SeqSpan { q_start: i, q_len: 1, context_len: ctx, block_table: t })
         .collect();
     let q = vec![0.1f32; 8 * 9 * 64];
     let mut out = vec![0.0f32; q.len()];
-    let s = time(|| {
-        paged_attention(
-            &q, 9, &map, &decode, &layout, &cache, &cache, 0.125, &mut out,
-        )
-    });
+    let s = time(|| paged_attention(&q, 9, &map, &decode, &layout, &cache, &cache, 0.125, &mut out));
     // K and V of 3 KV heads × 512 positions × 8 sequences are read once per step.
     let kv_bytes = (2 * 8 * ctx * layout.token_width() * 4) as f64;
-    println!(
-        "attention decode 8 seqs x ctx {ctx}: {:8.1} us  {:6.1} GB/s of KV",
-        s * 1e6,
-        kv_bytes / s / 1e9
-    );
-    let prefill = [SeqSpan {
-        q_start: 0,
-        q_len: ctx,
-        context_len: ctx,
-        block_table: &tables[0],
-    }];
+    println!("attention decode 8 seqs x ctx {ctx}: {:8.1} us  {:6.1} GB/s of KV", s * 1e6, kv_bytes / s / 1e9);
+    let prefill = [SeqSpan { q_start: 0, q_len: ctx, context_len: ctx, block_table: &tables[0] }];
     let q = vec![0.1f32; ctx * 9 * 64];
     let mut out = vec![0.0f32; q.len()];
-    let s = time(|| {
-        paged_attention(
-            &q, 9, &map, &prefill, &layout, &cache, &cache, 0.125, &mut out,
-        )
-    });
+    let s = time(|| paged_attention(&q, 9, &map, &prefill, &layout, &cache, &cache, 0.125, &mut out));
     // Causal: QKᵀ and PV each cost about T²/2 · head_dim multiply-adds per head.
     let flops = (2 * 2 * 9 * 64 * ctx * ctx / 2) as f64;
-    println!(
-        "attention prefill {ctx} rows: {:8.1} us  {:6.1} GFLOP/s",
-        s * 1e6,
-        flops / s / 1e9
-    );
+    println!("attention prefill {ctx} rows: {:8.1} us  {:6.1} GFLOP/s", s * 1e6, flops / s / 1e9);
 }

@@ -46,18 +46,8 @@ impl SeqSpan<'_> {
     /// 0..visible that share a block, in order: slots within a block are consecutive, so inner
     /// loops run over plain strided memory with no division per position.
     #[inline]
-    fn for_each_run(
-        &self,
-        visible: usize,
-        block_size: usize,
-        mut f: impl FnMut(usize, usize, usize),
-    ) {
-        for (b, &block) in self
-            .block_table
-            .iter()
-            .take(visible.div_ceil(block_size))
-            .enumerate()
-        {
+    fn for_each_run(&self, visible: usize, block_size: usize, mut f: impl FnMut(usize, usize, usize)) {
+        for (b, &block) in self.block_table.iter().take(visible.div_ceil(block_size)).enumerate() {
             let p = b * block_size;
             f(p, block as usize * block_size, block_size.min(visible - p));
         }
@@ -65,25 +55,12 @@ impl SeqSpan<'_> {
 }
 
 /// Stores k/v rows [T, num_kv_heads, head_dim] at their slots.
-pub fn write_kv(
-    k: &[f32],
-    v: &[f32],
-    slots: &[u32],
-    layout: &KvLayout,
-    k_cache: &mut [f32],
-    v_cache: &mut [f32],
-) {
+pub fn write_kv(k: &[f32], v: &[f32], slots: &[u32], layout: &KvLayout, k_cache: &mut [f32], v_cache: &mut [f32]) {
     let w = layout.token_width();
-    assert!(
-        k.len() == slots.len() * w && v.len() == k.len(),
-        "write_kv: shapes"
-    );
+    assert!(k.len() == slots.len() * w && v.len() == k.len(), "write_kv: shapes");
     for (t, &slot) in slots.iter().enumerate() {
         let dst = slot as usize * w;
-        assert!(
-            dst + w <= k_cache.len() && k_cache.len() == v_cache.len(),
-            "write_kv: slot {slot} outside the cache"
-        );
+        assert!(dst + w <= k_cache.len() && k_cache.len() == v_cache.len(), "write_kv: slot {slot} outside the cache");
         k_cache[dst..dst + w].copy_from_slice(&k[t * w..(t + 1) * w]);
         v_cache[dst..dst + w].copy_from_slice(&v[t * w..(t + 1) * w]);
     }
@@ -127,64 +104,23 @@ pub fn paged_attention(
 ) {
     let hd = layout.head_dim;
     let q_width = num_q_heads * hd;
-    assert!(
-        q.len() == out.len() && q.len().is_multiple_of(q_width),
-        "paged_attention: q/out shapes"
-    );
-    assert!(
-        kv_head_of_q.len() == num_q_heads,
-        "paged_attention: head map"
-    );
-    assert!(
-        kv_head_of_q.iter().all(|&h| h < layout.num_kv_heads),
-        "paged_attention: head map"
-    );
-    assert!(
-        k_cache.len() == v_cache.len(),
-        "paged_attention: cache shapes"
-    );
+    assert!(q.len() == out.len() && q.len().is_multiple_of(q_width), "paged_attention: q/out shapes");
+    assert!(kv_head_of_q.len() == num_q_heads, "paged_attention: head map");
+    assert!(kv_head_of_q.iter().all(|&h| h < layout.num_kv_heads), "paged_attention: head map");
+    assert!(k_cache.len() == v_cache.len(), "paged_attention: cache shapes");
     for s in spans {
-        assert!(
-            s.q_len <= s.context_len && (s.q_start + s.q_len) * q_width <= q.len(),
-            "paged_attention: span"
-        );
-        assert!(
-            s.block_table.len() * layout.block_size >= s.context_len,
-            "paged_attention: block table too short"
-        );
+        assert!(s.q_len <= s.context_len && (s.q_start + s.q_len) * q_width <= q.len(), "paged_attention: span");
+        assert!(s.block_table.len() * layout.block_size >= s.context_len, "paged_attention: block table too short");
     }
     // SAFETY: each work item writes only its own (row, head) slices of `out`, and all finish
     // before this function returns.
     let out = unsafe { OutPtr::new(out) };
     #[cfg(target_arch = "x86_64")]
     if let Some(kern) = Avx2::detect() {
-        let ctx = Ctx {
-            kern,
-            q,
-            q_width,
-            kv_head_of_q,
-            layout,
-            k_cache,
-            v_cache,
-            scale,
-            out,
-        };
+        let ctx = Ctx { kern, q, q_width, kv_head_of_q, layout, k_cache, v_cache, scale, out };
         return run(&ctx, spans);
     }
-    run(
-        &Ctx {
-            kern: Portable,
-            q,
-            q_width,
-            kv_head_of_q,
-            layout,
-            k_cache,
-            v_cache,
-            scale,
-            out,
-        },
-        spans,
-    );
+    run(&Ctx { kern: Portable, q, q_width, kv_head_of_q, layout, k_cache, v_cache, scale, out }, spans);
 }
 
 /// Splits the batch into independent (span, head[, row chunk]) items across rayon's pool.
@@ -206,17 +142,14 @@ fn run<K: AttnKernels>(c: &Ctx<K>, spans: &[SeqSpan]) {
             }
         }
     }
-    long.par_iter()
-        .for_each_init(Scratch::default, |scratch, &(si, h, r0, r1)| {
-            // SAFETY: this item alone writes head h of rows r0..r1 of the span.
-            unsafe { attend_gemm(c, &spans[si], h, r0, r1, scratch) };
-        });
-    short
-        .par_iter()
-        .for_each_init(Vec::new, |scores, &(si, h, r0, r1)| {
-            // SAFETY: this item alone writes head h of rows r0..r1 of the span.
-            unsafe { attend_rows(c, &spans[si], h, r0, r1, scores) };
-        });
+    long.par_iter().for_each_init(Scratch::default, |scratch, &(si, h, r0, r1)| {
+        // SAFETY: this item alone writes head h of rows r0..r1 of the span.
+        unsafe { attend_gemm(c, &spans[si], h, r0, r1, scratch) };
+    });
+    short.par_iter().for_each_init(Vec::new, |scores, &(si, h, r0, r1)| {
+        // SAFETY: this item alone writes head h of rows r0..r1 of the span.
+        unsafe { attend_rows(c, &spans[si], h, r0, r1, scores) };
+    });
 }
 
 /// Rows r0..r1 of a span for q head h: scores of every visible key, stable softmax, then the
@@ -224,14 +157,7 @@ fn run<K: AttnKernels>(c: &Ctx<K>, spans: &[SeqSpan]) {
 ///
 /// # Safety
 /// No other thread may touch head h of rows r0..r1 of the span in `c.out`.
-unsafe fn attend_rows<K: AttnKernels>(
-    c: &Ctx<K>,
-    s: &SeqSpan,
-    h: usize,
-    r0: usize,
-    r1: usize,
-    scores: &mut Vec<f32>,
-) {
+unsafe fn attend_rows<K: AttnKernels>(c: &Ctx<K>, s: &SeqSpan, h: usize, r0: usize, r1: usize, scores: &mut Vec<f32>) {
     let hd = c.layout.head_dim;
     let w = c.layout.token_width();
     let kv_off = c.kv_head_of_q[h] * hd;
@@ -243,20 +169,13 @@ unsafe fn attend_rows<K: AttnKernels>(
         scores.clear();
         scores.resize(visible, 0.0);
         s.for_each_run(visible, bs, |p, slot, n| {
-            c.kern.qk(
-                qv,
-                &c.k_cache[slot * w + kv_off..],
-                w,
-                c.scale,
-                &mut scores[p..p + n],
-            );
+            c.kern.qk(qv, &c.k_cache[slot * w + kv_off..], w, c.scale, &mut scores[p..p + n]);
         });
         c.kern.softmax(scores);
         let o = std::slice::from_raw_parts_mut(c.out.get().add(row * c.q_width + h * hd), hd);
         o.fill(0.0);
         s.for_each_run(visible, bs, |p, slot, n| {
-            c.kern
-                .pv(&scores[p..p + n], &c.v_cache[slot * w + kv_off..], w, o);
+            c.kern.pv(&scores[p..p + n], &c.v_cache[slot * w + kv_off..], w, o);
         });
     }
 }
@@ -273,14 +192,7 @@ struct Scratch {
 ///
 /// # Safety
 /// No other thread may touch head h of rows r0..r1 of the span in `c.out`.
-unsafe fn attend_gemm<K: AttnKernels>(
-    c: &Ctx<K>,
-    s: &SeqSpan,
-    h: usize,
-    r0: usize,
-    r1: usize,
-    scratch: &mut Scratch,
-) {
+unsafe fn attend_gemm<K: AttnKernels>(c: &Ctx<K>, s: &SeqSpan, h: usize, r0: usize, r1: usize, scratch: &mut Scratch) {
     let hd = c.layout.head_dim;
     let rows = r1 - r0;
     // Position of row r0 is first_pos; row r0 + i sees keys 0..first_pos + i + 1.
@@ -289,10 +201,7 @@ unsafe fn attend_gemm<K: AttnKernels>(
     let w = c.layout.token_width();
     let kv_off = c.kv_head_of_q[h] * hd;
     // Gather this KV head's context into contiguous [ctx, hd] matrices.
-    for (buf, cache) in [
-        (&mut scratch.keys, c.k_cache),
-        (&mut scratch.values, c.v_cache),
-    ] {
+    for (buf, cache) in [(&mut scratch.keys, c.k_cache), (&mut scratch.values, c.v_cache)] {
         buf.clear();
         s.for_each_run(ctx, c.layout.block_size, |_, slot, n| {
             for t in slot..slot + n {

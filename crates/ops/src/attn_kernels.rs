@@ -17,10 +17,7 @@ pub(crate) trait AttnKernels: Copy + Send + Sync {
 
 /// The run's last vector must lie inside the slice (raw-pointer loops rely on it).
 fn check_run(len: usize, n: usize, stride: usize, hd: usize) {
-    assert!(
-        n == 0 || (n - 1) * stride + hd <= len,
-        "attention: run outside the cache"
-    );
+    assert!(n == 0 || (n - 1) * stride + hd <= len, "attention: run outside the cache");
 }
 
 #[derive(Clone, Copy)]
@@ -162,11 +159,7 @@ mod avx2 {
         for (j, s) in scores.iter_mut().enumerate().skip(i) {
             let mut acc = _mm256_setzero_ps();
             for d in (0..hd).step_by(8) {
-                acc = _mm256_fmadd_ps(
-                    _mm256_loadu_ps(k.add(j * stride + d)),
-                    _mm256_loadu_ps(q.as_ptr().add(d)),
-                    acc,
-                );
+                acc = _mm256_fmadd_ps(_mm256_loadu_ps(k.add(j * stride + d)), _mm256_loadu_ps(q.as_ptr().add(d)), acc);
             }
             *s = hsum(acc) * scale;
         }
@@ -270,10 +263,7 @@ mod tests {
         // Scores far apart (one dominates, others underflow) and all below exp's range.
         // Multiples of 1/8 below 2^10, so shifting by -1024 is exact and must not change a thing.
         for (n, amp) in [(1, 1.0), (7, 1.0), (8, 30.0), (100, 200.0)] {
-            let x: Vec<f32> = rand_vec(&mut seed, n, amp)
-                .iter()
-                .map(|v| (v * 8.0).round() / 8.0)
-                .collect();
+            let x: Vec<f32> = rand_vec(&mut seed, n, amp).iter().map(|v| (v * 8.0).round() / 8.0).collect();
             let mut want = x.clone();
             Portable.softmax(&mut want);
             for shift in [0.0, -1024.0] {

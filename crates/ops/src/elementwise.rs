@@ -13,10 +13,7 @@ const PAR_MIN_ELEMS: usize = 1 << 15;
 /// LlamaRMSNorm per row of length `weight.len()`: x · rsqrt(mean(x²) + eps) · weight.
 pub fn rms_norm(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
     let n = weight.len();
-    assert!(
-        n > 0 && x.len().is_multiple_of(n) && out.len() == x.len(),
-        "rms_norm: shapes"
-    );
+    assert!(n > 0 && x.len().is_multiple_of(n) && out.len() == x.len(), "rms_norm: shapes");
     let simd = has_avx2_fma();
     let row = |(xr, or): (&[f32], &mut [f32])| {
         #[cfg(target_arch = "x86_64")]
@@ -51,25 +48,13 @@ fn rms_norm_row(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
 
 /// Rotates `x` [T, num_heads, head_dim] in place by per-row angles: `cos`/`sin` are
 /// [T, head_dim/2]. HF's rotate_half convention pairs dimension i with i + head_dim/2.
-pub fn rope_rotate_half(
-    x: &mut [f32],
-    num_heads: usize,
-    head_dim: usize,
-    cos: &[f32],
-    sin: &[f32],
-) {
+pub fn rope_rotate_half(x: &mut [f32], num_heads: usize, head_dim: usize, cos: &[f32], sin: &[f32]) {
     let half = head_dim / 2;
     let width = num_heads * head_dim;
     let rows = x.len() / width;
-    assert!(
-        x.len() == rows * width && cos.len() == rows * half && sin.len() == cos.len(),
-        "rope: shapes"
-    );
+    assert!(x.len() == rows * width && cos.len() == rows * half && sin.len() == cos.len(), "rope: shapes");
     for (t, xr) in x.chunks_mut(width).enumerate() {
-        let (c, s) = (
-            &cos[t * half..(t + 1) * half],
-            &sin[t * half..(t + 1) * half],
-        );
+        let (c, s) = (&cos[t * half..(t + 1) * half], &sin[t * half..(t + 1) * half]);
         for head in xr.chunks_mut(head_dim) {
             let (x1, x2) = head.split_at_mut(half);
             for i in 0..half {
@@ -83,10 +68,7 @@ pub fn rope_rotate_half(
 
 /// SwiGLU: each row of `gate_up` is [gate | up] (2 · inter wide); out = silu(gate) · up.
 pub fn silu_mul(gate_up: &[f32], inter: usize, out: &mut [f32]) {
-    assert!(
-        inter > 0 && gate_up.len() == 2 * out.len() && out.len().is_multiple_of(inter),
-        "silu_mul: shapes"
-    );
+    assert!(inter > 0 && gate_up.len() == 2 * out.len() && out.len().is_multiple_of(inter), "silu_mul: shapes");
     let simd = has_avx2_fma();
     let row = |(g, o): (&[f32], &mut [f32])| {
         let (gate, up) = g.split_at(inter);
@@ -100,15 +82,9 @@ pub fn silu_mul(gate_up: &[f32], inter: usize, out: &mut [f32]) {
         }
     };
     if out.len() >= PAR_MIN_ELEMS {
-        gate_up
-            .par_chunks(2 * inter)
-            .zip(out.par_chunks_mut(inter))
-            .for_each(row);
+        gate_up.par_chunks(2 * inter).zip(out.par_chunks_mut(inter)).for_each(row);
     } else {
-        gate_up
-            .chunks(2 * inter)
-            .zip(out.chunks_mut(inter))
-            .for_each(row);
+        gate_up.chunks(2 * inter).zip(out.chunks_mut(inter)).for_each(row);
     }
 }
 
@@ -125,10 +101,7 @@ pub fn add_inplace(a: &mut [f32], b: &[f32]) {
 
 /// Adds `bias` to every row of `x`.
 pub fn add_bias(x: &mut [f32], bias: &[f32]) {
-    assert!(
-        !bias.is_empty() && x.len().is_multiple_of(bias.len()),
-        "add_bias: shapes"
-    );
+    assert!(!bias.is_empty() && x.len().is_multiple_of(bias.len()), "add_bias: shapes");
     for row in x.chunks_mut(bias.len()) {
         add_inplace(row, bias);
     }
@@ -177,10 +150,7 @@ mod avx2 {
             let g = _mm256_loadu_ps(gate.as_ptr().add(i));
             let e = exp(_mm256_sub_ps(_mm256_setzero_ps(), g));
             let s = _mm256_div_ps(g, _mm256_add_ps(one, e));
-            _mm256_storeu_ps(
-                out.as_mut_ptr().add(i),
-                _mm256_mul_ps(s, _mm256_loadu_ps(up.as_ptr().add(i))),
-            );
+            _mm256_storeu_ps(out.as_mut_ptr().add(i), _mm256_mul_ps(s, _mm256_loadu_ps(up.as_ptr().add(i))));
         }
         for i in body..n {
             out[i] = super::silu(gate[i]) * up[i];

@@ -7,9 +7,7 @@ pub fn matmul_nt(x: &[f32], m: usize, k: usize, w: &[f32], n: usize) -> Vec<f32>
     let mut out = vec![0.0; m * n];
     for i in 0..m {
         for j in 0..n {
-            out[i * n + j] = (0..k)
-                .map(|p| x[i * k + p] as f64 * w[j * k + p] as f64)
-                .sum::<f64>() as f32;
+            out[i * n + j] = (0..k).map(|p| x[i * k + p] as f64 * w[j * k + p] as f64).sum::<f64>() as f32;
         }
     }
     out
@@ -21,20 +19,12 @@ pub fn rms_norm(x: &[f32], weight: &[f32], eps: f32) -> Vec<f32> {
         .flat_map(|row| {
             let ms = row.iter().map(|&v| v as f64 * v as f64).sum::<f64>() / n as f64;
             let inv = 1.0 / (ms + eps as f64).sqrt();
-            row.iter()
-                .zip(weight)
-                .map(move |(&v, &w)| (v as f64 * inv * w as f64) as f32)
+            row.iter().zip(weight).map(move |(&v, &w)| (v as f64 * inv * w as f64) as f32)
         })
         .collect()
 }
 
-pub fn rope_rotate_half(
-    x: &[f32],
-    num_heads: usize,
-    head_dim: usize,
-    cos: &[f32],
-    sin: &[f32],
-) -> Vec<f32> {
+pub fn rope_rotate_half(x: &[f32], num_heads: usize, head_dim: usize, cos: &[f32], sin: &[f32]) -> Vec<f32> {
     let half = head_dim / 2;
     let mut out = x.to_vec();
     for t in 0..x.len() / (num_heads * head_dim) {
@@ -78,10 +68,7 @@ pub fn paged_attention(
     let w = layout.num_kv_heads * hd;
     let mut out = vec![0.0f32; q.len()];
     for s in spans {
-        let slot = |p: usize| {
-            s.block_table[p / layout.block_size] as usize * layout.block_size
-                + p % layout.block_size
-        };
+        let slot = |p: usize| s.block_table[p / layout.block_size] as usize * layout.block_size + p % layout.block_size;
         for r in 0..s.q_len {
             let row = s.q_start + r;
             let pos = s.context_len - s.q_len + r;
@@ -91,20 +78,14 @@ pub fn paged_attention(
                 let scores: Vec<f64> = (0..=pos)
                     .map(|p| {
                         let kv = &k_cache[slot(p) * w + kvh * hd..][..hd];
-                        qv.iter()
-                            .zip(kv)
-                            .map(|(a, b)| *a as f64 * *b as f64)
-                            .sum::<f64>()
-                            * scale as f64
+                        qv.iter().zip(kv).map(|(a, b)| *a as f64 * *b as f64).sum::<f64>() * scale as f64
                     })
                     .collect();
                 let max = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
                 let exps: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
                 let sum: f64 = exps.iter().sum();
                 for d in 0..hd {
-                    let acc: f64 = (0..=pos)
-                        .map(|p| exps[p] / sum * v_cache[slot(p) * w + kvh * hd + d] as f64)
-                        .sum();
+                    let acc: f64 = (0..=pos).map(|p| exps[p] / sum * v_cache[slot(p) * w + kvh * hd + d] as f64).sum();
                     out[(row * num_q_heads + h) * hd + d] = acc as f32;
                 }
             }

@@ -30,36 +30,17 @@ pub(crate) mod avx2 {
     #[inline]
     #[target_feature(enable = "avx2,fma")]
     pub(crate) unsafe fn exp(x: __m256) -> __m256 {
-        let x = _mm256_max_ps(
-            _mm256_min_ps(x, _mm256_set1_ps(88.376_26)),
-            _mm256_set1_ps(-88.376_26),
-        );
-        let fx = _mm256_floor_ps(_mm256_fmadd_ps(
-            x,
-            _mm256_set1_ps(std::f32::consts::LOG2_E),
-            _mm256_set1_ps(0.5),
-        ));
+        let x = _mm256_max_ps(_mm256_min_ps(x, _mm256_set1_ps(88.376_26)), _mm256_set1_ps(-88.376_26));
+        let fx = _mm256_floor_ps(_mm256_fmadd_ps(x, _mm256_set1_ps(std::f32::consts::LOG2_E), _mm256_set1_ps(0.5)));
         // ln 2 split in two so x - n·ln 2 stays exact.
         let x = _mm256_fnmadd_ps(fx, _mm256_set1_ps(0.693_359_4), x);
         let x = _mm256_fnmadd_ps(fx, _mm256_set1_ps(-2.121_944_4e-4), x);
         let mut y = _mm256_set1_ps(1.987_569_1e-4);
-        for c in [
-            1.398_199_9e-3,
-            8.333_452e-3,
-            4.166_579_6e-2,
-            0.166_666_65,
-            0.5,
-        ] {
+        for c in [1.398_199_9e-3, 8.333_452e-3, 4.166_579_6e-2, 0.166_666_65, 0.5] {
             y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(c));
         }
-        let y = _mm256_add_ps(
-            _mm256_fmadd_ps(y, _mm256_mul_ps(x, x), x),
-            _mm256_set1_ps(1.0),
-        );
-        let pow2n = _mm256_slli_epi32::<23>(_mm256_add_epi32(
-            _mm256_cvttps_epi32(fx),
-            _mm256_set1_epi32(127),
-        ));
+        let y = _mm256_add_ps(_mm256_fmadd_ps(y, _mm256_mul_ps(x, x), x), _mm256_set1_ps(1.0));
+        let pow2n = _mm256_slli_epi32::<23>(_mm256_add_epi32(_mm256_cvttps_epi32(fx), _mm256_set1_epi32(127)));
         _mm256_mul_ps(y, _mm256_castsi256_ps(pow2n))
     }
 
@@ -79,10 +60,7 @@ pub(crate) mod avx2 {
                 unsafe { _mm256_storeu_ps(got.as_mut_ptr(), exp(_mm256_loadu_ps(c.as_ptr()))) };
                 for (&x, &g) in c.iter().zip(&got) {
                     let want = (x as f64).exp();
-                    assert!(
-                        ((g as f64 - want) / want).abs() < 1e-6,
-                        "exp({x}) = {g}, want {want}"
-                    );
+                    assert!(((g as f64 - want) / want).abs() < 1e-6, "exp({x}) = {g}, want {want}");
                 }
             }
         }

@@ -19,10 +19,7 @@ impl Rng {
 fn assert_close(got: &[f32], want: &[f32], tol: f32, what: &str) {
     assert_eq!(got.len(), want.len(), "{what}: length");
     for (i, (g, w)) in got.iter().zip(want).enumerate() {
-        assert!(
-            (g - w).abs() <= tol * (1.0 + w.abs()),
-            "{what}[{i}]: got {g}, want {w}"
-        );
+        assert!((g - w).abs() <= tol * (1.0 + w.abs()), "{what}[{i}]: got {g}, want {w}");
     }
 }
 
@@ -34,12 +31,7 @@ fn matmul_matches_reference_across_shapes() {
             let (x, w) = (rng.vec(m * k), rng.vec(n * k));
             let mut out = vec![f32::NAN; m * n];
             shardline_ops::matmul_nt(&x, m, k, &w, n, &mut out);
-            assert_close(
-                &out,
-                &reference::matmul_nt(&x, m, k, &w, n),
-                1e-4,
-                &format!("matmul m={m} k={k} n={n}"),
-            );
+            assert_close(&out, &reference::matmul_nt(&x, m, k, &w, n), 1e-4, &format!("matmul m={m} k={k} n={n}"));
         }
     }
 }
@@ -65,12 +57,7 @@ fn rowwise_kernels_match_reference() {
         let (cos, sin) = (rng.vec(t * hd / 2), rng.vec(t * hd / 2));
         let mut got = x.clone();
         shardline_ops::rope_rotate_half(&mut got, heads, hd, &cos, &sin);
-        assert_close(
-            &got,
-            &reference::rope_rotate_half(&x, heads, hd, &cos, &sin),
-            1e-6,
-            "rope",
-        );
+        assert_close(&got, &reference::rope_rotate_half(&x, heads, hd, &cos, &sin), 1e-6, "rope");
     }
     let mut x = vec![1.0, 2.0, 3.0, 4.0];
     shardline_ops::add_bias(&mut x, &[10.0, 20.0]);
@@ -80,11 +67,7 @@ fn rowwise_kernels_match_reference() {
 #[test]
 fn paged_attention_matches_reference_on_ragged_shuffled_blocks() {
     let mut rng = Rng(3);
-    let layout = KvLayout {
-        block_size: 4,
-        num_kv_heads: 3,
-        head_dim: 16,
-    };
+    let layout = KvLayout { block_size: 4, num_kv_heads: 3, head_dim: 16 };
     let num_blocks = 64;
     let w = layout.token_width();
     let (mut kc, mut vc) = (vec![0.0; num_blocks * 4 * w], vec![0.0; num_blocks * 4 * w]);
@@ -109,21 +92,14 @@ fn paged_attention_matches_reference_on_ragged_shuffled_blocks() {
     let mut spans = Vec::new();
     let mut rows = 0;
     for (tbl, &(ctx, q_len)) in tables.iter().zip(&shape) {
-        spans.push(SeqSpan {
-            q_start: rows,
-            q_len,
-            context_len: ctx,
-            block_table: tbl,
-        });
+        spans.push(SeqSpan { q_start: rows, q_len, context_len: ctx, block_table: tbl });
         rows += q_len;
     }
     let heads = 9;
     let head_map: Vec<usize> = (0..heads).map(|h| h / 3).collect();
     let q = rng.vec(rows * heads * 16);
     let mut out = vec![f32::NAN; q.len()];
-    shardline_ops::paged_attention(
-        &q, heads, &head_map, &spans, &layout, &kc, &vc, 0.25, &mut out,
-    );
+    shardline_ops::paged_attention(&q, heads, &head_map, &spans, &layout, &kc, &vc, 0.25, &mut out);
     let want = reference::paged_attention(&q, heads, &head_map, &spans, &layout, &kc, &vc, 0.25);
     assert_close(&out, &want, 1e-5, "paged_attention");
 }
@@ -133,54 +109,31 @@ fn paged_attention_model_shapes_with_arbitrary_head_map() {
     // SmolLM2's head_dim and a 16-slot block, so the 8-keys-at-a-time and register-resident V
     // paths run; a prefill of 150 rows splits into two GEMM chunks (128 + 22).
     let mut rng = Rng(4);
-    let layout = KvLayout {
-        block_size: 16,
-        num_kv_heads: 3,
-        head_dim: 64,
-    };
+    let layout = KvLayout { block_size: 16, num_kv_heads: 3, head_dim: 64 };
     let w = layout.token_width();
     let num_blocks = 40;
     let (mut kc, mut vc) = (rng.vec(num_blocks * 16 * w), rng.vec(num_blocks * 16 * w));
     // Blocks handed out in a scrambled order: block b goes to position (b * 17) % 40.
-    let order: Vec<u32> = (0..num_blocks as u32)
-        .map(|b| (b * 17) % num_blocks as u32)
-        .collect();
-    let tables = [
-        order[0..3].to_vec(),
-        order[3..10].to_vec(),
-        order[10..20].to_vec(),
-        order[20..21].to_vec(),
-    ];
+    let order: Vec<u32> = (0..num_blocks as u32).map(|b| (b * 17) % num_blocks as u32).collect();
+    let tables = [order[0..3].to_vec(), order[3..10].to_vec(), order[10..20].to_vec(), order[20..21].to_vec()];
     // (context_len, q_len): decode at a block boundary + 1, chunked prefill, whole prefill,
     // decode at position 0.
     let shape = [(33, 1), (100, 40), (150, 150), (1, 1)];
     let mut spans = Vec::new();
     let mut rows = 0;
     for (tbl, &(ctx, q_len)) in tables.iter().zip(&shape) {
-        let slots: Vec<u32> = (0..ctx)
-            .map(|p| tbl[p / 16] * 16 + (p % 16) as u32)
-            .collect();
+        let slots: Vec<u32> = (0..ctx).map(|p| tbl[p / 16] * 16 + (p % 16) as u32).collect();
         // Scores of a few units, as real attention has; write_kv overwrites the noise.
-        let (k, v) = (
-            rng.vec(ctx * w).iter().map(|x| x * 4.0).collect::<Vec<_>>(),
-            rng.vec(ctx * w),
-        );
+        let (k, v) = (rng.vec(ctx * w).iter().map(|x| x * 4.0).collect::<Vec<_>>(), rng.vec(ctx * w));
         shardline_ops::write_kv(&k, &v, &slots, &layout, &mut kc, &mut vc);
-        spans.push(SeqSpan {
-            q_start: rows,
-            q_len,
-            context_len: ctx,
-            block_table: tbl,
-        });
+        spans.push(SeqSpan { q_start: rows, q_len, context_len: ctx, block_table: tbl });
         rows += q_len;
     }
     let heads = 5;
     let head_map = [2, 0, 2, 1, 0];
     let q = rng.vec(rows * heads * 64);
     let mut out = vec![f32::NAN; q.len()];
-    shardline_ops::paged_attention(
-        &q, heads, &head_map, &spans, &layout, &kc, &vc, 0.125, &mut out,
-    );
+    shardline_ops::paged_attention(&q, heads, &head_map, &spans, &layout, &kc, &vc, 0.125, &mut out);
     let want = reference::paged_attention(&q, heads, &head_map, &spans, &layout, &kc, &vc, 0.125);
     assert_close(&out, &want, 1e-5, "paged_attention");
 }

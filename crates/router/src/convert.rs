@@ -19,7 +19,9 @@ pub fn prompt(input: Option<pb::generate_request::Input>) -> Result<Prompt, Rout
         Some(Input::TokenIds(t)) if t.ids.is_empty() => invalid("the prompt is empty"),
         Some(Input::TokenIds(t)) => Ok(Prompt::Tokens(t.ids)),
         Some(Input::Chat(c)) if c.messages.is_empty() => invalid("the chat has no messages"),
-        Some(Input::Chat(c)) => Ok(Prompt::Chat(c.messages.into_iter().map(|m| ChatMessage::new(&m.role, &m.content)).collect())),
+        Some(Input::Chat(c)) => {
+            Ok(Prompt::Chat(c.messages.into_iter().map(|m| ChatMessage::new(&m.role, &m.content)).collect()))
+        }
     }
 }
 
@@ -58,7 +60,13 @@ pub fn logprobs(l: &TokenLogprobs) -> pb::TokenLogprobs {
 }
 
 pub fn timings(m: &GenerationMetrics) -> pb::Timings {
-    pb::Timings { queue_ms: m.queue_ms, prefill_ms: m.prefill_ms, decode_ms: m.decode_ms, ttft_ms: m.ttft_ms, e2e_ms: m.e2e_ms }
+    pb::Timings {
+        queue_ms: m.queue_ms,
+        prefill_ms: m.prefill_ms,
+        decode_ms: m.decode_ms,
+        ttft_ms: m.ttft_ms,
+        e2e_ms: m.e2e_ms,
+    }
 }
 
 pub fn usage(out: &GenerationOutput) -> pb::Usage {

@@ -19,7 +19,11 @@ use crate::metrics::Metrics;
 /// What a request's receiver gets, in order: tokens, then exactly one `Finished` or `Failed`.
 #[derive(Debug)]
 pub enum CoreEvent {
-    Token { token_id: u32, text: String, logprobs: Option<TokenLogprobs> },
+    Token {
+        token_id: u32,
+        text: String,
+        logprobs: Option<TokenLogprobs>,
+    },
     Finished(Box<GenerationOutput>),
     /// The engine failed; the server is going down.
     Failed(String),
@@ -141,7 +145,13 @@ impl EngineCore {
                 result
             })
             .expect("spawning the engine-core thread");
-        let handle = EngineHandle { commands, in_flight: Arc::new(AtomicUsize::new(0)), max_queue: cfg.max_queue, stats, metrics };
+        let handle = EngineHandle {
+            commands,
+            in_flight: Arc::new(AtomicUsize::new(0)),
+            max_queue: cfg.max_queue,
+            stats,
+            metrics,
+        };
         EngineCore { handle, thread }
     }
 
@@ -209,7 +219,8 @@ impl CoreLoop {
     fn handle(&mut self, cmd: Command) -> bool {
         match cmd {
             Command::Submit { prompt, params, events, reply } => {
-                let result = self.engine.add_request(&prompt, params).map(|id| (id, self.engine.prompt_len(id).unwrap_or(0)));
+                let result =
+                    self.engine.add_request(&prompt, params).map(|id| (id, self.engine.prompt_len(id).unwrap_or(0)));
                 if let Ok((id, prompt_tokens)) = &result {
                     self.streams.insert(*id, Stream { events, last_token: None });
                     self.metrics.prompt_tokens.inc_by(*prompt_tokens as u64);
@@ -232,7 +243,8 @@ impl CoreLoop {
 
     /// Aborts requests whose receiver was dropped (client disconnected or cancelled).
     fn abort_abandoned(&mut self) {
-        let gone: Vec<RequestId> = self.streams.iter().filter(|(_, s)| s.events.is_closed()).map(|(id, _)| *id).collect();
+        let gone: Vec<RequestId> =
+            self.streams.iter().filter(|(_, s)| s.events.is_closed()).map(|(id, _)| *id).collect();
         for id in gone {
             self.engine.abort(id);
             self.streams.remove(&id);
@@ -252,7 +264,10 @@ impl CoreLoop {
             }
             stream.last_token = Some(now);
             self.metrics.generation_tokens.inc();
-            let sent = stream.events.send(CoreEvent::Token { token_id: e.token_id, text: e.text, logprobs: e.logprobs }).is_ok();
+            let sent = stream
+                .events
+                .send(CoreEvent::Token { token_id: e.token_id, text: e.text, logprobs: e.logprobs })
+                .is_ok();
             if e.finish.is_some() {
                 let stream = self.streams.remove(&e.request_id).expect("stream present");
                 if let Some(out) = self.engine.take_output(e.request_id) {

@@ -4,17 +4,19 @@
 
 use std::sync::atomic::Ordering;
 
-use prometheus::{Encoder, Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
+use prometheus::{
+    Encoder, Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+};
 use shardline_engine::GenerationOutput;
 
 use crate::core::CoreStats;
 
 /// Latency buckets (seconds) from 1 ms to 80 s, as vLLM uses for TTFT/e2e.
-const LATENCY_BUCKETS: &[f64] = &[
-    0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0, 40.0, 80.0,
-];
+const LATENCY_BUCKETS: &[f64] =
+    &[0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0, 40.0, 80.0];
 /// Per-token buckets (seconds) for ITL and TPOT.
-const TOKEN_BUCKETS: &[f64] = &[0.005, 0.01, 0.015, 0.02, 0.025, 0.03, 0.04, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5];
+const TOKEN_BUCKETS: &[f64] =
+    &[0.005, 0.01, 0.015, 0.02, 0.025, 0.03, 0.04, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5];
 
 pub struct Metrics {
     registry: Registry,
@@ -67,21 +69,65 @@ impl Metrics {
         .expect("valid counter");
         registry.register(Box::new(request_success.clone())).expect("unique metric name");
         Metrics {
-            time_to_first_token: histogram(r, "shardline:time_to_first_token_seconds", "Request arrival to first token.", LATENCY_BUCKETS),
-            inter_token_latency: histogram(r, "shardline:inter_token_latency_seconds", "Time between consecutive tokens of a request.", TOKEN_BUCKETS),
-            time_per_output_token: histogram(r, "shardline:request_time_per_output_token_seconds", "Per request: (last token - first token) / (tokens - 1).", TOKEN_BUCKETS),
-            e2e_latency: histogram(r, "shardline:e2e_request_latency_seconds", "Request arrival to last token.", LATENCY_BUCKETS),
-            queue_time: histogram(r, "shardline:request_queue_time_seconds", "Arrival to first scheduled.", LATENCY_BUCKETS),
-            prefill_time: histogram(r, "shardline:request_prefill_time_seconds", "First scheduled to first token.", LATENCY_BUCKETS),
-            decode_time: histogram(r, "shardline:request_decode_time_seconds", "First token to last token.", LATENCY_BUCKETS),
+            time_to_first_token: histogram(
+                r,
+                "shardline:time_to_first_token_seconds",
+                "Request arrival to first token.",
+                LATENCY_BUCKETS,
+            ),
+            inter_token_latency: histogram(
+                r,
+                "shardline:inter_token_latency_seconds",
+                "Time between consecutive tokens of a request.",
+                TOKEN_BUCKETS,
+            ),
+            time_per_output_token: histogram(
+                r,
+                "shardline:request_time_per_output_token_seconds",
+                "Per request: (last token - first token) / (tokens - 1).",
+                TOKEN_BUCKETS,
+            ),
+            e2e_latency: histogram(
+                r,
+                "shardline:e2e_request_latency_seconds",
+                "Request arrival to last token.",
+                LATENCY_BUCKETS,
+            ),
+            queue_time: histogram(
+                r,
+                "shardline:request_queue_time_seconds",
+                "Arrival to first scheduled.",
+                LATENCY_BUCKETS,
+            ),
+            prefill_time: histogram(
+                r,
+                "shardline:request_prefill_time_seconds",
+                "First scheduled to first token.",
+                LATENCY_BUCKETS,
+            ),
+            decode_time: histogram(
+                r,
+                "shardline:request_decode_time_seconds",
+                "First token to last token.",
+                LATENCY_BUCKETS,
+            ),
             prompt_tokens: counter(r, "shardline:prompt_tokens_total", "Prompt tokens of admitted requests."),
             generation_tokens: counter(r, "shardline:generation_tokens_total", "Generated tokens."),
             aborted: counter(r, "shardline:request_aborted_total", "Requests cancelled by their client."),
             running: gauge(r, IntGauge::new("shardline:num_requests_running", "Requests in the running batch.")),
             waiting: gauge(r, IntGauge::new("shardline:num_requests_waiting", "Requests waiting to be scheduled.")),
-            kv_usage: gauge(r, Gauge::new("shardline:kv_cache_usage_perc", "Fraction of KV-cache blocks in use (0 to 1).")),
+            kv_usage: gauge(
+                r,
+                Gauge::new("shardline:kv_cache_usage_perc", "Fraction of KV-cache blocks in use (0 to 1)."),
+            ),
             // Monotonic, but mirrored from the engine's own count, hence a gauge.
-            preemptions: gauge(r, IntGauge::new("shardline:num_preemptions", "Sequences preempted so far (KV blocks freed, recomputed later).")),
+            preemptions: gauge(
+                r,
+                IntGauge::new(
+                    "shardline:num_preemptions",
+                    "Sequences preempted so far (KV blocks freed, recomputed later).",
+                ),
+            ),
             steps: gauge(r, IntGauge::new("shardline:engine_steps", "Forward passes run by the engine core so far.")),
             request_success,
             registry,
@@ -99,7 +145,10 @@ impl Metrics {
         if out.token_ids.len() > 1 {
             self.time_per_output_token.observe(m.decode_ms / 1e3 / (out.token_ids.len() - 1) as f64);
         }
-        let reason = serde_json::to_value(out.finish_reason).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default();
+        let reason = serde_json::to_value(out.finish_reason)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default();
         self.request_success.with_label_values(&[reason.as_str()]).inc();
     }
 

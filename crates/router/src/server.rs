@@ -34,10 +34,13 @@ pub enum ServeError {
 /// every in-flight request has been told, the caller tears the group down). Prints
 /// `READY grpc=ADDR http=ADDR` on stdout once both listeners are bound.
 pub fn serve(core: EngineCore, info: Arc<ServerInfo>, cfg: ServeConfig) -> Result<(), ServeError> {
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(cfg.io_threads.max(1)).enable_all().build()?;
+    let runtime =
+        tokio::runtime::Builder::new_multi_thread().worker_threads(cfg.io_threads.max(1)).enable_all().build()?;
     let handle = core.handle.clone();
     let served = runtime.block_on(async {
-        let grpc_listener = TcpListener::bind(cfg.grpc_addr).await.map_err(|source| ServeError::Bind { addr: cfg.grpc_addr, source })?;
+        let grpc_listener = TcpListener::bind(cfg.grpc_addr)
+            .await
+            .map_err(|source| ServeError::Bind { addr: cfg.grpc_addr, source })?;
         let grpc_addr = grpc_listener.local_addr()?;
         let http_listener = match cfg.http_addr {
             Some(addr) => Some(TcpListener::bind(addr).await.map_err(|source| ServeError::Bind { addr, source })?),

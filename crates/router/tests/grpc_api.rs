@@ -28,7 +28,8 @@ fn start(num_blocks: usize, cfg: EngineConfig, max_queue: usize) -> Server {
     let dir = tempfile::tempdir().unwrap();
     let model_cfg = shardline_model::testing::tiny_config("LlamaForCausalLM", VOCAB, false);
     shardline_model::testing::write_tiny_model(dir.path(), &model_cfg, 7).unwrap();
-    std::fs::write(dir.path().join("tokenizer.json"), shardline_tokenizer::testing::tiny_tokenizer_json(VOCAB)).unwrap();
+    std::fs::write(dir.path().join("tokenizer.json"), shardline_tokenizer::testing::tiny_tokenizer_json(VOCAB))
+        .unwrap();
     let (model, tok) = load_local(&ModelSpec::cpu(dir.path().to_str().unwrap(), DType::F32)).unwrap();
     let (eos, max_len) = (model.config().eos_token_ids.clone(), model.config().max_position_embeddings);
     let exec = LocalExecutor::new(model, num_blocks, BLOCK).unwrap();
@@ -62,7 +63,12 @@ fn start(num_blocks: usize, cfg: EngineConfig, max_queue: usize) -> Server {
 fn greedy_request(ids: Vec<u32>, max_tokens: u32) -> pb::GenerateRequest {
     pb::GenerateRequest {
         input: Some(pb::generate_request::Input::TokenIds(pb::TokenIds { ids })),
-        sampling: Some(pb::SamplingParameters { temperature: Some(0.0), max_tokens: Some(max_tokens), ignore_eos: true, ..Default::default() }),
+        sampling: Some(pb::SamplingParameters {
+            temperature: Some(0.0),
+            max_tokens: Some(max_tokens),
+            ignore_eos: true,
+            ..Default::default()
+        }),
         ..Default::default()
     }
 }
@@ -96,7 +102,9 @@ impl Server {
     }
 }
 
-async fn futures_join(calls: Vec<tokio::task::JoinHandle<Result<pb::GenerateResponse, tonic::Status>>>) -> Vec<pb::GenerateResponse> {
+async fn futures_join(
+    calls: Vec<tokio::task::JoinHandle<Result<pb::GenerateResponse, tonic::Status>>>,
+) -> Vec<pb::GenerateResponse> {
     let mut out = Vec::new();
     for c in calls {
         out.push(c.await.unwrap().expect("request succeeds"));
@@ -127,7 +135,11 @@ fn concurrent_greedy_requests_match_each_alone() {
 #[test]
 fn a_tiny_kv_budget_preempts_and_every_request_still_completes_correctly() {
     let roomy = start(1024, EngineConfig::default(), 64);
-    let reqs = || (0..8u32).map(|i| greedy_request((0..20 + i).map(|j| (i * 13 + j) % VOCAB as u32).collect(), 16)).collect::<Vec<_>>();
+    let reqs = || {
+        (0..8u32)
+            .map(|i| greedy_request((0..20 + i).map(|j| (i * 13 + j) % VOCAB as u32).collect(), 16))
+            .collect::<Vec<_>>()
+    };
     let alone: Vec<_> = reqs().into_iter().map(|r| roomy.generate(r).unwrap()).collect();
     // 24 blocks × 4 tokens: room for about two of these 36–43-token sequences at a time.
     let tight = start(24, EngineConfig { max_num_seqs: 8, ..Default::default() }, 64);
@@ -174,7 +186,10 @@ fn bad_requests_get_invalid_argument_and_the_server_keeps_serving() {
         (with(&|r| r.input = None), "no input"),
         (with(&|r| r.input = Some(pb::generate_request::Input::Text(String::new()))), "empty"),
         (with(&|r| r.input = Some(pb::generate_request::Input::TokenIds(pb::TokenIds { ids: vec![] }))), "empty"),
-        (with(&|r| r.input = Some(pb::generate_request::Input::TokenIds(pb::TokenIds { ids: vec![1, 100_000] }))), "100000"),
+        (
+            with(&|r| r.input = Some(pb::generate_request::Input::TokenIds(pb::TokenIds { ids: vec![1, 100_000] }))),
+            "100000",
+        ),
         (sampling(&|s| s.max_tokens = Some(1_000_000)), "context"),
         (sampling(&|s| s.max_tokens = Some(0)), "max_tokens"),
         (sampling(&|s| s.temperature = Some(-1.0)), "temperature"),
@@ -211,7 +226,9 @@ fn a_full_queue_answers_resource_exhausted() {
         loop {
             match c.generate(greedy_request(vec![9], 2)).await {
                 Ok(r) => break assert_eq!(r.into_inner().token_ids.len(), 2),
-                Err(e) if e.code() == Code::ResourceExhausted && Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(20)).await,
+                Err(e) if e.code() == Code::ResourceExhausted && Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(20)).await
+                }
                 Err(e) => panic!("{e:?}"),
             }
         }
@@ -223,9 +240,15 @@ fn health_and_model_info_describe_the_server() {
     let server = start(64, EngineConfig { policy: SchedulerPolicy::Continuous, ..Default::default() }, 64);
     let mut c = server.client.clone();
     let (health, info) = server._rt.block_on(async {
-        (c.health(pb::HealthRequest {}).await.unwrap().into_inner(), c.model_info(pb::ModelInfoRequest {}).await.unwrap().into_inner())
+        (
+            c.health(pb::HealthRequest {}).await.unwrap().into_inner(),
+            c.model_info(pb::ModelInfoRequest {}).await.unwrap().into_inner(),
+        )
     });
     assert!(health.serving);
     assert_eq!(health.kv_cache_usage, 0.0);
-    assert_eq!((info.model_id.as_str(), info.vocab_size, info.block_size, info.num_kv_blocks), ("tiny", VOCAB as u32, BLOCK as u32, 64));
+    assert_eq!(
+        (info.model_id.as_str(), info.vocab_size, info.block_size, info.num_kv_blocks),
+        ("tiny", VOCAB as u32, BLOCK as u32, 64)
+    );
 }

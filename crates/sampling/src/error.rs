@@ -5,11 +5,7 @@
 pub enum SamplingError {
     /// A numeric field outside its range, e.g. "temperature must be >= 0, got -1".
     #[error("{field} must be {rule}, got {value}")]
-    OutOfRange {
-        field: &'static str,
-        rule: &'static str,
-        value: String,
-    },
+    OutOfRange { field: &'static str, rule: &'static str, value: String },
     /// An empty stop string would match everywhere and end generation at once.
     #[error("stop strings must not be empty")]
     EmptyStop,

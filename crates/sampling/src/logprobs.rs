@@ -197,13 +197,7 @@ fn top_raw(logits: &[f32], k: usize) -> Vec<(f64, u32)> {
 
 /// [`log_softmax_top`] with the log-sum-exp already known.
 pub(crate) fn top_with_lse(logits: &[f32], k: usize, lse: f64) -> Vec<TokenLogprob> {
-    top_raw(logits, k)
-        .into_iter()
-        .map(|(l, id)| TokenLogprob {
-            token_id: id,
-            logprob: (l - lse) as f32,
-        })
-        .collect()
+    top_raw(logits, k).into_iter().map(|(l, id)| TokenLogprob { token_id: id, logprob: (l - lse) as f32 }).collect()
 }
 
 /// The `k` highest raw logprobs, most likely first (ties: lower id first).
@@ -258,10 +252,6 @@ mod tests {
         let ids: Vec<u32> = top.iter().map(|t| t.token_id).collect();
         assert_eq!(ids, vec![1, 2, 4]);
         assert!(log_softmax_top(&[1.0], 0).is_empty());
-        assert_eq!(
-            log_softmax_top(&[0.0, 0.0], 5).len(),
-            2,
-            "k larger than the vocabulary"
-        );
+        assert_eq!(log_softmax_top(&[0.0, 0.0], 5).len(), 2, "k larger than the vocabulary");
     }
 }

@@ -52,16 +52,12 @@ impl Default for SamplingParams {
 impl SamplingParams {
     /// Deterministic argmax decoding.
     pub fn greedy() -> Self {
-        SamplingParams {
-            temperature: 0.0,
-            ..Default::default()
-        }
+        SamplingParams { temperature: 0.0, ..Default::default() }
     }
 
     /// Rejects parameters vLLM would reject, naming the field and the allowed range.
     pub fn validate(&self, vocab_size: usize) -> Result<(), SamplingError> {
-        let bad =
-            |field, rule, value: String| Err(SamplingError::OutOfRange { field, rule, value });
+        let bad = |field, rule, value: String| Err(SamplingError::OutOfRange { field, rule, value });
         if !(self.temperature >= 0.0 && self.temperature.is_finite()) {
             return bad("temperature", ">= 0", self.temperature.to_string());
         }
@@ -72,11 +68,7 @@ impl SamplingParams {
             return bad("min_p", "in [0, 1]", self.min_p.to_string());
         }
         if !(self.repetition_penalty > 0.0 && self.repetition_penalty.is_finite()) {
-            return bad(
-                "repetition_penalty",
-                "> 0",
-                self.repetition_penalty.to_string(),
-            );
+            return bad("repetition_penalty", "> 0", self.repetition_penalty.to_string());
         }
         if let Some(k) = self.logprobs.filter(|&k| k > MAX_LOGPROBS) {
             return bad("logprobs", "at most 20 (MAX_LOGPROBS)", k.to_string());
@@ -87,11 +79,7 @@ impl SamplingParams {
         if self.stop.iter().any(String::is_empty) {
             return Err(SamplingError::EmptyStop);
         }
-        if let Some(&id) = self
-            .stop_token_ids
-            .iter()
-            .find(|&&id| id as usize >= vocab_size)
-        {
+        if let Some(&id) = self.stop_token_ids.iter().find(|&&id| id as usize >= vocab_size) {
             return Err(SamplingError::StopTokenOutOfVocab { id, vocab_size });
         }
         Ok(())
@@ -107,88 +95,19 @@ mod tests {
         let ok = SamplingParams::default();
         assert!(ok.validate(10).is_ok());
         let cases: Vec<(SamplingParams, &str)> = vec![
+            (SamplingParams { temperature: -1.0, ..ok.clone() }, "temperature must be >= 0, got -1"),
+            (SamplingParams { temperature: f32::NAN, ..ok.clone() }, "temperature"),
+            (SamplingParams { top_p: 0.0, ..ok.clone() }, "top_p must be in (0, 1]"),
+            (SamplingParams { top_p: 1.5, ..ok.clone() }, "top_p"),
+            (SamplingParams { min_p: -0.1, ..ok.clone() }, "min_p must be in [0, 1]"),
+            (SamplingParams { min_p: 1.5, ..ok.clone() }, "min_p"),
+            (SamplingParams { repetition_penalty: -1.0, ..ok.clone() }, "repetition_penalty must be > 0"),
+            (SamplingParams { repetition_penalty: 0.0, ..ok.clone() }, "repetition_penalty"),
+            (SamplingParams { logprobs: Some(21), ..ok.clone() }, "logprobs must be at most 20"),
+            (SamplingParams { max_tokens: 0, ..ok.clone() }, "max_tokens must be >= 1, got 0"),
+            (SamplingParams { stop: vec![String::new()], ..ok.clone() }, "stop strings must not be empty"),
             (
-                SamplingParams {
-                    temperature: -1.0,
-                    ..ok.clone()
-                },
-                "temperature must be >= 0, got -1",
-            ),
-            (
-                SamplingParams {
-                    temperature: f32::NAN,
-                    ..ok.clone()
-                },
-                "temperature",
-            ),
-            (
-                SamplingParams {
-                    top_p: 0.0,
-                    ..ok.clone()
-                },
-                "top_p must be in (0, 1]",
-            ),
-            (
-                SamplingParams {
-                    top_p: 1.5,
-                    ..ok.clone()
-                },
-                "top_p",
-            ),
-            (
-                SamplingParams {
-                    min_p: -0.1,
-                    ..ok.clone()
-                },
-                "min_p must be in [0, 1]",
-            ),
-            (
-                SamplingParams {
-                    min_p: 1.5,
-                    ..ok.clone()
-                },
-                "min_p",
-            ),
-            (
-                SamplingParams {
-                    repetition_penalty: -1.0,
-                    ..ok.clone()
-                },
-                "repetition_penalty must be > 0",
-            ),
-            (
-                SamplingParams {
-                    repetition_penalty: 0.0,
-                    ..ok.clone()
-                },
-                "repetition_penalty",
-            ),
-            (
-                SamplingParams {
-                    logprobs: Some(21),
-                    ..ok.clone()
-                },
-                "logprobs must be at most 20",
-            ),
-            (
-                SamplingParams {
-                    max_tokens: 0,
-                    ..ok.clone()
-                },
-                "max_tokens must be >= 1, got 0",
-            ),
-            (
-                SamplingParams {
-                    stop: vec![String::new()],
-                    ..ok.clone()
-                },
-                "stop strings must not be empty",
-            ),
-            (
-                SamplingParams {
-                    stop_token_ids: vec![10],
-                    ..ok.clone()
-                },
+                SamplingParams { stop_token_ids: vec![10], ..ok.clone() },
                 "stop_token_id 10 is outside the vocabulary (size 10)",
             ),
         ];
@@ -216,18 +135,11 @@ mod tests {
 
     #[test]
     fn json_fills_missing_fields_with_defaults() {
-        let p: SamplingParams =
-            serde_json::from_str(r#"{"temperature": 0.7, "stop": ["\n\n"], "seed": 3}"#).unwrap();
-        let want = SamplingParams {
-            temperature: 0.7,
-            stop: vec!["\n\n".into()],
-            seed: Some(3),
-            ..Default::default()
-        };
+        let p: SamplingParams = serde_json::from_str(r#"{"temperature": 0.7, "stop": ["\n\n"], "seed": 3}"#).unwrap();
+        let want = SamplingParams { temperature: 0.7, stop: vec!["\n\n".into()], seed: Some(3), ..Default::default() };
         assert_eq!(p, want);
         assert_eq!(p.max_tokens, 256);
-        let back: SamplingParams =
-            serde_json::from_str(&serde_json::to_string(&p).unwrap()).unwrap();
+        let back: SamplingParams = serde_json::from_str(&serde_json::to_string(&p).unwrap()).unwrap();
         assert_eq!(back, p);
     }
 }

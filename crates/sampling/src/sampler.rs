@@ -64,11 +64,7 @@ impl Sampler {
             Some(seed) => StdRng::seed_from_u64(seed),
             None => StdRng::from_os_rng(),
         };
-        Sampler {
-            params: params.clone(),
-            rng,
-            cand: Vec::new(),
-        }
+        Sampler { params: params.clone(), rng, cand: Vec::new() }
     }
 
     /// `history` is the prompt plus everything generated so far (for the repetition penalty).
@@ -77,16 +73,9 @@ impl Sampler {
         assert!(!logits.is_empty(), "sample() needs a non-empty logits row");
         let token_id = self.choose(logits, history);
         let lse = log_sum_exp(logits);
-        let top = self
-            .params
-            .logprobs
-            .map_or_else(Vec::new, |k| top_with_lse(logits, k, lse));
+        let top = self.params.logprobs.map_or_else(Vec::new, |k| top_with_lse(logits, k, lse));
         let logprob = (key(logits[token_id as usize]) - lse) as f32;
-        SampledToken {
-            token_id,
-            logprob,
-            top,
-        }
+        SampledToken { token_id, logprob, top }
     }
 
     fn choose(&mut self, raw: &[f32], history: &[u32]) -> u32 {
@@ -106,10 +95,7 @@ impl Sampler {
             }
         }
         if greedy {
-            return cand
-                .iter()
-                .min_by(|a, b| by_value_desc(a, b))
-                .map_or(0, |c| c.1);
+            return cand.iter().min_by(|a, b| by_value_desc(a, b)).map_or(0, |c| c.1);
         }
         if p.top_k > 0 && p.top_k < cand.len() {
             cand.select_nth_unstable_by(p.top_k - 1, by_value_desc);
@@ -122,8 +108,7 @@ impl Sampler {
         }
         // Unnormalised probabilities of softmax(logits / T); the best token weighs exactly 1.
         let inv_t = 1.0 / p.temperature as f64;
-        cand.iter_mut()
-            .for_each(|c| c.0 = exp_nonpos((c.0 - max) * inv_t));
+        cand.iter_mut().for_each(|c| c.0 = exp_nonpos((c.0 - max) * inv_t));
         if p.top_p < 1.0 {
             let keep = nucleus_len(cand, p.top_p as f64);
             cand.truncate(keep);
@@ -143,10 +128,7 @@ impl Sampler {
             u -= w;
         }
         // Rounding left a sliver of `u`: the last candidate with weight takes it.
-        cand.iter()
-            .rev()
-            .find(|c| c.0 > 0.0)
-            .map_or(cand[0].1, |c| c.1)
+        cand.iter().rev().find(|c| c.0 > 0.0).map_or(cand[0].1, |c| c.1)
     }
 }
 

@@ -20,9 +20,7 @@ pub fn check_token_stop(
     params: &SamplingParams,
     eos_token_ids: &[u32],
 ) -> Option<FinishReason> {
-    if params.stop_token_ids.contains(&token)
-        || (!params.ignore_eos && eos_token_ids.contains(&token))
-    {
+    if params.stop_token_ids.contains(&token) || (!params.ignore_eos && eos_token_ids.contains(&token)) {
         Some(FinishReason::Stop)
     } else if generated_len >= params.max_tokens {
         Some(FinishReason::Length)
@@ -61,33 +59,19 @@ impl StopMatcher {
 
     pub fn push(&mut self, delta: &str) -> StopOutcome {
         if self.stopped {
-            return StopOutcome {
-                emit: String::new(),
-                stopped: true,
-            };
+            return StopOutcome { emit: String::new(), stopped: true };
         }
         self.held.push_str(delta);
-        if let Some(pos) = self
-            .stops
-            .iter()
-            .filter_map(|s| self.held.find(s.as_str()))
-            .min()
-        {
+        if let Some(pos) = self.stops.iter().filter_map(|s| self.held.find(s.as_str())).min() {
             self.stopped = true;
             let emit = self.held[..pos].to_string();
             self.held.clear();
-            return StopOutcome {
-                emit,
-                stopped: true,
-            };
+            return StopOutcome { emit, stopped: true };
         }
         let keep = self.longest_partial_suffix();
         let emit = self.held[..self.held.len() - keep].to_string();
         self.held.drain(..self.held.len() - keep);
-        StopOutcome {
-            emit,
-            stopped: false,
-        }
+        StopOutcome { emit, stopped: false }
     }
 
     /// Releases what is held back at the end of generation.
@@ -136,10 +120,7 @@ mod tests {
     fn stop_split_across_deltas_is_found_and_excluded() {
         let (out, stopped, emitted) = run(&["STOP"], &["hello S", "TO", "P world"]);
         assert_eq!((out.as_str(), stopped), ("hello ", true));
-        assert_eq!(
-            emitted[0], "hello ",
-            "the possible start of a stop string is held back"
-        );
+        assert_eq!(emitted[0], "hello ", "the possible start of a stop string is held back");
     }
 
     #[test]
@@ -167,50 +148,24 @@ mod tests {
 
     #[test]
     fn token_rules() {
-        let p = SamplingParams {
-            max_tokens: 3,
-            stop_token_ids: vec![7],
-            ..Default::default()
-        };
+        let p = SamplingParams { max_tokens: 3, stop_token_ids: vec![7], ..Default::default() };
         assert_eq!(check_token_stop(7, 1, &p, &[2]), Some(FinishReason::Stop));
         assert_eq!(check_token_stop(2, 1, &p, &[2]), Some(FinishReason::Stop));
         assert_eq!(check_token_stop(5, 2, &p, &[2]), None);
         assert_eq!(check_token_stop(5, 3, &p, &[2]), Some(FinishReason::Length));
         // A stop token on the last allowed step reports Stop, as vLLM does.
         assert_eq!(check_token_stop(2, 3, &p, &[2]), Some(FinishReason::Stop));
-        let ignore = SamplingParams {
-            ignore_eos: true,
-            ..p
-        };
+        let ignore = SamplingParams { ignore_eos: true, ..p };
         assert_eq!(check_token_stop(2, 1, &ignore, &[2]), None);
-        assert_eq!(
-            check_token_stop(7, 1, &ignore, &[2]),
-            Some(FinishReason::Stop),
-            "stop ids still apply"
-        );
-        assert_eq!(
-            check_token_stop(2, 3, &ignore, &[2]),
-            Some(FinishReason::Length)
-        );
+        assert_eq!(check_token_stop(7, 1, &ignore, &[2]), Some(FinishReason::Stop), "stop ids still apply");
+        assert_eq!(check_token_stop(2, 3, &ignore, &[2]), Some(FinishReason::Length));
     }
 
     #[test]
     fn text_equal_to_a_stop_prefix_is_held_then_flushed() {
         let mut m = StopMatcher::new(&["STOP".to_string()]);
-        assert_eq!(
-            m.push("ST"),
-            StopOutcome {
-                emit: String::new(),
-                stopped: false
-            }
-        );
-        assert_eq!(
-            m.push("O"),
-            StopOutcome {
-                emit: String::new(),
-                stopped: false
-            }
-        );
+        assert_eq!(m.push("ST"), StopOutcome { emit: String::new(), stopped: false });
+        assert_eq!(m.push("O"), StopOutcome { emit: String::new(), stopped: false });
         assert_eq!(m.finish(), "STO");
         assert_eq!(m.finish(), "", "finish drains once");
     }
@@ -218,28 +173,12 @@ mod tests {
     #[test]
     fn nothing_after_a_stop_and_no_stops_passes_through() {
         let mut m = StopMatcher::new(&["!".to_string()]);
-        assert_eq!(
-            m.push("hi!there"),
-            StopOutcome {
-                emit: "hi".into(),
-                stopped: true
-            }
-        );
-        assert_eq!(
-            m.push("more"),
-            StopOutcome {
-                emit: String::new(),
-                stopped: true
-            }
-        );
+        assert_eq!(m.push("hi!there"), StopOutcome { emit: "hi".into(), stopped: true });
+        assert_eq!(m.push("more"), StopOutcome { emit: String::new(), stopped: true });
         assert_eq!(m.finish(), "");
         let (out, stopped, emitted) = run(&[], &["a", "b", "c"]);
         assert_eq!((out.as_str(), stopped), ("abc", false));
-        assert_eq!(
-            emitted,
-            vec!["a", "b", "c"],
-            "without stops nothing is held back"
-        );
+        assert_eq!(emitted, vec!["a", "b", "c"], "without stops nothing is held back");
     }
 
     #[test]
@@ -255,13 +194,7 @@ mod tests {
 
     #[test]
     fn finish_reason_serializes_like_openai() {
-        assert_eq!(
-            serde_json::to_string(&FinishReason::Stop).unwrap(),
-            r#""stop""#
-        );
-        assert_eq!(
-            serde_json::to_string(&FinishReason::Length).unwrap(),
-            r#""length""#
-        );
+        assert_eq!(serde_json::to_string(&FinishReason::Stop).unwrap(), r#""stop""#);
+        assert_eq!(serde_json::to_string(&FinishReason::Length).unwrap(), r#""length""#);
     }
 }

@@ -9,21 +9,14 @@ fn draw(params: SamplingParams, logits: &[f32], n: usize) -> Vec<u32> {
 }
 
 fn seeded(seed: u64) -> SamplingParams {
-    SamplingParams {
-        seed: Some(seed),
-        ..Default::default()
-    }
+    SamplingParams { seed: Some(seed), ..Default::default() }
 }
 
 #[test]
 fn greedy_is_argmax_with_lowest_id_on_ties() {
     let logits = [0.1, 3.0, -1.0, 3.0];
     assert_eq!(draw(SamplingParams::greedy(), &logits, 3), vec![1, 1, 1]);
-    let top1 = SamplingParams {
-        top_k: 1,
-        temperature: 5.0,
-        ..seeded(1)
-    };
+    let top1 = SamplingParams { top_k: 1, temperature: 5.0, ..seeded(1) };
     assert_eq!(draw(top1, &logits, 5), vec![1; 5]);
 }
 
@@ -37,23 +30,11 @@ fn seeds_reproduce_and_differ() {
 #[test]
 fn filters_restrict_the_support() {
     let logits: Vec<f32> = (0..50).map(|i| -(i as f32) * 0.1).collect();
-    let top_k = draw(
-        SamplingParams {
-            top_k: 5,
-            ..seeded(1)
-        },
-        &logits,
-        2000,
-    );
+    let top_k = draw(SamplingParams { top_k: 5, ..seeded(1) }, &logits, 2000);
     assert!(top_k.iter().all(|&t| t < 5));
-    assert!(
-        (0..5).all(|t| top_k.contains(&t)),
-        "every allowed token shows up"
-    );
+    assert!((0..5).all(|t| top_k.contains(&t)), "every allowed token shows up");
     // Probabilities of the first tokens: top_p 0.2 must keep only a short prefix.
-    let probs: Vec<f64> = (0..50)
-        .map(|i| (logprob_of(&logits, i) as f64).exp())
-        .collect();
+    let probs: Vec<f64> = (0..50).map(|i| (logprob_of(&logits, i) as f64).exp()).collect();
     let mut cum = 0.0;
     let needed = probs
         .iter()
@@ -63,23 +44,9 @@ fn filters_restrict_the_support() {
         })
         .unwrap()
         + 1;
-    let top_p = draw(
-        SamplingParams {
-            top_p: 0.2,
-            ..seeded(2)
-        },
-        &logits,
-        2000,
-    );
+    let top_p = draw(SamplingParams { top_p: 0.2, ..seeded(2) }, &logits, 2000);
     assert!(top_p.iter().all(|&t| (t as usize) < needed));
-    let min_p = draw(
-        SamplingParams {
-            min_p: 0.75,
-            ..seeded(3)
-        },
-        &logits,
-        2000,
-    );
+    let min_p = draw(SamplingParams { min_p: 0.75, ..seeded(3) }, &logits, 2000);
     // p_i / p_0 = exp(-0.1 i) >= 0.75  <=>  i <= 2.87
     assert!(min_p.iter().all(|&t| t <= 2));
     assert!(min_p.contains(&2));
@@ -90,35 +57,19 @@ fn temperature_shapes_the_distribution() {
     let logits = [1.0f32, 0.0];
     let n = 20000;
     let share = |temp: f32| {
-        draw(
-            SamplingParams {
-                temperature: temp,
-                ..seeded(9)
-            },
-            &logits,
-            n,
-        )
-        .iter()
-        .filter(|&&t| t == 0)
-        .count() as f64
+        draw(SamplingParams { temperature: temp, ..seeded(9) }, &logits, n).iter().filter(|&&t| t == 0).count() as f64
             / n as f64
     };
     let expect = |temp: f64| 1.0 / (1.0 + (-1.0 / temp).exp());
     for temp in [0.5f32, 1.0, 2.0] {
-        assert!(
-            (share(temp) - expect(temp as f64)).abs() < 0.02,
-            "temperature {temp}"
-        );
+        assert!((share(temp) - expect(temp as f64)).abs() < 0.02, "temperature {temp}");
     }
 }
 
 #[test]
 fn repetition_penalty_discourages_seen_tokens() {
     let logits = [2.0f32, 1.9, -1.0];
-    let p = SamplingParams {
-        repetition_penalty: 1.5,
-        ..SamplingParams::greedy()
-    };
+    let p = SamplingParams { repetition_penalty: 1.5, ..SamplingParams::greedy() };
     let mut s = Sampler::new(&p);
     assert_eq!(s.sample(&logits, &[]).token_id, 0);
     assert_eq!(s.sample(&logits, &[0, 0, 2]).token_id, 1);
@@ -126,39 +77,20 @@ fn repetition_penalty_discourages_seen_tokens() {
 
 #[test]
 fn logprobs_are_raw_log_softmax() {
-    let logits: Vec<f32> = (0..1000)
-        .map(|i| ((i * 7919) % 1000) as f32 / 100.0)
-        .collect();
+    let logits: Vec<f32> = (0..1000).map(|i| ((i * 7919) % 1000) as f32 / 100.0).collect();
     let top = log_softmax_top(&logits, 5);
-    let max = logits
-        .iter()
-        .cloned()
-        .fold(f64::NEG_INFINITY, |a, b| a.max(b as f64));
-    let lse = max
-        + logits
-            .iter()
-            .map(|&l| (l as f64 - max).exp())
-            .sum::<f64>()
-            .ln();
-    let mut sorted: Vec<(f32, u32)> = logits
-        .iter()
-        .enumerate()
-        .map(|(i, &l)| (l, i as u32))
-        .collect();
+    let max = logits.iter().cloned().fold(f64::NEG_INFINITY, |a, b| a.max(b as f64));
+    let lse = max + logits.iter().map(|&l| (l as f64 - max).exp()).sum::<f64>().ln();
+    let mut sorted: Vec<(f32, u32)> = logits.iter().enumerate().map(|(i, &l)| (l, i as u32)).collect();
     sorted.sort_by(|a, b| b.0.partial_cmp(&a.0).unwrap().then(a.1.cmp(&b.1)));
     for (t, (l, id)) in top.iter().zip(&sorted) {
         assert_eq!(t.token_id, *id);
         assert!((t.logprob as f64 - (*l as f64 - lse)).abs() < 1e-6);
     }
-    let total: f64 = (0..1000)
-        .map(|i| (logprob_of(&logits, i) as f64).exp())
-        .sum();
+    let total: f64 = (0..1000).map(|i| (logprob_of(&logits, i) as f64).exp()).sum();
     assert!((total - 1.0).abs() < 1e-5);
     // The chosen token's logprob is filled even when no top list was asked for.
-    let mut s = Sampler::new(&SamplingParams {
-        temperature: 3.0,
-        ..seeded(5)
-    });
+    let mut s = Sampler::new(&SamplingParams { temperature: 3.0, ..seeded(5) });
     let t = s.sample(&logits, &[]);
     assert!(t.top.is_empty());
     assert!((t.logprob - logprob_of(&logits, t.token_id)).abs() < 1e-6);
@@ -167,17 +99,9 @@ fn logprobs_are_raw_log_softmax() {
 /// Naive reference for the nucleus: the smallest best-first prefix with mass >= p.
 fn nucleus(logits: &[f32], temperature: f64, p: f64) -> Vec<u32> {
     let mut idx: Vec<u32> = (0..logits.len() as u32).collect();
-    idx.sort_by(|&a, &b| {
-        logits[b as usize]
-            .partial_cmp(&logits[a as usize])
-            .unwrap()
-            .then(a.cmp(&b))
-    });
+    idx.sort_by(|&a, &b| logits[b as usize].partial_cmp(&logits[a as usize]).unwrap().then(a.cmp(&b)));
     let max = logits[idx[0] as usize] as f64;
-    let w: Vec<f64> = idx
-        .iter()
-        .map(|&i| ((logits[i as usize] as f64 - max) / temperature).exp())
-        .collect();
+    let w: Vec<f64> = idx.iter().map(|&i| ((logits[i as usize] as f64 - max) / temperature).exp()).collect();
     let total: f64 = w.iter().sum();
     let mut cum = 0.0;
     let n = w
@@ -196,43 +120,20 @@ fn nucleus(logits: &[f32], temperature: f64, p: f64) -> Vec<u32> {
 fn large_vocab_nucleus_matches_reference() {
     // 152k tokens with a slowly decaying tail, so the nucleus outgrows the first sorted prefix.
     let vocab = 152_064;
-    let logits: Vec<f32> = (0..vocab)
-        .map(|i| -((i * 2_654_435_761usize % vocab) as f32) * 2e-3)
-        .collect();
+    let logits: Vec<f32> = (0..vocab).map(|i| -((i * 2_654_435_761usize % vocab) as f32) * 2e-3).collect();
     let allowed = nucleus(&logits, 0.8, 0.5);
-    assert!(
-        allowed.len() > 64,
-        "test must exercise the growing prefix, got {}",
-        allowed.len()
-    );
-    let params = SamplingParams {
-        temperature: 0.8,
-        top_p: 0.5,
-        ..seeded(11)
-    };
+    assert!(allowed.len() > 64, "test must exercise the growing prefix, got {}", allowed.len());
+    let params = SamplingParams { temperature: 0.8, top_p: 0.5, ..seeded(11) };
     let got = draw(params.clone(), &logits, 300);
     assert!(got.iter().all(|t| allowed.contains(t)));
-    assert_eq!(
-        got,
-        draw(params, &logits, 300),
-        "seeded top-p is reproducible"
-    );
+    assert_eq!(got, draw(params, &logits, 300), "seeded top-p is reproducible");
 }
 
 #[test]
 fn combined_filters_intersect() {
     let logits: Vec<f32> = (0..30).map(|i| -(i as f32) * 0.05).collect();
     // top_k keeps 0..10; min_p 0.7 keeps p_i/p_0 = exp(-0.05 i) >= 0.7 → i <= 7; top_p 0.99 keeps all.
-    let got = draw(
-        SamplingParams {
-            top_k: 10,
-            top_p: 0.99,
-            min_p: 0.7,
-            ..seeded(4)
-        },
-        &logits,
-        3000,
-    );
+    let got = draw(SamplingParams { top_k: 10, top_p: 0.99, min_p: 0.7, ..seeded(4) }, &logits, 3000);
     assert!(got.iter().all(|&t| t <= 7));
     assert!((0..=7).all(|t| got.contains(&t)));
 }
@@ -242,18 +143,8 @@ fn draws_follow_softmax_chi_square() {
     let logits = [2.0f32, 1.0, 0.5, 0.0, -1.0];
     let temp = 0.7;
     let n = 20_000;
-    let got = draw(
-        SamplingParams {
-            temperature: temp,
-            ..seeded(123)
-        },
-        &logits,
-        n,
-    );
-    let w: Vec<f64> = logits
-        .iter()
-        .map(|&l| (l as f64 / temp as f64).exp())
-        .collect();
+    let got = draw(SamplingParams { temperature: temp, ..seeded(123) }, &logits, n);
+    let w: Vec<f64> = logits.iter().map(|&l| (l as f64 / temp as f64).exp()).collect();
     let total: f64 = w.iter().sum();
     let chi2: f64 = (0..5)
         .map(|k| {
@@ -273,44 +164,22 @@ fn nan_and_masked_logits_are_never_drawn() {
     assert!(got.iter().all(|&t| t == 1 || t == 3));
     assert_eq!(draw(SamplingParams::greedy(), &logits, 1), vec![3]);
     // Temperatures below vLLM's epsilon are greedy rather than overflowing.
-    assert_eq!(
-        draw(
-            SamplingParams {
-                temperature: 1e-7,
-                ..seeded(1)
-            },
-            &[1.0, 1.0e4, 2.0],
-            20
-        ),
-        vec![1; 20]
-    );
+    assert_eq!(draw(SamplingParams { temperature: 1e-7, ..seeded(1) }, &[1.0, 1.0e4, 2.0], 20), vec![1; 20]);
 }
 
 #[test]
 fn requested_logprobs_are_raw_and_ordered() {
     let logits: Vec<f32> = (0..500).map(|i| ((i * 31) % 97) as f32 / 10.0).collect();
     let history = [96u32, 96, 3];
-    let p = SamplingParams {
-        logprobs: Some(4),
-        temperature: 0.3,
-        repetition_penalty: 2.0,
-        ..seeded(6)
-    };
+    let p = SamplingParams { logprobs: Some(4), temperature: 0.3, repetition_penalty: 2.0, ..seeded(6) };
     let mut s = Sampler::new(&p);
     for _ in 0..20 {
         let t = s.sample(&logits, &history);
-        assert_eq!(
-            t.top,
-            log_softmax_top(&logits, 4),
-            "penalty and temperature don't touch logprobs"
-        );
+        assert_eq!(t.top, log_softmax_top(&logits, 4), "penalty and temperature don't touch logprobs");
         assert!(t.top.windows(2).all(|w| w[0].logprob >= w[1].logprob));
         assert!((t.logprob - logprob_of(&logits, t.token_id)).abs() < 1e-6);
     }
-    let mut only_chosen = Sampler::new(&SamplingParams {
-        logprobs: Some(0),
-        ..seeded(6)
-    });
+    let mut only_chosen = Sampler::new(&SamplingParams { logprobs: Some(0), ..seeded(6) });
     let t = only_chosen.sample(&logits, &[]);
     assert!(t.top.is_empty());
     assert!(t.logprob <= 0.0 && t.logprob.is_finite());
@@ -320,21 +189,10 @@ fn requested_logprobs_are_raw_and_ordered() {
 fn repetition_penalty_pushes_negative_logits_down() {
     // All logits negative: the penalty multiplies them, so seen token 0 drops below token 2.
     let logits = [-1.0f32, -3.0, -1.2];
-    let p = SamplingParams {
-        repetition_penalty: 1.3,
-        ..SamplingParams::greedy()
-    };
+    let p = SamplingParams { repetition_penalty: 1.3, ..SamplingParams::greedy() };
     let mut s = Sampler::new(&p);
-    assert_eq!(
-        s.sample(&logits, &[0]).token_id,
-        2,
-        "-1.0 * 1.3 = -1.3 < -1.2"
-    );
-    assert_eq!(
-        s.sample(&logits, &[0, 0, 0]).token_id,
-        2,
-        "penalised once however often seen"
-    );
+    assert_eq!(s.sample(&logits, &[0]).token_id, 2, "-1.0 * 1.3 = -1.3 < -1.2");
+    assert_eq!(s.sample(&logits, &[0, 0, 0]).token_id, 2, "penalised once however often seen");
     assert_eq!(s.sample(&logits, &[0, 2]).token_id, 0, "-1.3 > -1.56");
 }
 
@@ -342,36 +200,16 @@ fn repetition_penalty_pushes_negative_logits_down() {
 #[ignore = "timing; run with --release -- --ignored --nocapture"]
 fn timing_large_vocab() {
     let vocab = 152_064;
-    let logits: Vec<f32> = (0..vocab)
-        .map(|i| ((i * 2_654_435_761usize) % 1000) as f32 / 100.0)
-        .collect();
+    let logits: Vec<f32> = (0..vocab).map(|i| ((i * 2_654_435_761usize) % 1000) as f32 / 100.0).collect();
     let history: Vec<u32> = (0..2000).map(|i| (i * 7919 % vocab) as u32).collect();
     let cases = [
         ("greedy", SamplingParams::greedy()),
         ("temperature only", seeded(1)),
-        (
-            "top_k 50",
-            SamplingParams {
-                top_k: 50,
-                ..seeded(1)
-            },
-        ),
-        (
-            "top_p 0.9",
-            SamplingParams {
-                top_p: 0.9,
-                ..seeded(1)
-            },
-        ),
+        ("top_k 50", SamplingParams { top_k: 50, ..seeded(1) }),
+        ("top_p 0.9", SamplingParams { top_p: 0.9, ..seeded(1) }),
         (
             "top_k 50 + top_p 0.9 + rep 1.1 + logprobs 5",
-            SamplingParams {
-                top_k: 50,
-                top_p: 0.9,
-                repetition_penalty: 1.1,
-                logprobs: Some(5),
-                ..seeded(1)
-            },
+            SamplingParams { top_k: 50, top_p: 0.9, repetition_penalty: 1.1, logprobs: Some(5), ..seeded(1) },
         ),
     ];
     for (name, p) in cases {
@@ -381,9 +219,6 @@ fn timing_large_vocab() {
         for _ in 0..n {
             std::hint::black_box(s.sample(&logits, &history));
         }
-        println!(
-            "{name}: {:.1} us/token",
-            start.elapsed().as_secs_f64() * 1e6 / n as f64
-        );
+        println!("{name}: {:.1} us/token", start.elapsed().as_secs_f64() * 1e6 / n as f64);
     }
 }

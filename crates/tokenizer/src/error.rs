@@ -38,21 +38,13 @@ pub enum TokenizerError {
     GgufMissingKey { path: PathBuf, key: String },
 
     #[error("GGUF metadata key `{key}` in {path} has an unexpected type: {message}")]
-    GgufBadValue {
-        path: PathBuf,
-        key: String,
-        message: String,
-    },
+    GgufBadValue { path: PathBuf, key: String, message: String },
 
     #[error("GGUF file {path} uses tokenizer model `{model}`, which is not supported (supported: gpt2, llama)")]
     GgufUnsupportedModel { path: PathBuf, model: String },
 
     #[error("failed to build the `{kind}` tokenizer from GGUF file {path}: {message}")]
-    GgufBuild {
-        path: PathBuf,
-        kind: String,
-        message: String,
-    },
+    GgufBuild { path: PathBuf, kind: String, message: String },
 
     #[error("failed to encode text ({len} bytes): {message}")]
     Encode { len: usize, message: String },

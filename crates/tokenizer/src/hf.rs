@@ -13,22 +13,16 @@ use crate::Parts;
 pub(crate) fn load(dir: &Path) -> Result<Parts> {
     let tokenizer_json = dir.join("tokenizer.json");
     if !tokenizer_json.is_file() {
-        return Err(TokenizerError::MissingTokenizerJson {
-            dir: dir.to_path_buf(),
-        });
+        return Err(TokenizerError::MissingTokenizerJson { dir: dir.to_path_buf() });
     }
-    let inner =
-        tokenizers::Tokenizer::from_file(&tokenizer_json).map_err(|e| TokenizerError::Load {
-            path: tokenizer_json.clone(),
-            message: e.to_string(),
-        })?;
+    let inner = tokenizers::Tokenizer::from_file(&tokenizer_json)
+        .map_err(|e| TokenizerError::Load { path: tokenizer_json.clone(), message: e.to_string() })?;
 
     let config = read_json(&dir.join("tokenizer_config.json"))?.unwrap_or(Value::Null);
     let generation = read_json(&dir.join("generation_config.json"))?.unwrap_or(Value::Null);
     let model_config = read_json(&dir.join("config.json"))?.unwrap_or(Value::Null);
 
-    let token_id =
-        |field: &str| token_content(config.get(field)).and_then(|t| inner.token_to_id(t));
+    let token_id = |field: &str| token_content(config.get(field)).and_then(|t| inner.token_to_id(t));
     let bos = token_id("bos_token")
         .or_else(|| ids(generation.get("bos_token_id")).first().copied())
         .or_else(|| ids(model_config.get("bos_token_id")).first().copied());
@@ -45,13 +39,7 @@ pub(crate) fn load(dir: &Path) -> Result<Parts> {
 
     let add_bos = config.get("add_bos_token").and_then(Value::as_bool);
     let chat_template = chat_template(dir, &config)?;
-    Ok(Parts {
-        inner,
-        bos,
-        eos,
-        add_bos,
-        chat_template,
-    })
+    Ok(Parts { inner, bos, eos, add_bos, chat_template })
 }
 
 /// Parse a JSON file; `Ok(None)` when it does not exist.
@@ -59,19 +47,9 @@ fn read_json(path: &Path) -> Result<Option<Value>> {
     let text = match std::fs::read_to_string(path) {
         Ok(text) => text,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(source) => {
-            return Err(TokenizerError::Io {
-                path: path.to_path_buf(),
-                source,
-            })
-        }
+        Err(source) => return Err(TokenizerError::Io { path: path.to_path_buf(), source }),
     };
-    serde_json::from_str(&text)
-        .map(Some)
-        .map_err(|source| TokenizerError::Json {
-            path: path.to_path_buf(),
-            source,
-        })
+    serde_json::from_str(&text).map(Some).map_err(|source| TokenizerError::Json { path: path.to_path_buf(), source })
 }
 
 /// A special token in tokenizer_config.json is either a string or a serialized `AddedToken`.
@@ -101,12 +79,7 @@ fn chat_template(dir: &Path, config: &Value) -> Result<Option<String>> {
     match std::fs::read_to_string(&jinja) {
         Ok(text) => return Ok(Some(text)),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(source) => {
-            return Err(TokenizerError::Io {
-                path: jinja,
-                source,
-            })
-        }
+        Err(source) => return Err(TokenizerError::Io { path: jinja, source }),
     }
     if let Some(v) = read_json(&dir.join("chat_template.json"))? {
         if let Some(t) = template_field(v.get("chat_template")) {

@@ -30,12 +30,7 @@ impl<T: Deref<Target = Tokenizer>> IncrementalDecoder<T> {
     /// after the prompt decodes to a space); none of their text is emitted.
     pub fn new(tok: T, prompt_ids: &[u32]) -> Self {
         let context = &prompt_ids[prompt_ids.len().saturating_sub(PROMPT_CONTEXT)..];
-        Self {
-            tok,
-            ids: context.to_vec(),
-            prefix_offset: 0,
-            read_offset: context.len(),
-        }
+        Self { tok, ids: context.to_vec(), prefix_offset: 0, read_offset: context.len() }
     }
 
     /// Add one generated id; returns the text it completes (possibly empty while a multi-byte
@@ -73,9 +68,7 @@ impl<T: Deref<Target = Tokenizer>> IncrementalDecoder<T> {
     }
 
     fn window_texts(&self) -> Result<(String, String)> {
-        let prefix = self
-            .tok
-            .decode(&self.ids[self.prefix_offset..self.read_offset], true)?;
+        let prefix = self.tok.decode(&self.ids[self.prefix_offset..self.read_offset], true)?;
         let full = self.tok.decode(&self.ids[self.prefix_offset..], true)?;
         Ok((prefix, full))
     }

@@ -57,10 +57,7 @@ impl Tokenizer {
         if path.is_dir() {
             Self::from_dir(path)
         } else if path.is_file() {
-            if path
-                .extension()
-                .is_some_and(|e| e.eq_ignore_ascii_case("json"))
-            {
+            if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("json")) {
                 // A bare tokenizer.json: use its directory so the configs next to it apply.
                 let dir = path.parent().unwrap_or(Path::new("."));
                 if path.file_name().is_some_and(|n| n == "tokenizer.json") {
@@ -69,9 +66,7 @@ impl Tokenizer {
             }
             Self::from_gguf(path)
         } else {
-            Err(TokenizerError::PathNotFound {
-                path: path.to_path_buf(),
-            })
+            Err(TokenizerError::PathNotFound { path: path.to_path_buf() })
         }
     }
 
@@ -81,9 +76,7 @@ impl Tokenizer {
 
     pub fn from_dir(dir: &Path) -> Result<Self> {
         if !dir.is_dir() {
-            return Err(TokenizerError::PathNotFound {
-                path: dir.to_path_buf(),
-            });
+            return Err(TokenizerError::PathNotFound { path: dir.to_path_buf() });
         }
         Ok(Self::from_parts(hf::load(dir)?))
     }
@@ -97,29 +90,14 @@ impl Tokenizer {
         chat_template: Option<String>,
     ) -> Self {
         let bos = bos_token.and_then(|t| inner.token_to_id(t));
-        let eos = eos_token
-            .and_then(|t| inner.token_to_id(t))
-            .into_iter()
-            .collect();
-        Self::from_parts(Parts {
-            inner,
-            bos,
-            eos,
-            add_bos: None,
-            chat_template,
-        })
+        let eos = eos_token.and_then(|t| inner.token_to_id(t)).into_iter().collect();
+        Self::from_parts(Parts { inner, bos, eos, add_bos: None, chat_template })
     }
 
     fn from_parts(parts: Parts) -> Self {
         // Added tokens may reuse model ids or extend past them; the id space is what matters to
         // the model's embedding, so count up to the largest id.
-        let vocab_size = parts
-            .inner
-            .get_vocab(true)
-            .values()
-            .map(|&id| id as usize + 1)
-            .max()
-            .unwrap_or(0);
+        let vocab_size = parts.inner.get_vocab(true).values().map(|&id| id as usize + 1).max().unwrap_or(0);
         Self {
             inner: parts.inner,
             bos: parts.bos,
@@ -137,18 +115,14 @@ impl Tokenizer {
         let encoding = self
             .inner
             .encode_fast(text, add_special_tokens)
-            .map_err(|e| TokenizerError::Encode {
-                len: text.len(),
-                message: e.to_string(),
-            })?;
+            .map_err(|e| TokenizerError::Encode { len: text.len(), message: e.to_string() })?;
         let mut ids = encoding.get_ids().to_vec();
         if !add_special_tokens {
             return Ok(ids);
         }
         if let Some(bos) = self.bos {
             // The special-tokens mask tells a post-processor BOS from a `<s>` written in the text.
-            let leading_added_bos =
-                ids.first() == Some(&bos) && encoding.get_special_tokens_mask().first() == Some(&1);
+            let leading_added_bos = ids.first() == Some(&bos) && encoding.get_special_tokens_mask().first() == Some(&1);
             match self.add_bos {
                 Some(true) if !leading_added_bos => ids.insert(0, bos),
                 Some(false) if leading_added_bos => {
@@ -162,17 +136,11 @@ impl Tokenizer {
 
     pub fn decode(&self, ids: &[u32], skip_special_tokens: bool) -> Result<String> {
         if let Some(&id) = ids.iter().find(|&&id| id as usize >= self.vocab_size) {
-            return Err(TokenizerError::UnknownTokenId {
-                id,
-                vocab_size: self.vocab_size,
-            });
+            return Err(TokenizerError::UnknownTokenId { id, vocab_size: self.vocab_size });
         }
         self.inner
             .decode(ids, skip_special_tokens)
-            .map_err(|e| TokenizerError::Decode {
-                count: ids.len(),
-                message: e.to_string(),
-            })
+            .map_err(|e| TokenizerError::Decode { count: ids.len(), message: e.to_string() })
     }
 
     /// Number of ids, including added tokens.
@@ -204,25 +172,15 @@ impl Tokenizer {
 
     /// Render the chat template like transformers'
     /// `apply_chat_template(messages, tokenize=False, add_generation_prompt=...)`.
-    pub fn apply_chat_template(
-        &self,
-        messages: &[ChatMessage],
-        add_generation_prompt: bool,
-    ) -> Result<String> {
-        let template = self
-            .chat_template
-            .as_deref()
-            .ok_or(TokenizerError::NoChatTemplate)?;
+    pub fn apply_chat_template(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<String> {
+        let template = self.chat_template.as_deref().ok_or(TokenizerError::NoChatTemplate)?;
         let bos = self.bos.and_then(|id| self.inner.id_to_token(id));
         let eos = self.eos.first().and_then(|&id| self.inner.id_to_token(id));
         chat::render(
             template,
             messages,
             add_generation_prompt,
-            &chat::TemplateTokens {
-                bos_token: bos.as_deref(),
-                eos_token: eos.as_deref(),
-            },
+            &chat::TemplateTokens { bos_token: bos.as_deref(), eos_token: eos.as_deref() },
         )
     }
 
@@ -242,10 +200,10 @@ impl Tokenizer {
         };
         std::fs::create_dir_all(dir).map_err(io(dir))?;
         let json_path = dir.join("tokenizer.json");
-        let json = self.inner.to_string(true).map_err(|e| TokenizerError::Load {
-            path: json_path.clone(),
-            message: e.to_string(),
-        })?;
+        let json = self
+            .inner
+            .to_string(true)
+            .map_err(|e| TokenizerError::Load { path: json_path.clone(), message: e.to_string() })?;
         std::fs::write(&json_path, json).map_err(io(&json_path))?;
         let name = |id: Option<u32>| id.and_then(|id| self.inner.id_to_token(id));
         let mut config = serde_json::json!({

@@ -18,10 +18,7 @@ const LETTERS: &str = "etaoinshrdlcumwfgypbvkjxqz";
 /// # Panics
 /// If `vocab_size < 260`.
 pub fn tiny_tokenizer_json(vocab_size: usize) -> String {
-    assert!(
-        vocab_size >= 260,
-        "tiny_tokenizer_json: vocab_size {vocab_size} is below the 260 byte + special tokens"
-    );
+    assert!(vocab_size >= 260, "tiny_tokenizer_json: vocab_size {vocab_size} is below the 260 byte + special tokens");
     let alphabet = byte_alphabet();
     let mut vocab = Map::new();
     for (id, c) in alphabet.iter().enumerate() {
@@ -34,9 +31,8 @@ pub fn tiny_tokenizer_json(vocab_size: usize) -> String {
     // Breadth-first: every queued piece extended by every letter. Pieces in the queue are
     // distinct and each merge appends one char, so every produced piece is new.
     let space = alphabet[b' ' as usize];
-    let mut queue: std::collections::VecDeque<String> = std::iter::once(space.to_string())
-        .chain(LETTERS.chars().map(String::from))
-        .collect();
+    let mut queue: std::collections::VecDeque<String> =
+        std::iter::once(space.to_string()).chain(LETTERS.chars().map(String::from)).collect();
     let mut merges = Vec::new();
     let mut next_id = 256 + SPECIAL_TOKENS.len();
     'fill: while let Some(left) = queue.pop_front() {

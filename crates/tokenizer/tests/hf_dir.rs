@@ -16,16 +16,8 @@ fn write(dir: &Path, name: &str, text: &str) {
 
 fn tiny_dir(vocab_size: usize, tokenizer_config: serde_json::Value) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
-    write(
-        dir.path(),
-        "tokenizer.json",
-        &tiny_tokenizer_json(vocab_size),
-    );
-    write(
-        dir.path(),
-        "tokenizer_config.json",
-        &tokenizer_config.to_string(),
-    );
+    write(dir.path(), "tokenizer.json", &tiny_tokenizer_json(vocab_size));
+    write(dir.path(), "tokenizer_config.json", &tokenizer_config.to_string());
     dir
 }
 
@@ -41,12 +33,8 @@ fn chat_config() -> serde_json::Value {
 #[test]
 fn tiny_tokenizer_has_exact_vocab_and_working_merges() {
     for size in [260, 261, 1000, 4096] {
-        let tok = Tokenizer::from_tokenizer(
-            tiny_tokenizer_json(size).parse().unwrap(),
-            Some("<s>"),
-            Some("</s>"),
-            None,
-        );
+        let tok =
+            Tokenizer::from_tokenizer(tiny_tokenizer_json(size).parse().unwrap(), Some("<s>"), Some("</s>"), None);
         assert_eq!(tok.vocab_size(), size);
         assert_eq!(tok.token_to_id("<|im_start|>"), Some(258));
         assert!(tok.id_to_token(size as u32 - 1).is_some());
@@ -63,11 +51,7 @@ fn tiny_tokenizer_has_exact_vocab_and_working_merges() {
 #[test]
 fn directory_configs_set_bos_eos_and_template() {
     let dir = tiny_dir(300, chat_config());
-    write(
-        dir.path(),
-        "generation_config.json",
-        r#"{"eos_token_id": [259, 257]}"#,
-    );
+    write(dir.path(), "generation_config.json", r#"{"eos_token_id": [259, 257]}"#);
     let tok = Tokenizer::from_path(dir.path()).unwrap();
     assert_eq!(tok.vocab_size(), 300);
     assert_eq!(tok.bos_token_id(), Some(256));
@@ -97,25 +81,14 @@ fn add_bos_false_overrides_post_processor() {
     });
     write(dir.path(), "tokenizer.json", &json.to_string());
     // No tokenizer_config: the post-processor decides.
-    write(
-        dir.path(),
-        "config.json",
-        r#"{"bos_token_id": 256, "eos_token_id": 257}"#,
-    );
+    write(dir.path(), "config.json", r#"{"bos_token_id": 256, "eos_token_id": 257}"#);
     let tok = Tokenizer::from_dir(dir.path()).unwrap();
     assert_eq!(tok.eos_token_ids(), &[257]);
     assert_eq!(tok.encode("hi", true).unwrap()[0], 256);
     // tokenizer_config says no BOS: the post-processor's one is dropped, a literal one kept.
-    write(
-        dir.path(),
-        "tokenizer_config.json",
-        r#"{"bos_token": "<s>", "add_bos_token": false}"#,
-    );
+    write(dir.path(), "tokenizer_config.json", r#"{"bos_token": "<s>", "add_bos_token": false}"#);
     let tok = Tokenizer::from_dir(dir.path()).unwrap();
-    assert_eq!(
-        tok.encode("hi", true).unwrap(),
-        tok.encode("hi", false).unwrap()
-    );
+    assert_eq!(tok.encode("hi", true).unwrap(), tok.encode("hi", false).unwrap());
     assert_eq!(tok.encode("<s>hi", true).unwrap()[0], 256);
 }
 
@@ -132,14 +105,9 @@ fn chat_template_renders_like_transformers_jinja() {
     // trim_blocks, lstrip_blocks, loopcontrols, json.dumps tojson), tools=None.
     let body = "<s>\n<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi <b> & 'you' é<|im_end|>\n{\"role\": \"user\", \"content\": \"Hi <b> & 'you' é\"}\n";
     assert_eq!(tok.apply_chat_template(&messages, false).unwrap(), body);
-    assert_eq!(
-        tok.apply_chat_template(&messages, true).unwrap(),
-        format!("{body}<|im_start|>assistant\n")
-    );
+    assert_eq!(tok.apply_chat_template(&messages, true).unwrap(), format!("{body}<|im_start|>assistant\n"));
 
-    let err = tok
-        .apply_chat_template(&[ChatMessage::new("tool", "x")], false)
-        .unwrap_err();
+    let err = tok.apply_chat_template(&[ChatMessage::new("tool", "x")], false).unwrap_err();
     assert!(matches!(err, TokenizerError::ChatTemplate { .. }));
     assert!(err.to_string().contains("Unknown role: tool"), "{err}");
 }
@@ -147,21 +115,10 @@ fn chat_template_renders_like_transformers_jinja() {
 #[test]
 fn chat_template_jinja_file_takes_precedence() {
     let dir = tiny_dir(300, chat_config());
-    write(
-        dir.path(),
-        "chat_template.jinja",
-        "{% for m in messages %}[{{ m.role | upper }}]{% endfor %}",
-    );
+    write(dir.path(), "chat_template.jinja", "{% for m in messages %}[{{ m.role | upper }}]{% endfor %}");
     let tok = Tokenizer::from_dir(dir.path()).unwrap();
-    let out = tok
-        .apply_chat_template(
-            &[
-                ChatMessage::new("user", "a"),
-                ChatMessage::new("assistant", "b"),
-            ],
-            true,
-        )
-        .unwrap();
+    let out =
+        tok.apply_chat_template(&[ChatMessage::new("user", "a"), ChatMessage::new("assistant", "b")], true).unwrap();
     assert_eq!(out, "[USER][ASSISTANT]");
 }
 
@@ -175,21 +132,14 @@ fn named_template_list_uses_default() {
     });
     let dir = tiny_dir(300, config);
     let tok = Tokenizer::from_dir(dir.path()).unwrap();
-    assert_eq!(
-        tok.apply_chat_template(&[ChatMessage::new("user", "x")], false)
-            .unwrap(),
-        "x"
-    );
+    assert_eq!(tok.apply_chat_template(&[ChatMessage::new("user", "x")], false).unwrap(), "x");
 }
 
 #[test]
 fn errors_name_the_problem() {
     let dir = tempfile::tempdir().unwrap();
     let err = Tokenizer::from_path(dir.path()).unwrap_err();
-    assert!(
-        matches!(err, TokenizerError::MissingTokenizerJson { .. }),
-        "{err}"
-    );
+    assert!(matches!(err, TokenizerError::MissingTokenizerJson { .. }), "{err}");
     assert!(err.to_string().contains("tokenizer.json"));
 
     let err = Tokenizer::from_path(&dir.path().join("nope")).unwrap_err();
@@ -202,14 +152,9 @@ fn errors_name_the_problem() {
     let dir = tiny_dir(300, serde_json::json!({"bos_token": "<s>"}));
     let tok = Tokenizer::from_dir(dir.path()).unwrap();
     assert_eq!(tok.chat_template(), None);
-    let err = tok
-        .apply_chat_template(&[ChatMessage::new("user", "hi")], true)
-        .unwrap_err();
+    let err = tok.apply_chat_template(&[ChatMessage::new("user", "hi")], true).unwrap_err();
     assert!(matches!(err, TokenizerError::NoChatTemplate), "{err}");
-    assert!(matches!(
-        tok.decode(&[300], false),
-        Err(TokenizerError::UnknownTokenId { id: 300, .. })
-    ));
+    assert!(matches!(tok.decode(&[300], false), Err(TokenizerError::UnknownTokenId { id: 300, .. })));
 
     write(dir.path(), "generation_config.json", "[1,");
     let err = Tokenizer::from_dir(dir.path()).unwrap_err();
@@ -223,8 +168,7 @@ fn errors_name_the_problem() {
 
 #[test]
 fn incremental_decoder_on_byte_level_matches_full_decode() {
-    let tok =
-        Tokenizer::from_tokenizer(tiny_tokenizer_json(600).parse().unwrap(), None, None, None);
+    let tok = Tokenizer::from_tokenizer(tiny_tokenizer_json(600).parse().unwrap(), None, None, None);
     let text = "naïve 中文 😀👍🏽 ok<|im_end|>";
     let ids = tok.encode(text, false).unwrap();
     let mut dec = IncrementalDecoder::new(&tok, &tok.encode("prompt ", false).unwrap());
@@ -243,10 +187,7 @@ fn incremental_decoder_on_byte_level_matches_full_decode() {
     assert!(empties >= 10, "only {empties} pushes were held back");
 
     // An incomplete trailing character comes out of finish() as U+FFFD, like a full decode.
-    let cut = &ids[..ids
-        .iter()
-        .position(|&i| i == tok.encode("中", false).unwrap()[1])
-        .unwrap()];
+    let cut = &ids[..ids.iter().position(|&i| i == tok.encode("中", false).unwrap()[1]).unwrap()];
     let mut dec = IncrementalDecoder::new(&tok, &[]);
     let mut out = String::new();
     for &id in cut {

@@ -42,45 +42,31 @@ fn load() -> Option<Tokenizer> {
 }
 
 const GOLDEN: &[(&str, &[u32])] = &[
-    (
-        "Hello, world! This is a simple English sentence.",
-        &[19556, 28, 905, 17, 669, 314, 253, 2232, 2321, 6330, 30],
-    ),
+    ("Hello, world! This is a simple English sentence.", &[19556, 28, 905, 17, 669, 314, 253, 2232, 2321, 6330, 30]),
     ("  leading spaces", &[216, 2899, 5600]),
     ("trailing spaces   ", &[4861, 4966, 5600, 333]),
-    (
-        "multiple   spaces   between    words",
-        &[30404, 256, 5600, 256, 826, 333, 1924],
-    ),
-    (
-        "line one\nline two\n\n\nline five\r\n",
-        &[1311, 582, 198, 1311, 827, 1116, 198, 1311, 2531, 2738],
-    ),
+    ("multiple   spaces   between    words", &[30404, 256, 5600, 256, 826, 333, 1924]),
+    ("line one\nline two\n\n\nline five\r\n", &[1311, 582, 198, 1311, 827, 1116, 198, 1311, 2531, 2738]),
     (
         "def foo(x):\n    return x * 2\n\tif x:\n        pass",
-        &[
-            1604, 29856, 24, 104, 727, 472, 1003, 1792, 1672, 216, 34, 198, 197, 342, 1792, 42,
-            448, 1301,
-        ],
+        &[1604, 29856, 24, 104, 727, 472, 1003, 1792, 1672, 216, 34, 198, 197, 342, 1792, 42, 448, 1301],
     ),
     (
         "Café naïve résumé — déjà vu",
-        &[
-            51, 1939, 2756, 15486, 46494, 412, 2756, 5422, 2756, 1841, 32564, 90, 16739, 386, 101,
-        ],
+        &[51, 1939, 2756, 15486, 46494, 412, 2756, 5422, 2756, 1841, 32564, 90, 16739, 386, 101],
     ),
     (
         "中文测试，日本語のテキスト",
         &[
-            28589, 29184, 43222, 229, 16313, 239, 12831, 23274, 115, 40993, 179, 120, 248, 26453,
-            11100, 224, 10391, 251, 10391, 134, 11100, 226,
+            28589, 29184, 43222, 229, 16313, 239, 12831, 23274, 115, 40993, 179, 120, 248, 26453, 11100, 224, 10391,
+            251, 10391, 134, 11100, 226,
         ],
     ),
     (
         "emoji 😀🎉👍🏽 family 👨\u{200d}👩\u{200d}👧",
         &[
-            391, 33777, 40303, 218, 10813, 232, 227, 10813, 235, 231, 10813, 233, 138, 1564, 15107,
-            235, 118, 321, 231, 10813, 235, 119, 321, 231, 10813, 235, 117,
+            391, 33777, 40303, 218, 10813, 232, 227, 10813, 235, 231, 10813, 233, 138, 1564, 15107, 235, 118, 321, 231,
+            10813, 235, 119, 321, 231, 10813, 235, 117,
         ],
     ),
     ("<|im_start|>user\nhi<|im_end|>", &[1, 4093, 198, 6004, 2]),
@@ -90,17 +76,9 @@ const GOLDEN: &[(&str, &[u32])] = &[
 fn ids_match_transformers() {
     let Some(tok) = load() else { return };
     for (text, expected) in GOLDEN {
-        assert_eq!(
-            tok.encode(text, true).unwrap(),
-            *expected,
-            "ids for {text:?}"
-        );
+        assert_eq!(tok.encode(text, true).unwrap(), *expected, "ids for {text:?}");
         // add_bos_token is false in this file, so special-token handling adds nothing.
-        assert_eq!(
-            tok.encode(text, false).unwrap(),
-            *expected,
-            "ids without specials for {text:?}"
-        );
+        assert_eq!(tok.encode(text, false).unwrap(), *expected, "ids without specials for {text:?}");
     }
 }
 
@@ -108,10 +86,7 @@ fn ids_match_transformers() {
 fn digits_are_split_individually() {
     let Some(tok) = load() else { return };
     let ids = tok.encode("The year 2024 has 365 days", true).unwrap();
-    assert_eq!(
-        ids,
-        [504, 713, 216, 34, 32, 34, 36, 553, 216, 35, 38, 37, 2009]
-    );
+    assert_eq!(ids, [504, 713, 216, 34, 32, 34, 36, 553, 216, 35, 38, 37, 2009]);
     let ids = tok.encode("x=12345", true).unwrap();
     assert_eq!(ids, [104, 45, 33, 34, 35, 36, 37]);
     for (id, digit) in ids[2..].iter().zip('1'..='5') {
@@ -160,10 +135,7 @@ fn incremental_decoding_never_emits_broken_characters() {
         let mut held_back = 0;
         for &id in &ids {
             let piece = dec.push(id).unwrap();
-            assert!(
-                !piece.contains('\u{FFFD}'),
-                "broken char in {piece:?} for {text:?}"
-            );
+            assert!(!piece.contains('\u{FFFD}'), "broken char in {piece:?} for {text:?}");
             held_back += usize::from(piece.is_empty());
             out.push_str(&piece);
         }
@@ -172,10 +144,7 @@ fn incremental_decoding_never_emits_broken_characters() {
         assert_eq!(out, text);
         // The trailing EOS always yields nothing; split characters must have been held back.
         if splits_chars {
-            assert!(
-                held_back > 1,
-                "{text:?}: split characters were never held back"
-            );
+            assert!(held_back > 1, "{text:?}: split characters were never held back");
         }
     }
 }
@@ -183,10 +152,7 @@ fn incremental_decoding_never_emits_broken_characters() {
 #[test]
 fn chat_template_matches_transformers() {
     let Some(tok) = load() else { return };
-    let two = [
-        ChatMessage::new("user", "Hi there!"),
-        ChatMessage::new("assistant", "Hello! How can I help?"),
-    ];
+    let two = [ChatMessage::new("user", "Hi there!"), ChatMessage::new("assistant", "Hello! How can I help?")];
     assert_eq!(
         tok.apply_chat_template(&two, true).unwrap(),
         "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n<|im_start|>user\nHi there!<|im_end|>\n<|im_start|>assistant\nHello! How can I help?<|im_end|>\n<|im_start|>assistant\n"
@@ -195,14 +161,8 @@ fn chat_template_matches_transformers() {
     with_system.extend(two.iter().cloned());
     with_system.push(ChatMessage::new("user", "Tell me a joke."));
     let expected = "<|im_start|>system\nYou are terse.<|im_end|>\n<|im_start|>user\nHi there!<|im_end|>\n<|im_start|>assistant\nHello! How can I help?<|im_end|>\n<|im_start|>user\nTell me a joke.<|im_end|>\n";
-    assert_eq!(
-        tok.apply_chat_template(&with_system, false).unwrap(),
-        expected
-    );
-    assert_eq!(
-        tok.apply_chat_template(&with_system, true).unwrap(),
-        format!("{expected}<|im_start|>assistant\n")
-    );
+    assert_eq!(tok.apply_chat_template(&with_system, false).unwrap(), expected);
+    assert_eq!(tok.apply_chat_template(&with_system, true).unwrap(), format!("{expected}<|im_start|>assistant\n"));
 }
 
 #[test]
@@ -218,7 +178,10 @@ fn a_saved_hf_directory_loads_back_as_the_same_tokenizer() {
     for (text, expected) in GOLDEN {
         assert_eq!(back.encode(text, true).unwrap(), *expected, "ids for {text:?}");
     }
-    assert_eq!((back.vocab_size(), back.bos_token_id(), back.eos_token_ids()), (49152, tok.bos_token_id(), tok.eos_token_ids()));
+    assert_eq!(
+        (back.vocab_size(), back.bos_token_id(), back.eos_token_ids()),
+        (49152, tok.bos_token_id(), tok.eos_token_ids())
+    );
     let chat = [shardline_tokenizer::ChatMessage { role: "user".into(), content: "Hi".into() }];
     assert_eq!(back.apply_chat_template(&chat, true).unwrap(), tok.apply_chat_template(&chat, true).unwrap());
 }

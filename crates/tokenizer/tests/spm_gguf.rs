@@ -50,23 +50,14 @@ fn write_gguf(path: &std::path::Path, extra: &[(&str, Value)], with_scores: bool
     let mut meta: Vec<(&str, Value)> = vec![
         ("general.architecture", Value::String("llama".into())),
         ("tokenizer.ggml.model", Value::String("llama".into())),
-        (
-            "tokenizer.ggml.tokens",
-            array(tokens.into_iter().map(Value::String).collect()),
-        ),
-        (
-            "tokenizer.ggml.token_type",
-            array(types.into_iter().map(Value::I32).collect()),
-        ),
+        ("tokenizer.ggml.tokens", array(tokens.into_iter().map(Value::String).collect())),
+        ("tokenizer.ggml.token_type", array(types.into_iter().map(Value::I32).collect())),
         ("tokenizer.ggml.bos_token_id", Value::U32(1)),
         ("tokenizer.ggml.eos_token_id", Value::U32(2)),
         ("tokenizer.ggml.unknown_token_id", Value::U32(0)),
     ];
     if with_scores {
-        meta.push((
-            "tokenizer.ggml.scores",
-            array(scores.into_iter().map(Value::F32).collect()),
-        ));
+        meta.push(("tokenizer.ggml.scores", array(scores.into_iter().map(Value::F32).collect())));
     }
     meta.extend(extra.iter().cloned());
     let refs: Vec<(&str, &Value)> = meta.iter().map(|(k, v)| (*k, v)).collect();
@@ -96,17 +87,9 @@ fn ids_match_transformers() {
         ("ab 😀", &[1, 259, 100, 101, 259, 243, 162, 155, 131]),
     ];
     for (text, expected) in cases {
-        assert_eq!(
-            tok.encode(text, true).unwrap(),
-            *expected,
-            "ids for {text:?}"
-        );
+        assert_eq!(tok.encode(text, true).unwrap(), *expected, "ids for {text:?}");
         // BOS is added by default for SentencePiece vocabularies, and only with special tokens.
-        assert_eq!(
-            tok.encode(text, false).unwrap(),
-            expected[1..],
-            "no-BOS ids for {text:?}"
-        );
+        assert_eq!(tok.encode(text, false).unwrap(), expected[1..], "no-BOS ids for {text:?}");
     }
     assert_eq!(tok.vocab_size(), 259 + PIECES.len());
     assert_eq!(tok.bos_token_id(), Some(1));
@@ -183,17 +166,10 @@ fn missing_scores_fall_back_to_vocab_order() {
 fn unsupported_model_and_missing_keys_are_reported() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("bad.gguf");
-    write_gguf(
-        &path,
-        &[("tokenizer.ggml.model", Value::String("t5".into()))],
-        true,
-    );
+    write_gguf(&path, &[("tokenizer.ggml.model", Value::String("t5".into()))], true);
     // The later duplicate key wins in the metadata map.
     let err = Tokenizer::from_gguf(&path).unwrap_err();
-    assert!(
-        matches!(err, TokenizerError::GgufUnsupportedModel { ref model, .. } if model == "t5"),
-        "{err}"
-    );
+    assert!(matches!(err, TokenizerError::GgufUnsupportedModel { ref model, .. } if model == "t5"), "{err}");
 
     let path = dir.path().join("empty.gguf");
     let mut file = std::fs::File::create(&path).unwrap();

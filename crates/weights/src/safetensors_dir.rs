@@ -73,21 +73,14 @@ impl Shard {
         // cannot guard against, but truncation *before* open is caught by the checks below.
         let mmap = unsafe { Mmap::map(&file) }.map_err(|e| WeightsError::io(path, e))?;
         let tensors = parse_header(path, &mmap)?;
-        Ok(Shard {
-            path: path.to_path_buf(),
-            mmap,
-            tensors,
-        })
+        Ok(Shard { path: path.to_path_buf(), mmap, tensors })
     }
 }
 
 /// Parses and validates a safetensors header: every tensor's byte range must match its shape
 /// and dtype and lie inside the file.
 fn parse_header(path: &Path, data: &[u8]) -> Result<HashMap<String, Entry>> {
-    let bad = |reason: String| WeightsError::BadHeader {
-        file: path.to_path_buf(),
-        reason,
-    };
+    let bad = |reason: String| WeightsError::BadHeader { file: path.to_path_buf(), reason };
     let len = data.len();
     if len < 8 {
         return Err(bad(format!("file is {len} bytes, too short for the 8-byte header length")));
@@ -98,18 +91,14 @@ fn parse_header(path: &Path, data: &[u8]) -> Result<HashMap<String, Entry>> {
         .filter(|&end| end <= len)
         .ok_or_else(|| bad(format!("header length {n} exceeds file length {len}")))?;
     let header: serde_json::Map<String, serde_json::Value> =
-        serde_json::from_slice(&data[8..data_start])
-            .map_err(|e| bad(format!("header is not a JSON object: {e}")))?;
+        serde_json::from_slice(&data[8..data_start]).map_err(|e| bad(format!("header is not a JSON object: {e}")))?;
 
     let mut tensors = HashMap::new();
     for (name, info) in header {
         if name == "__metadata__" {
             continue;
         }
-        let dtype = info["dtype"]
-            .as_str()
-            .ok_or_else(|| bad(format!("tensor `{name}` has no dtype")))?
-            .to_string();
+        let dtype = info["dtype"].as_str().ok_or_else(|| bad(format!("tensor `{name}` has no dtype")))?.to_string();
         let shape: Vec<usize> = serde_json::from_value(info["shape"].clone())
             .map_err(|e| bad(format!("tensor `{name}` has an invalid shape: {e}")))?;
         let offsets: [usize; 2] = serde_json::from_value(info["data_offsets"].clone())
@@ -136,15 +125,7 @@ fn parse_header(path: &Path, data: &[u8]) -> Result<HashMap<String, Entry>> {
                 len: len as u64,
             });
         }
-        tensors.insert(
-            name,
-            Entry {
-                dtype,
-                shape,
-                start: data_start + s,
-                end,
-            },
-        );
+        tensors.insert(name, Entry { dtype, shape, start: data_start + s, end });
     }
     Ok(tensors)
 }
@@ -152,20 +133,12 @@ fn parse_header(path: &Path, data: &[u8]) -> Result<HashMap<String, Entry>> {
 /// Reads and parses `config.json` in `dir`.
 pub(crate) fn read_config(dir: &Path) -> Result<serde_json::Value> {
     let path = dir.join(CONFIG_FILE);
-    let bytes = std::fs::read(&path).map_err(|e| WeightsError::BadConfig {
-        file: path.clone(),
-        reason: format!("cannot read: {e}"),
-    })?;
-    let value: serde_json::Value =
-        serde_json::from_slice(&bytes).map_err(|e| WeightsError::BadConfig {
-            file: path.clone(),
-            reason: format!("invalid JSON: {e}"),
-        })?;
+    let bytes = std::fs::read(&path)
+        .map_err(|e| WeightsError::BadConfig { file: path.clone(), reason: format!("cannot read: {e}") })?;
+    let value: serde_json::Value = serde_json::from_slice(&bytes)
+        .map_err(|e| WeightsError::BadConfig { file: path.clone(), reason: format!("invalid JSON: {e}") })?;
     if !value.is_object() {
-        return Err(WeightsError::BadConfig {
-            file: path,
-            reason: "top level is not a JSON object".to_string(),
-        });
+        return Err(WeightsError::BadConfig { file: path, reason: "top level is not a JSON object".to_string() });
     }
     Ok(value)
 }
@@ -183,18 +156,10 @@ impl SafetensorsDir {
             let locations = shard.tensors.keys().map(|k| (k.clone(), 0)).collect();
             (vec![shard], locations, single_path.display().to_string())
         } else {
-            return Err(WeightsError::UnknownFormat {
-                path: dir.to_path_buf(),
-            });
+            return Err(WeightsError::UnknownFormat { path: dir.to_path_buf() });
         };
         tracing::debug!(dir = %dir.display(), shards = shards.len(), tensors = locations.len(), "opened safetensors directory");
-        Ok(SafetensorsDir {
-            dir: dir.to_path_buf(),
-            config,
-            shards,
-            locations,
-            searched,
-        })
+        Ok(SafetensorsDir { dir: dir.to_path_buf(), config, shards, locations, searched })
     }
 }
 
@@ -203,24 +168,16 @@ type Opened = (Vec<Shard>, HashMap<String, usize>, String);
 /// Opens every shard named by the index and checks each `weight_map` entry points at a shard
 /// that really holds that tensor.
 fn open_sharded(dir: &Path, index_path: &Path) -> Result<Opened> {
-    let bad = |reason: String| WeightsError::BadIndex {
-        file: index_path.to_path_buf(),
-        reason,
-    };
+    let bad = |reason: String| WeightsError::BadIndex { file: index_path.to_path_buf(), reason };
     let bytes = std::fs::read(index_path).map_err(|e| WeightsError::io(index_path, e))?;
-    let index: serde_json::Value =
-        serde_json::from_slice(&bytes).map_err(|e| bad(format!("invalid JSON: {e}")))?;
-    let map = index["weight_map"]
-        .as_object()
-        .ok_or_else(|| bad("no `weight_map` object".to_string()))?;
+    let index: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| bad(format!("invalid JSON: {e}")))?;
+    let map = index["weight_map"].as_object().ok_or_else(|| bad("no `weight_map` object".to_string()))?;
 
     let mut shards: Vec<Shard> = Vec::new();
     let mut by_file: HashMap<String, usize> = HashMap::new();
     let mut locations = HashMap::new();
     for (name, file) in map {
-        let file = file
-            .as_str()
-            .ok_or_else(|| bad(format!("entry for tensor `{name}` is not a string")))?;
+        let file = file.as_str().ok_or_else(|| bad(format!("entry for tensor `{name}` is not a string")))?;
         // Shards must be siblings of the index; anything else is a malformed or hostile index.
         if file.is_empty() || file.contains('/') || file.contains('\\') || file == ".." {
             return Err(bad(format!(
@@ -263,22 +220,10 @@ impl WeightSource for SafetensorsDir {
         self.locations.contains_key(name)
     }
 
-    fn load(
-        &self,
-        name: &str,
-        full_shape: &[usize],
-        slice: &Slice,
-        dtype: DType,
-        device: &Device,
-    ) -> Result<Tensor> {
+    fn load(&self, name: &str, full_shape: &[usize], slice: &Slice, dtype: DType, device: &Device) -> Result<Tensor> {
         let shard = match self.locations.get(name) {
             Some(&i) => &self.shards[i],
-            None => {
-                return Err(WeightsError::MissingTensor {
-                    name: name.to_string(),
-                    file: self.searched.clone(),
-                })
-            }
+            None => return Err(WeightsError::MissingTensor { name: name.to_string(), file: self.searched.clone() }),
         };
         let file = shard.path.display().to_string();
         let entry = &shard.tensors[name];

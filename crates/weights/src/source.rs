@@ -69,14 +69,7 @@ pub trait WeightSource: Send + Sync {
     /// Loads `name`, checks its full shape equals `full_shape` (`ShapeMismatch` otherwise), takes
     /// `slice` of it and converts it to `dtype` on `device`. Implementations touch only the bytes
     /// the slice needs, so a rank's resident memory is roughly its share of the model.
-    fn load(
-        &self,
-        name: &str,
-        full_shape: &[usize],
-        slice: &Slice,
-        dtype: DType,
-        device: &Device,
-    ) -> Result<Tensor>;
+    fn load(&self, name: &str, full_shape: &[usize], slice: &Slice, dtype: DType, device: &Device) -> Result<Tensor>;
 
     /// Human-readable origin for messages ("/path/model.safetensors", "x.gguf", "dummy").
     fn describe(&self) -> String;

@@ -16,9 +16,7 @@ const FFN: usize = 64;
 
 /// Distinct values so any row mix-up is visible: element (r, c) = r + c / 100.
 fn hf_matrix(rows: usize, cols: usize) -> Tensor {
-    let v: Vec<f32> = (0..rows * cols)
-        .map(|i| (i / cols) as f32 + (i % cols) as f32 / 100.0)
-        .collect();
+    let v: Vec<f32> = (0..rows * cols).map(|i| (i / cols) as f32 + (i % cols) as f32 / 100.0).collect();
     Tensor::from_vec(v, (rows, cols), &Device::Cpu).unwrap()
 }
 
@@ -94,10 +92,7 @@ fn fixture(arch: &str, with_output: bool) -> Fixture {
 }
 
 fn load2(src: &dyn WeightSource, name: &str, shape: &[usize], slice: Slice) -> Vec<Vec<f32>> {
-    src.load(name, shape, &slice, DType::F32, &Device::Cpu)
-        .unwrap()
-        .to_vec2::<f32>()
-        .unwrap()
+    src.load(name, shape, &slice, DType::F32, &Device::Cpu).unwrap().to_vec2::<f32>().unwrap()
 }
 
 #[test]
@@ -142,16 +137,28 @@ fn llama_q_and_k_are_unpermuted_to_hf_layout() {
 
     // A whole-head Rows slice equals the same rows of the HF tensor.
     let r = 2 * HEAD_DIM..4 * HEAD_DIM;
-    let q_part = load2(src.as_ref(), "model.layers.0.self_attn.q_proj.weight", &[HIDDEN, HIDDEN], Slice::Rows(r.clone()));
+    let q_part =
+        load2(src.as_ref(), "model.layers.0.self_attn.q_proj.weight", &[HIDDEN, HIDDEN], Slice::Rows(r.clone()));
     assert_eq!(q_part, q[r].to_vec());
-    let k_part = load2(src.as_ref(), "model.layers.0.self_attn.k_proj.weight", &[N_KV * HEAD_DIM, HIDDEN], Slice::Rows(HEAD_DIM..2 * HEAD_DIM));
+    let k_part = load2(
+        src.as_ref(),
+        "model.layers.0.self_attn.k_proj.weight",
+        &[N_KV * HEAD_DIM, HIDDEN],
+        Slice::Rows(HEAD_DIM..2 * HEAD_DIM),
+    );
     assert_eq!(k_part, k[HEAD_DIM..].to_vec());
     let q_cols = load2(src.as_ref(), "model.layers.0.self_attn.q_proj.weight", &[HIDDEN, HIDDEN], Slice::Cols(3..9));
     assert_eq!(q_cols, q.iter().map(|r| r[3..9].to_vec()).collect::<Vec<_>>());
 
     // A slice that splits a head cannot be un-permuted and is rejected, naming the tensor.
     let err = src
-        .load("model.layers.0.self_attn.q_proj.weight", &[HIDDEN, HIDDEN], &Slice::Rows(4..12), DType::F32, &Device::Cpu)
+        .load(
+            "model.layers.0.self_attn.q_proj.weight",
+            &[HIDDEN, HIDDEN],
+            &Slice::Rows(4..12),
+            DType::F32,
+            &Device::Cpu,
+        )
         .unwrap_err()
         .to_string();
     assert!(err.contains("q_proj") && err.contains("tiny.gguf"), "{err}");
@@ -186,9 +193,7 @@ fn quantized_slices_equal_slices_of_full() {
     let emb = load2(src.as_ref(), "model.embed_tokens.weight", &[16, HIDDEN], Slice::Full);
     assert_eq!(load2(src.as_ref(), "model.embed_tokens.weight", &[16, HIDDEN], Slice::Rows(8..16)), emb[8..].to_vec());
 
-    let norm = src
-        .load("model.norm.weight", &[HIDDEN], &Slice::Rows(0..4), DType::BF16, &Device::Cpu)
-        .unwrap();
+    let norm = src.load("model.norm.weight", &[HIDDEN], &Slice::Rows(0..4), DType::BF16, &Device::Cpu).unwrap();
     assert_eq!(norm.dtype(), DType::BF16);
     assert_eq!(norm.to_dtype(DType::F32).unwrap().to_vec1::<f32>().unwrap(), vec![1.0; 4]);
 }
@@ -197,9 +202,7 @@ fn quantized_slices_equal_slices_of_full() {
 fn errors_name_tensor_and_file() {
     let fx = fixture("llama", false);
     let src = open(&fx.path).unwrap();
-    let err = src
-        .load("lm_head.weight", &[16, HIDDEN], &Slice::Full, DType::F32, &Device::Cpu)
-        .unwrap_err();
+    let err = src.load("lm_head.weight", &[16, HIDDEN], &Slice::Full, DType::F32, &Device::Cpu).unwrap_err();
     assert!(matches!(err, WeightsError::MissingTensor { .. }));
     let msg = err.to_string();
     assert!(msg.contains("lm_head.weight") && msg.contains("output.weight") && msg.contains("tiny.gguf"), "{msg}");

@@ -11,43 +11,26 @@ const CONFIG: &str = r#"{"architectures":["LlamaForCausalLM"],"hidden_size":4}"#
 
 /// A 6x4 matrix with distinct, exactly representable values (so f16/bf16 round trips are exact).
 fn matrix() -> Tensor {
-    Tensor::arange(0f32, 24.0, &Device::Cpu)
-        .unwrap()
-        .affine(0.5, -3.0)
-        .unwrap()
-        .reshape((6, 4))
-        .unwrap()
+    Tensor::arange(0f32, 24.0, &Device::Cpu).unwrap().affine(0.5, -3.0).unwrap().reshape((6, 4)).unwrap()
 }
 
 fn write_dir(dir: &Path, files: &[(&str, Vec<(&str, Tensor)>)]) {
     std::fs::write(dir.join("config.json"), CONFIG).unwrap();
     for (file, tensors) in files {
-        let map: HashMap<String, Tensor> = tensors
-            .iter()
-            .map(|(n, t)| (n.to_string(), t.clone()))
-            .collect();
+        let map: HashMap<String, Tensor> = tensors.iter().map(|(n, t)| (n.to_string(), t.clone())).collect();
         candle_core::safetensors::save(&map, dir.join(file)).unwrap();
     }
 }
 
 fn write_index(dir: &Path, entries: &[(&str, &str)]) {
-    let map: serde_json::Map<String, serde_json::Value> = entries
-        .iter()
-        .map(|(n, f)| (n.to_string(), serde_json::Value::from(*f)))
-        .collect();
+    let map: serde_json::Map<String, serde_json::Value> =
+        entries.iter().map(|(n, f)| (n.to_string(), serde_json::Value::from(*f))).collect();
     let index = serde_json::json!({"metadata": {}, "weight_map": map});
-    std::fs::write(
-        dir.join("model.safetensors.index.json"),
-        serde_json::to_vec(&index).unwrap(),
-    )
-    .unwrap();
+    std::fs::write(dir.join("model.safetensors.index.json"), serde_json::to_vec(&index).unwrap()).unwrap();
 }
 
 fn load(src: &dyn WeightSource, name: &str, shape: &[usize], slice: Slice) -> Vec<Vec<f32>> {
-    src.load(name, shape, &slice, DType::F32, &Device::Cpu)
-        .unwrap()
-        .to_vec2::<f32>()
-        .unwrap()
+    src.load(name, shape, &slice, DType::F32, &Device::Cpu).unwrap().to_vec2::<f32>().unwrap()
 }
 
 fn expect_err(r: shardline_weights::Result<Box<dyn WeightSource>>) -> WeightsError {
@@ -62,10 +45,7 @@ fn single_file_full_rows_cols() {
     let dir = tempfile::tempdir().unwrap();
     let w = matrix();
     let norm = Tensor::new(&[1f32, 2., 3., 4.], &Device::Cpu).unwrap();
-    write_dir(
-        dir.path(),
-        &[("model.safetensors", vec![("a.weight", w.clone()), ("model.norm.weight", norm)])],
-    );
+    write_dir(dir.path(), &[("model.safetensors", vec![("a.weight", w.clone()), ("model.norm.weight", norm)])]);
     let src = open(dir.path()).unwrap();
     assert_eq!(src.config()["hidden_size"], 4);
     assert!(src.contains("a.weight") && !src.contains("b.weight"));
@@ -79,9 +59,7 @@ fn single_file_full_rows_cols() {
     let want: Vec<Vec<f32>> = full.iter().map(|r| r[1..3].to_vec()).collect();
     assert_eq!(cols, want);
 
-    let n = src
-        .load("model.norm.weight", &[4], &Slice::Rows(1..3), DType::F32, &Device::Cpu)
-        .unwrap();
+    let n = src.load("model.norm.weight", &[4], &Slice::Rows(1..3), DType::F32, &Device::Cpu).unwrap();
     assert_eq!(n.to_vec1::<f32>().unwrap(), vec![2., 3.]);
 }
 
@@ -93,10 +71,7 @@ fn half_precision_stored_converts() {
         dir.path(),
         &[(
             "model.safetensors",
-            vec![
-                ("h.weight", w.to_dtype(DType::F16).unwrap()),
-                ("b.weight", w.to_dtype(DType::BF16).unwrap()),
-            ],
+            vec![("h.weight", w.to_dtype(DType::F16).unwrap()), ("b.weight", w.to_dtype(DType::BF16).unwrap())],
         )],
     );
     let src = open(dir.path()).unwrap();
@@ -107,9 +82,7 @@ fn half_precision_stored_converts() {
         assert_eq!(cols, want.iter().map(|r| vec![r[3]]).collect::<Vec<_>>());
     }
     // And to a half dtype: stored f16 -> bf16.
-    let t = src
-        .load("h.weight", &[6, 4], &Slice::Rows(0..1), DType::BF16, &Device::Cpu)
-        .unwrap();
+    let t = src.load("h.weight", &[6, 4], &Slice::Rows(0..1), DType::BF16, &Device::Cpu).unwrap();
     assert_eq!(t.dtype(), DType::BF16);
     assert_eq!(t.to_dtype(DType::F32).unwrap().to_vec2::<f32>().unwrap()[0], want[0]);
 }
@@ -128,22 +101,13 @@ fn sharded_with_index() {
     );
     write_index(
         dir.path(),
-        &[
-            ("a.weight", "model-00001-of-00002.safetensors"),
-            ("b.weight", "model-00002-of-00002.safetensors"),
-        ],
+        &[("a.weight", "model-00001-of-00002.safetensors"), ("b.weight", "model-00002-of-00002.safetensors")],
     );
     let src = open(dir.path()).unwrap();
     assert!(src.contains("a.weight") && src.contains("b.weight"));
     assert_eq!(load(src.as_ref(), "a.weight", &[6, 4], Slice::Full), w.to_vec2::<f32>().unwrap());
-    assert_eq!(
-        load(src.as_ref(), "b.weight", &[6, 4], Slice::Rows(4..6)),
-        v.to_vec2::<f32>().unwrap()[4..6].to_vec()
-    );
-    let err = src
-        .load("c.weight", &[1], &Slice::Full, DType::F32, &Device::Cpu)
-        .unwrap_err()
-        .to_string();
+    assert_eq!(load(src.as_ref(), "b.weight", &[6, 4], Slice::Rows(4..6)), v.to_vec2::<f32>().unwrap()[4..6].to_vec());
+    let err = src.load("c.weight", &[1], &Slice::Full, DType::F32, &Device::Cpu).unwrap_err().to_string();
     assert!(err.contains("c.weight") && err.contains("model.safetensors.index.json"), "{err}");
 }
 
@@ -153,37 +117,24 @@ fn missing_tensor_and_wrong_shape_name_tensor_and_file() {
     write_dir(dir.path(), &[("model.safetensors", vec![("a.weight", matrix())])]);
     let src = open(dir.path()).unwrap();
 
-    let err = src
-        .load("lm_head.weight", &[6, 4], &Slice::Full, DType::F32, &Device::Cpu)
-        .unwrap_err();
+    let err = src.load("lm_head.weight", &[6, 4], &Slice::Full, DType::F32, &Device::Cpu).unwrap_err();
     assert!(matches!(err, WeightsError::MissingTensor { .. }));
     let msg = err.to_string();
     assert!(msg.contains("lm_head.weight") && msg.contains("model.safetensors"), "{msg}");
 
-    let err = src
-        .load("a.weight", &[4, 6], &Slice::Full, DType::F32, &Device::Cpu)
-        .unwrap_err();
+    let err = src.load("a.weight", &[4, 6], &Slice::Full, DType::F32, &Device::Cpu).unwrap_err();
     assert!(matches!(err, WeightsError::ShapeMismatch { .. }));
     let msg = err.to_string();
-    assert!(
-        msg.contains("a.weight") && msg.contains("model.safetensors") && msg.contains("[6, 4]"),
-        "{msg}"
-    );
+    assert!(msg.contains("a.weight") && msg.contains("model.safetensors") && msg.contains("[6, 4]"), "{msg}");
 
-    let err = src
-        .load("a.weight", &[6, 4], &Slice::Rows(5..7), DType::F32, &Device::Cpu)
-        .unwrap_err()
-        .to_string();
+    let err = src.load("a.weight", &[6, 4], &Slice::Rows(5..7), DType::F32, &Device::Cpu).unwrap_err().to_string();
     assert!(err.contains("a.weight") && err.contains("Rows(5..7)"), "{err}");
 }
 
 #[test]
 fn truncated_file_is_an_error_naming_tensor_and_file() {
     let dir = tempfile::tempdir().unwrap();
-    write_dir(
-        dir.path(),
-        &[("model.safetensors", vec![("a.weight", matrix()), ("z.weight", matrix())])],
-    );
+    write_dir(dir.path(), &[("model.safetensors", vec![("a.weight", matrix()), ("z.weight", matrix())])]);
     let path = dir.path().join("model.safetensors");
     let len = std::fs::metadata(&path).unwrap().len();
     let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
@@ -221,10 +172,7 @@ fn bad_index_entries_are_named() {
     // Entry pointing at a shard that does not exist.
     write_index(dir.path(), &[("a.weight", "shard-1.safetensors"), ("b.weight", "shard-9.safetensors")]);
     let msg = expect_err(open(dir.path())).to_string();
-    assert!(
-        msg.contains("b.weight") && msg.contains("shard-9.safetensors") && msg.contains("index.json"),
-        "{msg}"
-    );
+    assert!(msg.contains("b.weight") && msg.contains("shard-9.safetensors") && msg.contains("index.json"), "{msg}");
 
     // Entry pointing at a shard that lacks the tensor.
     write_index(dir.path(), &[("a.weight", "shard-1.safetensors"), ("c.weight", "shard-1.safetensors")]);
@@ -243,9 +191,7 @@ fn unsupported_stored_dtype_is_named() {
     let ids = Tensor::new(&[1u32, 2, 3], &Device::Cpu).unwrap();
     write_dir(dir.path(), &[("model.safetensors", vec![("ids", ids)])]);
     let src = open(dir.path()).unwrap();
-    let err = src
-        .load("ids", &[3], &Slice::Full, DType::F32, &Device::Cpu)
-        .unwrap_err();
+    let err = src.load("ids", &[3], &Slice::Full, DType::F32, &Device::Cpu).unwrap_err();
     assert!(matches!(err, WeightsError::UnsupportedDtype { .. }));
     let msg = err.to_string();
     assert!(msg.contains("ids") && msg.contains("U32") && msg.contains("model.safetensors"), "{msg}");

@@ -32,7 +32,11 @@ impl TpCollective {
     /// Runs the group's collectives through NCCL on `stream`; `gather_widths` are the members'
     /// shares of the gathered dimension (the vocab split).
     #[cfg(feature = "cuda")]
-    pub fn with_nccl(mut self, stream: Arc<cudarc::driver::CudaStream>, gather_widths: Vec<usize>) -> shardline_comm::Result<Self> {
+    pub fn with_nccl(
+        mut self,
+        stream: Arc<cudarc::driver::CudaStream>,
+        gather_widths: Vec<usize>,
+    ) -> shardline_comm::Result<Self> {
         if self.group.size() > 1 {
             self.nccl = Some((shardline_comm::nccl::NcclComm::new(&self.comm, &self.group, stream)?, gather_widths));
         }
@@ -93,7 +97,10 @@ impl Collective for TpCollective {
         for p in parts {
             let width = p.len().checked_div(rows).unwrap_or(0);
             if width * rows != p.len() {
-                return Err(ModelError::Collective(format!("all-gather: a rank sent {} values for {rows} rows", p.len())));
+                return Err(ModelError::Collective(format!(
+                    "all-gather: a rank sent {} values for {rows} rows",
+                    p.len()
+                )));
             }
             tensors.push(Tensor::from_vec(p, (rows, width), t.device())?);
         }

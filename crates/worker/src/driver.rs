@@ -9,7 +9,9 @@ use std::sync::Arc;
 use prost::Message;
 use shardline_comm::{Comm, Tag};
 use shardline_engine::{Executor, StepPlan};
-use shardline_proto::worker::v1::{control_message::Kind, ControlMessage, NewSequence, ScheduledSequence, Shutdown, Step, StepResult};
+use shardline_proto::worker::v1::{
+    control_message::Kind, ControlMessage, NewSequence, ScheduledSequence, Shutdown, Step, StepResult,
+};
 
 use crate::error::{Result, WorkerError};
 use crate::group::{GroupReady, LocalShard};
@@ -94,7 +96,10 @@ impl GroupExecutor {
         let result = if result_rank == 0 {
             // Rank 0's thread answers every step (with None when it holds no logits).
             loop {
-                let r = local.results.recv().map_err(|_| WorkerError::Protocol("rank 0's shard thread has stopped".into()))??;
+                let r = local
+                    .results
+                    .recv()
+                    .map_err(|_| WorkerError::Protocol("rank 0's shard thread has stopped".into()))??;
                 if let Some(r) = r {
                     break r;
                 }
@@ -115,7 +120,10 @@ impl GroupExecutor {
             return Err(WorkerError::Remote { rank: result_rank, message: result.error });
         }
         if result.step_id != step_id {
-            return Err(WorkerError::Protocol(format!("expected the result of step {step_id}, got {}", result.step_id)));
+            return Err(WorkerError::Protocol(format!(
+                "expected the result of step {step_id}, got {}",
+                result.step_id
+            )));
         }
         let values = f32s(&result.logits);
         let cols = result.vocab as usize;

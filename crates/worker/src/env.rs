@@ -30,11 +30,14 @@ impl RankEnv {
 
     pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Option<RankEnv>> {
         let num = |k: &str| -> Result<Option<usize>> {
-            get(k).map(|v| v.trim().parse::<usize>().map_err(|_| WorkerError::Env(format!("{k}={v} is not a number")))).transpose()
+            get(k)
+                .map(|v| v.trim().parse::<usize>().map_err(|_| WorkerError::Env(format!("{k}={v} is not a number"))))
+                .transpose()
         };
         for (rank_var, size_var, local_var) in SCHEMES {
             let Some(rank) = num(rank_var)? else { continue };
-            let world_size = num(size_var)?.ok_or_else(|| WorkerError::Env(format!("{rank_var} is set but {size_var} is not")))?;
+            let world_size =
+                num(size_var)?.ok_or_else(|| WorkerError::Env(format!("{rank_var} is set but {size_var} is not")))?;
             if rank >= world_size {
                 return Err(WorkerError::Env(format!("{rank_var}={rank} is not below {size_var}={world_size}")));
             }
@@ -67,9 +70,14 @@ mod tests {
     #[test]
     fn reads_each_launcher_convention() {
         assert_eq!(env(&[]).unwrap(), None);
-        let ours = env(&[("RANK", "3"), ("WORLD_SIZE", "4"), ("MASTER_ADDR", "10.0.0.1"), ("MASTER_PORT", "1234")]).unwrap().unwrap();
+        let ours = env(&[("RANK", "3"), ("WORLD_SIZE", "4"), ("MASTER_ADDR", "10.0.0.1"), ("MASTER_PORT", "1234")])
+            .unwrap()
+            .unwrap();
         assert_eq!((ours.rank, ours.world_size, ours.master_addr.as_str(), ours.master_port), (3, 4, "10.0.0.1", 1234));
-        let mpi = env(&[("OMPI_COMM_WORLD_RANK", "1"), ("OMPI_COMM_WORLD_SIZE", "2"), ("OMPI_COMM_WORLD_LOCAL_RANK", "0")]).unwrap().unwrap();
+        let mpi =
+            env(&[("OMPI_COMM_WORLD_RANK", "1"), ("OMPI_COMM_WORLD_SIZE", "2"), ("OMPI_COMM_WORLD_LOCAL_RANK", "0")])
+                .unwrap()
+                .unwrap();
         assert_eq!((mpi.rank, mpi.local_rank, mpi.master_port), (1, 0, DEFAULT_MASTER_PORT));
         let slurm = env(&[("SLURM_PROCID", "5"), ("SLURM_NTASKS", "8"), ("SLURM_LOCALID", "1")]).unwrap().unwrap();
         assert_eq!((slurm.rank, slurm.world_size, slurm.local_rank), (5, 8, 1));

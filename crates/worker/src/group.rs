@@ -94,9 +94,8 @@ pub fn start_group(spec: GroupSpec, env: &RankEnv, timeout: Duration, load_timeo
             })
             .map_err(|e| WorkerError::Protocol(format!("spawning rank 0's shard thread: {e}")))?
     };
-    let (ready0, tokenizer, model_config) = boot_rx
-        .recv()
-        .map_err(|_| WorkerError::Protocol("rank 0's shard thread ended while loading".into()))??;
+    let (ready0, tokenizer, model_config) =
+        boot_rx.recv().map_err(|_| WorkerError::Protocol("rank 0's shard thread ended while loading".into()))??;
     let mut ready = vec![ready0];
     for r in 1..env.world_size {
         let bytes = comm.recv_within(r, Tag::Control, Some(load_timeout), "report READY")?;

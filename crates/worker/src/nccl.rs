@@ -30,8 +30,12 @@ impl candle_core::InplaceOp1 for AllReduce<'_> {
         let comm = self.0.raw();
         match s.dtype() {
             DType::F32 => comm.all_reduce_in_place(&mut s.as_cuda_slice_mut::<f32>()?.slice_mut(a..b), &ReduceOp::Sum),
-            DType::F16 => comm.all_reduce_in_place(&mut s.as_cuda_slice_mut::<half::f16>()?.slice_mut(a..b), &ReduceOp::Sum),
-            DType::BF16 => comm.all_reduce_in_place(&mut s.as_cuda_slice_mut::<half::bf16>()?.slice_mut(a..b), &ReduceOp::Sum),
+            DType::F16 => {
+                comm.all_reduce_in_place(&mut s.as_cuda_slice_mut::<half::f16>()?.slice_mut(a..b), &ReduceOp::Sum)
+            }
+            DType::BF16 => {
+                comm.all_reduce_in_place(&mut s.as_cuda_slice_mut::<half::bf16>()?.slice_mut(a..b), &ReduceOp::Sum)
+            }
             other => return Err(candle_core::Error::Msg(format!("NCCL all-reduce of {other:?}"))),
         }
         .map(|_| ())

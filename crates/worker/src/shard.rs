@@ -33,7 +33,9 @@ pub fn device_for(kind: &str, local_rank: usize) -> Result<Device> {
         "cuda" => Ok(Device::new_cuda(local_rank)?),
         other => {
             let _ = local_rank;
-            Err(WorkerError::Protocol(format!("device `{other}` is not available in this build (cuda needs --features cuda)")))
+            Err(WorkerError::Protocol(format!(
+                "device `{other}` is not available in this build (cuda needs --features cuda)"
+            )))
         }
     }
 }
@@ -94,12 +96,22 @@ impl WorkerShard {
         #[cfg(feature = "cuda")]
         let tp = match model.device() {
             Device::Cuda(dev) => {
-                let widths = (0..layout.tp).map(|r| shardline_model::even_split(cfg.vocab_size, layout.tp, r).len()).collect();
+                let widths =
+                    (0..layout.tp).map(|r| shardline_model::even_split(cfg.vocab_size, layout.tp, r).len()).collect();
                 tp.with_nccl(dev.cuda_stream(), widths)?
             }
             _ => tp,
         };
-        let shard = WorkerShard { rank, layout, model, cache, comm, tp, block_tables: HashMap::new(), stats: StepStats::default() };
+        let shard = WorkerShard {
+            rank,
+            layout,
+            model,
+            cache,
+            comm,
+            tp,
+            block_tables: HashMap::new(),
+            stats: StepStats::default(),
+        };
         Ok((shard, tokenizer))
     }
 
@@ -148,10 +160,9 @@ impl WorkerShard {
         }
         let mut seqs = Vec::with_capacity(step.scheduled.len());
         for s in &step.scheduled {
-            let table = self
-                .block_tables
-                .get(&s.seq_id)
-                .ok_or_else(|| WorkerError::Protocol(format!("step {} names unknown sequence {}", step.step_id, s.seq_id)))?;
+            let table = self.block_tables.get(&s.seq_id).ok_or_else(|| {
+                WorkerError::Protocol(format!("step {} names unknown sequence {}", step.step_id, s.seq_id))
+            })?;
             seqs.push(SeqInput {
                 tokens: s.tokens.clone(),
                 cached_len: s.cached_len as usize,

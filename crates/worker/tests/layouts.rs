@@ -22,7 +22,10 @@ fn model_dir() -> tempfile::TempDir {
 }
 
 fn prompts() -> Vec<Prompt> {
-    ["the quick brown fox", "a", "jumps over the lazy dog again and again"].iter().map(|p| Prompt::Text(p.to_string())).collect()
+    ["the quick brown fox", "a", "jumps over the lazy dog again and again"]
+        .iter()
+        .map(|p| Prompt::Text(p.to_string()))
+        .collect()
 }
 
 fn params() -> SamplingParams {
@@ -38,7 +41,11 @@ fn single(dir: &tempfile::TempDir) -> Vec<GenerationOutput> {
     single_with(dir, EngineConfig::default(), generate)
 }
 
-fn single_with(dir: &tempfile::TempDir, cfg: EngineConfig, run: fn(&mut Engine) -> Vec<GenerationOutput>) -> Vec<GenerationOutput> {
+fn single_with(
+    dir: &tempfile::TempDir,
+    cfg: EngineConfig,
+    run: fn(&mut Engine) -> Vec<GenerationOutput>,
+) -> Vec<GenerationOutput> {
     let (model, tok) = load_local(&ModelSpec::cpu(dir.path().to_str().unwrap(), DType::F32)).unwrap();
     let exec = LocalExecutor::new(model, 64, 4).unwrap();
     run(&mut Engine::new(Box::new(exec), tok, &[], cfg).unwrap())
@@ -68,7 +75,13 @@ fn grouped_with(
         device: "cpu".into(),
     };
     let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let env = |rank| RankEnv { rank, world_size: tp * pp, local_rank: rank, master_addr: "127.0.0.1".into(), master_port: port };
+    let env = |rank| RankEnv {
+        rank,
+        world_size: tp * pp,
+        local_rank: rank,
+        master_addr: "127.0.0.1".into(),
+        master_port: port,
+    };
     std::thread::scope(|s| {
         let workers: Vec<_> = (1..tp * pp).map(|r| s.spawn(move || run_worker(&env(r), TIMEOUT))).collect();
         let ready = start_group(spec, &env(0), TIMEOUT, TIMEOUT).unwrap();
@@ -111,7 +124,10 @@ fn pipeline_keeps_several_steps_in_flight() {
 
     let dir = model_dir();
     let plan_for = |seq_id: u64, tokens: Vec<u32>, blocks: Vec<u32>| StepPlan {
-        seqs: vec![ScheduledSeq { seq_id, input: SeqInput { tokens, cached_len: 0, block_table: blocks, wants_logits: true } }],
+        seqs: vec![ScheduledSeq {
+            seq_id,
+            input: SeqInput { tokens, cached_len: 0, block_table: blocks, wants_logits: true },
+        }],
         finished: vec![],
     };
     let (a, b) = (vec![5u32, 6, 7, 8, 9], vec![40u32, 41, 42]);
@@ -134,7 +150,8 @@ fn pipeline_keeps_several_steps_in_flight() {
         device: "cpu".into(),
     };
     let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let env = |rank| RankEnv { rank, world_size: 2, local_rank: rank, master_addr: "127.0.0.1".into(), master_port: port };
+    let env =
+        |rank| RankEnv { rank, world_size: 2, local_rank: rank, master_addr: "127.0.0.1".into(), master_port: port };
     std::thread::scope(|s| {
         let worker = s.spawn(move || run_worker(&env(1), TIMEOUT));
         let (mut exec, _) = GroupExecutor::new(start_group(spec, &env(0), TIMEOUT, TIMEOUT).unwrap());
@@ -157,9 +174,11 @@ fn pipeline_keeps_several_steps_in_flight() {
 #[test]
 fn engine_pipelines_microbatches_over_stages() {
     fn many(engine: &mut Engine) -> Vec<GenerationOutput> {
-        let prompts = ["the quick brown fox", "a", "jumps over the lazy dog", "again and again", "b c d", "over the fox"];
+        let prompts =
+            ["the quick brown fox", "a", "jumps over the lazy dog", "again and again", "b c d", "over the fox"];
         let p = SamplingParams { max_tokens: 6, ignore_eos: true, ..SamplingParams::greedy() };
-        let ids: Vec<_> = prompts.iter().map(|t| engine.add_request(&Prompt::Text(t.to_string()), p.clone()).unwrap()).collect();
+        let ids: Vec<_> =
+            prompts.iter().map(|t| engine.add_request(&Prompt::Text(t.to_string()), p.clone()).unwrap()).collect();
         engine.run_to_completion(&ids, |_| {}).unwrap()
     }
     let dir = model_dir();

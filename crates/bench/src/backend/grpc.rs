@@ -22,7 +22,8 @@ pub struct GrpcBackend {
 impl GrpcBackend {
     pub async fn connect(endpoint: &str) -> anyhow::Result<GrpcBackend> {
         let url = if endpoint.contains("://") { endpoint.to_string() } else { format!("http://{endpoint}") };
-        let mut client = GenerationClient::connect(url.clone()).await.with_context(|| format!("connecting to {url}"))?;
+        let mut client =
+            GenerationClient::connect(url.clone()).await.with_context(|| format!("connecting to {url}"))?;
         let info = client
             .model_info(pb::ModelInfoRequest {})
             .await

@@ -62,12 +62,7 @@ unsafe fn narrow<const R: usize>(x: *const f32, w: *const f32, k: usize, out: &m
 /// for 12 FMAs, so Zen3's two load ports keep both FMA pipes busy).
 #[inline]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn fixed<const R: usize, const C: usize>(
-    x: *const f32,
-    w: *const f32,
-    k: usize,
-    out: &mut Tile,
-) {
+unsafe fn fixed<const R: usize, const C: usize>(x: *const f32, w: *const f32, k: usize, out: &mut Tile) {
     const { assert!(R <= X_ROWS && C <= W_ROWS) };
     let mut acc = [[_mm256_setzero_ps(); C]; R];
     let body = k - k % 8;

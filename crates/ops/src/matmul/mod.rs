@@ -83,10 +83,7 @@ impl Isa {
 /// # Panics
 /// If a slice length does not match its shape.
 pub fn matmul_nt(x: &[f32], m: usize, k: usize, w: &[f32], n: usize, out: &mut [f32]) {
-    assert!(
-        x.len() == m * k && w.len() == n * k && out.len() == m * n,
-        "matmul_nt: shapes"
-    );
+    assert!(x.len() == m * k && w.len() == n * k && out.len() == m * n, "matmul_nt: shapes");
     if m == 0 || n == 0 {
         return;
     }
@@ -140,34 +137,32 @@ fn stream(x: &[f32], m: usize, k: usize, w: &[f32], n: usize, out: &mut [f32]) {
         isa => isa,
     };
     let (x_rows, w_step) = (isa.x_rows(), if m <= NARROW_MAX_M { 1 } else { W_ROWS });
-    w.par_chunks(chunk * k)
-        .enumerate()
-        .for_each(|(c, w_chunk)| {
-            let j0 = c * chunk;
-            let rows_here = w_chunk.len() / k;
-            let mut tile: Tile = [[0.0; W_ROWS]; X_ROWS_MAX];
-            for b0 in (0..rows_here).step_by(W_BLOCK_ROWS) {
-                let b1 = (b0 + W_BLOCK_ROWS).min(rows_here);
-                let mut i0 = 0;
-                while i0 < m {
-                    let rows = (m - i0).min(x_rows);
-                    let x_rows_here = &x[i0 * k..(i0 + rows) * k];
-                    let mut jj = b0;
-                    while jj < b1 {
-                        let cols = (b1 - jj).min(w_step);
-                        isa.tile(x_rows_here, rows, &w_chunk[jj * k..(jj + cols) * k], cols, k, &mut tile);
-                        for (r, t) in tile.iter().enumerate().take(rows) {
-                            for (cc, &v) in t.iter().enumerate().take(cols) {
-                                // SAFETY: (i0 + r, j0 + jj + cc) is inside out and owned by this chunk.
-                                unsafe { *dst.get().add((i0 + r) * n + j0 + jj + cc) = v };
-                            }
+    w.par_chunks(chunk * k).enumerate().for_each(|(c, w_chunk)| {
+        let j0 = c * chunk;
+        let rows_here = w_chunk.len() / k;
+        let mut tile: Tile = [[0.0; W_ROWS]; X_ROWS_MAX];
+        for b0 in (0..rows_here).step_by(W_BLOCK_ROWS) {
+            let b1 = (b0 + W_BLOCK_ROWS).min(rows_here);
+            let mut i0 = 0;
+            while i0 < m {
+                let rows = (m - i0).min(x_rows);
+                let x_rows_here = &x[i0 * k..(i0 + rows) * k];
+                let mut jj = b0;
+                while jj < b1 {
+                    let cols = (b1 - jj).min(w_step);
+                    isa.tile(x_rows_here, rows, &w_chunk[jj * k..(jj + cols) * k], cols, k, &mut tile);
+                    for (r, t) in tile.iter().enumerate().take(rows) {
+                        for (cc, &v) in t.iter().enumerate().take(cols) {
+                            // SAFETY: (i0 + r, j0 + jj + cc) is inside out and owned by this chunk.
+                            unsafe { *dst.get().add((i0 + r) * n + j0 + jj + cc) = v };
                         }
-                        jj += cols;
                     }
-                    i0 += rows;
+                    jj += cols;
                 }
+                i0 += rows;
             }
-        });
+        }
+    });
 }
 
 /// tile[r][c] = x_r · w_c for `rows` x rows and `cols` w rows, each of length k.
@@ -188,12 +183,7 @@ fn portable_dot(a: &[f32], b: &[f32]) -> f32 {
             lanes[l] += av[l] * bv[l];
         }
     }
-    lanes.iter().sum::<f32>()
-        + a[body..]
-            .iter()
-            .zip(&b[body..])
-            .map(|(p, q)| p * q)
-            .sum::<f32>()
+    lanes.iter().sum::<f32>() + a[body..].iter().zip(&b[body..]).map(|(p, q)| p * q).sum::<f32>()
 }
 
 #[cfg(test)]
@@ -208,7 +198,8 @@ mod tests {
             seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
             (seed >> 8) as f32 / (1u32 << 23) as f32 - 1.0
         };
-        let isas: Vec<Isa> = [Isa::Portable, Isa::Avx2, Isa::Avx512].into_iter().filter(|&i| i <= Isa::detect()).collect();
+        let isas: Vec<Isa> =
+            [Isa::Portable, Isa::Avx2, Isa::Avx512].into_iter().filter(|&i| i <= Isa::detect()).collect();
         for k in [1, 7, 8, 15, 16, 17, 33, 100, 576] {
             let x: Vec<f32> = (0..X_ROWS_MAX * k).map(|_| next()).collect();
             let w: Vec<f32> = (0..W_ROWS * k).map(|_| next()).collect();

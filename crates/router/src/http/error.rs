@@ -90,7 +90,6 @@ pub(super) fn parse_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError
     Ok(value)
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;

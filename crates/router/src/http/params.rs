@@ -116,7 +116,10 @@ pub(super) fn completion_prompt_and_params(req: &CompletionRequest) -> Result<(P
     Ok((prompt, params))
 }
 
-pub(super) fn chat_prompt_and_params(req: &ChatCompletionRequest, s: &AppState) -> Result<(Prompt, SamplingParams), ApiError> {
+pub(super) fn chat_prompt_and_params(
+    req: &ChatCompletionRequest,
+    s: &AppState,
+) -> Result<(Prompt, SamplingParams), ApiError> {
     if req.messages.is_empty() {
         return Err(ApiError::bad_request("messages must not be empty").with_param("messages"));
     }

@@ -4,10 +4,6 @@
 
 #![allow(dead_code)]
 
-use std::future::Future;
-use std::net::SocketAddr;
-use std::sync::Arc;
-use std::time::Duration;
 use candle_core::DType;
 use serde_json::{json, Value};
 use shardline_engine::{load_local, Engine, EngineConfig, LocalExecutor, ModelSpec, Prompt};
@@ -15,6 +11,10 @@ use shardline_router::http::router;
 use shardline_router::{CoreConfig, EngineCore, EngineHandle, Metrics, ServerInfo};
 use shardline_sampling::SamplingParams;
 use shardline_tokenizer::Tokenizer;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 

@@ -19,27 +19,19 @@ pub(super) fn tojson(value: Value, kwargs: Kwargs) -> Result<Value, Error> {
         Some(v) => match v.as_str() {
             Some(s) => Some(s.to_string()),
             None => {
-                let n = i64::try_from(v)
-                    .map_err(|_| invalid("indent must be an integer or a string"))?;
+                let n = i64::try_from(v).map_err(|_| invalid("indent must be an integer or a string"))?;
                 Some(" ".repeat(n.max(0) as usize))
             }
         },
     };
-    let opts = Options {
-        indent,
-        ensure_ascii: ensure_ascii.unwrap_or(false),
-        sort_keys: sort_keys.unwrap_or(false),
-    };
+    let opts = Options { indent, ensure_ascii: ensure_ascii.unwrap_or(false), sort_keys: sort_keys.unwrap_or(false) };
     let mut out = String::new();
     write_value(&mut out, &value, &opts, 0)?;
     Ok(Value::from(out))
 }
 
 fn invalid(message: impl Into<String>) -> Error {
-    Error::new(
-        ErrorKind::InvalidOperation,
-        format!("tojson: {}", message.into()),
-    )
+    Error::new(ErrorKind::InvalidOperation, format!("tojson: {}", message.into()))
 }
 
 struct Options {
@@ -57,8 +49,7 @@ fn write_value(out: &mut String, v: &Value, opts: &Options, depth: usize) -> Res
         ValueKind::Number => match v.as_i64() {
             Some(i) => out.push_str(&i.to_string()),
             None => {
-                let f = f64::try_from(v.clone())
-                    .map_err(|_| invalid(format!("unsupported number {v}")))?;
+                let f = f64::try_from(v.clone()).map_err(|_| invalid(format!("unsupported number {v}")))?;
                 // Rust's Debug float format matches Python's repr for the usual cases (1.0, 2.5).
                 out.push_str(&format!("{f:?}"));
             }
@@ -85,11 +76,7 @@ fn write_value(out: &mut String, v: &Value, opts: &Options, depth: usize) -> Res
                 write_value(out, &v.get_item(key)?, opts, depth + 1)
             })?;
         }
-        other => {
-            return Err(invalid(format!(
-                "cannot serialize a value of kind {other:?}"
-            )))
-        }
+        other => return Err(invalid(format!("cannot serialize a value of kind {other:?}"))),
     }
     Ok(())
 }
@@ -162,28 +149,19 @@ mod tests {
 
     #[test]
     fn python_separators_keep_order_and_do_not_html_escape() {
-        let out = render(
-            r#"{{ {"name": "f<x>", "args": [1, 2.5, true, none], "empty": {}, "s": "é\n"} | tojson }}"#,
-        );
-        assert_eq!(
-            out,
-            r#"{"name": "f<x>", "args": [1, 2.5, true, null], "empty": {}, "s": "é\n"}"#
-        );
+        let out = render(r#"{{ {"name": "f<x>", "args": [1, 2.5, true, none], "empty": {}, "s": "é\n"} | tojson }}"#);
+        assert_eq!(out, r#"{"name": "f<x>", "args": [1, 2.5, true, null], "empty": {}, "s": "é\n"}"#);
     }
 
     #[test]
     fn python_indent_layout() {
         let out = render(r#"{{ {"b": [1, {"a": []}]} | tojson(indent=2) }}"#);
-        assert_eq!(
-            out,
-            "{\n  \"b\": [\n    1,\n    {\n      \"a\": []\n    }\n  ]\n}"
-        );
+        assert_eq!(out, "{\n  \"b\": [\n    1,\n    {\n      \"a\": []\n    }\n  ]\n}");
     }
 
     #[test]
     fn ensure_ascii_and_sort_keys() {
-        let out =
-            render(r#"{{ {"z": "é😀", "a": 1} | tojson(ensure_ascii=true, sort_keys=true) }}"#);
+        let out = render(r#"{{ {"z": "é😀", "a": 1} | tojson(ensure_ascii=true, sort_keys=true) }}"#);
         assert_eq!(out, r#"{"a": 1, "z": "\u00e9\ud83d\ude00"}"#);
     }
 }

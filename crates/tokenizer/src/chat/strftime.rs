@@ -18,21 +18,10 @@ const MONTHS: [&str; 12] = [
     "November",
     "December",
 ];
-const WEEKDAYS: [&str; 7] = [
-    "Monday",
-    "Tuesday",
-    "Wednesday",
-    "Thursday",
-    "Friday",
-    "Saturday",
-    "Sunday",
-];
+const WEEKDAYS: [&str; 7] = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"];
 
 pub(super) fn strftime_now(format: String) -> String {
-    let secs = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0);
+    let secs = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
     format_unix(&format, secs)
 }
 
@@ -110,10 +99,7 @@ mod tests {
         // 2024-07-26 13:05:09 UTC, a Friday, day 208 of a leap year.
         let t = 1_721_999_109;
         assert_eq!(format_unix("%d %b %Y", t), "26 Jul 2024");
-        assert_eq!(
-            format_unix("%A %B %e %H:%M:%S %j %y %I%p %%", t),
-            "Friday July 26 13:05:09 208 24 01PM %"
-        );
+        assert_eq!(format_unix("%A %B %e %H:%M:%S %j %y %I%p %%", t), "Friday July 26 13:05:09 208 24 01PM %");
         assert_eq!(format_unix("%Y-%m-%d %a", 0), "1970-01-01 Thu");
         // 2000-02-29 (leap day of a century leap year).
         assert_eq!(format_unix("%Y-%m-%d %j", 951_782_400), "2000-02-29 060");

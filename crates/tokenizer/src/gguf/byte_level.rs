@@ -15,7 +15,8 @@ use tokenizers::{PreTokenizerWrapper, SplitDelimiterBehavior, Tokenizer};
 /// Llama 3 split regex (llama.cpp `LLAMA_VOCAB_PRE_TYPE_LLAMA3`, HF Llama-3 tokenizer.json).
 pub(crate) const LLAMA3_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 /// Qwen2 split regex: like Llama 3 but single digits (llama.cpp `LLAMA_VOCAB_PRE_TYPE_QWEN2`).
-pub(crate) const QWEN2_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+pub(crate) const QWEN2_SPLIT: &str =
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
 /// How `tokenizer.ggml.pre` maps onto HF pre-tokenizers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,11 +33,9 @@ pub(crate) fn pre_kind(pre: &str) -> PreKind {
     match pre {
         "default" | "gpt2" | "gpt-2" | "olmo" | "jais" | "phi-2" => PreKind::Gpt2,
         // llama.cpp groups these: regex `\p{N}` then the GPT-2 regex.
-        "smollm" | "starcoder" | "refact" | "command-r" | "codeshell" | "exaone" | "minerva" => {
-            PreKind::DigitsThenGpt2
-        }
-        "llama3" | "llama-v3" | "llama-bpe" | "falcon3" | "falcon-h1" | "pixtral" | "midm-2.0"
-        | "lfm2" | "dbrx" | "smaug-bpe" => PreKind::Split(LLAMA3_SPLIT),
+        "smollm" | "starcoder" | "refact" | "command-r" | "codeshell" | "exaone" | "minerva" => PreKind::DigitsThenGpt2,
+        "llama3" | "llama-v3" | "llama-bpe" | "falcon3" | "falcon-h1" | "pixtral" | "midm-2.0" | "lfm2" | "dbrx"
+        | "smaug-bpe" => PreKind::Split(LLAMA3_SPLIT),
         "qwen2" | "deepseek-r1-qwen" | "megrez" => PreKind::Split(QWEN2_SPLIT),
         other => {
             tracing::warn!(
@@ -51,23 +50,13 @@ pub(crate) fn pre_kind(pre: &str) -> PreKind {
 fn pre_tokenizer(kind: PreKind) -> Result<PreTokenizerWrapper, String> {
     Ok(match kind {
         PreKind::Gpt2 => ByteLevel::new(false, true, true).into(),
-        PreKind::DigitsThenGpt2 => Sequence::new(vec![
-            Digits::new(true).into(),
-            ByteLevel::new(false, true, true).into(),
-        ])
-        .into(),
+        PreKind::DigitsThenGpt2 => {
+            Sequence::new(vec![Digits::new(true).into(), ByteLevel::new(false, true, true).into()]).into()
+        }
         PreKind::Split(regex) => {
-            let split = Split::new(
-                SplitPattern::Regex(regex.to_string()),
-                SplitDelimiterBehavior::Isolated,
-                false,
-            )
-            .map_err(|e| format!("invalid pre-tokenizer regex: {e}"))?;
-            Sequence::new(vec![
-                split.into(),
-                ByteLevel::new(false, true, false).into(),
-            ])
-            .into()
+            let split = Split::new(SplitPattern::Regex(regex.to_string()), SplitDelimiterBehavior::Isolated, false)
+                .map_err(|e| format!("invalid pre-tokenizer regex: {e}"))?;
+            Sequence::new(vec![split.into(), ByteLevel::new(false, true, false).into()]).into()
         }
     })
 }
@@ -92,12 +81,7 @@ pub(crate) fn byte_alphabet() -> [char; 256] {
 /// Build the byte-level BPE tokenizer. `added[i]` is `Some(_)` for tokens that will become added
 /// tokens (control / user-defined): those keep their raw spelling so the added token maps onto the
 /// same id instead of growing the vocabulary.
-pub(super) fn build(
-    tokens: &[&str],
-    merges: &[&str],
-    added: &[Option<bool>],
-    pre: &str,
-) -> Result<Tokenizer, String> {
+pub(super) fn build(tokens: &[&str], merges: &[&str], added: &[Option<bool>], pre: &str) -> Result<Tokenizer, String> {
     let alphabet = byte_alphabet();
     let in_alphabet: std::collections::HashSet<char> = alphabet.iter().copied().collect();
     let mut vocab = Vocab::with_capacity(tokens.len());

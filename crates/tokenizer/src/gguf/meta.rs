@@ -23,28 +23,18 @@ impl<'a> Meta<'a> {
     }
 
     pub(super) fn missing(&self, key: &str) -> TokenizerError {
-        TokenizerError::GgufMissingKey {
-            path: self.path.to_path_buf(),
-            key: key.to_string(),
-        }
+        TokenizerError::GgufMissingKey { path: self.path.to_path_buf(), key: key.to_string() }
     }
 
     pub(super) fn bad_value(&self, key: &str, message: String) -> TokenizerError {
-        TokenizerError::GgufBadValue {
-            path: self.path.to_path_buf(),
-            key: key.to_string(),
-            message,
-        }
+        TokenizerError::GgufBadValue { path: self.path.to_path_buf(), key: key.to_string(), message }
     }
 
     pub(super) fn string(&self, key: &str) -> Result<Option<&'a str>> {
         match self.map.get(key) {
             None => Ok(None),
             Some(Value::String(s)) => Ok(Some(s.as_str())),
-            Some(v) => Err(self.bad_value(
-                key,
-                format!("expected a string, found {:?}", v.value_type()),
-            )),
+            Some(v) => Err(self.bad_value(key, format!("expected a string, found {:?}", v.value_type()))),
         }
     }
 
@@ -56,11 +46,7 @@ impl<'a> Meta<'a> {
         self.map
             .get(key)
             .map(|v| integer(v).and_then(|i| u32::try_from(i).ok()))
-            .map(|v| {
-                v.ok_or_else(|| {
-                    self.bad_value(key, "expected a non-negative 32-bit integer".into())
-                })
-            })
+            .map(|v| v.ok_or_else(|| self.bad_value(key, "expected a non-negative 32-bit integer".into())))
             .transpose()
     }
 
@@ -70,9 +56,7 @@ impl<'a> Meta<'a> {
             Some(Value::Bool(b)) => Ok(Some(*b)),
             Some(v) => match integer(v) {
                 Some(i) => Ok(Some(i != 0)),
-                None => {
-                    Err(self.bad_value(key, format!("expected a bool, found {:?}", v.value_type())))
-                }
+                None => Err(self.bad_value(key, format!("expected a bool, found {:?}", v.value_type()))),
             },
         }
     }
@@ -81,10 +65,7 @@ impl<'a> Meta<'a> {
         match self.map.get(key) {
             None => Ok(None),
             Some(Value::Array(a)) => Ok(Some(a.as_slice())),
-            Some(v) => Err(self.bad_value(
-                key,
-                format!("expected an array, found {:?}", v.value_type()),
-            )),
+            Some(v) => Err(self.bad_value(key, format!("expected an array, found {:?}", v.value_type()))),
         }
     }
 
@@ -97,10 +78,7 @@ impl<'a> Meta<'a> {
             .enumerate()
             .map(|(i, v)| match v {
                 Value::String(s) => Ok(s.as_str()),
-                v => Err(self.bad_value(
-                    key,
-                    format!("element {i} is {:?}, not a string", v.value_type()),
-                )),
+                v => Err(self.bad_value(key, format!("element {i} is {:?}, not a string", v.value_type()))),
             })
             .collect::<Result<Vec<_>>>()
             .map(Some)
@@ -114,14 +92,9 @@ impl<'a> Meta<'a> {
             .iter()
             .enumerate()
             .map(|(i, v)| {
-                integer(v)
-                    .and_then(|x| i32::try_from(x).ok())
-                    .ok_or_else(|| {
-                        self.bad_value(
-                            key,
-                            format!("element {i} is {:?}, not a 32-bit integer", v.value_type()),
-                        )
-                    })
+                integer(v).and_then(|x| i32::try_from(x).ok()).ok_or_else(|| {
+                    self.bad_value(key, format!("element {i} is {:?}, not a 32-bit integer", v.value_type()))
+                })
             })
             .collect::<Result<Vec<_>>>()
             .map(Some)
@@ -137,10 +110,7 @@ impl<'a> Meta<'a> {
             .map(|(i, v)| match v {
                 Value::F32(x) => Ok(*x),
                 Value::F64(x) => Ok(*x as f32),
-                v => Err(self.bad_value(
-                    key,
-                    format!("element {i} is {:?}, not a float", v.value_type()),
-                )),
+                v => Err(self.bad_value(key, format!("element {i} is {:?}, not a float", v.value_type()))),
             })
             .collect::<Result<Vec<_>>>()
             .map(Some)

@@ -28,15 +28,10 @@ const TOKEN_TYPE_USER_DEFINED: i32 = 4;
 
 /// Read the metadata of a GGUF file (header only, tensor data is not touched) and convert it.
 pub(crate) fn load(path: &Path) -> Result<Parts> {
-    let file = std::fs::File::open(path).map_err(|source| TokenizerError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    let file = std::fs::File::open(path).map_err(|source| TokenizerError::Io { path: path.to_path_buf(), source })?;
     let mut reader = std::io::BufReader::new(file);
-    let content = gguf_file::Content::read(&mut reader).map_err(|e| TokenizerError::GgufRead {
-        path: path.to_path_buf(),
-        message: e.to_string(),
-    })?;
+    let content = gguf_file::Content::read(&mut reader)
+        .map_err(|e| TokenizerError::GgufRead { path: path.to_path_buf(), message: e.to_string() })?;
     from_metadata(path, &content.metadata)
 }
 
@@ -47,9 +42,7 @@ pub(crate) fn from_metadata(
 ) -> Result<Parts> {
     let meta = Meta::new(path, metadata);
     let model = meta.required_string("tokenizer.ggml.model")?;
-    let tokens = meta
-        .strings("tokenizer.ggml.tokens")?
-        .ok_or_else(|| meta.missing("tokenizer.ggml.tokens"))?;
+    let tokens = meta.strings("tokenizer.ggml.tokens")?.ok_or_else(|| meta.missing("tokenizer.ggml.tokens"))?;
     let token_types = meta.i32s("tokenizer.ggml.token_type")?;
     if let Some(types) = &token_types {
         if types.len() != tokens.len() {
@@ -77,44 +70,28 @@ pub(crate) fn from_metadata(
     // bos/eos/unk are made special even when the file mislabels them, as transformers does.
     let forced: Vec<u32> = [bos, eos, unk].into_iter().flatten().collect();
     let flags = special_flags(&tokens, token_types.as_deref(), &forced);
-    let build_err = |message: String| TokenizerError::GgufBuild {
-        path: path.to_path_buf(),
-        kind: model.to_string(),
-        message,
-    };
+    let build_err =
+        |message: String| TokenizerError::GgufBuild { path: path.to_path_buf(), kind: model.to_string(), message };
 
     // llama.cpp's defaults when the file does not say: SPM vocabularies add BOS, BPE ones do not.
     let (mut inner, default_add_bos) = match model {
         "gpt2" => {
-            let merges = meta
-                .strings("tokenizer.ggml.merges")?
-                .ok_or_else(|| meta.missing("tokenizer.ggml.merges"))?;
+            let merges = meta.strings("tokenizer.ggml.merges")?.ok_or_else(|| meta.missing("tokenizer.ggml.merges"))?;
             let pre = meta.string("tokenizer.ggml.pre")?.unwrap_or("default");
             let tok = byte_level::build(&tokens, &merges, &flags, pre).map_err(build_err)?;
             (tok, false)
         }
         "llama" => {
             let scores = meta.f32s("tokenizer.ggml.scores")?;
-            let add_space_prefix = meta
-                .bool("tokenizer.ggml.add_space_prefix")?
-                .unwrap_or(true);
+            let add_space_prefix = meta.bool("tokenizer.ggml.add_space_prefix")?.unwrap_or(true);
             let unk_token = unk.map(|id| tokens[id as usize]);
             let merges = meta.strings("tokenizer.ggml.merges")?;
-            let tok = spm::build(
-                &tokens,
-                merges.as_deref(),
-                scores.as_deref(),
-                unk_token,
-                add_space_prefix,
-            )
-            .map_err(build_err)?;
+            let tok = spm::build(&tokens, merges.as_deref(), scores.as_deref(), unk_token, add_space_prefix)
+                .map_err(build_err)?;
             (tok, true)
         }
         other => {
-            return Err(TokenizerError::GgufUnsupportedModel {
-                path: path.to_path_buf(),
-                model: other.to_string(),
-            })
+            return Err(TokenizerError::GgufUnsupportedModel { path: path.to_path_buf(), model: other.to_string() })
         }
     };
 
@@ -139,17 +116,9 @@ pub(crate) fn from_metadata(
             }
         }
     }
-    let add_bos = meta
-        .bool("tokenizer.ggml.add_bos_token")?
-        .unwrap_or(default_add_bos);
+    let add_bos = meta.bool("tokenizer.ggml.add_bos_token")?.unwrap_or(default_add_bos);
     let chat_template = meta.string("tokenizer.chat_template")?.map(str::to_string);
-    Ok(Parts {
-        inner,
-        bos,
-        eos: eos_ids,
-        add_bos: Some(add_bos),
-        chat_template,
-    })
+    Ok(Parts { inner, bos, eos: eos_ids, add_bos: Some(add_bos), chat_template })
 }
 
 /// Per token: `Some(true)` special added token, `Some(false)` non-special added token, `None` plain

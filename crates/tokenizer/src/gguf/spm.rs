@@ -52,10 +52,7 @@ pub(crate) fn merges_from_scores(tokens: &[&str], scores: &[f32]) -> Vec<(String
         let key = |m: &(&str, &str, f32)| (m.0.chars().count(), m.1.chars().count());
         b.2.total_cmp(&a.2).then_with(|| key(b).cmp(&key(a)))
     });
-    merges
-        .into_iter()
-        .map(|(l, r, _)| (l.to_string(), r.to_string()))
-        .collect()
+    merges.into_iter().map(|(l, r, _)| (l.to_string(), r.to_string())).collect()
 }
 
 /// `file_merges`: merges stored in the file ("a b" strings), used as-is when present; otherwise
@@ -71,13 +68,7 @@ pub(super) fn build(
     let positional: Vec<f32>;
     let scores = match scores {
         Some(s) if s.len() == tokens.len() => s,
-        Some(s) => {
-            return Err(format!(
-                "tokenizer.ggml.scores has {} entries for {} tokens",
-                s.len(),
-                tokens.len()
-            ))
-        }
+        Some(s) => return Err(format!("tokenizer.ggml.scores has {} entries for {} tokens", s.len(), tokens.len())),
         None => {
             positional = (0..tokens.len()).map(|i| -(i as f32)).collect();
             &positional
@@ -94,31 +85,16 @@ pub(super) fn build(
             .collect::<Result<Vec<_>, _>>()?,
         None => merges_from_scores(tokens, scores),
     };
-    let vocab: Vocab = tokens
-        .iter()
-        .enumerate()
-        .map(|(id, t)| (t.to_string(), id as u32))
-        .collect();
-    let mut builder = BPE::builder()
-        .vocab_and_merges(vocab, merges)
-        .byte_fallback(true)
-        .fuse_unk(true);
+    let vocab: Vocab = tokens.iter().enumerate().map(|(id, t)| (t.to_string(), id as u32)).collect();
+    let mut builder = BPE::builder().vocab_and_merges(vocab, merges).byte_fallback(true).fuse_unk(true);
     if let Some(unk) = unk_token {
         builder = builder.unk_token(unk.to_string());
     }
-    let model = builder
-        .build()
-        .map_err(|e| format!("invalid SentencePiece vocabulary: {e}"))?;
+    let model = builder.build().map_err(|e| format!("invalid SentencePiece vocabulary: {e}"))?;
 
-    let prepend = if add_space_prefix {
-        PrependScheme::First
-    } else {
-        PrependScheme::Never
-    };
+    let prepend = if add_space_prefix { PrependScheme::First } else { PrependScheme::Never };
     let mut decoders: Vec<DecoderWrapper> = vec![
-        Replace::new(SPACE.to_string(), " ")
-            .map_err(|e| format!("decoder: {e}"))?
-            .into(),
+        Replace::new(SPACE.to_string(), " ").map_err(|e| format!("decoder: {e}"))?.into(),
         ByteFallback::new().into(),
         Fuse::new().into(),
     ];

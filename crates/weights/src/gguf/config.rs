@@ -38,12 +38,7 @@ pub(crate) fn arch(file: &Path, metadata: &HashMap<String, Value>) -> Result<Arc
             })
         }
     };
-    Ok(Arch {
-        name,
-        hf_class,
-        model_type,
-        rope_permuted,
-    })
+    Ok(Arch { name, hf_class, model_type, rope_permuted })
 }
 
 fn as_u64(v: &Value) -> Option<u64> {
@@ -76,10 +71,7 @@ struct Meta<'a> {
 
 impl Meta<'_> {
     fn bad(&self, reason: String) -> WeightsError {
-        WeightsError::BadGguf {
-            file: self.file.to_path_buf(),
-            reason,
-        }
+        WeightsError::BadGguf { file: self.file.to_path_buf(), reason }
     }
 
     fn opt_u64(&self, key: &str) -> Result<Option<u64>> {
@@ -92,16 +84,13 @@ impl Meta<'_> {
     }
 
     fn req_u64(&self, key: &str) -> Result<u64> {
-        self.opt_u64(key)?
-            .ok_or_else(|| self.bad(format!("missing metadata `{key}`")))
+        self.opt_u64(key)?.ok_or_else(|| self.bad(format!("missing metadata `{key}`")))
     }
 
     fn opt_f64(&self, key: &str) -> Result<Option<f64>> {
         match self.md.get(key) {
             None => Ok(None),
-            Some(v) => as_f64(v)
-                .map(Some)
-                .ok_or_else(|| self.bad(format!("metadata `{key}` is not a number: {v:?}"))),
+            Some(v) => as_f64(v).map(Some).ok_or_else(|| self.bad(format!("metadata `{key}` is not a number: {v:?}"))),
         }
     }
 }
@@ -124,14 +113,11 @@ pub(crate) fn synthesize(
     let kv_heads = m.opt_u64(&format!("{a}.attention.head_count_kv"))?.unwrap_or(heads);
     let vocab = match metadata.get("tokenizer.ggml.tokens") {
         Some(Value::Array(tokens)) => tokens.len(),
-        _ => tensors
-            .get("token_embd.weight")
-            .map(|t| t.shape.dims()[0])
-            .ok_or_else(|| m.bad("no tokenizer.ggml.tokens and no token_embd.weight to size the vocabulary".to_string()))?,
+        _ => tensors.get("token_embd.weight").map(|t| t.shape.dims()[0]).ok_or_else(|| {
+            m.bad("no tokenizer.ggml.tokens and no token_embd.weight to size the vocabulary".to_string())
+        })?,
     };
-    let head_dim = m
-        .opt_u64(&format!("{a}.attention.key_length"))?
-        .unwrap_or(hidden / heads);
+    let head_dim = m.opt_u64(&format!("{a}.attention.key_length"))?.unwrap_or(hidden / heads);
 
     let mut cfg = json!({
         "architectures": [arch.hf_class],

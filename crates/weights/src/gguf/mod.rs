@@ -47,10 +47,7 @@ fn supported(dtype: GgmlDType) -> bool {
 impl GgufSource {
     /// Opens and validates a GGUF file: every tensor's byte range must lie inside the file.
     pub fn open(path: &Path) -> Result<GgufSource> {
-        let bad = |reason: String| WeightsError::BadGguf {
-            file: path.to_path_buf(),
-            reason,
-        };
+        let bad = |reason: String| WeightsError::BadGguf { file: path.to_path_buf(), reason };
         let file = File::open(path).map_err(|e| WeightsError::io(path, e))?;
         // SAFETY: read-only mapping; offsets are validated against its length below.
         let mmap = unsafe { Mmap::map(&file) }.map_err(|e| WeightsError::io(path, e))?;
@@ -82,14 +79,7 @@ impl GgufSource {
                     ti.ggml_dtype
                 )));
             }
-            tensors.insert(
-                name.clone(),
-                Info {
-                    dtype: ti.ggml_dtype,
-                    dims,
-                    start,
-                },
-            );
+            tensors.insert(name.clone(), Info { dtype: ti.ggml_dtype, dims, start });
         }
         let n_head = config["num_attention_heads"].as_u64().unwrap_or(1) as usize;
         let n_kv_head = config["num_key_value_heads"].as_u64().unwrap_or(1) as usize;
@@ -131,8 +121,7 @@ impl GgufSource {
         let bytes = as_bytes_mut(&mut buf, n_rows * sub.len());
         for (k, row) in rows.enumerate() {
             let base = info.start + row * row_bytes;
-            bytes[k * sub.len()..(k + 1) * sub.len()]
-                .copy_from_slice(&self.mmap[base + sub.start..base + sub.end]);
+            bytes[k * sub.len()..(k + 1) * sub.len()].copy_from_slice(&self.mmap[base + sub.start..base + sub.end]);
         }
         let width = (b1 - b0) * bs;
         let t = ggml_file::qtensor_from_ggml(info.dtype, bytes, vec![n_rows, width], &Device::Cpu)
@@ -141,8 +130,7 @@ impl GgufSource {
         if width == cols.len() {
             Ok(t)
         } else {
-            t.narrow(1, cols.start - b0 * bs, cols.len())
-                .map_err(|e| WeightsError::candle(name, self.file(), e))
+            t.narrow(1, cols.start - b0 * bs, cols.len()).map_err(|e| WeightsError::candle(name, self.file(), e))
         }
     }
 }
@@ -170,14 +158,7 @@ impl WeightSource for GgufSource {
         hf_to_gguf(name).is_some_and(|g| self.tensors.contains_key(&g.name))
     }
 
-    fn load(
-        &self,
-        name: &str,
-        full_shape: &[usize],
-        slice: &Slice,
-        dtype: DType,
-        device: &Device,
-    ) -> Result<Tensor> {
+    fn load(&self, name: &str, full_shape: &[usize], slice: &Slice, dtype: DType, device: &Device) -> Result<Tensor> {
         let file = self.file();
         let missing = |looked: &str| WeightsError::MissingTensor {
             name: name.to_string(),
@@ -250,9 +231,7 @@ impl WeightSource for GgufSource {
                 None => t,
             }
         };
-        t.to_device(device)
-            .and_then(|t| t.to_dtype(dtype))
-            .map_err(cerr)
+        t.to_device(device).and_then(|t| t.to_dtype(dtype)).map_err(cerr)
     }
 
     fn describe(&self) -> String {

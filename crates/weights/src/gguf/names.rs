@@ -17,12 +17,7 @@ pub(crate) struct GgufName {
 /// Maps an HF name ("model.layers.3.self_attn.q_proj.weight") to its GGUF name
 /// ("blk.3.attn_q.weight"); `None` for names with no GGUF counterpart.
 pub(crate) fn hf_to_gguf(hf: &str) -> Option<GgufName> {
-    let plain = |s: &str| {
-        Some(GgufName {
-            name: s.to_string(),
-            rope: None,
-        })
-    };
+    let plain = |s: &str| Some(GgufName { name: s.to_string(), rope: None });
     match hf {
         "model.embed_tokens.weight" => return plain("token_embd.weight"),
         "model.norm.weight" => return plain("output_norm.weight"),
@@ -50,10 +45,7 @@ pub(crate) fn hf_to_gguf(hf: &str) -> Option<GgufName> {
         "mlp.down_proj" => ("ffn_down", None),
         _ => return None,
     };
-    Some(GgufName {
-        name: format!("blk.{layer}.{gguf}.{suffix}"),
-        rope,
-    })
+    Some(GgufName { name: format!("blk.{layer}.{gguf}.{suffix}"), rope })
 }
 
 #[cfg(test)]
@@ -72,14 +64,8 @@ mod tests {
         assert_eq!((k.name.as_str(), k.rope), ("blk.0.attn_k.weight", Some(RopeProj::K)));
         let d = hf_to_gguf("model.layers.7.mlp.down_proj.weight").unwrap();
         assert_eq!((d.name.as_str(), d.rope), ("blk.7.ffn_down.weight", None));
-        assert_eq!(
-            hf_to_gguf("model.layers.3.post_attention_layernorm.weight").unwrap().name,
-            "blk.3.ffn_norm.weight"
-        );
-        assert_eq!(
-            hf_to_gguf("model.layers.3.self_attn.o_proj.weight").unwrap().name,
-            "blk.3.attn_output.weight"
-        );
+        assert_eq!(hf_to_gguf("model.layers.3.post_attention_layernorm.weight").unwrap().name, "blk.3.ffn_norm.weight");
+        assert_eq!(hf_to_gguf("model.layers.3.self_attn.o_proj.weight").unwrap().name, "blk.3.attn_output.weight");
     }
 
     #[test]

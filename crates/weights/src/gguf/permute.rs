@@ -63,10 +63,7 @@ mod tests {
 
     #[test]
     fn unpermute_rows_moves_whole_rows() {
-        let t = Tensor::arange(0f32, 8.0, &Device::Cpu)
-            .unwrap()
-            .reshape((4, 2))
-            .unwrap();
+        let t = Tensor::arange(0f32, 8.0, &Device::Cpu).unwrap().reshape((4, 2)).unwrap();
         // head_dim 4: GGUF rows [a0 b0 a1 b1] -> HF [a0 a1 b0 b1], i.e. rows 0,2,1,3.
         let u = unpermute_rows(&t, 4).unwrap().to_vec2::<f32>().unwrap();
         assert_eq!(u, vec![vec![0., 1.], vec![4., 5.], vec![2., 3.], vec![6., 7.]]);
