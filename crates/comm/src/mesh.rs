@@ -3,13 +3,14 @@
 //! reader thread sorting incoming frames into one inbox per tag.
 
 use std::net::{Shutdown, TcpStream};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::Mutex;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use crate::error::{CommError, Result};
-use crate::wire::{read_frame, write_frame};
+use crate::wire::{read_frame, write_frame, FRAME_HEADER_BYTES};
 
 /// Independent message streams between two ranks; order is kept within a tag.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -21,10 +22,23 @@ pub enum Tag {
     Hidden = 1,
     /// Collectives inside a tensor-parallel group.
     Collective = 2,
-    /// Last stage → rank 0: logits.
+    /// Last stage → rank 0: step results.
     Result = 3,
 }
 const NUM_TAGS: usize = 4;
+
+impl Tag {
+    pub const ALL: [Tag; NUM_TAGS] = [Tag::Control, Tag::Hidden, Tag::Collective, Tag::Result];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Tag::Control => "control",
+            Tag::Hidden => "hidden",
+            Tag::Collective => "collective",
+            Tag::Result => "result",
+        }
+    }
+}
 
 /// A tagged message waiting for the writer thread.
 type Frame = (u8, Vec<u8>);
@@ -82,6 +96,8 @@ pub struct Comm {
     peers: Vec<Option<Peer>>,
     timeout: Duration,
     group_blob: Vec<u8>,
+    /// Bytes taken from each tag's inboxes (frames with their headers), for traffic stats.
+    received: [AtomicU64; NUM_TAGS],
 }
 
 impl Comm {
@@ -97,7 +113,7 @@ impl Comm {
             .enumerate()
             .map(|(r, s)| s.map(|s| Peer::start(r, s)).transpose())
             .collect::<Result<Vec<_>>>()?;
-        Ok(Comm { rank, world, peers, timeout, group_blob })
+        Ok(Comm { rank, world, peers, timeout, group_blob, received: Default::default() })
     }
 
     pub fn rank(&self) -> usize {
@@ -151,13 +167,20 @@ impl Comm {
     pub fn recv_within(&self, from: usize, tag: Tag, timeout: Option<Duration>, what: &'static str) -> Result<Vec<u8>> {
         let peer = self.peer(from)?;
         let inbox = peer.inbox[tag as usize].lock().expect("inbox lock");
-        match timeout {
+        let payload = match timeout {
             None => inbox.recv().map_err(|_| CommError::Disconnected { rank: from }),
             Some(t) => inbox.recv_timeout(t).map_err(|e| match e {
                 RecvTimeoutError::Timeout => CommError::Timeout { rank: from, what, timeout: t },
                 RecvTimeoutError::Disconnected => CommError::Disconnected { rank: from },
             }),
-        }
+        }?;
+        self.received[tag as usize].fetch_add((payload.len() + FRAME_HEADER_BYTES) as u64, Ordering::Relaxed);
+        Ok(payload)
+    }
+
+    /// Bytes this rank has received on `tag` so far (payloads and frame headers).
+    pub fn bytes_received(&self, tag: Tag) -> u64 {
+        self.received[tag as usize].load(Ordering::Relaxed)
     }
 
     /// Delivers everything already sent, then closes every connection (waking any thread

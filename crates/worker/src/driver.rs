@@ -134,6 +134,16 @@ impl GroupExecutor {
         Ok((step_id, rows))
     }
 
+    /// One line for logs: what rank 0 received per step, by kind of traffic.
+    fn traffic_line(&self) -> String {
+        let steps = self.next_step.max(1) as f64;
+        let per_step: Vec<String> = Tag::ALL
+            .iter()
+            .map(|&tag| format!("{}={:.0}B", tag.name(), self.comm.bytes_received(tag) as f64 / steps))
+            .collect();
+        format!("STATS rank=0 steps={} received_per_step: {}", self.next_step, per_step.join(" "))
+    }
+
     /// Tells every rank to exit and waits for rank 0's shard thread.
     pub fn shutdown(&mut self) {
         if self.local.is_none() {
@@ -144,6 +154,7 @@ impl GroupExecutor {
             drop(local.steps);
             let _ = local.thread.join();
         }
+        eprintln!("{}", self.traffic_line());
         self.comm.close();
     }
 }
