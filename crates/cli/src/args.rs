@@ -1,34 +1,21 @@
-//! Flags shared by every subcommand that loads a model or samples (run now; serve and generate
-//! later), so they are spelled and documented once.
+//! Flags shared by the subcommands that load a model, run an engine or sample (`run`, `serve`,
+//! `launch`, `generate`), so they are spelled and documented once.
 
 use candle_core::DType;
-use clap::{Args, ValueEnum};
-use shardline_engine::LoadFormat;
+use clap::builder::{PossibleValuesParser, TypedValueParser};
+use clap::Args;
+use shardline_engine::{EngineConfig, SchedulerPolicy};
+use shardline_model::{DeviceKind, LoadFormat};
 use shardline_sampling::SamplingParams;
 
-#[derive(Clone, Copy, Debug, ValueEnum)]
-pub enum DTypeArg {
-    F32,
-    F16,
-    Bf16,
-}
-
-impl From<DTypeArg> for DType {
-    fn from(d: DTypeArg) -> DType {
-        match d {
-            DTypeArg::F32 => DType::F32,
-            DTypeArg::F16 => DType::F16,
-            DTypeArg::Bf16 => DType::BF16,
-        }
-    }
-}
-
-#[derive(Clone, Copy, Debug, ValueEnum)]
-pub enum LoadFormatArg {
-    /// The checkpoint's own weights.
-    Auto,
-    /// Random weights shaped by the config (benchmark shapes without downloading weights).
-    Dummy,
+/// A value parser listing `names` in `--help` and parsing them with `T: FromStr`.
+fn named<T: std::str::FromStr + Clone + Send + Sync + 'static>(
+    names: &'static [&'static str],
+) -> impl TypedValueParser<Value = T>
+where
+    T::Err: std::fmt::Debug,
+{
+    PossibleValuesParser::new(names).map(|s| s.parse::<T>().expect("a listed name parses"))
 }
 
 #[derive(Args, Clone, Debug)]
@@ -38,22 +25,87 @@ pub struct ModelArgs {
     #[arg(long, env = "SHARDLINE_MODEL", default_value = "smollm2-135m")]
     pub model: String,
     /// Dtype of weights and activations.
-    #[arg(long, env = "SHARDLINE_DTYPE", value_enum, default_value = "f32")]
-    pub dtype: DTypeArg,
-    /// Where weights come from.
-    #[arg(long, env = "SHARDLINE_LOAD_FORMAT", value_enum, default_value = "auto")]
-    pub load_format: LoadFormatArg,
+    #[arg(long, env = "SHARDLINE_DTYPE", default_value = "f32", value_parser = named::<DType>(&["f32", "f16", "bf16"]))]
+    pub dtype: DType,
+    /// Where weights come from: the checkpoint (`auto`) or random weights shaped by its config
+    /// (`dummy`, for benchmarking shapes you have not downloaded).
+    #[arg(long, env = "SHARDLINE_LOAD_FORMAT", default_value = "auto", value_parser = named::<LoadFormat>(&LoadFormat::NAMES))]
+    pub load_format: LoadFormat,
     /// CPU threads for the kernels (0: one per core).
     #[arg(long, env = "SHARDLINE_THREADS", default_value_t = 0)]
     pub threads: usize,
 }
 
-impl ModelArgs {
-    pub fn load_format(&self) -> LoadFormat {
-        match self.load_format {
-            LoadFormatArg::Auto => LoadFormat::Auto,
-            LoadFormatArg::Dummy => LoadFormat::Dummy,
+/// The device kind flag (`--device cpu|cuda`).
+pub fn device_parser() -> impl TypedValueParser<Value = DeviceKind> {
+    named::<DeviceKind>(&DeviceKind::NAMES)
+}
+
+/// KV cache and batching: the engine's limits, one set of flags for `run`, `serve` and `launch`.
+#[derive(Args, Clone, Debug)]
+pub struct EngineArgs {
+    /// Tokens per KV-cache block.
+    #[arg(long, env = "SHARDLINE_BLOCK_SIZE", default_value_t = 16)]
+    pub block_size: usize,
+    /// KV-cache capacity in tokens, shared by all requests (rounded up to whole blocks); when it
+    /// runs out the newest request is preempted and recomputed later. Default: 32768 for
+    /// `serve`; for `run`, every request of `--batch` at the context length (at most 8192).
+    #[arg(long, env = "SHARDLINE_KV_CACHE_TOKENS")]
+    pub kv_cache_tokens: Option<usize>,
+    /// Most tokens per forward pass (prompts beyond it are prefilled in chunks).
+    #[arg(long, env = "SHARDLINE_MAX_BATCH_TOKENS", default_value_t = 2048)]
+    pub max_batch_tokens: usize,
+    /// Most requests in the running batch.
+    #[arg(long, env = "SHARDLINE_MAX_NUM_SEQS", default_value_t = 64)]
+    pub max_num_seqs: usize,
+    /// How requests are batched: `continuous` (join and leave every step), `static` (fixed
+    /// batches run to completion) or `sequential` (one at a time, the naive server).
+    #[arg(long, env = "SHARDLINE_SCHEDULER", default_value = "continuous", value_parser = named::<SchedulerPolicy>(&SchedulerPolicy::NAMES))]
+    pub scheduler: SchedulerPolicy,
+    /// Compute every prompt in full instead of reusing the K/V of prefixes already in the
+    /// cache (automatic prefix caching is on by default, as in vLLM).
+    #[arg(long, env = "SHARDLINE_NO_PREFIX_CACHING")]
+    pub no_prefix_caching: bool,
+}
+
+impl EngineArgs {
+    pub fn config(&self) -> EngineConfig {
+        EngineConfig {
+            max_batch_tokens: self.max_batch_tokens,
+            max_num_seqs: self.max_num_seqs,
+            policy: self.scheduler,
+            enable_prefix_caching: !self.no_prefix_caching,
         }
+    }
+
+    /// KV blocks: `--kv-cache-tokens`, else `default_tokens`, in whole blocks.
+    pub fn num_blocks(&self, default_tokens: usize) -> anyhow::Result<usize> {
+        let tokens = self.kv_cache_tokens.unwrap_or(default_tokens);
+        if self.block_size == 0 || tokens < self.block_size {
+            anyhow::bail!(
+                "--kv-cache-tokens must hold at least one block of --block-size tokens (got {tokens} and {})",
+                self.block_size
+            );
+        }
+        Ok(tokens.div_ceil(self.block_size))
+    }
+
+    /// The same settings as environment variables, for a command started by `launch` (its
+    /// own flags still win).
+    pub fn to_env(&self) -> Vec<(String, String)> {
+        let mut env = vec![
+            ("SHARDLINE_BLOCK_SIZE".to_string(), self.block_size.to_string()),
+            ("SHARDLINE_MAX_BATCH_TOKENS".to_string(), self.max_batch_tokens.to_string()),
+            ("SHARDLINE_MAX_NUM_SEQS".to_string(), self.max_num_seqs.to_string()),
+            ("SHARDLINE_SCHEDULER".to_string(), self.scheduler.to_string()),
+        ];
+        if let Some(t) = self.kv_cache_tokens {
+            env.push(("SHARDLINE_KV_CACHE_TOKENS".to_string(), t.to_string()));
+        }
+        if self.no_prefix_caching {
+            env.push(("SHARDLINE_NO_PREFIX_CACHING".to_string(), "true".to_string()));
+        }
+        env
     }
 }
 

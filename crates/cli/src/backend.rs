@@ -1,14 +1,18 @@
 //! Building the engine a command runs on: the whole model in this process, or a TP × PP group
 //! with rank 0 here (spawning the other local ranks unless a launcher already did).
 
+use std::sync::Arc;
+
 use anyhow::{bail, Context};
 use clap::Args;
-use shardline_engine::{load_local, read_config, Engine, EngineConfig, LoadFormat, LocalExecutor, ModelSpec};
+use shardline_engine::Engine;
 use shardline_launcher::Watch;
-use shardline_worker::{start_group, GroupExecutor, GroupLayout, GroupSpec, RankEnv};
+use shardline_model::{DeviceKind, ModelSpec};
+use shardline_tokenizer::Tokenizer;
+use shardline_worker::{start_group, GroupConfig, GroupExecutor, GroupLayout, LocalExecutor, RankEnv};
 
-use crate::args::{init_threads, ModelArgs};
-use crate::group::{rank0_env, spawn_local_workers, DeviceArg, LaunchArgs};
+use crate::args::{device_parser, init_threads, EngineArgs, ModelArgs};
+use crate::group::{rank0_env, spawn_local_workers, LaunchArgs};
 
 /// How the model is split and where its ranks run.
 #[derive(Args, Debug)]
@@ -23,8 +27,8 @@ pub struct ParallelArgs {
     #[arg(long, env = "SHARDLINE_PP_LAYERS", value_delimiter = ',')]
     pub pp_layers: Vec<usize>,
     /// Device kind of every rank.
-    #[arg(long, env = "SHARDLINE_DEVICE", value_enum, default_value = "cpu")]
-    pub device: DeviceArg,
+    #[arg(long, env = "SHARDLINE_DEVICE", default_value = "cpu", value_parser = device_parser())]
+    pub device: DeviceKind,
     #[command(flatten)]
     pub launch: LaunchArgs,
 }
@@ -35,22 +39,11 @@ impl ParallelArgs {
     }
 }
 
-/// KV cache and batching limits.
-pub struct EngineShape {
-    pub block_size: usize,
-    /// KV blocks, given the model's context length.
-    pub num_blocks: Box<dyn Fn(usize) -> usize>,
-    pub engine: EngineConfig,
-}
-
 /// What generation runs on.
 pub struct Backend {
     pub engine: Engine,
     /// Local ranks spawned by this process (a group started without a launcher).
     pub workers: Option<Watch>,
-    pub vocab_size: usize,
-    pub max_model_len: usize,
-    pub num_blocks: usize,
 }
 
 /// What to do in this process, given the rank environment a launcher may have set.
@@ -74,45 +67,55 @@ pub fn run_worker_rank(model: &ModelArgs, parallel: &ParallelArgs, env: &RankEnv
     crate::worker::run_rank(env, parallel.launch.comm_timeout)
 }
 
+/// The engine for `model` split as `parallel` says. `default_kv_tokens` sizes the KV cache from
+/// the model's context length when `--kv-cache-tokens` is not given.
 pub fn build(
     model: &ModelArgs,
     parallel: &ParallelArgs,
-    shape: EngineShape,
+    engine: &EngineArgs,
+    default_kv_tokens: &dyn Fn(usize) -> usize,
     env: Option<RankEnv>,
 ) -> anyhow::Result<Backend> {
     if parallel.world_size() == 0 {
         bail!("--tp and --pp must be at least 1");
     }
     if env.is_some() || parallel.world_size() > 1 {
-        group_backend(model, parallel, shape, env)
+        group_backend(model, parallel, engine, default_kv_tokens, env)
     } else {
-        local_backend(model, parallel, shape)
+        local_backend(model, parallel, engine, default_kv_tokens)
     }
 }
 
 fn model_spec(model: &ModelArgs, parallel: &ParallelArgs) -> anyhow::Result<ModelSpec> {
-    let mut spec = ModelSpec::cpu(&model.model, model.dtype.into());
-    spec.load_format = model.load_format();
-    spec.progress = true;
-    spec.device = shardline_worker::device_for(parallel.device.name(), 0)?;
+    let mut spec = ModelSpec::cpu(&model.model, model.dtype);
+    spec.load_format = model.load_format;
+    spec.options.progress = true;
+    spec.options.device = shardline_worker::device_for(parallel.device, 0)?;
     Ok(spec)
 }
 
-fn local_backend(model: &ModelArgs, parallel: &ParallelArgs, shape: EngineShape) -> anyhow::Result<Backend> {
+/// The tokenizer front ends encode with and the engine decodes with.
+fn tokenizer(model: &ModelArgs) -> anyhow::Result<Arc<Tokenizer>> {
+    let path = shardline_weights::resolve_model(&model.model)?;
+    let tokenizer =
+        Tokenizer::from_path(&path).with_context(|| format!("loading the tokenizer of {}", path.display()))?;
+    Ok(Arc::new(tokenizer))
+}
+
+fn local_backend(
+    model: &ModelArgs,
+    parallel: &ParallelArgs,
+    engine: &EngineArgs,
+    default_kv_tokens: &dyn Fn(usize) -> usize,
+) -> anyhow::Result<Backend> {
     init_threads(model.threads)?;
     let spec = model_spec(model, parallel)?;
-    let (llama, tokenizer) = load_local(&spec).with_context(|| format!("loading model `{}`", spec.model))?;
+    let llama = spec.load().with_context(|| format!("loading model `{}`", spec.model))?;
     let cfg = llama.config().clone();
-    let num_blocks = (shape.num_blocks)(cfg.max_position_embeddings);
-    let exec = LocalExecutor::new(llama, num_blocks, shape.block_size)?;
-    let engine = Engine::new(Box::new(exec), tokenizer, &cfg.eos_token_ids, shape.engine)?;
-    Ok(Backend {
-        engine,
-        workers: None,
-        vocab_size: cfg.vocab_size,
-        max_model_len: cfg.max_position_embeddings,
-        num_blocks,
-    })
+    let num_blocks = engine.num_blocks(default_kv_tokens(cfg.max_position_embeddings))?;
+    let exec = LocalExecutor::new(llama, num_blocks, engine.block_size)?;
+    let engine = Engine::new(Box::new(exec), tokenizer(model)?, &cfg.eos_token_ids, engine.config())?;
+    Ok(Backend { engine, workers: None })
 }
 
 /// Model loading on the other ranks can take a while; dead ranks are still noticed at once.
@@ -121,7 +124,8 @@ const LOAD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(600);
 fn group_backend(
     model: &ModelArgs,
     parallel: &ParallelArgs,
-    shape: EngineShape,
+    engine: &EngineArgs,
+    default_kv_tokens: &dyn Fn(usize) -> usize,
     env: Option<RankEnv>,
 ) -> anyhow::Result<Backend> {
     let world = parallel.world_size();
@@ -147,22 +151,20 @@ fn group_backend(
         );
     }
     let spec = model_spec(model, parallel)?;
-    let cfg = read_config(&spec).with_context(|| format!("reading the config of `{}`", spec.model))?;
+    let cfg = spec.read_config().with_context(|| format!("reading the config of `{}`", spec.model))?;
     let pp_layers = (!parallel.pp_layers.is_empty()).then_some(parallel.pp_layers.as_slice());
     let layout = GroupLayout::new(parallel.tp, parallel.pp, cfg.num_layers, pp_layers)?;
-    let num_blocks = (shape.num_blocks)(cfg.max_position_embeddings);
-    let group_spec = GroupSpec {
+    let config = GroupConfig {
         model: model.model.clone(),
-        load_format: if spec.load_format == LoadFormat::Dummy { "dummy" } else { "auto" }.into(),
-        dtype: format!("{:?}", model.dtype).to_lowercase(),
-        tp: parallel.tp as u32,
-        pp: parallel.pp as u32,
-        stage_layers: layout.stage_layers.iter().map(|&l| l as u32).collect(),
-        num_blocks: num_blocks as u32,
-        block_size: shape.block_size as u32,
-        device: parallel.device.name().into(),
+        load_format: model.load_format,
+        dtype: model.dtype,
+        device: parallel.device,
+        layout: layout.clone(),
+        num_blocks: engine.num_blocks(default_kv_tokens(cfg.max_position_embeddings))?,
+        block_size: engine.block_size,
     };
-    let ready = start_group(group_spec, &env, parallel.launch.timeout(), LOAD_TIMEOUT)?;
+    let tokenizer = tokenizer(model)?;
+    let ready = start_group(config, &env, parallel.launch.timeout(), LOAD_TIMEOUT)?;
     for r in &ready.ready {
         eprintln!(
             "rank {} ready: stage {} tp {} | weights {:.1} MiB | kv cache {:.1} MiB | peak RSS {:.1} MiB",
@@ -174,7 +176,7 @@ fn group_backend(
             r.peak_rss_bytes as f64 / 1048576.0
         );
     }
-    let (exec, tokenizer) = GroupExecutor::new(ready);
-    let engine = Engine::new(Box::new(exec), tokenizer, &cfg.eos_token_ids, shape.engine)?;
-    Ok(Backend { engine, workers, vocab_size: cfg.vocab_size, max_model_len: cfg.max_position_embeddings, num_blocks })
+    let exec = GroupExecutor::new(ready);
+    let engine = Engine::new(Box::new(exec), tokenizer, &cfg.eos_token_ids, engine.config())?;
+    Ok(Backend { engine, workers })
 }

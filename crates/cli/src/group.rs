@@ -6,24 +6,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use clap::{Args, ValueEnum};
+use clap::Args;
 use shardline_launcher::{LaunchPlan, RankCommand, Supervisor, Watch};
 use shardline_worker::{RankEnv, DEFAULT_MASTER_PORT};
-
-#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
-pub enum DeviceArg {
-    Cpu,
-    Cuda,
-}
-
-impl DeviceArg {
-    pub fn name(self) -> &'static str {
-        match self {
-            DeviceArg::Cpu => "cpu",
-            DeviceArg::Cuda => "cuda",
-        }
-    }
-}
 
 /// Where the group's ranks run and how they find each other.
 #[derive(Args, Clone, Debug)]

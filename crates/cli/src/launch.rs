@@ -4,6 +4,7 @@ use anyhow::bail;
 use clap::Args;
 use shardline_launcher::{RankCommand, Supervisor, SupervisorError};
 
+use crate::args::EngineArgs;
 use crate::group::{worker_command, LaunchArgs};
 
 #[derive(Args, Debug)]
@@ -25,6 +26,9 @@ pub struct LaunchCmdArgs {
     /// HTTP address (or `off`) rank 0 serves on when no job is given after `--`.
     #[arg(long, env = "SHARDLINE_HTTP_ADDR", default_value = "127.0.0.1:8000")]
     http_addr: String,
+    /// Engine settings for rank 0's job (passed in its environment; its own flags win).
+    #[command(flatten)]
+    engine: EngineArgs,
     /// Rank 0's job, after `--` (e.g. `-- serve --scheduler static` or `-- run --prompt hi`);
     /// default: `serve --model M --grpc-addr G --http-addr H`.
     #[arg(last = true)]
@@ -51,11 +55,14 @@ pub fn launch(args: LaunchCmdArgs) -> anyhow::Result<()> {
                 rank,
                 program: std::env::current_exe()?,
                 args: job,
-                env: vec![
-                    ("SHARDLINE_TP".into(), args.tp.to_string()),
-                    ("SHARDLINE_PP".into(), args.pp.to_string()),
-                    ("SHARDLINE_COMM_TIMEOUT".into(), args.launch.comm_timeout.to_string()),
-                ],
+                env: [
+                    ("SHARDLINE_TP".to_string(), args.tp.to_string()),
+                    ("SHARDLINE_PP".to_string(), args.pp.to_string()),
+                    ("SHARDLINE_COMM_TIMEOUT".to_string(), args.launch.comm_timeout.to_string()),
+                ]
+                .into_iter()
+                .chain(args.engine.to_env())
+                .collect(),
                 raw_stdout: true,
             });
         } else {

@@ -3,14 +3,14 @@
 use std::io::Write;
 use std::time::Instant;
 
-use anyhow::bail;
+use anyhow::{bail, Context};
 use clap::{Args, ValueEnum};
 use rand::{Rng, SeedableRng};
-use shardline_engine::{Engine, EngineConfig, GenerationOutput, Prompt};
-use shardline_tokenizer::ChatMessage;
+use shardline_engine::{Engine, GenerationOutput};
+use shardline_tokenizer::{ChatMessage, Prompt};
 
-use crate::args::{ModelArgs, SamplingArgs};
-use crate::backend::{self, Backend, EngineShape, ParallelArgs, Role};
+use crate::args::{EngineArgs, ModelArgs, SamplingArgs};
+use crate::backend::{self, Backend, ParallelArgs, Role};
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
 pub enum OutputFormat {
@@ -44,12 +44,8 @@ pub struct RunArgs {
     /// Output format.
     #[arg(long, env = "SHARDLINE_OUTPUT", value_enum, default_value = "text")]
     output: OutputFormat,
-    /// Tokens per KV-cache block.
-    #[arg(long, env = "SHARDLINE_BLOCK_SIZE", default_value_t = 16)]
-    block_size: usize,
-    /// Most tokens per forward pass (longer prompts are prefilled in chunks).
-    #[arg(long, env = "SHARDLINE_MAX_BATCH_TOKENS", default_value_t = 2048)]
-    max_batch_tokens: usize,
+    #[command(flatten)]
+    engine: EngineArgs,
     #[command(flatten)]
     parallel: ParallelArgs,
 }
@@ -74,25 +70,6 @@ fn build_prompt(args: &RunArgs, vocab: usize) -> anyhow::Result<Prompt> {
     Ok(Prompt::Chat(messages))
 }
 
-/// KV blocks: one request's worth per copy. The pool is zero-filled lazily, so untouched blocks
-/// cost address space, not memory.
-fn num_blocks(block_size: usize, batch: usize, max_len: usize) -> usize {
-    max_len.min(8192).div_ceil(block_size) * batch
-}
-
-fn engine_shape(args: &RunArgs) -> EngineShape {
-    let (block_size, batch) = (args.block_size, args.batch);
-    EngineShape {
-        block_size,
-        num_blocks: Box::new(move |max_len| num_blocks(block_size, batch, max_len)),
-        engine: EngineConfig {
-            max_batch_tokens: args.max_batch_tokens,
-            max_num_seqs: batch.max(1),
-            ..Default::default()
-        },
-    }
-}
-
 pub fn run(args: RunArgs) -> anyhow::Result<()> {
     if args.batch == 0 {
         bail!("--batch must be at least 1");
@@ -101,10 +78,15 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         Role::Worker(env) => return backend::run_worker_rank(&args.model, &args.parallel, &env),
         Role::Rank0(env) => env,
     };
-    let Backend { mut engine, workers, vocab_size, .. } =
-        backend::build(&args.model, &args.parallel, engine_shape(&args), env)?;
-    let prompt = build_prompt(&args, vocab_size)?;
-    let result = generate(&args, &mut engine, &prompt);
+    // One request's worth of KV cache per copy by default. The pool is zero-filled lazily, so
+    // untouched blocks cost address space, not memory.
+    let batch = args.batch;
+    let default_kv_tokens = move |max_len: usize| max_len.min(8192) * batch;
+    let Backend { mut engine, workers } =
+        backend::build(&args.model, &args.parallel, &args.engine, &default_kv_tokens, env)?;
+    let result = build_prompt(&args, engine.limits().vocab_size)
+        .and_then(|prompt| engine.tokenizer().encode_prompt(&prompt).context("tokenizing the prompt"))
+        .and_then(|prompt| generate(&args, &mut engine, prompt));
     drop(engine); // ends the group: every rank gets Shutdown
     if let Some(w) = workers {
         w.finish();
@@ -112,11 +94,11 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     result
 }
 
-fn generate(args: &RunArgs, engine: &mut Engine, prompt: &Prompt) -> anyhow::Result<()> {
+fn generate(args: &RunArgs, engine: &mut Engine, prompt: Vec<u32>) -> anyhow::Result<()> {
     let params = args.sampling.params();
     let mut ids = Vec::with_capacity(args.batch);
     for _ in 0..args.batch {
-        ids.push(engine.add_request(prompt, params.clone())?);
+        ids.push(engine.add_request(prompt.clone(), params.clone())?);
     }
     let text_mode = matches!(args.output, OutputFormat::Text);
     let stream_id = ids[0];
@@ -148,9 +130,10 @@ fn print_summary(outputs: &[GenerationOutput], decode_wall: Option<f64>, events:
     let m = &o.metrics;
     let itl = if m.decode_tokens_per_s > 0.0 { 1e3 / m.decode_tokens_per_s } else { 0.0 };
     println!(
-        "-- finish: {} | prompt {} tokens | generated {} tokens",
-        serde_json::to_value(o.finish_reason).map(|v| v.as_str().unwrap_or("").to_string()).unwrap_or_default(),
+        "-- finish: {} | prompt {} tokens ({} cached) | generated {} tokens",
+        o.finish_reason.as_str(),
         o.prompt_token_ids.len(),
+        o.num_cached_tokens,
         o.token_ids.len()
     );
     println!(

@@ -1,7 +1,9 @@
-//! Engine limits and the scheduling policy, as `shardline run` and the router set them.
+//! Engine limits and the scheduling policy, as `shardline run`, `serve` and `launch` set them.
 
 use std::fmt;
 use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Debug)]
 pub struct EngineConfig {
@@ -11,17 +13,25 @@ pub struct EngineConfig {
     pub max_num_seqs: usize,
     /// When waiting requests may join the running batch.
     pub policy: SchedulerPolicy,
+    /// Reuse the K/V of cached prompt prefixes (on by default, as in vLLM).
+    pub enable_prefix_caching: bool,
 }
 
 impl Default for EngineConfig {
     fn default() -> Self {
-        EngineConfig { max_batch_tokens: 2048, max_num_seqs: 64, policy: SchedulerPolicy::Continuous }
+        EngineConfig {
+            max_batch_tokens: 2048,
+            max_num_seqs: 64,
+            policy: SchedulerPolicy::Continuous,
+            enable_prefix_caching: true,
+        }
     }
 }
 
 /// When waiting requests may join the running batch. The non-default policies exist to measure
 /// what continuous batching buys over the classic ways of serving.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum SchedulerPolicy {
     /// Requests join whenever a sequence slot and KV blocks for their first chunk are free
     /// (Orca-style iteration-level scheduling).

@@ -1,24 +1,22 @@
-//! Shardline's engine core: it owns requests from arrival to their last token. It admits them
-//! into a continuous batch (or a static or sequential one, for comparison), allocates their paged
-//! KV blocks on demand, preempts by recompute when the cache runs out, feeds an [`Executor`] one
-//! ragged step at a time (prefill chunks and decodes mixed), samples, detokenizes incrementally
-//! and applies stop rules.
-//! Front ends (`shardline run`, later the gRPC router) only submit prompts and read events.
+//! Shardline's engine core, in vLLM v1's split: the [`Scheduler`] decides what runs (queues,
+//! KV blocks with prefix caching, preemption, the batching policy) and hands out step plans;
+//! an [`Executor`] runs them wherever the model lives and samples; the output processor turns
+//! sampled tokens into text, stop decisions and results. [`Engine`] is the step loop joining
+//! them, keeping the executor's pipeline full.
+//!
+//! The engine takes token ids: front ends (`shardline run`, the router) tokenize and render chat
+//! templates on their own threads.
 
-mod blocks;
 mod config;
 mod engine;
 mod error;
-mod executor;
-mod load;
 mod output;
-mod sequence;
+mod output_processor;
+mod scheduler;
 
-pub use blocks::BlockAllocator;
 pub use config::{EngineConfig, SchedulerPolicy};
-pub use engine::{Engine, RequestId, StepEvent};
+pub use engine::{Engine, EngineLimits};
 pub use error::{EngineError, Result};
-pub use executor::{Executor, LocalExecutor, ScheduledSeq, StepPlan};
-pub use load::{load_local, read_config, LoadFormat, ModelSpec};
-pub use output::{GenerationMetrics, GenerationOutput, TokenLogprobs};
-pub use sequence::Prompt;
+pub use output::{GenerationMetrics, GenerationOutput, StepEvent, TokenLogprobs};
+pub use scheduler::{PrefixCacheStats, Scheduler, SchedulerConfig};
+pub use shardline_exec::{Executor, RequestId};

@@ -2,6 +2,7 @@
 //! `shardline generate`, so scripts can switch between offline and served runs.
 
 use serde::Serialize;
+use shardline_exec::RequestId;
 use shardline_sampling::{FinishReason, TokenLogprob};
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -37,5 +38,21 @@ pub struct GenerationOutput {
     pub finish_reason: FinishReason,
     /// Present when the request asked for logprobs.
     pub logprobs: Option<Vec<TokenLogprobs>>,
+    /// Prompt tokens whose K/V came from the prefix cache (OpenAI's
+    /// `usage.prompt_tokens_details.cached_tokens`).
+    pub num_cached_tokens: usize,
     pub metrics: GenerationMetrics,
+}
+
+/// What one step produced for one request.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StepEvent {
+    pub request_id: RequestId,
+    pub token_id: u32,
+    /// Text that became final with this token (may be empty while a character or a possible
+    /// stop string is incomplete).
+    pub text: String,
+    pub finish: Option<FinishReason>,
+    /// This token's logprob entry, when the request asked for logprobs.
+    pub logprobs: Option<TokenLogprobs>,
 }

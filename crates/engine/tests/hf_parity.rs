@@ -3,11 +3,15 @@
 //! `scripts/hf_golden.py`. The model is resolved like `--model smollm2-135m` (fetched into
 //! $SHARDLINE_CACHE on first use).
 
+use std::sync::Arc;
+
 use candle_core::DType;
 use serde_json::Value;
-use shardline_engine::{load_local, Engine, EngineConfig, LocalExecutor, ModelSpec, Prompt};
+use shardline_engine::{Engine, EngineConfig};
+use shardline_model::ModelSpec;
 use shardline_sampling::SamplingParams;
-use shardline_tokenizer::ChatMessage;
+use shardline_tokenizer::{ChatMessage, Prompt, Tokenizer};
+use shardline_worker::LocalExecutor;
 
 const TOLERANCE: f64 = 1e-3;
 
@@ -29,10 +33,12 @@ fn prompt_of(case: &Value) -> Prompt {
 fn greedy_tokens_and_logprobs_match_hf_transformers() {
     let golden: Value = serde_json::from_str(include_str!("data/hf_golden_smollm2.json")).unwrap();
     let steps = golden["meta"]["max_new_tokens"].as_u64().unwrap() as usize;
-    let (model, tokenizer) = load_local(&ModelSpec::cpu("smollm2-135m", DType::F32)).unwrap();
+    let model = ModelSpec::cpu("smollm2-135m", DType::F32).load().unwrap();
+    let path = shardline_weights::resolve_model("smollm2-135m").unwrap();
+    let tokenizer = Arc::new(Tokenizer::from_path(&path).unwrap());
     let eos = model.config().eos_token_ids.clone();
     let exec = LocalExecutor::new(model, 64, 16).unwrap();
-    let mut engine = Engine::new(Box::new(exec), tokenizer, &eos, EngineConfig::default()).unwrap();
+    let mut engine = Engine::new(Box::new(exec), Arc::clone(&tokenizer), &eos, EngineConfig::default()).unwrap();
     let cases = golden["cases"].as_array().unwrap();
     assert!(cases.len() >= 5);
     for case in cases {
@@ -40,10 +46,11 @@ fn greedy_tokens_and_logprobs_match_hf_transformers() {
         let prompt = prompt_of(case);
         let want_prompt: Vec<u32> =
             case["prompt_token_ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
-        assert_eq!(engine.encode_prompt(&prompt).unwrap(), want_prompt, "{name}: prompt tokens");
+        let ids = tokenizer.encode_prompt(&prompt).unwrap();
+        assert_eq!(ids, want_prompt, "{name}: prompt tokens");
         let params =
             SamplingParams { max_tokens: steps, ignore_eos: true, logprobs: Some(5), ..SamplingParams::greedy() };
-        let out = engine.generate(&prompt, params, |_| {}).unwrap();
+        let out = engine.generate(ids, params, |_| {}).unwrap();
         let want_steps = case["steps"].as_array().unwrap();
         let want_ids: Vec<u32> = want_steps.iter().map(|s| s["token_id"].as_u64().unwrap() as u32).collect();
         assert_eq!(out.token_ids, want_ids, "{name}: greedy tokens");

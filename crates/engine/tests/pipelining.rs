@@ -1,6 +1,7 @@
 //! Several microbatches in flight, as with pipeline parallelism: an executor that takes up to
-//! `depth` steps before returning the oldest checks the engine never puts a sequence, an executor
-//! id or a KV block in two steps in flight, and greedy results equal one step at a time.
+//! `depth` steps before returning the oldest checks the engine never puts a request in two steps
+//! in flight, never lets a step read a KV block another step in flight writes, and that greedy
+//! results equal one step at a time.
 
 mod common;
 
@@ -8,22 +9,27 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use candle_core::DType;
-use common::{engine, model_dir, params, text, BLOCK_SIZE};
-use shardline_engine::{load_local, Engine, EngineConfig, Executor, LocalExecutor, ModelSpec, StepPlan};
+use common::{engine, executor, model_dir, params, text, tokenizer, BLOCK_SIZE};
+use shardline_engine::{Engine, EngineConfig, Executor, RequestId};
+use shardline_exec::{ExecutorError, StepOutput, StepPlan};
+use shardline_worker::LocalExecutor;
 
-/// One submitted step: its executor ids, the blocks its tables cover, and its logits.
-type Pending = (HashSet<u64>, HashSet<u32>, Vec<Vec<f32>>);
+/// One submitted step: its requests, the blocks it writes and reads, and its output.
+struct Pending {
+    ids: HashSet<RequestId>,
+    writes: HashSet<u32>,
+    reads: HashSet<u32>,
+    output: StepOutput,
+}
 
 /// Runs each step when submitted (so the KV cache sees steps in submission order, as pipeline
-/// stages do) and hands results back in order, at most `depth` later. Learns tables once, like
-/// `common::LearnOnce`.
+/// stages do) and hands results back in order, at most `depth` later.
 struct Pipelined {
     inner: LocalExecutor,
     depth: usize,
-    tables: HashMap<u64, Vec<u32>>,
+    /// What the workers know of each request: (tokens, computed, blocks).
+    known: HashMap<RequestId, (usize, usize, Vec<u32>)>,
     queue: VecDeque<Pending>,
-    retired: HashSet<u64>,
     most_in_flight: Arc<AtomicUsize>,
 }
 
@@ -40,39 +46,47 @@ impl Executor for Pipelined {
     fn max_model_len(&self) -> usize {
         self.inner.max_model_len()
     }
-    fn execute(&mut self, plan: StepPlan) -> shardline_engine::Result<Vec<Vec<f32>>> {
-        self.submit(plan)?;
-        self.wait()
-    }
     fn max_in_flight(&self) -> usize {
         self.depth
     }
-    fn submit(&mut self, mut plan: StepPlan) -> shardline_engine::Result<()> {
+    fn submit(&mut self, plan: StepPlan) -> Result<(), ExecutorError> {
         assert!(self.queue.len() < self.depth, "more than {} steps in flight", self.depth);
-        let (mut ids, mut blocks) = (HashSet::new(), HashSet::new());
-        for s in &mut plan.seqs {
-            assert!(!plan.finished.contains(&s.seq_id), "id {} scheduled and retired in one plan", s.seq_id);
-            assert!(!self.retired.contains(&s.seq_id), "id {} scheduled after being retired", s.seq_id);
-            s.input.block_table = self.tables.entry(s.seq_id).or_insert_with(|| s.input.block_table.clone()).clone();
-            ids.insert(s.seq_id);
-            blocks.extend(s.input.block_table.iter().copied());
+        for id in &plan.forget {
+            assert!(self.queue.iter().all(|p| !p.ids.contains(id)), "request {id} forgotten while in flight");
+            self.known.remove(id);
         }
-        for (their_ids, their_blocks, _) in &self.queue {
-            assert!(ids.is_disjoint(their_ids), "a sequence is in two steps in flight");
-            assert!(blocks.is_disjoint(their_blocks), "a KV block is in two steps in flight");
-            assert!(plan.finished.iter().all(|id| !their_ids.contains(id)), "an id retired while in flight");
+        for r in &plan.new_requests {
+            self.known.insert(r.id, (r.token_ids.len(), r.num_computed_tokens, r.block_ids.clone()));
         }
-        for id in &plan.finished {
-            self.tables.remove(id);
-            self.retired.insert(*id);
+        let mut step = Pending {
+            ids: HashSet::new(),
+            writes: HashSet::new(),
+            reads: HashSet::new(),
+            output: StepOutput::default(),
+        };
+        for s in &plan.scheduled {
+            let (tokens, computed, blocks) = self.known.get_mut(&s.id).expect("scheduled requests are known");
+            *tokens += s.new_token_ids.len();
+            blocks.extend(&s.new_block_ids);
+            let last = (*computed + s.num_tokens - 1) / BLOCK_SIZE;
+            step.writes.extend(&blocks[*computed / BLOCK_SIZE..=last]);
+            step.reads.extend(&blocks[..=last]);
+            *computed += s.num_tokens;
+            step.ids.insert(s.id);
         }
-        let logits = self.inner.execute(plan)?;
-        self.queue.push_back((ids, blocks, logits));
+        for other in &self.queue {
+            assert!(step.ids.is_disjoint(&other.ids), "a request is in two steps in flight");
+            assert!(step.writes.is_disjoint(&other.reads), "a step writes a block another step in flight reads");
+            assert!(step.reads.is_disjoint(&other.writes), "a step reads a block another step in flight writes");
+        }
+        self.inner.submit(plan)?;
+        step.output = self.inner.wait()?;
+        self.queue.push_back(step);
         self.most_in_flight.fetch_max(self.queue.len(), Ordering::Relaxed);
         Ok(())
     }
-    fn wait(&mut self) -> shardline_engine::Result<Vec<Vec<f32>>> {
-        Ok(self.queue.pop_front().expect("a step in flight").2)
+    fn wait(&mut self) -> Result<StepOutput, ExecutorError> {
+        Ok(self.queue.pop_front().expect("a step in flight").output)
     }
 }
 
@@ -83,18 +97,16 @@ fn pipelined(
     cfg: EngineConfig,
     depth: usize,
 ) -> (Engine, Arc<AtomicUsize>) {
-    let (model, tok) = load_local(&ModelSpec::cpu(dir.path().to_str().unwrap(), DType::F32)).unwrap();
-    let eos = model.config().eos_token_ids.clone();
+    let (inner, eos) = executor(dir, num_blocks);
     let most_in_flight = Arc::new(AtomicUsize::new(0));
     let exec = Pipelined {
-        inner: LocalExecutor::new(model, num_blocks, BLOCK_SIZE).unwrap(),
+        inner,
         depth,
-        tables: HashMap::new(),
+        known: HashMap::new(),
         queue: VecDeque::new(),
-        retired: HashSet::new(),
         most_in_flight: Arc::clone(&most_in_flight),
     };
-    (Engine::new(Box::new(exec), tok, &eos, cfg).unwrap(), most_in_flight)
+    (Engine::new(Box::new(exec), tokenizer(), &eos, cfg).unwrap(), most_in_flight)
 }
 
 const PROMPTS: [&str; 5] = ["the quick brown fox", "jumps over", "the lazy dog again", "and again and", "a"];
@@ -109,11 +121,11 @@ fn pipelined_greedy_outputs_match_one_step_at_a_time_under_preemption() {
         let cfg = || EngineConfig { max_batch_tokens, ..Default::default() };
         let num_blocks = (PROMPTS[0].len() + max_tokens).div_ceil(BLOCK_SIZE);
         let mut one = engine(&dir, num_blocks, cfg());
-        let ids: Vec<_> = PROMPTS.iter().map(|p| one.add_request(&text(p), params(max_tokens)).unwrap()).collect();
+        let ids: Vec<_> = PROMPTS.iter().map(|p| one.add_request(text(p), params(max_tokens)).unwrap()).collect();
         let want = one.run_to_completion(&ids, |_| {}).unwrap();
 
         let (mut e, most_in_flight) = pipelined(&dir, num_blocks, cfg(), depth);
-        let ids: Vec<_> = PROMPTS.iter().map(|p| e.add_request(&text(p), params(max_tokens)).unwrap()).collect();
+        let ids: Vec<_> = PROMPTS.iter().map(|p| e.add_request(text(p), params(max_tokens)).unwrap()).collect();
         let mut streamed = vec![String::new(); ids.len()];
         let got = e.run_to_completion(&ids, |ev| streamed[ev.request_id as usize].push_str(&ev.text)).unwrap();
         assert_eq!(most_in_flight.load(Ordering::Relaxed), depth, "{case}: the pipeline was filled");
@@ -132,7 +144,7 @@ fn running_sequences_are_split_between_microbatches() {
     let dir = model_dir();
     let (mut e, most_in_flight) = pipelined(&dir, 64, EngineConfig::default(), 2);
     for p in &PROMPTS[..4] {
-        e.add_request(&text(p), params(8)).unwrap();
+        e.add_request(text(p), params(8)).unwrap();
     }
     // Each step completes one microbatch of the two in flight: half of the requests.
     let mut per_step = Vec::new();
@@ -147,10 +159,10 @@ fn running_sequences_are_split_between_microbatches() {
 #[test]
 fn aborting_a_sequence_in_flight_frees_its_blocks_when_its_step_returns() {
     let dir = model_dir();
-    let want = engine(&dir, 64, EngineConfig::default()).generate(&text(PROMPTS[0]), params(8), |_| {}).unwrap();
+    let want = engine(&dir, 64, EngineConfig::default()).generate(text(PROMPTS[0]), params(8), |_| {}).unwrap();
     let (mut e, _) = pipelined(&dir, 64, EngineConfig::default(), 2);
-    let a = e.add_request(&text(PROMPTS[0]), params(8)).unwrap();
-    let b = e.add_request(&text(PROMPTS[2]), params(8)).unwrap();
+    let a = e.add_request(text(PROMPTS[0]), params(8)).unwrap();
+    let b = e.add_request(text(PROMPTS[2]), params(8)).unwrap();
     // One microbatch each: the first step returns `a`'s and leaves `b`'s in flight.
     let events = e.step().unwrap();
     assert_eq!(events.iter().map(|ev| ev.request_id).collect::<Vec<_>>(), [a]);

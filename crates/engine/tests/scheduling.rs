@@ -15,7 +15,7 @@ fn with_policy(policy: SchedulerPolicy, max_num_seqs: usize) -> EngineConfig {
 }
 
 fn alone(dir: &tempfile::TempDir, prompt: &str, p: SamplingParams) -> GenerationOutput {
-    engine(dir, 64, EngineConfig::default()).generate(&text(prompt), p, |_| {}).unwrap()
+    engine(dir, 64, EngineConfig::default()).generate(text(prompt), p, |_| {}).unwrap()
 }
 
 fn run(e: &mut Engine) -> Steps {
@@ -40,10 +40,9 @@ fn preemption_under_a_tiny_cache_recomputes_the_same_tokens() {
     let request = |i: usize| if i == 1 { sampled.clone() } else { params(16) };
     let want: Vec<_> = prompts.iter().enumerate().map(|(i, p)| alone(&dir, p, request(i))).collect();
     // Each request fits alone, far from all four at once: running sequences must be preempted.
-    let probe = engine(&dir, 64, EngineConfig::default());
-    let need = prompts.iter().map(|p| (probe.encode_prompt(&text(p)).unwrap().len() + 16).div_ceil(BLOCK_SIZE)).max();
+    let need = prompts.iter().map(|p| (text(p).len() + 16).div_ceil(BLOCK_SIZE)).max();
     let mut e = engine(&dir, need.unwrap() + 2, EngineConfig { max_batch_tokens: 7, ..Default::default() });
-    let ids: Vec<_> = prompts.iter().enumerate().map(|(i, p)| e.add_request(&text(p), request(i)).unwrap()).collect();
+    let ids: Vec<_> = prompts.iter().enumerate().map(|(i, p)| e.add_request(text(p), request(i)).unwrap()).collect();
     let steps = run(&mut e);
     assert!(e.num_preemptions() > 0, "the cache was meant to be too small");
     assert_eq!(e.kv_blocks_used(), 0, "finished requests return their blocks");
@@ -58,11 +57,10 @@ fn preemption_under_a_tiny_cache_recomputes_the_same_tokens() {
 #[test]
 fn preempted_requests_resume_before_later_arrivals() {
     let dir = model_dir();
-    let probe = engine(&dir, 64, EngineConfig::default());
-    let need = (probe.encode_prompt(&text("one more time")).unwrap().len() + 16).div_ceil(BLOCK_SIZE);
+    let need = (text("one more time").len() + 16).div_ceil(BLOCK_SIZE);
     let mut e = engine(&dir, need + 2, with_policy(SchedulerPolicy::Continuous, 2));
     let ids: Vec<_> =
-        ["one more time", "two more", "three"].iter().map(|p| e.add_request(&text(p), params(16)).unwrap()).collect();
+        ["one more time", "two more", "three"].iter().map(|p| e.add_request(text(p), params(16)).unwrap()).collect();
     let steps = run(&mut e);
     assert!(e.num_preemptions() > 0);
     // The second request was preempted for the first; it goes back in ahead of the third, which
@@ -75,12 +73,10 @@ fn preempted_requests_resume_before_later_arrivals() {
 fn late_joiner(policy: SchedulerPolicy) -> (Vec<GenerationOutput>, Steps, Vec<RequestId>) {
     let dir = model_dir();
     let mut e = engine(&dir, 64, with_policy(policy, 2));
-    let mut ids = vec![
-        e.add_request(&text("first one"), params(12)).unwrap(),
-        e.add_request(&text("second"), params(6)).unwrap(),
-    ];
+    let mut ids =
+        vec![e.add_request(text("first one"), params(12)).unwrap(), e.add_request(text("second"), params(6)).unwrap()];
     let mut steps = vec![(e.step().unwrap(), e.num_running())];
-    ids.push(e.add_request(&text("late"), params(5)).unwrap());
+    ids.push(e.add_request(text("late"), params(5)).unwrap());
     steps.extend(run(&mut e));
     let outs = ids.iter().map(|id| e.take_output(*id).unwrap()).collect();
     (outs, steps, ids)
@@ -131,8 +127,8 @@ fn sequential_policy_runs_one_request_at_a_time() {
 fn abort_returns_a_running_requests_blocks_at_once() {
     let dir = model_dir();
     let mut e = engine(&dir, 64, EngineConfig::default());
-    let a = e.add_request(&text("abort me please"), params(30)).unwrap();
-    let b = e.add_request(&text("and me too"), params(30)).unwrap();
+    let a = e.add_request(text("abort me please"), params(30)).unwrap();
+    let b = e.add_request(text("and me too"), params(30)).unwrap();
     for _ in 0..3 {
         e.step().unwrap();
     }
@@ -144,7 +140,7 @@ fn abort_returns_a_running_requests_blocks_at_once() {
     assert_eq!(e.kv_blocks_used(), 0);
     assert!(!e.has_unfinished() && !e.abort(b) && e.take_output(a).is_none());
     // The engine goes on with a clean cache.
-    assert_eq!(e.generate(&text("after"), params(3), |_| {}).unwrap().token_ids.len(), 3);
+    assert_eq!(e.generate(text("after"), params(3), |_| {}).unwrap().token_ids.len(), 3);
 }
 
 #[test]
@@ -152,10 +148,9 @@ fn kv_blocks_are_allocated_as_the_sequence_grows() {
     let dir = model_dir();
     let mut e = engine(&dir, 64, EngineConfig::default());
     let prompt = text("a short prompt");
-    let len = e.encode_prompt(&prompt).unwrap().len();
-    let id = e.add_request(&prompt, params(40)).unwrap();
+    let len = prompt.len();
+    let id = e.add_request(prompt, params(40)).unwrap();
     assert_eq!(e.kv_blocks_used(), 0, "waiting requests hold no blocks");
-    assert_eq!(e.prompt_len(id), Some(len));
     for step in 1..=40 {
         e.step().unwrap();
         // After step k the prompt and k − 1 generated tokens are in the cache.
@@ -163,9 +158,9 @@ fn kv_blocks_are_allocated_as_the_sequence_grows() {
         assert_eq!(e.kv_blocks_used(), if step < 40 { used } else { 0 }, "step {step}");
         assert!((e.kv_usage() - e.kv_blocks_used() as f64 / 64.0).abs() < 1e-12);
     }
-    assert_eq!(e.prompt_len(id), Some(len), "known until its output is taken");
-    assert_eq!(e.take_output(id).unwrap().token_ids.len(), 40);
-    assert_eq!(e.prompt_len(id), None);
+    let out = e.take_output(id).unwrap();
+    assert_eq!((out.prompt_token_ids.len(), out.token_ids.len()), (len, 40));
+    assert!(e.take_output(id).is_none(), "an output is taken once");
 }
 
 #[test]
@@ -174,11 +169,11 @@ fn step_events_carry_logprobs_and_metrics_add_up() {
     let mut e = engine(&dir, 64, EngineConfig::default());
     let mut events = Vec::new();
     let out = e
-        .generate(&text("hi there"), SamplingParams { logprobs: Some(2), ..params(6) }, |ev| events.push(ev.clone()))
+        .generate(text("hi there"), SamplingParams { logprobs: Some(2), ..params(6) }, |ev| events.push(ev.clone()))
         .unwrap();
     let streamed: Vec<_> = events.iter().map(|ev| ev.logprobs.clone().unwrap()).collect();
     assert_eq!(Some(streamed), out.logprobs);
-    e.generate(&text("hi there"), params(2), |ev| assert!(ev.logprobs.is_none())).unwrap();
+    e.generate(text("hi there"), params(2), |ev| assert!(ev.logprobs.is_none())).unwrap();
     let m = &out.metrics;
     assert!(m.queue_ms >= 0.0 && m.prefill_ms > 0.0 && m.decode_ms > 0.0);
     assert!((m.queue_ms + m.prefill_ms - m.ttft_ms).abs() < 1e-6, "{m:?}");

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use shardline_bench::{BackendKind, BenchConfig, Slo, Stop};
+use shardline_engine::SchedulerPolicy;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -109,24 +110,6 @@ fn default_timeout() -> f64 {
     600.0
 }
 
-#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum Scheduler {
-    Continuous,
-    Static,
-    Sequential,
-}
-
-impl Scheduler {
-    pub fn name(self) -> &'static str {
-        match self {
-            Scheduler::Continuous => "continuous",
-            Scheduler::Static => "static",
-            Scheduler::Sequential => "sequential",
-        }
-    }
-}
-
 /// One server configuration to measure.
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -137,7 +120,7 @@ pub struct Layout {
     #[serde(default = "one")]
     pub pp: usize,
     #[serde(default = "default_scheduler")]
-    pub scheduler: Scheduler,
+    pub scheduler: SchedulerPolicy,
     /// More `serve` flags, e.g. `["--max-num-seqs", "32"]`.
     #[serde(default)]
     pub serve_args: Vec<String>,
@@ -146,8 +129,8 @@ pub struct Layout {
 fn one() -> usize {
     1
 }
-fn default_scheduler() -> Scheduler {
-    Scheduler::Continuous
+fn default_scheduler() -> SchedulerPolicy {
+    SchedulerPolicy::Continuous
 }
 
 /// GPUs a layout occupies: a fixed count, or `"tp*pp"` ranks × `gpus_per_rank`.

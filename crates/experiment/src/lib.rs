@@ -9,5 +9,5 @@ pub mod machine;
 pub mod plot;
 pub mod report;
 
-pub use config::{ConfigError, ExperimentConfig, Layout, Scheduler};
+pub use config::{ConfigError, ExperimentConfig, Layout};
 pub use report::{ExperimentReport, LayoutResult, ReportError};

@@ -5,8 +5,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use shardline_bench::{BackendKind, Stop};
+use shardline_engine::SchedulerPolicy;
 use shardline_experiment::config::Gpus;
-use shardline_experiment::{ExperimentConfig, Scheduler};
+use shardline_experiment::ExperimentConfig;
 
 const MINIMAL: &str = r#"
 name = "tiny"
@@ -32,7 +33,7 @@ fn defaults_are_the_documented_ones() {
     assert_eq!(c.model.name, "smollm2-135m");
     assert_eq!((c.model.dtype.as_deref(), c.model.threads), (None, None));
     let l = &c.layouts[0];
-    assert_eq!((l.tp, l.pp, l.scheduler, l.serve_args.len()), (1, 1, Scheduler::Continuous, 0));
+    assert_eq!((l.tp, l.pp, l.scheduler, l.serve_args.len()), (1, 1, SchedulerPolicy::Continuous, 0));
     assert!(c.cost.is_none());
     let b = c.bench_config("http://127.0.0.1:9".into(), false);
     assert_eq!(b.backend, BackendKind::Grpc);
@@ -86,7 +87,7 @@ utilization = 0.5
     assert_eq!((b.max_concurrency, b.warmup, b.seed), (Some(16), 2, 7));
     assert_eq!(b.slo.unwrap().tpot_ms, Some(50.0));
     let l = &c.layouts[0];
-    assert_eq!((l.tp, l.pp, l.scheduler), (2, 2, Scheduler::Static));
+    assert_eq!((l.tp, l.pp, l.scheduler), (2, 2, SchedulerPolicy::Static));
     assert_eq!(l.serve_args, ["--max-num-seqs", "32"]);
     let cost = c.cost.as_ref().unwrap();
     // tp*pp by default: 4 ranks × 0.5 GPU each.

@@ -51,7 +51,6 @@ struct Layer {
 pub struct Llama {
     cfg: ModelConfig,
     plan: ShardPlan,
-    layer_range: Range<usize>,
     embed: Option<Tensor>,
     layers: Vec<Layer>,
     norm: Option<Tensor>,
@@ -174,7 +173,6 @@ impl Llama {
             device: opts.device.clone(),
             cfg,
             plan,
-            layer_range,
             embed,
             layers,
             norm,
@@ -184,14 +182,6 @@ impl Llama {
 
     pub fn config(&self) -> &ModelConfig {
         &self.cfg
-    }
-
-    pub fn plan(&self) -> &ShardPlan {
-        &self.plan
-    }
-
-    pub fn layer_range(&self) -> Range<usize> {
-        self.layer_range.clone()
     }
 
     pub fn dtype(&self) -> DType {
@@ -210,12 +200,6 @@ impl Llama {
     pub fn new_cache(&self, num_blocks: usize, block_size: usize) -> Result<KvCache> {
         let layout = KvLayout { block_size, num_kv_heads: self.dims.kv_heads, head_dim: self.dims.head_dim };
         KvCache::new(self.layers.len(), layout, num_blocks, self.host_kernels(), self.dtype, &self.device)
-    }
-
-    /// Bytes of KV cache one token takes on this rank and stage.
-    pub fn kv_bytes_per_token(&self) -> usize {
-        let elem = if self.host_kernels() { 4 } else { self.dtype.size_in_bytes() };
-        2 * self.layers.len() * self.dims.kv_heads * self.dims.head_dim * elem
     }
 
     /// Token embeddings [T, hidden] (first stage only). Under TP each rank looks up the ids in

@@ -1,9 +1,9 @@
 //! Between the public protobuf API (`shardline.v1`) and the engine's types.
 
-use shardline_engine::{GenerationMetrics, GenerationOutput, Prompt, TokenLogprobs};
+use shardline_engine::{GenerationMetrics, GenerationOutput, TokenLogprobs};
 use shardline_proto::v1 as pb;
 use shardline_sampling::{FinishReason, SamplingParams};
-use shardline_tokenizer::ChatMessage;
+use shardline_tokenizer::{ChatMessage, Prompt};
 
 use crate::error::RouterError;
 
@@ -70,7 +70,11 @@ pub fn timings(m: &GenerationMetrics) -> pb::Timings {
 }
 
 pub fn usage(out: &GenerationOutput) -> pb::Usage {
-    pb::Usage { prompt_tokens: out.prompt_token_ids.len() as u32, completion_tokens: out.token_ids.len() as u32 }
+    pb::Usage {
+        prompt_tokens: out.prompt_token_ids.len() as u32,
+        completion_tokens: out.token_ids.len() as u32,
+        cached_prompt_tokens: out.num_cached_tokens as u32,
+    }
 }
 
 pub fn response(request_id: String, out: &GenerationOutput) -> pb::GenerateResponse {

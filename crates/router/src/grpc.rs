@@ -12,7 +12,7 @@ use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
 use crate::convert;
-use crate::core::{CoreEvent, EngineHandle, Submitted};
+use crate::engine_core::{CoreEvent, EngineHandle, Submitted};
 use crate::ServerInfo;
 
 /// Messages buffered per stream before the engine's events wait on a slow client.
@@ -40,10 +40,11 @@ impl GenerationService {
 
     async fn submit(&self, req: pb::GenerateRequest) -> Result<(String, Submitted), Status> {
         let id = self.request_id(req.request_id);
-        let prompt = convert::prompt(req.input)?;
+        let prompt = self.info.encode(&convert::prompt(req.input)?)?;
+        let prompt_tokens = prompt.len();
         let params = convert::sampling(req.sampling);
         let submitted = self.handle.submit(prompt, params).await?;
-        tracing::debug!(request_id = %id, engine_id = submitted.id, prompt_tokens = submitted.prompt_tokens, "admitted");
+        tracing::debug!(request_id = %id, engine_id = submitted.id, prompt_tokens, "admitted");
         Ok((id, submitted))
     }
 }
@@ -92,15 +93,16 @@ impl Generation for GenerationService {
         let i = &self.info;
         Ok(Response::new(pb::ModelInfoResponse {
             model_id: i.model_id.clone(),
-            vocab_size: i.vocab_size as u32,
-            max_model_len: i.max_model_len as u32,
+            vocab_size: i.limits.vocab_size as u32,
+            max_model_len: i.limits.max_model_len as u32,
             eos_token_ids: i.eos_token_ids.clone(),
             tp: i.tp as u32,
             pp: i.pp as u32,
-            block_size: i.block_size as u32,
-            num_kv_blocks: i.num_kv_blocks as u32,
+            block_size: i.limits.block_size as u32,
+            num_kv_blocks: i.limits.num_kv_blocks as u32,
             dtype: i.dtype.clone(),
-            scheduler: i.scheduler.clone(),
+            scheduler: i.limits.policy.to_string(),
+            prefix_caching: i.limits.prefix_caching,
         }))
     }
 }

@@ -1,15 +1,17 @@
 //! Prometheus metrics in vLLM's shapes under the `shardline:` prefix, so dashboards built for
-//! `vllm:` metrics need only the prefix changed. Gauges are read from [`CoreStats`] at scrape
-//! time; histograms and counters are fed by the engine core as tokens and requests finish.
+//! `vllm:` metrics need only the prefix changed. Gauges and the prefix-cache counters are read
+//! from [`CoreStats`] at scrape time; histograms and the other counters are fed by the engine
+//! core as tokens and requests finish.
 
 use std::sync::atomic::Ordering;
+use std::sync::Mutex;
 
 use prometheus::{
     Encoder, Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
 };
 use shardline_engine::GenerationOutput;
 
-use crate::core::CoreStats;
+use crate::engine_core::CoreStats;
 
 /// Latency buckets (seconds) from 1 ms to 80 s, as vLLM uses for TTFT/e2e.
 const LATENCY_BUCKETS: &[f64] =
@@ -36,6 +38,10 @@ pub struct Metrics {
     kv_usage: Gauge,
     preemptions: IntGauge,
     steps: IntGauge,
+    prefix_cache_queries: IntCounter,
+    prefix_cache_hits: IntCounter,
+    /// Scrapes catch the mirrored counters up with the engine's; one at a time.
+    render_lock: Mutex<()>,
 }
 
 fn histogram(registry: &Registry, name: &str, help: &str, buckets: &[f64]) -> Histogram {
@@ -129,6 +135,17 @@ impl Metrics {
                 ),
             ),
             steps: gauge(r, IntGauge::new("shardline:engine_steps", "Forward passes run by the engine core so far.")),
+            prefix_cache_queries: counter(
+                r,
+                "shardline:prefix_cache_queries_total",
+                "Prompt tokens looked up in the prefix cache (each admission).",
+            ),
+            prefix_cache_hits: counter(
+                r,
+                "shardline:prefix_cache_hits_total",
+                "Prompt tokens whose K/V came from the prefix cache.",
+            ),
+            render_lock: Mutex::new(()),
             request_success,
             registry,
         }
@@ -145,15 +162,15 @@ impl Metrics {
         if out.token_ids.len() > 1 {
             self.time_per_output_token.observe(m.decode_ms / 1e3 / (out.token_ids.len() - 1) as f64);
         }
-        let reason = serde_json::to_value(out.finish_reason)
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_string))
-            .unwrap_or_default();
-        self.request_success.with_label_values(&[reason.as_str()]).inc();
+        self.request_success.with_label_values(&[out.finish_reason.as_str()]).inc();
     }
 
     /// The text exposition format, gauges read from `stats` now.
     pub fn render(&self, stats: &CoreStats) -> String {
+        let _one_at_a_time = self.render_lock.lock().expect("render lock");
+        let catch_up = |c: &IntCounter, v: u64| c.inc_by(v.saturating_sub(c.get()));
+        catch_up(&self.prefix_cache_queries, stats.prefix_cache_queries.load(Ordering::Relaxed));
+        catch_up(&self.prefix_cache_hits, stats.prefix_cache_hits.load(Ordering::Relaxed));
         self.running.set(stats.running.load(Ordering::Relaxed) as i64);
         self.waiting.set(stats.waiting.load(Ordering::Relaxed) as i64);
         self.kv_usage.set(stats.kv_usage());

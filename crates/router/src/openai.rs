@@ -9,6 +9,7 @@
 
 use serde::{de, Deserialize, Deserializer, Serialize};
 use serde_json::Value;
+use shardline_engine::GenerationOutput;
 
 // ---------------------------------------------------------------------------------------------
 // Requests
@@ -212,11 +213,24 @@ pub struct Usage {
     pub prompt_tokens: usize,
     pub completion_tokens: usize,
     pub total_tokens: usize,
+    pub prompt_tokens_details: PromptTokensDetails,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PromptTokensDetails {
+    /// Prompt tokens whose K/V came from the prefix cache.
+    pub cached_tokens: usize,
 }
 
 impl Usage {
-    pub fn new(prompt_tokens: usize, completion_tokens: usize) -> Self {
-        Usage { prompt_tokens, completion_tokens, total_tokens: prompt_tokens + completion_tokens }
+    pub fn of(out: &GenerationOutput) -> Self {
+        let (prompt_tokens, completion_tokens) = (out.prompt_token_ids.len(), out.token_ids.len());
+        Usage {
+            prompt_tokens,
+            completion_tokens,
+            total_tokens: prompt_tokens + completion_tokens,
+            prompt_tokens_details: PromptTokensDetails { cached_tokens: out.num_cached_tokens },
+        }
     }
 }
 

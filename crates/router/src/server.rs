@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 
-use crate::core::EngineCore;
+use crate::engine_core::EngineCore;
 use crate::{grpc, http, ServerInfo};
 
 #[derive(Clone, Debug)]

@@ -7,10 +7,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use candle_core::DType;
-use shardline_engine::{load_local, Engine, EngineConfig, LocalExecutor, ModelSpec, SchedulerPolicy};
+use shardline_engine::{Engine, EngineConfig, SchedulerPolicy};
+use shardline_model::ModelSpec;
 use shardline_proto::v1 as pb;
 use shardline_proto::v1::generation_client::GenerationClient;
 use shardline_router::{grpc, CoreConfig, EngineCore, Metrics, ServerInfo};
+use shardline_tokenizer::Tokenizer;
+use shardline_worker::LocalExecutor;
 use tonic::transport::Channel;
 use tonic::Code;
 
@@ -30,23 +33,12 @@ fn start(num_blocks: usize, cfg: EngineConfig, max_queue: usize) -> Server {
     shardline_model::testing::write_tiny_model(dir.path(), &model_cfg, 7).unwrap();
     std::fs::write(dir.path().join("tokenizer.json"), shardline_tokenizer::testing::tiny_tokenizer_json(VOCAB))
         .unwrap();
-    let (model, tok) = load_local(&ModelSpec::cpu(dir.path().to_str().unwrap(), DType::F32)).unwrap();
-    let (eos, max_len) = (model.config().eos_token_ids.clone(), model.config().max_position_embeddings);
+    let model = ModelSpec::cpu(dir.path().to_str().unwrap(), DType::F32).load().unwrap();
+    let eos = model.config().eos_token_ids.clone();
     let exec = LocalExecutor::new(model, num_blocks, BLOCK).unwrap();
-    let engine = Engine::new(Box::new(exec), tok, &eos, cfg).unwrap();
-    let info = Arc::new(ServerInfo {
-        model_id: "tiny".into(),
-        tokenizer: engine.shared_tokenizer(),
-        vocab_size: VOCAB,
-        max_model_len: max_len,
-        eos_token_ids: eos,
-        tp: 1,
-        pp: 1,
-        block_size: BLOCK,
-        num_kv_blocks: num_blocks,
-        dtype: "f32".into(),
-        scheduler: "continuous".into(),
-    });
+    let tokenizer = Arc::new(Tokenizer::from_dir(dir.path()).unwrap());
+    let engine = Engine::new(Box::new(exec), tokenizer, &eos, cfg).unwrap();
+    let info = Arc::new(ServerInfo::new("tiny".into(), &engine, 1, 1, "f32".into()));
     let core = EngineCore::start(engine, CoreConfig { max_queue }, Arc::new(Metrics::new("tiny")));
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let svc = grpc::service(core.handle.clone(), info);
@@ -124,8 +116,12 @@ fn concurrent_greedy_requests_match_each_alone() {
     let alone: Vec<_> = mixed_requests().into_iter().map(|r| server.generate(r).unwrap()).collect();
     let together = server.generate_all(mixed_requests());
     assert_eq!(token_ids(&together), token_ids(&alone));
+    // The second time round, prompts come largely from the prefix cache: same tokens.
+    let cached: u32 = together.iter().map(|r| r.usage.unwrap().cached_prompt_tokens).sum();
+    assert!(cached > 0, "the repeated prompts hit the prefix cache");
     for (r, want) in together.iter().zip(&alone) {
-        assert_eq!(r.usage, want.usage);
+        let (u, w) = (r.usage.unwrap(), want.usage.unwrap());
+        assert_eq!((u.prompt_tokens, u.completion_tokens), (w.prompt_tokens, w.completion_tokens));
         let t = r.timings.unwrap();
         assert!(t.ttft_ms > 0.0 && t.e2e_ms >= t.ttft_ms && t.queue_ms <= t.ttft_ms, "{t:?}");
     }

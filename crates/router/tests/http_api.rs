@@ -11,8 +11,8 @@ mod support;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use shardline_engine::Prompt;
 use shardline_tokenizer::ChatMessage;
+use shardline_tokenizer::Prompt;
 use support::*;
 
 // ---------------------------------------------------------------------------------------------
@@ -36,11 +36,18 @@ async fn completions_equal_the_engines_greedy_output_streamed_or_not() {
         assert_eq!(choice["text"], want.text.as_str());
         assert_eq!(choice["finish_reason"], "length");
         assert!(choice["logprobs"].is_null());
-        assert_eq!(v["usage"], json!({"prompt_tokens": want.prompt_token_ids.len(), "completion_tokens": 12, "total_tokens": want.prompt_token_ids.len() + 12}));
+        let n = want.prompt_token_ids.len();
+        let usage = json!({"prompt_tokens": n, "completion_tokens": 12, "total_tokens": n + 12,
+                           "prompt_tokens_details": {"cached_tokens": 0}});
+        assert_eq!(v["usage"], usage);
 
-        // The same as token ids, and as a one-element list.
+        // The same as token ids, and as a one-element list. The prompt is in the prefix cache
+        // now: every full block before its last token is reused (OpenAI's cached_tokens).
         let ids = json!({"prompt": want.prompt_token_ids, "max_tokens": 12, "temperature": 0, "ignore_eos": true});
-        assert_eq!(post_ok(addr, "/v1/completions", &ids).await["choices"][0]["text"], want.text.as_str());
+        let again = post_ok(addr, "/v1/completions", &ids).await;
+        assert_eq!(again["choices"][0]["text"], want.text.as_str());
+        let cached = (n - 1) / BLOCK_SIZE * BLOCK_SIZE;
+        assert_eq!(again["usage"]["prompt_tokens_details"]["cached_tokens"], cached, "{}", again["usage"]);
         let one = json!({"prompt": ["the quick brown fox"], "max_tokens": 12, "temperature": 0, "ignore_eos": true});
         assert_eq!(post_ok(addr, "/v1/completions", &one).await["choices"][0]["text"], want.text.as_str());
 

@@ -11,5 +11,5 @@ mod stop;
 pub use error::SamplingError;
 pub use logprobs::{log_softmax_top, logprob_of, TokenLogprob};
 pub use params::{SamplingParams, MAX_LOGPROBS};
-pub use sampler::{SampledToken, Sampler};
+pub use sampler::{draw, SampledToken, Sampler, SamplerSettings};
 pub use stop::{check_token_stop, FinishReason, StopMatcher, StopOutcome};

@@ -3,6 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error::SamplingError;
+use crate::sampler::SamplerSettings;
 
 /// Most top logprobs a request may ask for per token (vLLM's default limit).
 pub const MAX_LOGPROBS: usize = 20;
@@ -53,6 +54,20 @@ impl SamplingParams {
     /// Deterministic argmax decoding.
     pub fn greedy() -> Self {
         SamplingParams { temperature: 0.0, ..Default::default() }
+    }
+
+    /// What the sampler needs; `seed` is the request's own when it has one (the engine draws
+    /// one for requests without, so even those replay the same tokens after a preemption).
+    pub fn sampler_settings(&self, seed: u64) -> SamplerSettings {
+        SamplerSettings {
+            temperature: self.temperature,
+            top_k: self.top_k,
+            top_p: self.top_p,
+            min_p: self.min_p,
+            repetition_penalty: self.repetition_penalty,
+            seed: self.seed.unwrap_or(seed),
+            logprobs: self.logprobs,
+        }
     }
 
     /// Rejects parameters vLLM would reject, naming the field and the allowed range.

@@ -2,16 +2,20 @@
 //! greedy argmax or temperature → top-k → top-p → min-p → draw. Logprobs describe the raw
 //! model distribution (log_softmax of unprocessed logits, in f64), as vLLM reports by default.
 //!
+//! The draw for a token is a pure function of the request's seed and the token's position
+//! ([`draw`]), not the next value of a stream consumed in order: a request then gives the same
+//! tokens however its steps are batched, whichever rank samples it, and when it is recomputed
+//! after a preemption.
+//!
 //! Vocabularies are 49k–152k entries, so the hot path avoids full sorts: top-k is a
 //! `select_nth_unstable`, and top-p a quickselect on probability mass.
 //! NaN logits are treated as -inf so a numerically broken row never yields a NaN token.
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::logprobs::{by_value_desc, exp_nonpos, key, log_sum_exp, top_with_lse, TokenLogprob};
-use crate::params::SamplingParams;
 
 /// Below this temperature sampling is greedy (vLLM's `_SAMPLING_EPS`); dividing by a smaller
 /// value would overflow logits without changing the outcome meaningfully.
@@ -23,18 +27,52 @@ const NUCLEUS_SORT_BELOW: usize = 64;
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct SampledToken {
     pub token_id: u32,
-    /// The chosen token's raw logprob.
+    /// The chosen token's raw logprob (0 unless the settings ask for logprobs: it costs a
+    /// log-sum-exp over the vocabulary).
     pub logprob: f32,
     /// The K most likely tokens (when logprobs were requested), most likely first.
     pub top: Vec<TokenLogprob>,
 }
 
-/// Per-sequence sampler: owns the request's parameters and its RNG stream, so a seeded request
-/// replays the same tokens for the same logits.
+/// What the sampler needs of a request: its processors, seed and logprobs, none of the stop
+/// rules. This is what travels to the rank that holds the logits.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SamplerSettings {
+    /// Below 1e-5 sampling is greedy.
+    pub temperature: f32,
+    /// 0 = off.
+    pub top_k: usize,
+    /// 1 = off.
+    pub top_p: f32,
+    /// 0 = off.
+    pub min_p: f32,
+    /// 1 = off.
+    pub repetition_penalty: f32,
+    /// The request's seed, or one the engine drew for it.
+    pub seed: u64,
+    /// Top logprobs to return per token (`Some(0)`: only the chosen token's).
+    pub logprobs: Option<usize>,
+}
+
+impl SamplerSettings {
+    pub fn is_greedy(&self) -> bool {
+        self.temperature < GREEDY_TEMPERATURE || self.top_k == 1
+    }
+}
+
+/// The uniform draw in [0, 1) for the token at `position` of a request seeded `seed`.
+/// `seed_from_u64` spreads its input over the generator's whole state (through PCG32), so
+/// neighbouring positions give independent draws.
+pub fn draw(seed: u64, position: usize) -> f64 {
+    let key = seed ^ (position as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    StdRng::seed_from_u64(key).random::<f64>()
+}
+
+/// One request's sampler: its settings and a candidate buffer reused across its tokens.
+#[derive(Clone, Debug)]
 pub struct Sampler {
-    params: SamplingParams,
-    rng: StdRng,
-    /// (value, token id): logits, then unnormalised probabilities. Reused across calls.
+    settings: SamplerSettings,
+    /// (value, token id): logits, then unnormalised probabilities.
     cand: Vec<(f64, u32)>,
 }
 
@@ -59,29 +97,33 @@ fn penalize(l: f32, penalty: f32) -> f32 {
 }
 
 impl Sampler {
-    pub fn new(params: &SamplingParams) -> Self {
-        let rng = match params.seed {
-            Some(seed) => StdRng::seed_from_u64(seed),
-            None => StdRng::from_os_rng(),
-        };
-        Sampler { params: params.clone(), rng, cand: Vec::new() }
+    pub fn new(settings: &SamplerSettings) -> Self {
+        Sampler { settings: *settings, cand: Vec::new() }
     }
 
-    /// `history` is the prompt plus everything generated so far (for the repetition penalty).
-    /// Panics on an empty `logits` row.
-    pub fn sample(&mut self, logits: &[f32], history: &[u32]) -> SampledToken {
+    pub fn settings(&self) -> &SamplerSettings {
+        &self.settings
+    }
+
+    /// The token at `position` of the sequence (its index once appended). `history` is the
+    /// prompt plus everything generated so far (for the repetition penalty). Panics on an
+    /// empty `logits` row.
+    pub fn sample(&mut self, logits: &[f32], history: &[u32], position: usize) -> SampledToken {
         assert!(!logits.is_empty(), "sample() needs a non-empty logits row");
-        let token_id = self.choose(logits, history);
+        let token_id = self.choose(logits, history, position);
+        let Some(k) = self.settings.logprobs else {
+            return SampledToken { token_id, logprob: 0.0, top: Vec::new() };
+        };
         let lse = log_sum_exp(logits);
-        let top = self.params.logprobs.map_or_else(Vec::new, |k| top_with_lse(logits, k, lse));
+        let top = top_with_lse(logits, k, lse);
         let logprob = (key(logits[token_id as usize]) - lse) as f32;
         SampledToken { token_id, logprob, top }
     }
 
-    fn choose(&mut self, raw: &[f32], history: &[u32]) -> u32 {
-        let p = &self.params;
+    fn choose(&mut self, raw: &[f32], history: &[u32], position: usize) -> u32 {
+        let p = &self.settings;
         let penalized = p.repetition_penalty != 1.0 && !history.is_empty();
-        let greedy = p.temperature < GREEDY_TEMPERATURE || p.top_k == 1;
+        let greedy = p.is_greedy();
         if greedy && !penalized {
             return argmax(raw);
         }
@@ -120,7 +162,7 @@ impl Sampler {
             cand.retain(|c| c.0 >= floor);
         }
         let mass: f64 = cand.iter().map(|c| c.0).sum();
-        let mut u = self.rng.random::<f64>() * mass;
+        let mut u = draw(p.seed, position) * mass;
         for &(w, id) in cand.iter() {
             if u < w {
                 return id;

@@ -13,6 +13,16 @@ pub enum FinishReason {
     Length,
 }
 
+impl FinishReason {
+    /// The name OpenAI's API, vLLM's metrics and our JSON use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FinishReason::Stop => "stop",
+            FinishReason::Length => "length",
+        }
+    }
+}
+
 /// The finish reason due to the token just generated (`generated_len` counts it), if any.
 pub fn check_token_stop(
     token: u32,

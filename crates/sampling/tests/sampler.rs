@@ -3,9 +3,14 @@
 
 use shardline_sampling::{log_softmax_top, logprob_of, Sampler, SamplingParams};
 
+fn sampler(params: &SamplingParams) -> Sampler {
+    Sampler::new(&params.sampler_settings(0))
+}
+
+/// Tokens at positions 0..n, each from its own (seed, position) draw.
 fn draw(params: SamplingParams, logits: &[f32], n: usize) -> Vec<u32> {
-    let mut s = Sampler::new(&params);
-    (0..n).map(|_| s.sample(logits, &[]).token_id).collect()
+    let mut s = sampler(&params);
+    (0..n).map(|position| s.sample(logits, &[], position).token_id).collect()
 }
 
 fn seeded(seed: u64) -> SamplingParams {
@@ -25,6 +30,24 @@ fn seeds_reproduce_and_differ() {
     let flat = vec![0.0f32; 100];
     assert_eq!(draw(seeded(42), &flat, 50), draw(seeded(42), &flat, 50));
     assert_ne!(draw(seeded(42), &flat, 50), draw(seeded(43), &flat, 50));
+}
+
+#[test]
+fn a_draw_depends_on_seed_and_position_only() {
+    let flat = vec![0.0f32; 1000];
+    let in_order = draw(seeded(7), &flat, 40);
+    // Any order, any number of earlier calls, a fresh sampler: position p gives token p.
+    let mut s = sampler(&seeded(7));
+    for p in (0..40).rev() {
+        assert_eq!(s.sample(&flat, &[], p).token_id, in_order[p], "position {p}");
+        assert_eq!(s.sample(&flat, &[1, 2, 3], p).token_id, in_order[p], "history does not move the draw");
+    }
+    assert!(in_order.windows(2).any(|w| w[0] != w[1]), "positions draw differently");
+    // An unseeded request uses the seed the engine gives it.
+    let unseeded = SamplingParams::default();
+    let mut a = Sampler::new(&unseeded.sampler_settings(11));
+    let mut b = Sampler::new(&seeded(11).sampler_settings(99));
+    assert_eq!(a.sample(&flat, &[], 3), b.sample(&flat, &[], 3));
 }
 
 #[test]
@@ -70,9 +93,9 @@ fn temperature_shapes_the_distribution() {
 fn repetition_penalty_discourages_seen_tokens() {
     let logits = [2.0f32, 1.9, -1.0];
     let p = SamplingParams { repetition_penalty: 1.5, ..SamplingParams::greedy() };
-    let mut s = Sampler::new(&p);
-    assert_eq!(s.sample(&logits, &[]).token_id, 0);
-    assert_eq!(s.sample(&logits, &[0, 0, 2]).token_id, 1);
+    let mut s = sampler(&p);
+    assert_eq!(s.sample(&logits, &[], 0).token_id, 0);
+    assert_eq!(s.sample(&logits, &[0, 0, 2], 3).token_id, 1);
 }
 
 #[test]
@@ -89,11 +112,14 @@ fn logprobs_are_raw_log_softmax() {
     }
     let total: f64 = (0..1000).map(|i| (logprob_of(&logits, i) as f64).exp()).sum();
     assert!((total - 1.0).abs() < 1e-5);
-    // The chosen token's logprob is filled even when no top list was asked for.
-    let mut s = Sampler::new(&SamplingParams { temperature: 3.0, ..seeded(5) });
-    let t = s.sample(&logits, &[]);
+    // logprobs 0: the chosen token's logprob without a top list.
+    let mut s = sampler(&SamplingParams { temperature: 3.0, logprobs: Some(0), ..seeded(5) });
+    let t = s.sample(&logits, &[], 0);
     assert!(t.top.is_empty());
     assert!((t.logprob - logprob_of(&logits, t.token_id)).abs() < 1e-6);
+    // No logprobs asked: no log-sum-exp is spent on them.
+    let t = sampler(&SamplingParams { temperature: 3.0, ..seeded(5) }).sample(&logits, &[], 0);
+    assert!(t.top.is_empty() && t.logprob == 0.0);
 }
 
 /// Naive reference for the nucleus: the smallest best-first prefix with mass >= p.
@@ -172,15 +198,15 @@ fn requested_logprobs_are_raw_and_ordered() {
     let logits: Vec<f32> = (0..500).map(|i| ((i * 31) % 97) as f32 / 10.0).collect();
     let history = [96u32, 96, 3];
     let p = SamplingParams { logprobs: Some(4), temperature: 0.3, repetition_penalty: 2.0, ..seeded(6) };
-    let mut s = Sampler::new(&p);
-    for _ in 0..20 {
-        let t = s.sample(&logits, &history);
+    let mut s = sampler(&p);
+    for position in 0..20 {
+        let t = s.sample(&logits, &history, position);
         assert_eq!(t.top, log_softmax_top(&logits, 4), "penalty and temperature don't touch logprobs");
         assert!(t.top.windows(2).all(|w| w[0].logprob >= w[1].logprob));
         assert!((t.logprob - logprob_of(&logits, t.token_id)).abs() < 1e-6);
     }
-    let mut only_chosen = Sampler::new(&SamplingParams { logprobs: Some(0), ..seeded(6) });
-    let t = only_chosen.sample(&logits, &[]);
+    let mut only_chosen = sampler(&SamplingParams { logprobs: Some(0), ..seeded(6) });
+    let t = only_chosen.sample(&logits, &[], 0);
     assert!(t.top.is_empty());
     assert!(t.logprob <= 0.0 && t.logprob.is_finite());
 }
@@ -190,10 +216,10 @@ fn repetition_penalty_pushes_negative_logits_down() {
     // All logits negative: the penalty multiplies them, so seen token 0 drops below token 2.
     let logits = [-1.0f32, -3.0, -1.2];
     let p = SamplingParams { repetition_penalty: 1.3, ..SamplingParams::greedy() };
-    let mut s = Sampler::new(&p);
-    assert_eq!(s.sample(&logits, &[0]).token_id, 2, "-1.0 * 1.3 = -1.3 < -1.2");
-    assert_eq!(s.sample(&logits, &[0, 0, 0]).token_id, 2, "penalised once however often seen");
-    assert_eq!(s.sample(&logits, &[0, 2]).token_id, 0, "-1.3 > -1.56");
+    let mut s = sampler(&p);
+    assert_eq!(s.sample(&logits, &[0], 1).token_id, 2, "-1.0 * 1.3 = -1.3 < -1.2");
+    assert_eq!(s.sample(&logits, &[0, 0, 0], 3).token_id, 2, "penalised once however often seen");
+    assert_eq!(s.sample(&logits, &[0, 2], 2).token_id, 0, "-1.3 > -1.56");
 }
 
 #[test]
@@ -213,11 +239,11 @@ fn timing_large_vocab() {
         ),
     ];
     for (name, p) in cases {
-        let mut s = Sampler::new(&p);
+        let mut s = sampler(&p);
         let n = 200;
         let start = std::time::Instant::now();
-        for _ in 0..n {
-            std::hint::black_box(s.sample(&logits, &history));
+        for position in 0..n {
+            std::hint::black_box(s.sample(&logits, &history, position));
         }
         println!("{name}: {:.1} us/token", start.elapsed().as_secs_f64() * 1e6 / n as f64);
     }

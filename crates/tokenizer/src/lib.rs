@@ -10,6 +10,7 @@ mod error;
 mod gguf;
 mod hf;
 mod incremental;
+mod prompt;
 pub mod testing;
 
 use std::path::Path;
@@ -17,6 +18,7 @@ use std::path::Path;
 pub use chat::ChatMessage;
 pub use error::{Result, TokenizerError};
 pub use incremental::IncrementalDecoder;
+pub use prompt::Prompt;
 
 /// What a loader (HF directory or GGUF) produces; [`Tokenizer`] derives the rest.
 pub(crate) struct Parts {
@@ -51,18 +53,17 @@ impl std::fmt::Debug for Tokenizer {
 }
 
 impl Tokenizer {
-    /// A directory (tokenizer.json + optional tokenizer_config.json / generation_config.json /
-    /// config.json) or a `*.gguf` file.
+    /// The tokenizer of a model path: a directory (tokenizer.json + optional
+    /// tokenizer_config.json / generation_config.json / config.json), a `*.gguf` file, or a JSON
+    /// file in such a directory (its tokenizer.json, or the config.json a dummy-weights model is
+    /// given by).
     pub fn from_path(path: &Path) -> Result<Self> {
         if path.is_dir() {
             Self::from_dir(path)
         } else if path.is_file() {
             if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("json")) {
-                // A bare tokenizer.json: use its directory so the configs next to it apply.
-                let dir = path.parent().unwrap_or(Path::new("."));
-                if path.file_name().is_some_and(|n| n == "tokenizer.json") {
-                    return Self::from_dir(dir);
-                }
+                // The configs next to the file apply too.
+                return Self::from_dir(path.parent().unwrap_or(Path::new(".")));
             }
             Self::from_gguf(path)
         } else {

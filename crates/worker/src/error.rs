@@ -1,4 +1,6 @@
-//! Worker errors, wrapping the communicator's, the model's and the engine's.
+//! Worker errors, wrapping the communicator's and the model's.
+
+use shardline_exec::ExecutorError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum WorkerError {
@@ -11,7 +13,7 @@ pub enum WorkerError {
     #[error(transparent)]
     Model(#[from] shardline_model::ModelError),
     #[error(transparent)]
-    Engine(#[from] shardline_engine::EngineError),
+    Plan(#[from] ExecutorError),
     #[error("tensor operation failed: {0}")]
     Candle(Box<candle_core::Error>),
     #[error("malformed message: {0}")]
@@ -30,11 +32,11 @@ impl From<candle_core::Error> for WorkerError {
 
 pub type Result<T> = std::result::Result<T, WorkerError>;
 
-impl From<WorkerError> for shardline_engine::EngineError {
+impl From<WorkerError> for ExecutorError {
     fn from(e: WorkerError) -> Self {
         match e {
-            WorkerError::Engine(e) => e,
-            other => shardline_engine::EngineError::Load(other.to_string()),
+            WorkerError::Plan(e) => e,
+            other => ExecutorError::failed(other),
         }
     }
 }

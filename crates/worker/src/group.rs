@@ -9,28 +9,36 @@ use std::time::Duration;
 
 use prost::Message;
 use shardline_comm::{rendezvous, Comm, RendezvousConfig, Tag};
+use shardline_exec::{StepOutput, StepPlan};
+use shardline_model::ModelConfig;
 use shardline_proto::worker::v1::{control_message::Kind, ControlMessage, GroupSpec, Ready, StepResult};
-use shardline_tokenizer::Tokenizer;
 
 use crate::env::RankEnv;
 use crate::error::{Result, WorkerError};
-use crate::shard::{layout_of, WorkerShard};
+use crate::shard::WorkerShard;
+use crate::wire::{output_to_proto, step_from_proto, GroupConfig};
 
 /// What rank 0 learned while the group formed.
 pub struct GroupReady {
     pub comm: Arc<Comm>,
-    pub spec: GroupSpec,
-    pub tokenizer: Tokenizer,
-    pub model_config: shardline_model::ModelConfig,
+    pub config: GroupConfig,
+    pub model_config: ModelConfig,
     /// Every rank's Ready, by rank.
     pub ready: Vec<Ready>,
     pub(crate) local: LocalShard,
 }
 
-/// Rank 0's own shard, running on its thread.
+/// What rank 0's shard thread is asked to do.
+pub(crate) enum LocalCommand {
+    Step(u64, StepPlan),
+    Shutdown,
+}
+
+/// Rank 0's own shard, running on its thread. It answers every step, with the sampled tokens
+/// when it is the sampling rank (a group of one stage).
 pub(crate) struct LocalShard {
-    pub steps: Sender<ControlMessage>,
-    pub results: Receiver<Result<Option<StepResult>>>,
+    pub steps: Sender<LocalCommand>,
+    pub results: Receiver<Result<Option<StepOutput>>>,
     pub thread: JoinHandle<()>,
 }
 
@@ -46,8 +54,13 @@ fn rendezvous_config(env: &RankEnv, timeout: Duration, blob: Vec<u8>) -> Rendezv
 }
 
 /// Rank 0: forms the group, loads its own shard and waits until every rank is READY.
-pub fn start_group(spec: GroupSpec, env: &RankEnv, timeout: Duration, load_timeout: Duration) -> Result<GroupReady> {
-    let layout = layout_of(&spec);
+pub fn start_group(
+    config: GroupConfig,
+    env: &RankEnv,
+    timeout: Duration,
+    load_timeout: Duration,
+) -> Result<GroupReady> {
+    let layout = &config.layout;
     if layout.world_size() != env.world_size || env.rank != 0 {
         return Err(WorkerError::Layout(format!(
             "tp {} × pp {} needs a world of {} ranks, this is rank {} of {}",
@@ -58,19 +71,18 @@ pub fn start_group(spec: GroupSpec, env: &RankEnv, timeout: Duration, load_timeo
             env.world_size
         )));
     }
-    let comm = Arc::new(rendezvous(&rendezvous_config(env, timeout, spec.encode_to_vec()))?);
-    let (step_tx, step_rx) = mpsc::channel::<ControlMessage>();
+    let comm = Arc::new(rendezvous(&rendezvous_config(env, timeout, config.to_proto().encode_to_vec()))?);
+    let (step_tx, step_rx) = mpsc::channel::<LocalCommand>();
     let (res_tx, res_rx) = mpsc::channel();
-    let (boot_tx, boot_rx) = mpsc::channel::<Result<(Ready, Tokenizer, shardline_model::ModelConfig)>>();
+    let (boot_tx, boot_rx) = mpsc::channel::<Result<(Ready, ModelConfig)>>();
     let thread = {
-        let (comm, spec) = (Arc::clone(&comm), spec.clone());
+        let (comm, config) = (Arc::clone(&comm), config.clone());
         std::thread::Builder::new()
             .name("rank0-shard".into())
             .spawn(move || {
-                let mut shard = match WorkerShard::load(0, 0, &spec, comm) {
-                    Ok((shard, tok)) => {
-                        let cfg = shard.model().config().clone();
-                        let _ = boot_tx.send(Ok((shard.ready(), tok, cfg)));
+                let mut shard = match WorkerShard::load(0, 0, &config, comm) {
+                    Ok(shard) => {
+                        let _ = boot_tx.send(Ok((shard.ready(), shard.model_config().clone())));
                         shard
                     }
                     Err(e) => {
@@ -78,23 +90,23 @@ pub fn start_group(spec: GroupSpec, env: &RankEnv, timeout: Duration, load_timeo
                         return;
                     }
                 };
-                for msg in step_rx {
-                    match msg.kind {
-                        Some(Kind::Step(step)) => {
-                            let r = shard.step(&step);
+                for cmd in step_rx {
+                    match cmd {
+                        LocalCommand::Step(step_id, plan) => {
+                            let r = shard.step(step_id, &plan);
                             let failed = r.is_err();
                             if res_tx.send(r).is_err() || failed {
                                 return;
                             }
                         }
-                        Some(Kind::Shutdown(_)) | None => break,
+                        LocalCommand::Shutdown => break,
                     }
                 }
                 eprintln!("{}", shard.stats_line());
             })
             .map_err(|e| WorkerError::Protocol(format!("spawning rank 0's shard thread: {e}")))?
     };
-    let (ready0, tokenizer, model_config) =
+    let (ready0, model_config) =
         boot_rx.recv().map_err(|_| WorkerError::Protocol("rank 0's shard thread ended while loading".into()))??;
     let mut ready = vec![ready0];
     for r in 1..env.world_size {
@@ -106,16 +118,16 @@ pub fn start_group(spec: GroupSpec, env: &RankEnv, timeout: Duration, load_timeo
         ready.push(msg);
     }
     let local = LocalShard { steps: step_tx, results: res_rx, thread };
-    Ok(GroupReady { comm, spec, tokenizer, model_config, ready, local })
+    Ok(GroupReady { comm, config, model_config, ready, local })
 }
 
 /// Any rank but 0: joins the group, loads its shard, answers READY, then runs steps until rank
 /// 0 says stop. Returns an error (the process should exit non-zero) when anything fails.
 pub fn run_worker(env: &RankEnv, timeout: Duration) -> Result<()> {
     let comm = Arc::new(rendezvous(&rendezvous_config(env, timeout, Vec::new()))?);
-    let spec = GroupSpec::decode(comm.group_blob())?;
-    let mut shard = match WorkerShard::load(env.rank, env.local_rank, &spec, Arc::clone(&comm)) {
-        Ok((shard, _tokenizer)) => shard,
+    let config = GroupConfig::from_proto(&GroupSpec::decode(comm.group_blob())?)?;
+    let mut shard = match WorkerShard::load(env.rank, env.local_rank, &config, Arc::clone(&comm)) {
+        Ok(shard) => shard,
         Err(e) => {
             let msg = Ready { rank: env.rank as u32, error: e.to_string(), ..Default::default() };
             comm.send(0, Tag::Control, msg.encode_to_vec())?;
@@ -134,15 +146,18 @@ pub fn run_worker(env: &RankEnv, timeout: Duration) -> Result<()> {
     loop {
         let bytes = comm.recv_until_disconnect(0, Tag::Control)?;
         match ControlMessage::decode(bytes.as_slice())?.kind {
-            Some(Kind::Step(step)) => match shard.step(&step) {
-                Ok(Some(result)) => comm.send(0, Tag::Result, result.encode_to_vec())?,
-                Ok(None) => {}
-                Err(e) => {
-                    let result = StepResult { step_id: step.step_id, error: e.to_string(), ..Default::default() };
-                    let _ = comm.send(0, Tag::Result, result.encode_to_vec());
-                    return Err(e);
+            Some(Kind::Step(step)) => {
+                let step_id = step.step_id;
+                match step_from_proto(step).and_then(|plan| shard.step(step_id, &plan)) {
+                    Ok(Some(out)) => comm.send(0, Tag::Result, output_to_proto(step_id, &out).encode_to_vec())?,
+                    Ok(None) => {}
+                    Err(e) => {
+                        let result = StepResult { step_id, error: e.to_string(), ..Default::default() };
+                        let _ = comm.send(0, Tag::Result, result.encode_to_vec());
+                        return Err(e);
+                    }
                 }
-            },
+            }
             Some(Kind::Shutdown(_)) => {
                 eprintln!("{}", shard.stats_line());
                 comm.close();

@@ -1,6 +1,10 @@
 //! A Shardline group: TP × PP ranks each holding one shard. Rank 0 runs the engine core and a
-//! [`GroupExecutor`]; every other rank runs [`run_worker`]. Rank layout: rank = stage · tp +
-//! tp_rank (see [`GroupLayout`]); the wire messages are in `proto/shardline/worker/v1`.
+//! [`GroupExecutor`]; every other rank runs [`run_worker`]. A single process uses
+//! [`LocalExecutor`]. Rank layout: rank = stage · tp + tp_rank (see [`GroupLayout`]); the wire
+//! messages are in `proto/shardline/worker/v1`.
+//!
+//! Workers know nothing of requests' text, tokenizers or scheduling: they apply step plans to
+//! their request tables, run their layers and sample where the logits are.
 
 mod collective;
 mod driver;
@@ -8,9 +12,13 @@ mod env;
 mod error;
 mod group;
 mod layout;
+mod local;
 #[cfg(feature = "cuda")]
 mod nccl;
+mod requests;
+mod runner;
 mod shard;
+mod wire;
 
 pub use collective::TpCollective;
 pub use driver::GroupExecutor;
@@ -18,5 +26,6 @@ pub use env::{RankEnv, DEFAULT_MASTER_PORT};
 pub use error::{Result, WorkerError};
 pub use group::{run_worker, start_group, GroupReady};
 pub use layout::GroupLayout;
+pub use local::LocalExecutor;
 pub use shard::{device_for, peak_rss_bytes};
-pub use shardline_proto::worker::v1::GroupSpec;
+pub use wire::GroupConfig;

@@ -1,50 +1,33 @@
 //! One rank's part of every step: embed (first stage) or receive hidden states from the previous
-//! stage, run this stage's layers with tensor-parallel collectives, then pass hidden states on or
-//! (last stage) compute logits, which the stage's tp rank 0 returns to rank 0.
+//! stage, run this stage's layers with tensor-parallel collectives, then pass hidden states on
+//! or (last stage) compute the sampled rows' logits, which the stage's tp rank 0 samples.
 
-use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
 use shardline_comm::{Comm, Tag};
-use shardline_engine::{load_local, LoadFormat, ModelSpec};
-use shardline_model::{BatchInput, KvCache, Llama, SeqInput, ShardPlan};
-use shardline_proto::worker::v1::{GroupSpec, Ready, Step, StepResult};
-use shardline_tokenizer::Tokenizer;
+use shardline_exec::{StepOutput, StepPlan};
+use shardline_model::{DeviceKind, ModelSpec, ShardPlan};
+use shardline_proto::worker::v1::Ready;
 
 use crate::collective::TpCollective;
 use crate::error::{Result, WorkerError};
 use crate::layout::GroupLayout;
-
-pub fn dtype_of(name: &str) -> Result<DType> {
-    match name {
-        "f32" => Ok(DType::F32),
-        "f16" => Ok(DType::F16),
-        "bf16" => Ok(DType::BF16),
-        other => Err(WorkerError::Protocol(format!("unknown dtype {other}"))),
-    }
-}
+use crate::runner::{Batch, ModelRunner};
+use crate::wire::GroupConfig;
 
 /// The device a rank runs on: the CPU, or CUDA device `local_rank` of this node.
-pub fn device_for(kind: &str, local_rank: usize) -> Result<Device> {
+pub fn device_for(kind: DeviceKind, local_rank: usize) -> Result<Device> {
     match kind {
-        "cpu" => Ok(Device::Cpu),
+        DeviceKind::Cpu => Ok(Device::Cpu),
         #[cfg(feature = "cuda")]
-        "cuda" => Ok(Device::new_cuda(local_rank)?),
-        other => {
+        DeviceKind::Cuda => Ok(Device::new_cuda(local_rank)?),
+        #[cfg(not(feature = "cuda"))]
+        DeviceKind::Cuda => {
             let _ = local_rank;
-            Err(WorkerError::Protocol(format!(
-                "device `{other}` is not available in this build (cuda needs --features cuda)"
-            )))
+            Err(WorkerError::Layout("device `cuda` is not available in this build (cuda needs --features cuda)".into()))
         }
-    }
-}
-
-pub fn layout_of(spec: &GroupSpec) -> GroupLayout {
-    GroupLayout {
-        tp: spec.tp as usize,
-        pp: spec.pp as usize,
-        stage_layers: spec.stage_layers.iter().map(|&l| l as usize).collect(),
     }
 }
 
@@ -60,11 +43,9 @@ pub fn peak_rss_bytes() -> u64 {
 pub struct WorkerShard {
     rank: usize,
     layout: GroupLayout,
-    model: Llama,
-    cache: KvCache,
+    runner: ModelRunner,
     comm: Arc<Comm>,
     tp: TpCollective,
-    block_tables: HashMap<u64, Vec<u32>>,
     stats: StepStats,
 }
 
@@ -81,52 +62,42 @@ pub struct StepStats {
 impl WorkerShard {
     /// Loads rank `rank`'s slice of the model (its TP share of its stage's layers) and KV cache.
     /// `local_rank` picks the CUDA device on this node.
-    pub fn load(rank: usize, local_rank: usize, spec: &GroupSpec, comm: Arc<Comm>) -> Result<(WorkerShard, Tokenizer)> {
-        let layout = layout_of(spec);
+    pub fn load(rank: usize, local_rank: usize, cfg: &GroupConfig, comm: Arc<Comm>) -> Result<WorkerShard> {
+        let layout = cfg.layout.clone();
         let stage = layout.stage_of(rank);
-        let mut mspec = ModelSpec::cpu(&spec.model, dtype_of(&spec.dtype)?);
-        mspec.device = device_for(&spec.device, local_rank)?;
-        mspec.load_format = if spec.load_format == "dummy" { LoadFormat::Dummy } else { LoadFormat::Auto };
-        let cfg = shardline_engine::read_config(&mspec)?;
-        mspec.plan = Some(ShardPlan::new(&cfg, layout.tp_rank_of(rank), layout.tp)?);
-        mspec.layers = Some(layout.layers_of_stage(stage));
-        let (model, tokenizer) = load_local(&mspec)?;
-        let cache = model.new_cache(spec.num_blocks as usize, spec.block_size as usize)?;
+        let mut spec = ModelSpec::cpu(&cfg.model, cfg.dtype);
+        spec.load_format = cfg.load_format;
+        spec.options.device = device_for(cfg.device, local_rank)?;
+        let model_cfg = spec.read_config()?;
+        spec.options.plan = Some(ShardPlan::new(&model_cfg, layout.tp_rank_of(rank), layout.tp)?);
+        spec.options.layers = Some(layout.layers_of_stage(stage));
+        let runner = ModelRunner::new(spec.load()?, cfg.num_blocks, cfg.block_size)?;
         let tp = TpCollective::new(Arc::clone(&comm), layout.tp_group(stage));
         #[cfg(feature = "cuda")]
-        let tp = match model.device() {
+        let tp = match runner.model().device() {
             Device::Cuda(dev) => {
-                let widths =
-                    (0..layout.tp).map(|r| shardline_model::even_split(cfg.vocab_size, layout.tp, r).len()).collect();
+                let widths = (0..layout.tp)
+                    .map(|r| shardline_model::even_split(model_cfg.vocab_size, layout.tp, r).len())
+                    .collect();
                 tp.with_nccl(dev.cuda_stream(), widths)?
             }
             _ => tp,
         };
-        let shard = WorkerShard {
-            rank,
-            layout,
-            model,
-            cache,
-            comm,
-            tp,
-            block_tables: HashMap::new(),
-            stats: StepStats::default(),
-        };
-        Ok((shard, tokenizer))
+        Ok(WorkerShard { rank, layout, runner, comm, tp, stats: StepStats::default() })
     }
 
     pub fn ready(&self) -> Ready {
         Ready {
             rank: self.rank as u32,
-            weight_bytes: self.model.weight_bytes() as u64,
-            kv_cache_bytes: self.cache.bytes() as u64,
+            weight_bytes: self.runner.model().weight_bytes() as u64,
+            kv_cache_bytes: self.runner.cache().bytes() as u64,
             peak_rss_bytes: peak_rss_bytes(),
             error: String::new(),
         }
     }
 
-    pub fn model(&self) -> &Llama {
-        &self.model
+    pub fn model_config(&self) -> &shardline_model::ModelConfig {
+        self.runner.model().config()
     }
 
     /// One line for logs: steps, busy time and the share spent communicating.
@@ -145,91 +116,61 @@ impl WorkerShard {
         )
     }
 
-    /// Runs this rank's part of `step`; the result rank returns the logits.
-    pub fn step(&mut self, step: &Step) -> Result<Option<StepResult>> {
-        let start = std::time::Instant::now();
-        let out = self.step_inner(step);
+    /// Runs this rank's part of step `step_id`; the sampling rank (last stage, tp rank 0)
+    /// returns the sampled tokens, every other rank `None`.
+    pub fn step(&mut self, step_id: u64, plan: &StepPlan) -> Result<Option<StepOutput>> {
+        let start = Instant::now();
+        let out = match self.runner.prepare(plan)? {
+            Some(batch) => self.forward(step_id, &batch),
+            None => Ok(None),
+        };
         self.stats.steps += 1;
         self.stats.busy_s += start.elapsed().as_secs_f64();
         out
     }
 
-    fn step_inner(&mut self, step: &Step) -> Result<Option<StepResult>> {
-        for s in &step.new_sequences {
-            self.block_tables.insert(s.seq_id, s.block_table.clone());
-        }
-        let mut seqs = Vec::with_capacity(step.scheduled.len());
-        for s in &step.scheduled {
-            let table = self.block_tables.get(&s.seq_id).ok_or_else(|| {
-                WorkerError::Protocol(format!("step {} names unknown sequence {}", step.step_id, s.seq_id))
-            })?;
-            seqs.push(SeqInput {
-                tokens: s.tokens.clone(),
-                cached_len: s.cached_len as usize,
-                block_table: table.clone(),
-                wants_logits: s.wants_logits,
-            });
-        }
-        let result = if seqs.is_empty() { None } else { self.forward(step.step_id, seqs)? };
-        for id in &step.finished_seq_ids {
-            self.block_tables.remove(id);
-        }
-        Ok(result)
-    }
-
-    fn forward(&mut self, step_id: u64, seqs: Vec<SeqInput>) -> Result<Option<StepResult>> {
-        let batch = BatchInput::new(seqs, self.cache.block_size(), self.cache.num_blocks())?;
+    fn forward(&mut self, step_id: u64, batch: &Batch) -> Result<Option<StepOutput>> {
         let stage = self.layout.stage_of(self.rank);
         let tp_rank = self.layout.tp_rank_of(self.rank);
-        let hidden = self.model.config().hidden_size;
-        let x = if stage == 0 {
-            self.model.embed(&batch.tokens, &self.tp)?
-        } else {
-            let from = self.layout.rank_of(stage - 1, tp_rank);
-            let wait = std::time::Instant::now();
-            let bytes = self.comm.recv(from, Tag::Hidden)?;
-            self.stats.pipeline_s += wait.elapsed().as_secs_f64();
-            let (got_step, data) = decode_hidden(&bytes)?;
-            if got_step != step_id || data.len() != batch.num_rows() * hidden {
-                return Err(WorkerError::Protocol(format!(
-                    "rank {from} sent hidden states of step {got_step} ({} values) during step {step_id} ({} expected)",
-                    data.len(),
-                    batch.num_rows() * hidden
-                )));
-            }
-            Tensor::from_vec(data, (batch.num_rows(), hidden), &Device::Cpu)?
-                .to_dtype(self.model.dtype())?
-                .to_device(self.model.device())?
-        };
-        let x = self.model.forward_layers(x, &batch, &mut self.cache, &self.tp)?;
+        let x = if stage == 0 { self.runner.embed(batch, &self.tp)? } else { self.receive_hidden(step_id, batch)? };
+        let x = self.runner.forward_layers(x, batch, &self.tp)?;
         if stage + 1 < self.layout.pp {
             let to = self.layout.rank_of(stage + 1, tp_rank);
-            let send = std::time::Instant::now();
+            let send = Instant::now();
             self.comm.send(to, Tag::Hidden, encode_hidden(step_id, &x)?)?;
             self.stats.pipeline_s += send.elapsed().as_secs_f64();
             return Ok(None);
         }
-        if batch.logit_rows.is_empty() {
-            return Ok((tp_rank == 0).then(|| StepResult { step_id, ..Default::default() }));
+        if batch.sampled.is_empty() {
+            return Ok((tp_rank == 0).then(StepOutput::default));
         }
-        let logits = self.model.logits(&x, &batch.logit_rows, &self.tp)?;
+        // Every tp rank takes part in gathering the vocabulary shards; rank 0 of the stage samples.
+        let logits = self.runner.logits(&x, batch, &self.tp)?;
         if tp_rank != 0 {
             return Ok(None);
         }
-        let (rows, vocab) = logits.dims2()?;
-        let flat = logits.flatten_all()?.to_vec1::<f32>()?;
-        Ok(Some(StepResult {
-            step_id,
-            rows: rows as u32,
-            vocab: vocab as u32,
-            logits: bytemuck_bytes(&flat),
-            error: String::new(),
-        }))
+        Ok(Some(self.runner.sample(&logits, batch)?))
     }
-}
 
-fn bytemuck_bytes(v: &[f32]) -> Vec<u8> {
-    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+    fn receive_hidden(&mut self, step_id: u64, batch: &Batch) -> Result<Tensor> {
+        let stage = self.layout.stage_of(self.rank);
+        let from = self.layout.rank_of(stage - 1, self.layout.tp_rank_of(self.rank));
+        let hidden = self.runner.model().config().hidden_size;
+        let rows = batch.input.num_rows();
+        let wait = Instant::now();
+        let bytes = self.comm.recv(from, Tag::Hidden)?;
+        self.stats.pipeline_s += wait.elapsed().as_secs_f64();
+        let (got_step, data) = decode_hidden(&bytes)?;
+        if got_step != step_id || data.len() != rows * hidden {
+            return Err(WorkerError::Protocol(format!(
+                "rank {from} sent hidden states of step {got_step} ({} values) during step {step_id} ({} expected)",
+                data.len(),
+                rows * hidden
+            )));
+        }
+        let model = self.runner.model();
+        Ok(Tensor::from_vec(data, (rows, hidden), &Device::Cpu)?.to_dtype(model.dtype())?.to_device(model.device())?)
+    }
 }
 
 fn encode_hidden(step_id: u64, x: &Tensor) -> Result<Vec<u8>> {
@@ -248,6 +189,6 @@ fn decode_hidden(bytes: &[u8]) -> Result<(u64, Vec<f32>)> {
     Ok((step, f32s(&bytes[8..])))
 }
 
-pub(crate) fn f32s(bytes: &[u8]) -> Vec<f32> {
+fn f32s(bytes: &[u8]) -> Vec<f32> {
     bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
 }

@@ -1,16 +1,22 @@
 //! Every TP × PP layout gives the single process's greedy tokens (and logprobs within 1e-4),
-//! on a tiny random model whose head counts do not divide evenly. Ranks are threads of this test
+//! on a tiny random model whose head counts do not divide evenly; prefix caching, preemption,
+//! chunked prefill and seeded sampling do not change that. Ranks are threads of this test
 //! process talking over loopback TCP, exactly as separate processes would.
 
 use std::net::TcpListener;
+use std::sync::Arc;
 use std::time::Duration;
 
 use candle_core::DType;
-use shardline_engine::{load_local, Engine, EngineConfig, GenerationOutput, LocalExecutor, ModelSpec, Prompt};
+use shardline_engine::{Engine, EngineConfig, Executor, GenerationOutput};
+use shardline_exec::{NewRequest, ScheduledRequest, StepPlan};
+use shardline_model::{DeviceKind, LoadFormat, ModelSpec};
 use shardline_sampling::SamplingParams;
-use shardline_worker::{run_worker, start_group, GroupExecutor, GroupLayout, GroupSpec, RankEnv};
+use shardline_tokenizer::Tokenizer;
+use shardline_worker::{run_worker, start_group, GroupConfig, GroupExecutor, GroupLayout, LocalExecutor, RankEnv};
 
 const TIMEOUT: Duration = Duration::from_secs(30);
+const BLOCK_SIZE: usize = 4;
 
 fn model_dir() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
@@ -21,73 +27,67 @@ fn model_dir() -> tempfile::TempDir {
     dir
 }
 
-fn prompts() -> Vec<Prompt> {
-    ["the quick brown fox", "a", "jumps over the lazy dog again and again"]
+fn tokenizer(dir: &tempfile::TempDir) -> Arc<Tokenizer> {
+    Arc::new(Tokenizer::from_path(dir.path()).unwrap())
+}
+
+type Workload = dyn Fn(&mut Engine) -> Vec<GenerationOutput>;
+
+/// Three prompts of different lengths, greedy with logprobs.
+fn three_prompts(engine: &mut Engine) -> Vec<GenerationOutput> {
+    let tok = Arc::clone(engine.tokenizer());
+    let p = SamplingParams { max_tokens: 10, ignore_eos: true, logprobs: Some(5), ..SamplingParams::greedy() };
+    let ids: Vec<_> = ["the quick brown fox", "a", "jumps over the lazy dog again and again"]
         .iter()
-        .map(|p| Prompt::Text(p.to_string()))
-        .collect()
-}
-
-fn params() -> SamplingParams {
-    SamplingParams { max_tokens: 10, ignore_eos: true, logprobs: Some(5), ..SamplingParams::greedy() }
-}
-
-fn generate(engine: &mut Engine) -> Vec<GenerationOutput> {
-    let ids: Vec<_> = prompts().iter().map(|p| engine.add_request(p, params()).unwrap()).collect();
+        .map(|t| engine.add_request(tok.encode(t, true).unwrap(), p.clone()).unwrap())
+        .collect();
     engine.run_to_completion(&ids, |_| {}).unwrap()
 }
 
-fn single(dir: &tempfile::TempDir) -> Vec<GenerationOutput> {
-    single_with(dir, EngineConfig::default(), generate)
+fn single(dir: &tempfile::TempDir, cfg: EngineConfig, num_blocks: usize, run: &Workload) -> Vec<GenerationOutput> {
+    let model = ModelSpec::cpu(dir.path().to_str().unwrap(), DType::F32).load().unwrap();
+    let exec = LocalExecutor::new(model, num_blocks, BLOCK_SIZE).unwrap();
+    run(&mut Engine::new(Box::new(exec), tokenizer(dir), &[], cfg).unwrap())
 }
 
-fn single_with(
-    dir: &tempfile::TempDir,
-    cfg: EngineConfig,
-    run: fn(&mut Engine) -> Vec<GenerationOutput>,
-) -> Vec<GenerationOutput> {
-    let (model, tok) = load_local(&ModelSpec::cpu(dir.path().to_str().unwrap(), DType::F32)).unwrap();
-    let exec = LocalExecutor::new(model, 64, 4).unwrap();
-    run(&mut Engine::new(Box::new(exec), tok, &[], cfg).unwrap())
-}
-
-fn grouped(dir: &tempfile::TempDir, tp: usize, pp: usize) -> Vec<GenerationOutput> {
-    grouped_with(dir, tp, pp, EngineConfig::default(), generate)
-}
-
-fn grouped_with(
-    dir: &tempfile::TempDir,
-    tp: usize,
-    pp: usize,
-    cfg: EngineConfig,
-    run: fn(&mut Engine) -> Vec<GenerationOutput>,
-) -> Vec<GenerationOutput> {
-    let layout = GroupLayout::new(tp, pp, 4, None).unwrap();
-    let spec = GroupSpec {
+fn group_config(dir: &tempfile::TempDir, tp: usize, pp: usize, num_blocks: usize) -> GroupConfig {
+    GroupConfig {
         model: dir.path().to_str().unwrap().to_string(),
-        load_format: "auto".into(),
-        dtype: "f32".into(),
-        tp: tp as u32,
-        pp: pp as u32,
-        stage_layers: layout.stage_layers.iter().map(|&l| l as u32).collect(),
-        num_blocks: 64,
-        block_size: 4,
-        device: "cpu".into(),
-    };
-    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let env = |rank| RankEnv {
-        rank,
-        world_size: tp * pp,
-        local_rank: rank,
-        master_addr: "127.0.0.1".into(),
-        master_port: port,
-    };
+        load_format: LoadFormat::Auto,
+        dtype: DType::F32,
+        device: DeviceKind::Cpu,
+        layout: GroupLayout::new(tp, pp, 4, None).unwrap(),
+        num_blocks,
+        block_size: BLOCK_SIZE,
+    }
+}
+
+fn rank_env(rank: usize, world_size: usize, port: u16) -> RankEnv {
+    RankEnv { rank, world_size, local_rank: rank, master_addr: "127.0.0.1".into(), master_port: port }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Runs `run` on an engine over a `tp` × `pp` group whose other ranks are threads here.
+fn grouped(
+    dir: &tempfile::TempDir,
+    (tp, pp): (usize, usize),
+    cfg: EngineConfig,
+    num_blocks: usize,
+    run: &Workload,
+) -> Vec<GenerationOutput> {
+    let port = free_port();
+    let world = tp * pp;
     std::thread::scope(|s| {
-        let workers: Vec<_> = (1..tp * pp).map(|r| s.spawn(move || run_worker(&env(r), TIMEOUT))).collect();
-        let ready = start_group(spec, &env(0), TIMEOUT, TIMEOUT).unwrap();
-        assert_eq!(ready.ready.len(), tp * pp, "every rank reported READY");
-        let (exec, tok) = GroupExecutor::new(ready);
-        let mut engine = Engine::new(Box::new(exec), tok, &[], cfg).unwrap();
+        let workers: Vec<_> =
+            (1..world).map(|r| s.spawn(move || run_worker(&rank_env(r, world, port), TIMEOUT))).collect();
+        let ready =
+            start_group(group_config(dir, tp, pp, num_blocks), &rank_env(0, world, port), TIMEOUT, TIMEOUT).unwrap();
+        assert_eq!(ready.ready.len(), world, "every rank reported READY");
+        let exec = GroupExecutor::new(ready);
+        let mut engine = Engine::new(Box::new(exec), tokenizer(dir), &[], cfg).unwrap();
         let out = run(&mut engine);
         drop(engine); // shuts the group down
         for w in workers {
@@ -97,21 +97,26 @@ fn grouped_with(
     })
 }
 
+fn assert_same(got: &[GenerationOutput], want: &[GenerationOutput], what: &str) {
+    assert_eq!(got.len(), want.len(), "{what}");
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        assert_eq!(g.token_ids, w.token_ids, "{what}, request {i}: tokens");
+        for (gs, ws) in g.logprobs.iter().flatten().zip(w.logprobs.iter().flatten()) {
+            for (a, b) in gs.top.iter().zip(&ws.top) {
+                assert_eq!(a.token_id, b.token_id, "{what}, request {i}");
+                assert!((a.logprob - b.logprob).abs() < 1e-4, "{what}, request {i}: {} vs {}", a.logprob, b.logprob);
+            }
+        }
+    }
+}
+
 #[test]
 fn every_layout_matches_the_single_process() {
     let dir = model_dir();
-    let want = single(&dir);
-    for (tp, pp) in [(2, 1), (3, 1), (4, 1), (1, 2), (1, 3), (2, 2)] {
-        let got = grouped(&dir, tp, pp);
-        for (g, w) in got.iter().zip(&want) {
-            assert_eq!(g.token_ids, w.token_ids, "tp {tp} pp {pp}: greedy tokens");
-            for (gs, ws) in g.logprobs.as_ref().unwrap().iter().zip(w.logprobs.as_ref().unwrap()) {
-                for (a, b) in gs.top.iter().zip(&ws.top) {
-                    assert_eq!(a.token_id, b.token_id, "tp {tp} pp {pp}");
-                    assert!((a.logprob - b.logprob).abs() < 1e-4, "tp {tp} pp {pp}: {} vs {}", a.logprob, b.logprob);
-                }
-            }
-        }
+    let want = single(&dir, EngineConfig::default(), 64, &three_prompts);
+    for layout in [(2, 1), (3, 1), (4, 1), (1, 2), (1, 3), (2, 2)] {
+        let got = grouped(&dir, layout, EngineConfig::default(), 64, &three_prompts);
+        assert_same(&got, &want, &format!("tp {} pp {}", layout.0, layout.1));
     }
 }
 
@@ -119,50 +124,46 @@ fn every_layout_matches_the_single_process() {
 /// work at once; results come back in order and match one-at-a-time execution.
 #[test]
 fn pipeline_keeps_several_steps_in_flight() {
-    use shardline_engine::{Executor, ScheduledSeq, StepPlan};
-    use shardline_model::SeqInput;
-
     let dir = model_dir();
-    let plan_for = |seq_id: u64, tokens: Vec<u32>, blocks: Vec<u32>| StepPlan {
-        seqs: vec![ScheduledSeq {
-            seq_id,
-            input: SeqInput { tokens, cached_len: 0, block_table: blocks, wants_logits: true },
+    let sampling = SamplingParams { logprobs: Some(3), ..SamplingParams::greedy() }.sampler_settings(0);
+    let plan_for = |id: u64, tokens: Vec<u32>, blocks: Vec<u32>| StepPlan {
+        new_requests: vec![NewRequest {
+            id,
+            token_ids: tokens.clone(),
+            num_computed_tokens: 0,
+            block_ids: blocks,
+            sampling,
         }],
-        finished: vec![],
+        scheduled: vec![ScheduledRequest { id, num_tokens: tokens.len(), ..Default::default() }],
+        ..Default::default()
     };
     let (a, b) = (vec![5u32, 6, 7, 8, 9], vec![40u32, 41, 42]);
     // One at a time, in the single process.
-    let (model, _) = load_local(&ModelSpec::cpu(dir.path().to_str().unwrap(), DType::F32)).unwrap();
-    let mut local = LocalExecutor::new(model, 64, 4).unwrap();
-    let want_a = local.execute(plan_for(1, a.clone(), vec![0, 1])).unwrap();
-    let want_b = local.execute(plan_for(2, b.clone(), vec![2])).unwrap();
+    let model = ModelSpec::cpu(dir.path().to_str().unwrap(), DType::F32).load().unwrap();
+    let mut local = LocalExecutor::new(model, 64, BLOCK_SIZE).unwrap();
+    let mut want = Vec::new();
+    for plan in [plan_for(1, a.clone(), vec![0, 1]), plan_for(2, b.clone(), vec![2])] {
+        local.submit(plan).unwrap();
+        want.push(local.wait().unwrap());
+    }
 
-    let layout = GroupLayout::new(1, 2, 4, None).unwrap();
-    let spec = GroupSpec {
-        model: dir.path().to_str().unwrap().to_string(),
-        load_format: "auto".into(),
-        dtype: "f32".into(),
-        tp: 1,
-        pp: 2,
-        stage_layers: layout.stage_layers.iter().map(|&l| l as u32).collect(),
-        num_blocks: 64,
-        block_size: 4,
-        device: "cpu".into(),
-    };
-    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let env =
-        |rank| RankEnv { rank, world_size: 2, local_rank: rank, master_addr: "127.0.0.1".into(), master_port: port };
+    let port = free_port();
     std::thread::scope(|s| {
-        let worker = s.spawn(move || run_worker(&env(1), TIMEOUT));
-        let (mut exec, _) = GroupExecutor::new(start_group(spec, &env(0), TIMEOUT, TIMEOUT).unwrap());
-        let first = exec.submit(plan_for(1, a.clone(), vec![0, 1])).unwrap();
-        let second = exec.submit(plan_for(2, b.clone(), vec![2])).unwrap();
-        let (id_a, got_a) = exec.wait().unwrap();
-        let (id_b, got_b) = exec.wait().unwrap();
-        assert_eq!((id_a, id_b), (first, second));
-        for (g, w) in got_a.iter().chain(&got_b).zip(want_a.iter().chain(&want_b)) {
-            let d = g.iter().zip(w).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max);
-            assert!(d < 1e-4, "logits differ by {d}");
+        let worker = s.spawn(move || run_worker(&rank_env(1, 2, port), TIMEOUT));
+        let ready = start_group(group_config(&dir, 1, 2, 64), &rank_env(0, 2, port), TIMEOUT, TIMEOUT).unwrap();
+        let mut exec = GroupExecutor::new(ready);
+        assert_eq!(exec.max_in_flight(), 2);
+        exec.submit(plan_for(1, a.clone(), vec![0, 1])).unwrap();
+        exec.submit(plan_for(2, b.clone(), vec![2])).unwrap();
+        for w in &want {
+            let got = exec.wait().unwrap();
+            assert_eq!(got.sampled.len(), 1);
+            let (g, w) = (&got.sampled[0], &w.sampled[0]);
+            assert_eq!((g.id, g.token.token_id), (w.id, w.token.token_id), "results come back in order");
+            for (x, y) in g.token.top.iter().zip(&w.token.top) {
+                assert_eq!(x.token_id, y.token_id);
+                assert!((x.logprob - y.logprob).abs() < 1e-4, "logprobs differ: {} vs {}", x.logprob, y.logprob);
+            }
         }
         drop(exec);
         worker.join().unwrap().unwrap();
@@ -173,19 +174,88 @@ fn pipeline_keeps_several_steps_in_flight() {
 /// requests and prompts chunked over several steps, the tokens are still the single process's.
 #[test]
 fn engine_pipelines_microbatches_over_stages() {
-    fn many(engine: &mut Engine) -> Vec<GenerationOutput> {
+    let many = |engine: &mut Engine| {
+        let tok = Arc::clone(engine.tokenizer());
         let prompts =
             ["the quick brown fox", "a", "jumps over the lazy dog", "again and again", "b c d", "over the fox"];
         let p = SamplingParams { max_tokens: 6, ignore_eos: true, ..SamplingParams::greedy() };
         let ids: Vec<_> =
-            prompts.iter().map(|t| engine.add_request(&Prompt::Text(t.to_string()), p.clone()).unwrap()).collect();
+            prompts.iter().map(|t| engine.add_request(tok.encode(t, true).unwrap(), p.clone()).unwrap()).collect();
         engine.run_to_completion(&ids, |_| {}).unwrap()
-    }
+    };
     let dir = model_dir();
     let cfg = || EngineConfig { max_batch_tokens: 8, ..Default::default() };
-    let want = single_with(&dir, cfg(), many);
-    let got = grouped_with(&dir, 1, 2, cfg(), many);
-    for (i, (g, w)) in got.iter().zip(&want).enumerate() {
-        assert_eq!(g.token_ids, w.token_ids, "request {i}");
+    let want = single(&dir, cfg(), 64, &many);
+    let got = grouped(&dir, (1, 2), cfg(), 64, &many);
+    assert_same(&got, &want, "pp 2");
+}
+
+/// Requests sharing a 24-token prefix (6 blocks) with distinct tails, submitted in two waves so
+/// the second wave can hit what the first computed; `sampling` decides greedy or seeded.
+fn shared_prefix_waves(engine: &mut Engine, sampling: &SamplingParams) -> Vec<GenerationOutput> {
+    let prefix: Vec<u32> = (20..44).collect();
+    let prompt = |i: u32| [prefix.clone(), vec![100 + i, 150 + i, 200 + i]].concat();
+    let p = SamplingParams { max_tokens: 8, ignore_eos: true, ..sampling.clone() };
+    let mut outs = Vec::new();
+    for wave in [0..3u32, 3..6] {
+        let ids: Vec<_> = wave.map(|i| engine.add_request(prompt(i), p.clone()).unwrap()).collect();
+        outs.extend(engine.run_to_completion(&ids, |_| {}).unwrap());
     }
+    outs
+}
+
+/// A cache that holds each request of a wave alone (9 blocks) but not the wave at once, even
+/// with the shared prefix held once: requests are preempted and recomputed.
+const TIGHT_BLOCKS: usize = 12;
+
+fn greedy_waves(engine: &mut Engine) -> Vec<GenerationOutput> {
+    let outs = shared_prefix_waves(engine, &SamplingParams { logprobs: Some(3), ..SamplingParams::greedy() });
+    let cached: usize = outs.iter().map(|o| o.num_cached_tokens).sum();
+    let limits = engine.limits();
+    assert_eq!(cached > 0, limits.prefix_caching, "prefix caching {}: {cached} cached tokens", limits.prefix_caching);
+    if limits.num_kv_blocks == TIGHT_BLOCKS {
+        assert!(engine.num_preemptions() > 0, "{TIGHT_BLOCKS} blocks were meant to force preemption");
+    }
+    outs
+}
+
+#[test]
+fn prefix_caching_on_and_off_give_the_same_tokens_on_every_layout() {
+    let dir = model_dir();
+    let off = EngineConfig { enable_prefix_caching: false, ..Default::default() };
+    let want = single(&dir, off.clone(), 64, &greedy_waves);
+    // A roomy cache, and a tiny one (preemption) with a small step budget (chunked prefill).
+    let roomy = (EngineConfig::default(), 64);
+    let tight = (EngineConfig { max_batch_tokens: 6, ..Default::default() }, TIGHT_BLOCKS);
+    for (cfg, blocks) in [roomy, tight] {
+        let what = format!("budget {}, {blocks} blocks", cfg.max_batch_tokens);
+        assert_same(&single(&dir, cfg.clone(), blocks, &greedy_waves), &want, &format!("tp 1, cache on, {what}"));
+        for layout in [(2, 1), (1, 2), (2, 2)] {
+            let name = format!("tp {} pp {}", layout.0, layout.1);
+            let on = grouped(&dir, layout, cfg.clone(), blocks, &greedy_waves);
+            assert_same(&on, &want, &format!("{name}, cache on, {what}"));
+        }
+    }
+    let off_22 = grouped(&dir, (2, 2), off, 64, &greedy_waves);
+    assert_same(&off_22, &want, "tp 2 pp 2, cache off");
+}
+
+#[test]
+fn seeded_sampling_is_the_same_on_every_layout_and_under_preemption() {
+    let dir = model_dir();
+    let seeded = |engine: &mut Engine| {
+        shared_prefix_waves(engine, &SamplingParams { temperature: 0.8, seed: Some(1234), ..Default::default() })
+    };
+    let want = single(&dir, EngineConfig::default(), 64, &seeded);
+    let distinct: std::collections::HashSet<_> = want.iter().map(|o| o.token_ids.clone()).collect();
+    assert!(distinct.len() > 1, "sampling at temperature 0.8 varies with the prompt");
+    let preempting = || EngineConfig { max_batch_tokens: 6, ..Default::default() };
+    let seeded_preempted = move |e: &mut Engine| {
+        let out = seeded(e);
+        assert!(e.num_preemptions() > 0, "{TIGHT_BLOCKS} blocks were meant to force preemption");
+        out
+    };
+    assert_same(&single(&dir, preempting(), TIGHT_BLOCKS, &seeded_preempted), &want, "tp 1, preempted");
+    assert_same(&grouped(&dir, (2, 2), EngineConfig::default(), 64, &seeded), &want, "tp 2 pp 2");
+    assert_same(&grouped(&dir, (2, 2), preempting(), TIGHT_BLOCKS, &seeded_preempted), &want, "tp 2 pp 2, preempted");
 }

@@ -1,11 +1,13 @@
-//! A tiny random model and tokenizer written to disk in-test, and engines over it that run
-//! through an executor behaving like a remote one (see `LearnOnce`).
+//! A tiny random model and tokenizer written to disk in-test, and engines over it.
 
-use std::collections::HashMap;
+use std::sync::{Arc, OnceLock};
 
 use candle_core::DType;
-use shardline_engine::{load_local, Engine, EngineConfig, Executor, LocalExecutor, ModelSpec, Prompt, StepPlan};
+use shardline_engine::{Engine, EngineConfig};
+use shardline_model::ModelSpec;
 use shardline_sampling::SamplingParams;
+use shardline_tokenizer::Tokenizer;
+use shardline_worker::LocalExecutor;
 
 /// Tokens per KV block in every test engine.
 pub const BLOCK_SIZE: usize = 4;
@@ -18,49 +20,32 @@ pub fn model_dir() -> tempfile::TempDir {
     dir
 }
 
-pub fn engine(dir: &tempfile::TempDir, num_blocks: usize, cfg: EngineConfig) -> Engine {
-    let spec = ModelSpec::cpu(dir.path().to_str().unwrap(), DType::F32);
-    let (model, tok) = load_local(&spec).unwrap();
+/// The tokenizer of every [`model_dir`], loaded once.
+pub fn tokenizer() -> Arc<Tokenizer> {
+    static TOKENIZER: OnceLock<Arc<Tokenizer>> = OnceLock::new();
+    Arc::clone(TOKENIZER.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("tokenizer.json"), shardline_tokenizer::testing::tiny_tokenizer_json(300))
+            .unwrap();
+        Arc::new(Tokenizer::from_dir(dir.path()).unwrap())
+    }))
+}
+
+/// An executor running the model in `dir` with a cache of `num_blocks` blocks.
+pub fn executor(dir: &tempfile::TempDir, num_blocks: usize) -> (LocalExecutor, Vec<u32>) {
+    let model = ModelSpec::cpu(dir.path().to_str().unwrap(), DType::F32).load().unwrap();
     let eos = model.config().eos_token_ids.clone();
-    let inner = LocalExecutor::new(model, num_blocks, BLOCK_SIZE).unwrap();
-    Engine::new(Box::new(LearnOnce { inner, tables: HashMap::new() }), tok, &eos, cfg).unwrap()
+    (LocalExecutor::new(model, num_blocks, BLOCK_SIZE).unwrap(), eos)
 }
 
-/// Holds the engine to the contract remote executors rely on: it learns each id's block table
-/// the first time the id is scheduled, uses only what it learned, and forgets ids in `finished`.
-/// A stale table makes the forward pass fail or change the tokens.
-struct LearnOnce {
-    inner: LocalExecutor,
-    tables: HashMap<u64, Vec<u32>>,
+pub fn engine(dir: &tempfile::TempDir, num_blocks: usize, cfg: EngineConfig) -> Engine {
+    let (exec, eos) = executor(dir, num_blocks);
+    Engine::new(Box::new(exec), tokenizer(), &eos, cfg).unwrap()
 }
 
-impl Executor for LearnOnce {
-    fn block_size(&self) -> usize {
-        self.inner.block_size()
-    }
-    fn num_blocks(&self) -> usize {
-        self.inner.num_blocks()
-    }
-    fn vocab_size(&self) -> usize {
-        self.inner.vocab_size()
-    }
-    fn max_model_len(&self) -> usize {
-        self.inner.max_model_len()
-    }
-    fn execute(&mut self, mut plan: StepPlan) -> shardline_engine::Result<Vec<Vec<f32>>> {
-        for s in &mut plan.seqs {
-            assert!(!plan.finished.contains(&s.seq_id), "id {} scheduled and retired in one plan", s.seq_id);
-            s.input.block_table = self.tables.entry(s.seq_id).or_insert_with(|| s.input.block_table.clone()).clone();
-        }
-        for id in &plan.finished {
-            self.tables.remove(id);
-        }
-        self.inner.execute(plan)
-    }
-}
-
-pub fn text(s: &str) -> Prompt {
-    Prompt::Text(s.to_string())
+/// The prompt token ids of `s`, as a front end would send them.
+pub fn text(s: &str) -> Vec<u32> {
+    tokenizer().encode(s, true).unwrap()
 }
 
 /// Greedy, ignoring EOS, so every request runs to exactly `max_tokens`.

@@ -1,6 +1,12 @@
 //! Errors as OpenAI error bodies, and JSON bodies parsed so that every mistake is a 400 naming the field.
 
-use super::*;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::de::DeserializeOwned;
+
+use crate::error::RouterError;
+use crate::openai::{ErrorDetail, ErrorResponse};
 
 /// An HTTP error with OpenAI's error body.
 #[derive(Clone, Debug, PartialEq)]
@@ -51,7 +57,7 @@ impl ApiError {
 impl From<RouterError> for ApiError {
     fn from(e: RouterError) -> Self {
         let status = match e {
-            RouterError::InvalidRequest(_) => StatusCode::BAD_REQUEST,
+            RouterError::InvalidRequest(_) | RouterError::Prompt(_) => StatusCode::BAD_REQUEST,
             RouterError::QueueFull(_) => StatusCode::TOO_MANY_REQUESTS,
             RouterError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             RouterError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -93,6 +99,7 @@ pub(super) fn parse_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::openai::{ChatCompletionRequest, CompletionRequest};
 
     #[test]
     fn body_errors_name_the_field() {

@@ -1,6 +1,12 @@
 //! Logprobs in the completions and chat-completions shapes.
 
-use super::*;
+use shardline_engine::TokenLogprobs;
+use shardline_tokenizer::Tokenizer;
+
+use crate::openai::{ChatLogprobs, ChatTokenLogprob, ChatTopLogprob, CompletionLogprobs};
+
+/// What a logprob of -inf is reported as (JSON has no infinities; vLLM does the same).
+const MIN_LOGPROB: f32 = -9999.0;
 
 pub(super) fn token_str(tok: &Tokenizer, id: u32) -> String {
     tok.decode(&[id], false).unwrap_or_default()

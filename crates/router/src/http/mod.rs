@@ -3,7 +3,8 @@
 //!
 //! Bodies are parsed here from raw bytes (any or no Content-Type) so that every malformed
 //! request gets a 400 with OpenAI's error body naming the problem, never axum's 415/422.
-//! Parameter values are checked by the engine ([`SamplingParams::validate`], context and KV
+//! Prompts are rendered (chat templates) and tokenized here, on the server's threads.
+//! Parameter values are checked by the engine (`SamplingParams::validate`, context and KV
 //! limits) and come back as [`RouterError::InvalidRequest`] → 400.
 //!
 //! Defaults: completions `max_tokens` 16 (OpenAI's); chat without `max_tokens` /
@@ -15,31 +16,22 @@
 //! response body, the receiver goes with it and the core aborts the request before its next
 //! step. Non-streaming handlers are dropped the same way.
 
-use std::collections::VecDeque;
-use std::convert::Infallible;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{header, StatusCode};
-use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use serde::de::DeserializeOwned;
-use serde::Serialize;
-use shardline_engine::{GenerationOutput, Prompt, TokenLogprobs};
-use shardline_sampling::{FinishReason, SamplingParams};
-use shardline_tokenizer::{ChatMessage, Tokenizer};
-use tokio_stream::Stream;
 
-use crate::core::{CoreEvent, EngineHandle, Submitted};
-use crate::error::RouterError;
-use crate::openai::*;
+use crate::engine_core::EngineHandle;
+use crate::openai::{
+    ChatChoice, ChatCompletionRequest, ChatCompletionResponse, ChatMessageOut, CompletionChoice, CompletionLogprobs,
+    CompletionRequest, CompletionResponse, ModelCard, ModelList, Usage,
+};
 use crate::ServerInfo;
 
 mod error;
@@ -47,17 +39,14 @@ mod logprobs;
 mod params;
 mod stream;
 
+use error::parse_body;
 pub use error::ApiError;
-use error::*;
-use logprobs::*;
-use params::*;
-use stream::*;
+use logprobs::{chat_logprobs, push_completion_logprobs};
+use params::{chat_prompt_and_params, collect, completion_prompt_and_params, stream_mode};
+use stream::{sse, ChatChunks, CompletionChunks};
 
 /// Largest request body accepted (long token-id prompts are verbose JSON).
 const MAX_BODY_BYTES: usize = 32 << 20;
-/// What a logprob of -inf is reported as (JSON has no infinities; vLLM does the same).
-const MIN_LOGPROB: f32 = -9999.0;
-
 struct AppState {
     handle: EngineHandle,
     info: Arc<ServerInfo>,
@@ -73,16 +62,6 @@ impl AppState {
                     .with_param("model"))
             }
             _ => Ok(()),
-        }
-    }
-
-    /// Tokens one request may span: the context length, and no more than the KV cache holds.
-    fn token_limit(&self) -> usize {
-        let kv = self.info.num_kv_blocks * self.info.block_size;
-        if kv > 0 {
-            self.info.max_model_len.min(kv)
-        } else {
-            self.info.max_model_len
         }
     }
 }
@@ -143,7 +122,7 @@ async fn models(State(s): State<Arc<AppState>>) -> Json<ModelList> {
             created: s.started,
             owned_by: "shardline",
             root: s.info.model_id.clone(),
-            max_model_len: s.info.max_model_len,
+            max_model_len: s.info.limits.max_model_len,
         }],
     })
 }
@@ -152,7 +131,7 @@ async fn completions(State(s): State<Arc<AppState>>, body: Bytes) -> Result<Resp
     let req: CompletionRequest = parse_body(&body)?;
     s.check_model(req.model.as_deref())?;
     let (stream, include_usage) = stream_mode(req.stream, &req.stream_options)?;
-    let (prompt, params) = completion_prompt_and_params(&req)?;
+    let (prompt, params) = completion_prompt_and_params(&req, &s.info)?;
     let sub = s.handle.submit(prompt, params).await?;
     let id = response_id("cmpl");
     let created = unix_now();
@@ -168,8 +147,8 @@ async fn completions(State(s): State<Arc<AppState>>, body: Bytes) -> Result<Resp
         push_completion_logprobs(&s.info.tokenizer, entries, &mut 0, &mut lp);
         lp
     });
-    let usage = Usage::new(out.prompt_token_ids.len(), out.token_ids.len());
-    let reason = Some(finish_reason(out.finish_reason));
+    let usage = Usage::of(&out);
+    let reason = Some(out.finish_reason.as_str());
     Ok(Json(CompletionResponse {
         id,
         object: "text_completion",
@@ -185,7 +164,7 @@ async fn chat_completions(State(s): State<Arc<AppState>>, body: Bytes) -> Result
     let req: ChatCompletionRequest = parse_body(&body)?;
     s.check_model(req.model.as_deref())?;
     let (stream, include_usage) = stream_mode(req.stream, &req.stream_options)?;
-    let (prompt, params) = chat_prompt_and_params(&req, &s)?;
+    let (prompt, params) = chat_prompt_and_params(&req, &s.info)?;
     let sub = s.handle.submit(prompt, params).await?;
     let id = response_id("chatcmpl");
     let created = unix_now();
@@ -197,7 +176,7 @@ async fn chat_completions(State(s): State<Arc<AppState>>, body: Bytes) -> Result
     }
     let out = collect(sub).await?;
     let logprobs = out.logprobs.as_ref().map(|entries| chat_logprobs(&s.info.tokenizer, entries));
-    let usage = Usage::new(out.prompt_token_ids.len(), out.token_ids.len());
+    let usage = Usage::of(&out);
     Ok(Json(ChatCompletionResponse {
         id,
         object: "chat.completion",
@@ -207,7 +186,7 @@ async fn chat_completions(State(s): State<Arc<AppState>>, body: Bytes) -> Result
             index: 0,
             message: ChatMessageOut { role: "assistant", content: out.text },
             logprobs,
-            finish_reason: Some(finish_reason(out.finish_reason)),
+            finish_reason: Some(out.finish_reason.as_str()),
         }],
         usage,
     })

@@ -1,6 +1,15 @@
-//! OpenAI requests → the engine's prompt and sampling parameters.
+//! OpenAI requests → the engine's prompt token ids and sampling parameters. Prompts are
+//! rendered and tokenized here, so template errors become 400s naming `messages`.
 
-use super::*;
+use shardline_engine::GenerationOutput;
+use shardline_sampling::SamplingParams;
+use shardline_tokenizer::{ChatMessage, Prompt};
+
+use super::error::ApiError;
+use crate::engine_core::{CoreEvent, Submitted};
+use crate::error::RouterError;
+use crate::openai::{ChatCompletionRequest, CompletionRequest, PromptInput, StopInput, StreamOptions};
+use crate::ServerInfo;
 
 /// The shared sampling fields of a completion or chat-completion request (both structs carry
 /// them under the same names, as OpenAI's API does).
@@ -94,7 +103,10 @@ pub(super) fn stream_mode(stream: Option<bool>, options: &Option<StreamOptions>)
     Ok((stream, usage))
 }
 
-pub(super) fn completion_prompt_and_params(req: &CompletionRequest) -> Result<(Prompt, SamplingParams), ApiError> {
+pub(super) fn completion_prompt_and_params(
+    req: &CompletionRequest,
+    info: &ServerInfo,
+) -> Result<(Vec<u32>, SamplingParams), ApiError> {
     if req.echo == Some(true) {
         return Err(ApiError::bad_request("echo is not supported").with_param("echo"));
     }
@@ -113,13 +125,14 @@ pub(super) fn completion_prompt_and_params(req: &CompletionRequest) -> Result<(P
     .ok_or_else(|| ApiError::bad_request("the prompt is empty").with_param("prompt"))?;
     let knobs = knobs!(req);
     let params = knobs.params(req.max_tokens.unwrap_or(16), req.logprobs)?;
-    Ok((prompt, params))
+    let ids = info.encode(&prompt).map_err(|e| ApiError::from(e).with_param("prompt"))?;
+    Ok((ids, params))
 }
 
 pub(super) fn chat_prompt_and_params(
     req: &ChatCompletionRequest,
-    s: &AppState,
-) -> Result<(Prompt, SamplingParams), ApiError> {
+    info: &ServerInfo,
+) -> Result<(Vec<u32>, SamplingParams), ApiError> {
     if req.messages.is_empty() {
         return Err(ApiError::bad_request("messages must not be empty").with_param("messages"));
     }
@@ -146,7 +159,7 @@ pub(super) fn chat_prompt_and_params(
         (true, k) => Some(k.unwrap_or(0)),
         (false, _) => None,
     };
-    let tok: &Tokenizer = &s.info.tokenizer;
+    let tok = &info.tokenizer;
     if tok.chat_template().is_none() {
         return Err(ApiError::bad_request(
             "this model has no chat template; use /v1/completions with a formatted prompt",
@@ -158,23 +171,14 @@ pub(super) fn chat_prompt_and_params(
     let rendered = tok.apply_chat_template(&messages, true).map_err(|e| {
         ApiError::bad_request(format!("the chat template failed on these messages: {e}")).with_param("messages")
     })?;
-    let max_tokens = match req.max_completion_tokens.or(req.max_tokens) {
-        Some(n) => n,
-        None => {
-            // The rest of the context; 1 when nothing is left, so the engine reports the limit.
-            let prompt_len = tok.encode(&rendered, false).map(|ids| ids.len()).unwrap_or(0);
-            s.token_limit().saturating_sub(prompt_len).max(1)
-        }
-    };
+    let ids = tok.encode(&rendered, false).map_err(|e| ApiError::from(RouterError::Prompt(e)))?;
+    // Without a limit: the rest of the context; 1 when nothing is left, so the engine reports it.
+    let max_tokens = req
+        .max_completion_tokens
+        .or(req.max_tokens)
+        .unwrap_or_else(|| info.limits.max_request_tokens().saturating_sub(ids.len()).max(1));
     let knobs = knobs!(req);
-    Ok((Prompt::Chat(messages), knobs.params(max_tokens, logprobs)?))
-}
-
-pub(super) fn finish_reason(r: FinishReason) -> &'static str {
-    match r {
-        FinishReason::Stop => "stop",
-        FinishReason::Length => "length",
-    }
+    Ok((ids, knobs.params(max_tokens, logprobs)?))
 }
 
 /// Waits for the request's result.

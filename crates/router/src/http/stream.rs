@@ -1,6 +1,25 @@
 //! Server-sent events: one chunk per token as the engine makes it, then `[DONE]`.
 
-use super::*;
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use shardline_engine::{GenerationOutput, TokenLogprobs};
+use shardline_tokenizer::Tokenizer;
+use tokio_stream::Stream;
+
+use super::error::ApiError;
+use super::logprobs::{chat_logprobs, push_completion_logprobs};
+use crate::engine_core::{CoreEvent, Submitted};
+use crate::error::RouterError;
+use crate::openai::{
+    ChatChunkChoice, ChatCompletionChunk, ChatDelta, CompletionChoice, CompletionLogprobs, CompletionResponse, Usage,
+};
 
 pub(super) fn json_event<T: Serialize>(v: &T) -> Event {
     Event::default().data(serde_json::to_string(v).expect("serializable chunk"))
@@ -100,13 +119,13 @@ impl ChunkFormat for CompletionChunks {
     }
 
     fn finished(&mut self, result: &GenerationOutput, out: &mut VecDeque<Event>) {
-        let reason = Some(finish_reason(result.finish_reason));
+        let reason = Some(result.finish_reason.as_str());
         out.push_back(self.chunk(
             vec![CompletionChoice { index: 0, text: String::new(), logprobs: None, finish_reason: reason }],
             None,
         ));
         if self.include_usage {
-            let usage = Usage::new(result.prompt_token_ids.len(), result.token_ids.len());
+            let usage = Usage::of(result);
             out.push_back(self.chunk(Vec::new(), Some(usage)));
         }
     }
@@ -146,13 +165,13 @@ impl ChunkFormat for ChatChunks {
     }
 
     fn finished(&mut self, result: &GenerationOutput, out: &mut VecDeque<Event>) {
-        let reason = Some(finish_reason(result.finish_reason));
+        let reason = Some(result.finish_reason.as_str());
         out.push_back(self.chunk(
             vec![ChatChunkChoice { index: 0, delta: ChatDelta::default(), logprobs: None, finish_reason: reason }],
             None,
         ));
         if self.include_usage {
-            let usage = Usage::new(result.prompt_token_ids.len(), result.token_ids.len());
+            let usage = Usage::of(result);
             out.push_back(self.chunk(Vec::new(), Some(usage)));
         }
     }

@@ -6,11 +6,13 @@
 
 use candle_core::DType;
 use serde_json::{json, Value};
-use shardline_engine::{load_local, Engine, EngineConfig, LocalExecutor, ModelSpec, Prompt};
+use shardline_engine::{Engine, EngineConfig};
+use shardline_model::ModelSpec;
 use shardline_router::http::router;
 use shardline_router::{CoreConfig, EngineCore, EngineHandle, Metrics, ServerInfo};
 use shardline_sampling::SamplingParams;
-use shardline_tokenizer::Tokenizer;
+use shardline_tokenizer::{Prompt, Tokenizer};
+use shardline_worker::LocalExecutor;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -40,11 +42,15 @@ pub fn model_dir() -> tempfile::TempDir {
 }
 
 pub fn engine(dir: &tempfile::TempDir) -> Engine {
-    let spec = ModelSpec::cpu(dir.path().to_str().unwrap(), DType::F32);
-    let (model, tok) = load_local(&spec).unwrap();
+    engine_with(dir, EngineConfig::default())
+}
+
+pub fn engine_with(dir: &tempfile::TempDir, cfg: EngineConfig) -> Engine {
+    let model = ModelSpec::cpu(dir.path().to_str().unwrap(), DType::F32).load().unwrap();
     let eos = model.config().eos_token_ids.clone();
     let exec = LocalExecutor::new(model, NUM_BLOCKS, BLOCK_SIZE).unwrap();
-    Engine::new(Box::new(exec), tok, &eos, EngineConfig::default()).unwrap()
+    let tokenizer = Arc::new(Tokenizer::from_dir(dir.path()).unwrap());
+    Engine::new(Box::new(exec), tokenizer, &eos, cfg).unwrap()
 }
 
 pub struct Server {
@@ -63,20 +69,7 @@ impl Drop for Server {
 pub async fn start() -> Server {
     let dir = model_dir();
     let engine = engine(&dir);
-    let tokenizer = Arc::new(Tokenizer::from_dir(dir.path()).unwrap());
-    let info = Arc::new(ServerInfo {
-        model_id: "tiny".into(),
-        tokenizer,
-        vocab_size: VOCAB,
-        max_model_len: 512,
-        eos_token_ids: engine.eos_token_ids().to_vec(),
-        tp: 1,
-        pp: 1,
-        block_size: BLOCK_SIZE,
-        num_kv_blocks: NUM_BLOCKS,
-        dtype: "f32".into(),
-        scheduler: "continuous".into(),
-    });
+    let info = Arc::new(ServerInfo::new("tiny".into(), &engine, 1, 1, "f32".into()));
     let core = EngineCore::start(engine, CoreConfig { max_queue: 64 }, Arc::new(Metrics::new("tiny")));
     let handle = core.handle.clone();
     let app = router(handle.clone(), info);
@@ -94,7 +87,9 @@ pub async fn bounded<F: Future>(f: F) -> F::Output {
 /// The engine's own greedy result, on a fresh engine over the same weights.
 pub fn direct(dir: &tempfile::TempDir, prompt: Prompt, max_tokens: usize) -> shardline_engine::GenerationOutput {
     let params = SamplingParams { max_tokens, ignore_eos: true, ..SamplingParams::greedy() };
-    engine(dir).generate(&prompt, params, |_| {}).unwrap()
+    let mut engine = engine(dir);
+    let ids = engine.tokenizer().encode_prompt(&prompt).unwrap();
+    engine.generate(ids, params, |_| {}).unwrap()
 }
 
 // ---------------------------------------------------------------------------------------------

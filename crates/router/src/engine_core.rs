@@ -1,7 +1,8 @@
 //! The engine core: one thread owns the [`Engine`] and steps it while anything is unfinished,
 //! as vLLM v1's EngineCore does. Front ends talk to it through an [`EngineHandle`]: submit a
-//! request and get its events on a channel; dropping the receiver aborts the request, and its
-//! KV blocks are free before the next step.
+//! tokenized request and get its events on a channel; dropping the receiver aborts the request,
+//! and its KV blocks are free before the next step. Nothing slow (tokenizing, JSON, network)
+//! runs on this thread.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -9,7 +10,7 @@ use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
-use shardline_engine::{Engine, EngineError, GenerationOutput, Prompt, RequestId, TokenLogprobs};
+use shardline_engine::{Engine, EngineError, GenerationOutput, RequestId, TokenLogprobs};
 use shardline_sampling::SamplingParams;
 use tokio::sync::{mpsc as async_mpsc, oneshot};
 
@@ -29,11 +30,9 @@ pub enum CoreEvent {
     Failed(String),
 }
 
-/// A submitted request: its engine id, prompt length and event stream. Dropping it aborts the
-/// request.
+/// A submitted request: its engine id and event stream. Dropping it aborts the request.
 pub struct Submitted {
     pub id: RequestId,
-    pub prompt_tokens: usize,
     pub events: async_mpsc::UnboundedReceiver<CoreEvent>,
     _slot: QueueSlot,
 }
@@ -57,6 +56,9 @@ pub struct CoreStats {
     pub kv_blocks_total: AtomicUsize,
     pub preemptions: AtomicU64,
     pub steps: AtomicU64,
+    /// Prompt tokens looked up in the prefix cache, and found, so far.
+    pub prefix_cache_queries: AtomicU64,
+    pub prefix_cache_hits: AtomicU64,
 }
 
 impl CoreStats {
@@ -70,10 +72,15 @@ impl CoreStats {
     }
 }
 
-type Reply = oneshot::Sender<Result<(RequestId, usize), EngineError>>;
+type Reply = oneshot::Sender<Result<RequestId, EngineError>>;
 
 enum Command {
-    Submit { prompt: Prompt, params: SamplingParams, events: async_mpsc::UnboundedSender<CoreEvent>, reply: Reply },
+    Submit {
+        prompt_token_ids: Vec<u32>,
+        params: SamplingParams,
+        events: async_mpsc::UnboundedSender<CoreEvent>,
+        reply: Reply,
+    },
     Shutdown,
 }
 
@@ -88,8 +95,8 @@ pub struct EngineHandle {
 }
 
 impl EngineHandle {
-    /// Validates and queues a request. Errors: invalid request, queue full, engine gone.
-    pub async fn submit(&self, prompt: Prompt, params: SamplingParams) -> Result<Submitted, RouterError> {
+    /// Validates and queues a tokenized request. Errors: invalid request, queue full, engine gone.
+    pub async fn submit(&self, prompt_token_ids: Vec<u32>, params: SamplingParams) -> Result<Submitted, RouterError> {
         if !self.stats.serving.load(Ordering::SeqCst) {
             return Err(RouterError::Unavailable("it has stopped".into()));
         }
@@ -101,10 +108,10 @@ impl EngineHandle {
         let (events_tx, events) = async_mpsc::unbounded_channel();
         let (reply, answer) = oneshot::channel();
         self.commands
-            .send(Command::Submit { prompt, params, events: events_tx, reply })
+            .send(Command::Submit { prompt_token_ids, params, events: events_tx, reply })
             .map_err(|_| RouterError::Unavailable("it has stopped".into()))?;
-        let (id, prompt_tokens) = answer.await.map_err(|_| RouterError::Unavailable("it stopped".into()))??;
-        Ok(Submitted { id, prompt_tokens, events, _slot: slot })
+        let id = answer.await.map_err(|_| RouterError::Unavailable("it stopped".into()))??;
+        Ok(Submitted { id, events, _slot: slot })
     }
 
     /// Asks the core to stop after aborting what is in flight.
@@ -157,7 +164,7 @@ impl EngineCore {
 
     /// Waits for the core thread to end (after `shutdown` or a fatal error).
     pub fn join(self) -> Result<(), EngineError> {
-        self.thread.join().unwrap_or_else(|_| Err(EngineError::Load("the engine-core thread panicked".into())))
+        self.thread.join().unwrap_or_else(|_| Err(EngineError::Internal("the engine-core thread panicked".into())))
     }
 
     /// Whether the thread has ended (fatal error or shutdown).
@@ -218,12 +225,12 @@ impl CoreLoop {
     /// Returns false on shutdown.
     fn handle(&mut self, cmd: Command) -> bool {
         match cmd {
-            Command::Submit { prompt, params, events, reply } => {
-                let result =
-                    self.engine.add_request(&prompt, params).map(|id| (id, self.engine.prompt_len(id).unwrap_or(0)));
-                if let Ok((id, prompt_tokens)) = &result {
+            Command::Submit { prompt_token_ids, params, events, reply } => {
+                let prompt_tokens = prompt_token_ids.len() as u64;
+                let result = self.engine.add_request(prompt_token_ids, params);
+                if let Ok(id) = &result {
                     self.streams.insert(*id, Stream { events, last_token: None });
-                    self.metrics.prompt_tokens.inc_by(*prompt_tokens as u64);
+                    self.metrics.prompt_tokens.inc_by(prompt_tokens);
                 }
                 if reply.send(result).is_err() {
                     // The caller went away before hearing back; its stream is already closed.
@@ -290,6 +297,9 @@ impl CoreLoop {
         s.kv_blocks_used.store(self.engine.kv_blocks_used(), Ordering::Relaxed);
         s.kv_blocks_total.store(self.engine.kv_blocks_total(), Ordering::Relaxed);
         s.preemptions.store(self.engine.num_preemptions(), Ordering::Relaxed);
+        let prefix = self.engine.prefix_cache_stats();
+        s.prefix_cache_queries.store(prefix.queries, Ordering::Relaxed);
+        s.prefix_cache_hits.store(prefix.hits, Ordering::Relaxed);
     }
 
     fn fail_all(&mut self, why: &str) {

@@ -1,0 +1,41 @@
+//! What runs a step's forward pass: this process's model, or a tensor/pipeline-parallel group.
+
+use crate::plan::{StepOutput, StepPlan};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ExecutorError {
+    /// The plan contradicts what the executor knows (an unknown request, a table too short):
+    /// a bug in the engine, reported rather than computed wrongly.
+    #[error("invalid step plan: {0}")]
+    Plan(String),
+    /// The forward pass or the group failed; the engine cannot go on.
+    #[error(transparent)]
+    Failed(Box<dyn std::error::Error + Send + Sync>),
+}
+
+impl ExecutorError {
+    pub fn failed(e: impl std::error::Error + Send + Sync + 'static) -> Self {
+        ExecutorError::Failed(Box::new(e))
+    }
+}
+
+/// Runs step plans. Up to [`Executor::max_in_flight`] steps may be submitted before the oldest
+/// is waited for (one per pipeline stage, like vLLM's virtual engines); the engine never puts a
+/// request, or a KV block it writes, in two steps in flight.
+pub trait Executor: Send {
+    /// Tokens per KV block.
+    fn block_size(&self) -> usize;
+    /// KV blocks in the pool every rank allocated.
+    fn num_blocks(&self) -> usize;
+    fn vocab_size(&self) -> usize;
+    /// The longest sequence (prompt + generated) the model supports.
+    fn max_model_len(&self) -> usize;
+    /// How many steps may be in flight at once.
+    fn max_in_flight(&self) -> usize {
+        1
+    }
+    /// Starts a step (an executor running one step at a time may run it here).
+    fn submit(&mut self, plan: StepPlan) -> Result<(), ExecutorError>;
+    /// Waits for the oldest submitted step.
+    fn wait(&mut self) -> Result<StepOutput, ExecutorError>;
+}

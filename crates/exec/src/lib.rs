@@ -1,0 +1,13 @@
+//! What the engine core and the executors agree on, and nothing more: the engine decides what
+//! runs ([`StepPlan`]: new requests once with their whole state, then per-step diffs, as vLLM
+//! v1's `SchedulerOutput`), an [`Executor`] runs the forward pass wherever the model lives and
+//! samples where the logits are ([`StepOutput`]: token ids and, when asked, logprobs).
+//!
+//! This crate is small on purpose: the engine imports it without any model code, and the
+//! workers import it without any scheduling, tokenizer or request text.
+
+mod executor;
+mod plan;
+
+pub use executor::{Executor, ExecutorError};
+pub use plan::{NewRequest, RequestId, Sampled, ScheduledRequest, StepOutput, StepPlan};

@@ -1,0 +1,66 @@
+//! The whole model in this process, as an [`Executor`]: one rank, no collectives, each step
+//! run when submitted.
+
+use std::collections::VecDeque;
+
+use shardline_exec::{Executor, ExecutorError, StepOutput, StepPlan};
+use shardline_model::{Llama, SingleRank};
+
+use crate::error::Result;
+use crate::runner::ModelRunner;
+
+pub struct LocalExecutor {
+    runner: ModelRunner,
+    /// Outputs of submitted steps, oldest first (at most one: `max_in_flight` is 1).
+    done: VecDeque<StepOutput>,
+}
+
+impl LocalExecutor {
+    /// `model` with a KV cache of `num_blocks` × `block_size` tokens.
+    pub fn new(model: Llama, num_blocks: usize, block_size: usize) -> Result<Self> {
+        Ok(LocalExecutor { runner: ModelRunner::new(model, num_blocks, block_size)?, done: VecDeque::new() })
+    }
+
+    pub fn model(&self) -> &Llama {
+        self.runner.model()
+    }
+
+    fn run(&mut self, plan: &StepPlan) -> Result<StepOutput> {
+        let Some(batch) = self.runner.prepare(plan)? else { return Ok(StepOutput::default()) };
+        let x = self.runner.embed(&batch, &SingleRank)?;
+        let x = self.runner.forward_layers(x, &batch, &SingleRank)?;
+        if batch.sampled.is_empty() {
+            return Ok(StepOutput::default());
+        }
+        let logits = self.runner.logits(&x, &batch, &SingleRank)?;
+        self.runner.sample(&logits, &batch)
+    }
+}
+
+impl Executor for LocalExecutor {
+    fn block_size(&self) -> usize {
+        self.runner.cache().block_size()
+    }
+
+    fn num_blocks(&self) -> usize {
+        self.runner.cache().num_blocks()
+    }
+
+    fn vocab_size(&self) -> usize {
+        self.runner.model().config().vocab_size
+    }
+
+    fn max_model_len(&self) -> usize {
+        self.runner.model().config().max_position_embeddings
+    }
+
+    fn submit(&mut self, plan: StepPlan) -> std::result::Result<(), ExecutorError> {
+        let out = self.run(&plan)?;
+        self.done.push_back(out);
+        Ok(())
+    }
+
+    fn wait(&mut self) -> std::result::Result<StepOutput, ExecutorError> {
+        self.done.pop_front().ok_or_else(|| ExecutorError::Plan("wait without a submitted step".into()))
+    }
+}

@@ -1,0 +1,155 @@
+//! What a rank knows of each request between steps (vLLM's `CachedRequestState`), kept current
+//! from the step plans: a request arrives once with its tokens, table and sampling settings,
+//! then each step appends the tokens and blocks it names. Every rank of a group applies the
+//! same plans in the same order, so all agree without asking rank 0 again.
+
+use std::collections::HashMap;
+
+use shardline_exec::{ExecutorError, RequestId, StepPlan};
+use shardline_model::SeqInput;
+use shardline_sampling::Sampler;
+
+pub struct RequestState {
+    /// The prompt, then every generated token the plans have named.
+    pub tokens: Vec<u32>,
+    /// Leading tokens whose K/V are in the cache (after the step being run).
+    pub num_computed: usize,
+    pub block_ids: Vec<u32>,
+    pub sampler: Sampler,
+}
+
+/// The step being run, flattened for the model: one input per scheduled request, and which
+/// requests get a token sampled (those whose computed tokens reach their end), in batch order.
+#[derive(Debug)]
+pub struct PreparedStep {
+    pub inputs: Vec<SeqInput>,
+    pub sampled: Vec<RequestId>,
+}
+
+#[derive(Default)]
+pub struct RequestTable {
+    requests: HashMap<RequestId, RequestState>,
+}
+
+fn bad(msg: String) -> ExecutorError {
+    ExecutorError::Plan(msg)
+}
+
+impl RequestTable {
+    /// Applies `plan` (forget, add, update) and returns its batch.
+    pub fn apply(&mut self, plan: &StepPlan) -> Result<PreparedStep, ExecutorError> {
+        for id in &plan.forget {
+            self.requests.remove(id).ok_or_else(|| bad(format!("forget names unknown request {id}")))?;
+        }
+        for r in &plan.new_requests {
+            let state = RequestState {
+                tokens: r.token_ids.clone(),
+                num_computed: r.num_computed_tokens,
+                block_ids: r.block_ids.clone(),
+                sampler: Sampler::new(&r.sampling),
+            };
+            if self.requests.insert(r.id, state).is_some() {
+                return Err(bad(format!("request {} introduced while known", r.id)));
+            }
+        }
+        let mut step = PreparedStep { inputs: Vec::with_capacity(plan.scheduled.len()), sampled: Vec::new() };
+        for s in &plan.scheduled {
+            let r = self.requests.get_mut(&s.id).ok_or_else(|| bad(format!("step names unknown request {}", s.id)))?;
+            r.tokens.extend(&s.new_token_ids);
+            r.block_ids.extend(&s.new_block_ids);
+            let end = r.num_computed + s.num_tokens;
+            if s.num_tokens == 0 || end > r.tokens.len() {
+                return Err(bad(format!(
+                    "request {} computes tokens {}..{end} of {}",
+                    s.id,
+                    r.num_computed,
+                    r.tokens.len()
+                )));
+            }
+            let wants_logits = end == r.tokens.len();
+            step.inputs.push(SeqInput {
+                tokens: r.tokens[r.num_computed..end].to_vec(),
+                cached_len: r.num_computed,
+                block_table: r.block_ids.clone(),
+                wants_logits,
+            });
+            if wants_logits {
+                step.sampled.push(s.id);
+            }
+            r.num_computed = end;
+        }
+        Ok(step)
+    }
+
+    /// The states of `ids`, in that order (for sampling several rows at once).
+    pub fn states_mut(&mut self, ids: &[RequestId]) -> Vec<&mut RequestState> {
+        let position: HashMap<RequestId, usize> = ids.iter().enumerate().map(|(i, id)| (*id, i)).collect();
+        let mut found: Vec<(usize, &mut RequestState)> =
+            self.requests.iter_mut().filter_map(|(id, r)| position.get(id).map(|&i| (i, r))).collect();
+        found.sort_unstable_by_key(|(i, _)| *i);
+        found.into_iter().map(|(_, r)| r).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use shardline_exec::{NewRequest, ScheduledRequest};
+    use shardline_sampling::SamplingParams;
+
+    use super::*;
+
+    fn new(id: RequestId, tokens: Vec<u32>, computed: usize, blocks: Vec<u32>) -> NewRequest {
+        NewRequest {
+            id,
+            token_ids: tokens,
+            num_computed_tokens: computed,
+            block_ids: blocks,
+            sampling: SamplingParams::greedy().sampler_settings(0),
+        }
+    }
+
+    fn sched(id: RequestId, n: usize, tokens: &[u32], blocks: &[u32]) -> ScheduledRequest {
+        ScheduledRequest { id, num_tokens: n, new_token_ids: tokens.to_vec(), new_block_ids: blocks.to_vec() }
+    }
+
+    #[test]
+    fn plans_build_the_batch_from_diffs() {
+        let mut t = RequestTable::default();
+        // A prefix hit: 4 of 6 tokens computed; then a chunked prompt of 5 (3 now, 2 later).
+        let plan = StepPlan {
+            new_requests: vec![new(1, vec![1, 2, 3, 4, 5, 6], 4, vec![7, 8]), new(2, vec![9; 5], 0, vec![3])],
+            scheduled: vec![sched(1, 2, &[], &[]), sched(2, 3, &[], &[])],
+            ..Default::default()
+        };
+        let step = t.apply(&plan).unwrap();
+        assert_eq!(step.inputs[0].tokens, [5, 6]);
+        assert_eq!(step.inputs[0].cached_len, 4);
+        assert!(step.inputs[0].wants_logits && !step.inputs[1].wants_logits);
+        assert_eq!(step.sampled, [1]);
+        // Next step: request 1 decodes the token sampled for it, with a new block.
+        let plan =
+            StepPlan { scheduled: vec![sched(1, 1, &[42], &[11]), sched(2, 2, &[], &[4])], ..Default::default() };
+        let step = t.apply(&plan).unwrap();
+        assert_eq!(step.inputs[0].tokens, [42]);
+        assert_eq!(step.inputs[0].block_table, [7, 8, 11]);
+        assert_eq!(step.inputs[1].cached_len, 3);
+        assert_eq!(step.sampled, [1, 2]);
+        let states = t.states_mut(&[2, 1]);
+        assert_eq!(states[0].tokens.len(), 5);
+        assert_eq!(states[1].tokens.len(), 7);
+        // Forgotten requests are gone; naming one again is a plan error.
+        let plan = StepPlan { forget: vec![1], scheduled: vec![sched(1, 1, &[], &[])], ..Default::default() };
+        assert!(t.apply(&plan).unwrap_err().to_string().contains("unknown request 1"));
+    }
+
+    #[test]
+    fn contradictory_plans_are_refused() {
+        let mut t = RequestTable::default();
+        let plan = StepPlan { new_requests: vec![new(1, vec![1, 2], 0, vec![0])], ..Default::default() };
+        t.apply(&plan).unwrap();
+        assert!(t.apply(&plan).unwrap_err().to_string().contains("introduced while known"));
+        let over = StepPlan { scheduled: vec![sched(1, 3, &[], &[])], ..Default::default() };
+        assert!(t.apply(&over).unwrap_err().to_string().contains("computes tokens 0..3 of 2"));
+        assert!(t.apply(&StepPlan { forget: vec![5], ..Default::default() }).is_err());
+    }
+}

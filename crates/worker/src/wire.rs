@@ -1,0 +1,256 @@
+//! Between a group's Rust types and their wire form (`proto/shardline/worker/v1`): the one
+//! place step plans, sampled tokens and the group's dtype, device and load format are
+//! converted for the wire.
+
+use candle_core::DType;
+use shardline_exec::{NewRequest, Sampled, ScheduledRequest, StepOutput, StepPlan};
+use shardline_model::{DeviceKind, LoadFormat};
+use shardline_proto::worker::v1 as pb;
+use shardline_sampling::{SampledToken, SamplerSettings, TokenLogprob};
+
+use crate::error::{Result, WorkerError};
+use crate::layout::GroupLayout;
+
+/// What a group serves and how it is split; rank 0 hands it to every rank at the rendezvous.
+#[derive(Clone, Debug, PartialEq)]
+pub struct GroupConfig {
+    /// Model path or alias, resolved (and fetched if needed) on each rank.
+    pub model: String,
+    pub load_format: LoadFormat,
+    pub dtype: DType,
+    pub device: DeviceKind,
+    pub layout: GroupLayout,
+    /// KV cache blocks every rank allocates.
+    pub num_blocks: usize,
+    /// Tokens per KV block.
+    pub block_size: usize,
+}
+
+impl GroupConfig {
+    pub fn to_proto(&self) -> pb::GroupSpec {
+        pb::GroupSpec {
+            model: self.model.clone(),
+            load_format: match self.load_format {
+                LoadFormat::Auto => pb::LoadFormat::Auto,
+                LoadFormat::Dummy => pb::LoadFormat::Dummy,
+            } as i32,
+            dtype: match self.dtype {
+                DType::F16 => pb::Dtype::F16,
+                DType::BF16 => pb::Dtype::Bf16,
+                _ => pb::Dtype::F32,
+            } as i32,
+            tp: self.layout.tp as u32,
+            pp: self.layout.pp as u32,
+            stage_layers: self.layout.stage_layers.iter().map(|&l| l as u32).collect(),
+            num_blocks: self.num_blocks as u32,
+            block_size: self.block_size as u32,
+            device: match self.device {
+                DeviceKind::Cpu => pb::Device::Cpu,
+                DeviceKind::Cuda => pb::Device::Cuda,
+            } as i32,
+        }
+    }
+
+    pub fn from_proto(spec: &pb::GroupSpec) -> Result<Self> {
+        let bad = |what: &str, v: i32| WorkerError::Protocol(format!("the group spec has no valid {what} ({v})"));
+        let load_format = match pb::LoadFormat::try_from(spec.load_format) {
+            Ok(pb::LoadFormat::Auto) => LoadFormat::Auto,
+            Ok(pb::LoadFormat::Dummy) => LoadFormat::Dummy,
+            _ => return Err(bad("load format", spec.load_format)),
+        };
+        let dtype = match pb::Dtype::try_from(spec.dtype) {
+            Ok(pb::Dtype::F32) => DType::F32,
+            Ok(pb::Dtype::F16) => DType::F16,
+            Ok(pb::Dtype::Bf16) => DType::BF16,
+            _ => return Err(bad("dtype", spec.dtype)),
+        };
+        let device = match pb::Device::try_from(spec.device) {
+            Ok(pb::Device::Cpu) => DeviceKind::Cpu,
+            Ok(pb::Device::Cuda) => DeviceKind::Cuda,
+            _ => return Err(bad("device", spec.device)),
+        };
+        let layout = GroupLayout {
+            tp: spec.tp as usize,
+            pp: spec.pp as usize,
+            stage_layers: spec.stage_layers.iter().map(|&l| l as usize).collect(),
+        };
+        if layout.tp == 0 || layout.pp != layout.stage_layers.len() {
+            return Err(WorkerError::Protocol(format!("the group spec's layout is inconsistent: {layout:?}")));
+        }
+        Ok(GroupConfig {
+            model: spec.model.clone(),
+            load_format,
+            dtype,
+            device,
+            layout,
+            num_blocks: spec.num_blocks as usize,
+            block_size: spec.block_size as usize,
+        })
+    }
+}
+
+fn sampling_to_proto(s: &SamplerSettings) -> pb::SamplerSettings {
+    pb::SamplerSettings {
+        temperature: s.temperature,
+        top_k: s.top_k as u32,
+        top_p: s.top_p,
+        min_p: s.min_p,
+        repetition_penalty: s.repetition_penalty,
+        seed: s.seed,
+        logprobs: s.logprobs.map(|k| k as u32),
+    }
+}
+
+fn sampling_from_proto(s: &pb::SamplerSettings) -> SamplerSettings {
+    SamplerSettings {
+        temperature: s.temperature,
+        top_k: s.top_k as usize,
+        top_p: s.top_p,
+        min_p: s.min_p,
+        repetition_penalty: s.repetition_penalty,
+        seed: s.seed,
+        logprobs: s.logprobs.map(|k| k as usize),
+    }
+}
+
+pub fn step_to_proto(step_id: u64, plan: &StepPlan) -> pb::Step {
+    pb::Step {
+        step_id,
+        forget_request_ids: plan.forget.clone(),
+        new_requests: plan
+            .new_requests
+            .iter()
+            .map(|r| pb::NewRequest {
+                request_id: r.id,
+                token_ids: r.token_ids.clone(),
+                num_computed_tokens: r.num_computed_tokens as u32,
+                block_ids: r.block_ids.clone(),
+                sampling: Some(sampling_to_proto(&r.sampling)),
+            })
+            .collect(),
+        scheduled: plan
+            .scheduled
+            .iter()
+            .map(|s| pb::ScheduledRequest {
+                request_id: s.id,
+                num_tokens: s.num_tokens as u32,
+                new_token_ids: s.new_token_ids.clone(),
+                new_block_ids: s.new_block_ids.clone(),
+            })
+            .collect(),
+    }
+}
+
+pub fn step_from_proto(step: pb::Step) -> Result<StepPlan> {
+    let new_requests = step
+        .new_requests
+        .into_iter()
+        .map(|r| {
+            let sampling = r.sampling.as_ref().ok_or_else(|| {
+                WorkerError::Protocol(format!(
+                    "step {}: request {} has no sampling settings",
+                    step.step_id, r.request_id
+                ))
+            })?;
+            Ok(NewRequest {
+                id: r.request_id,
+                token_ids: r.token_ids,
+                num_computed_tokens: r.num_computed_tokens as usize,
+                block_ids: r.block_ids,
+                sampling: sampling_from_proto(sampling),
+            })
+        })
+        .collect::<Result<_>>()?;
+    let scheduled = step
+        .scheduled
+        .into_iter()
+        .map(|s| ScheduledRequest {
+            id: s.request_id,
+            num_tokens: s.num_tokens as usize,
+            new_token_ids: s.new_token_ids,
+            new_block_ids: s.new_block_ids,
+        })
+        .collect();
+    Ok(StepPlan { forget: step.forget_request_ids, new_requests, scheduled })
+}
+
+pub fn output_to_proto(step_id: u64, out: &StepOutput) -> pb::StepResult {
+    let sampled = out
+        .sampled
+        .iter()
+        .map(|s| pb::SampledToken {
+            request_id: s.id,
+            token_id: s.token.token_id,
+            logprob: s.token.logprob,
+            top: s.token.top.iter().map(|t| pb::TopLogprob { token_id: t.token_id, logprob: t.logprob }).collect(),
+        })
+        .collect();
+    pb::StepResult { step_id, sampled, error: String::new() }
+}
+
+pub fn output_from_proto(result: pb::StepResult) -> StepOutput {
+    let sampled = result
+        .sampled
+        .into_iter()
+        .map(|s| Sampled {
+            id: s.request_id,
+            token: SampledToken {
+                token_id: s.token_id,
+                logprob: s.logprob,
+                top: s.top.into_iter().map(|t| TokenLogprob { token_id: t.token_id, logprob: t.logprob }).collect(),
+            },
+        })
+        .collect();
+    StepOutput { sampled }
+}
+
+#[cfg(test)]
+mod tests {
+    use shardline_sampling::SamplingParams;
+
+    use super::*;
+
+    #[test]
+    fn group_config_round_trips_and_unspecified_fields_are_refused() {
+        let cfg = GroupConfig {
+            model: "m".into(),
+            load_format: LoadFormat::Dummy,
+            dtype: DType::BF16,
+            device: DeviceKind::Cuda,
+            layout: GroupLayout::new(2, 2, 30, None).unwrap(),
+            num_blocks: 64,
+            block_size: 16,
+        };
+        assert_eq!(GroupConfig::from_proto(&cfg.to_proto()).unwrap(), cfg);
+        let unset = pb::GroupSpec { dtype: 0, ..cfg.to_proto() };
+        assert!(GroupConfig::from_proto(&unset).unwrap_err().to_string().contains("dtype"));
+    }
+
+    #[test]
+    fn plans_and_outputs_round_trip() {
+        let plan = StepPlan {
+            forget: vec![3],
+            new_requests: vec![NewRequest {
+                id: 4,
+                token_ids: vec![1, 2, 3],
+                num_computed_tokens: 0,
+                block_ids: vec![9],
+                sampling: SamplingParams { temperature: 0.8, logprobs: Some(2), ..Default::default() }
+                    .sampler_settings(77),
+            }],
+            scheduled: vec![ScheduledRequest { id: 4, num_tokens: 3, ..Default::default() }],
+        };
+        assert_eq!(step_from_proto(step_to_proto(5, &plan)).unwrap(), plan);
+        let out = StepOutput {
+            sampled: vec![Sampled {
+                id: 4,
+                token: SampledToken {
+                    token_id: 7,
+                    logprob: -0.5,
+                    top: vec![TokenLogprob { token_id: 7, logprob: -0.5 }],
+                },
+            }],
+        };
+        assert_eq!(output_from_proto(output_to_proto(5, &out)), out);
+    }
+}
