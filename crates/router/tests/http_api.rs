@@ -13,7 +13,9 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use shardline_tokenizer::ChatMessage;
 use shardline_tokenizer::Prompt;
-use support::*;
+use support::{
+    bounded, chunks, direct, engine, get, json, metric, post, post_ok, post_stream, request, start, text, BLOCK_SIZE,
+};
 
 // ---------------------------------------------------------------------------------------------
 // Tests
@@ -76,7 +78,7 @@ async fn completions_equal_the_engines_greedy_output_streamed_or_not() {
         for ct in [None, Some("application/x-www-form-urlencoded")] {
             let r = request(addr, "POST", "/v1/completions", Some(body.as_bytes()), ct).await;
             assert_eq!(r.status, 200);
-            assert_eq!(r.json().await["choices"][0]["text"], want.text.as_str());
+            assert_eq!(json(r).await["choices"][0]["text"], want.text.as_str());
         }
     })
     .await;
@@ -288,7 +290,7 @@ async fn bad_requests_are_400s_with_openai_errors_and_the_server_keeps_serving()
                 let r = request(addr, "POST", path, Some(&body), Some("application/json")).await;
                 let got = r.status;
                 assert!(r.header("content-type").unwrap().starts_with("application/json"));
-                let v = r.json().await;
+                let v = json(r).await;
                 assert_eq!(got, status, "{path} {shown} (stream {stream}): {v}");
                 let err = &v["error"];
                 let message = err["message"].as_str().unwrap();
@@ -301,10 +303,10 @@ async fn bad_requests_are_400s_with_openai_errors_and_the_server_keeps_serving()
         // Wrong routes and methods are JSON errors too.
         let r = get(addr, "/v1/nothing").await;
         assert_eq!(r.status, 404);
-        assert!(r.json().await["error"]["message"].is_string());
+        assert!(json(r).await["error"]["message"].is_string());
         let r = get(addr, "/v1/completions").await;
         assert_eq!(r.status, 405);
-        assert!(r.json().await["error"]["message"].is_string());
+        assert!(json(r).await["error"]["message"].is_string());
 
         // Still serving.
         let v = post_ok(addr, "/v1/completions", &json!({"prompt": "hi", "max_tokens": 3, "ignore_eos": true})).await;
@@ -318,7 +320,7 @@ async fn models_health_and_metrics() {
     let server = start().await;
     let addr = server.addr;
     bounded(async {
-        let v = get(addr, "/v1/models").await.json().await;
+        let v = json(get(addr, "/v1/models").await).await;
         assert_eq!(v["object"], "list");
         let data = v["data"].as_array().unwrap();
         assert_eq!(data.len(), 1);
@@ -329,13 +331,13 @@ async fn models_health_and_metrics() {
 
         let r = get(addr, "/health").await;
         assert_eq!(r.status, 200);
-        assert_eq!(r.text().await, "");
+        assert_eq!(text(r).await, "");
 
         post_ok(addr, "/v1/completions", &json!({"prompt": "hi", "max_tokens": 4, "ignore_eos": true})).await;
         let r = get(addr, "/metrics").await;
         assert_eq!(r.status, 200);
         assert!(r.header("content-type").unwrap().starts_with("text/plain; version=0.0.4"));
-        let text = r.text().await;
+        let text = text(r).await;
         for name in [
             "shardline:time_to_first_token_seconds",
             "shardline:kv_cache_usage_perc",
@@ -356,7 +358,7 @@ async fn models_health_and_metrics() {
         }
         let r = post(addr, "/v1/completions", &json!({"prompt": "hi"})).await;
         assert_eq!(r.status, 503);
-        assert_eq!(r.json().await["error"]["code"], 503);
+        assert_eq!(json(r).await["error"]["code"], 503);
     })
     .await;
 }
@@ -370,14 +372,14 @@ async fn a_client_that_leaves_mid_stream_frees_its_kv_blocks() {
         let r = post(addr, "/v1/completions", &req).await;
         assert_eq!(r.status, 200);
         let mut events = r.events();
-        let first = events.next().await.expect("a first chunk");
+        let first = events.next_data().await.unwrap().expect("a first chunk");
         assert!(first.starts_with('{'), "{first}");
-        let busy = metric(&get(addr, "/metrics").await.text().await, "shardline:kv_cache_usage_perc").unwrap();
+        let busy = metric(&text(get(addr, "/metrics").await).await, "shardline:kv_cache_usage_perc").unwrap();
         drop(events); // closes the connection
 
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
-            let text = get(addr, "/metrics").await.text().await;
+            let text = text(get(addr, "/metrics").await).await;
             let usage = metric(&text, "shardline:kv_cache_usage_perc").unwrap();
             if usage == 0.0 {
                 let aborted = metric(&text, "shardline:request_aborted_total").unwrap();

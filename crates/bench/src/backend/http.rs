@@ -1,6 +1,6 @@
 //! A minimal HTTP/1.1 client: one request per connection (`Connection: close`), bodies by
-//! Content-Length, chunked or until close, and server-sent events on top. Adapted from the
-//! client in `crates/router/tests/http_api.rs`.
+//! Content-Length, chunked or until close, and server-sent events on top. The workspace's one
+//! HTTP/SSE client: the benchmark's OpenAI backend and the router's HTTP tests both use it.
 //!
 //! Why not hyper/reqwest: the benchmark needs plain HTTP and a byte stream, and the workspace
 //! builds hyper without its client features; this keeps the dependency tree as it is. A fresh
@@ -48,19 +48,32 @@ impl Target {
 
     /// Sends `method path` (prefixed) with an optional JSON body on a fresh connection.
     pub async fn request(&self, method: &str, path: &str, json: Option<&[u8]>) -> io::Result<Response> {
+        self.send(method, path, json, json.map(|_| "application/json")).await
+    }
+
+    /// Sends `method path` (prefixed) with an optional body of any (or no) content type.
+    pub async fn send(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&[u8]>,
+        content_type: Option<&str>,
+    ) -> io::Result<Response> {
         let mut stream = TcpStream::connect(&self.authority).await?;
         stream.set_nodelay(true)?;
         let mut head = format!(
             "{method} {}{path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nAccept: */*\r\n",
             self.prefix, self.authority
         );
-        let body = json.unwrap_or_default();
-        if json.is_some() {
-            head.push_str(&format!("Content-Type: application/json\r\nContent-Length: {}\r\n", body.len()));
+        if let Some(ct) = content_type {
+            head.push_str(&format!("Content-Type: {ct}\r\n"));
+        }
+        if let Some(body) = body {
+            head.push_str(&format!("Content-Length: {}\r\n", body.len()));
         }
         head.push_str("\r\n");
         let mut out = head.into_bytes();
-        out.extend_from_slice(body);
+        out.extend_from_slice(body.unwrap_or_default());
         stream.write_all(&out).await?;
         Response::read_head(BufReader::new(stream)).await
     }
@@ -79,6 +92,8 @@ enum BodyKind {
 /// A response whose body is read as it arrives.
 pub struct Response {
     pub status: u16,
+    /// Header names and values, in order.
+    pub headers: Vec<(String, String)>,
     reader: BufReader<TcpStream>,
     kind: BodyKind,
     done: bool,
@@ -94,6 +109,7 @@ impl Response {
             .and_then(|s| s.parse().ok())
             .ok_or_else(|| bad(format!("bad status line {line:?}")))?;
         let mut kind = BodyKind::UntilClose;
+        let mut headers = Vec::new();
         loop {
             line.clear();
             if reader.read_line(&mut line).await? == 0 {
@@ -105,13 +121,19 @@ impl Response {
             }
             let Some((name, value)) = l.split_once(':') else { continue };
             let value = value.trim();
+            headers.push((name.trim().to_string(), value.to_string()));
             if name.eq_ignore_ascii_case("transfer-encoding") && value.to_ascii_lowercase().contains("chunked") {
                 kind = BodyKind::Chunked;
             } else if name.eq_ignore_ascii_case("content-length") && !matches!(kind, BodyKind::Chunked) {
                 kind = BodyKind::Length(value.parse().map_err(|_| bad(format!("bad Content-Length {value:?}")))?);
             }
         }
-        Ok(Response { status, reader, kind, done: false })
+        Ok(Response { status, headers, reader, kind, done: false })
+    }
+
+    /// The first value of header `name` (any case).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
     }
 
     /// The next piece of the body, or None at its end.
@@ -173,6 +195,11 @@ impl Response {
             all.extend(b);
         }
         Ok(all)
+    }
+
+    /// The whole (remaining) body as UTF-8 text.
+    pub async fn text(self) -> io::Result<String> {
+        String::from_utf8(self.bytes().await?).map_err(|e| bad(format!("the body is not UTF-8: {e}")))
     }
 
     /// The body as server-sent events.
@@ -280,6 +307,7 @@ mod tests {
         let target = serve_once("HTTP/1.1 404 Not Found\r\nContent-Length: 5\r\n\r\nnope!".into(), 3).await;
         let r = target.request("GET", "/v1/models", None).await.unwrap();
         assert_eq!(r.status, 404);
+        assert_eq!(r.header("content-length"), Some("5"));
         assert_eq!(r.bytes().await.unwrap(), b"nope!");
     }
 }

@@ -3,7 +3,7 @@
 //! own HTTP). Both stream, so every token's client-side arrival time is recorded.
 
 mod grpc;
-mod http;
+pub mod http;
 mod openai;
 
 use std::str::FromStr;

@@ -1,11 +1,11 @@
 //! Test support for `http_api.rs`: a tiny model served by the engine core and the HTTP router
-//! on 127.0.0.1:0, and a minimal HTTP/1.1 client (chunked bodies and SSE) over
-//! `tokio::net::TcpStream`, which keeps the dependency tree as it is.
+//! on 127.0.0.1:0, and requests through the benchmark's HTTP/SSE client.
 
 #![allow(dead_code)]
 
 use candle_core::DType;
 use serde_json::{json, Value};
+pub use shardline_bench::backend::http::{Events, Response, Target};
 use shardline_engine::{Engine, EngineConfig};
 use shardline_model::ModelSpec;
 use shardline_router::http::router;
@@ -17,8 +17,6 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::TcpStream;
 
 pub const VOCAB: usize = 300;
 pub const BLOCK_SIZE: usize = 4;
@@ -93,137 +91,8 @@ pub fn direct(dir: &tempfile::TempDir, prompt: Prompt, max_tokens: usize) -> sha
 }
 
 // ---------------------------------------------------------------------------------------------
-// A minimal HTTP/1.1 client
+// HTTP over the workspace's one client (shardline-bench's), failing the test on I/O errors
 // ---------------------------------------------------------------------------------------------
-
-pub enum BodyKind {
-    Chunked,
-    Length(usize),
-    UntilClose,
-}
-
-pub struct Response {
-    pub status: u16,
-    pub headers: Vec<(String, String)>,
-    pub reader: BufReader<TcpStream>,
-    pub kind: BodyKind,
-    pub done: bool,
-}
-
-impl Response {
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
-    }
-
-    /// The next piece of the body, or None at its end.
-    pub async fn next_bytes(&mut self) -> Option<Vec<u8>> {
-        if self.done {
-            return None;
-        }
-        match &mut self.kind {
-            BodyKind::Chunked => {
-                let mut line = String::new();
-                self.reader.read_line(&mut line).await.unwrap();
-                let size = usize::from_str_radix(line.trim().split(';').next().unwrap(), 16)
-                    .unwrap_or_else(|_| panic!("bad chunk size line {line:?}"));
-                if size == 0 {
-                    // Trailers, then the blank line.
-                    loop {
-                        line.clear();
-                        if self.reader.read_line(&mut line).await.unwrap() == 0 || line.trim().is_empty() {
-                            break;
-                        }
-                    }
-                    self.done = true;
-                    return None;
-                }
-                let mut buf = vec![0; size];
-                self.reader.read_exact(&mut buf).await.unwrap();
-                line.clear();
-                self.reader.read_line(&mut line).await.unwrap();
-                Some(buf)
-            }
-            BodyKind::Length(left) => {
-                if *left == 0 {
-                    self.done = true;
-                    return None;
-                }
-                let mut buf = vec![0; (*left).min(1 << 16)];
-                let n = self.reader.read(&mut buf).await.unwrap();
-                assert!(n > 0, "connection closed before the body ended");
-                *left -= n;
-                buf.truncate(n);
-                Some(buf)
-            }
-            BodyKind::UntilClose => {
-                let mut buf = vec![0; 1 << 16];
-                let n = self.reader.read(&mut buf).await.unwrap();
-                if n == 0 {
-                    self.done = true;
-                    return None;
-                }
-                buf.truncate(n);
-                Some(buf)
-            }
-        }
-    }
-
-    pub async fn text(mut self) -> String {
-        let mut all = Vec::new();
-        while let Some(b) = self.next_bytes().await {
-            all.extend(b);
-        }
-        String::from_utf8(all).unwrap()
-    }
-
-    pub async fn json(self) -> Value {
-        let text = self.text().await;
-        serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
-    }
-
-    /// Server-sent events: the `data` of the next event, skipping comments (keep-alives).
-    pub fn events(self) -> Events {
-        Events { response: self, buf: Vec::new() }
-    }
-}
-
-pub struct Events {
-    pub response: Response,
-    pub buf: Vec<u8>,
-}
-
-impl Events {
-    pub async fn next(&mut self) -> Option<String> {
-        loop {
-            if let Some(i) = self.buf.windows(2).position(|w| w == b"\n\n") {
-                let event: Vec<u8> = self.buf.drain(..i + 2).collect();
-                let event = String::from_utf8(event).unwrap();
-                let data: Vec<&str> = event
-                    .lines()
-                    .filter_map(|l| l.strip_prefix("data:"))
-                    .map(|d| d.strip_prefix(' ').unwrap_or(d))
-                    .collect();
-                if !data.is_empty() {
-                    return Some(data.join("\n"));
-                }
-                continue;
-            }
-            match self.response.next_bytes().await {
-                Some(b) => self.buf.extend(b),
-                None => return None,
-            }
-        }
-    }
-
-    /// Every remaining event's data.
-    pub async fn all(mut self) -> Vec<String> {
-        let mut out = Vec::new();
-        while let Some(d) = self.next().await {
-            out.push(d);
-        }
-        out
-    }
-}
 
 /// Sends one request on a fresh connection. `content_type` None sends none at all.
 pub async fn request(
@@ -233,46 +102,26 @@ pub async fn request(
     body: Option<&[u8]>,
     content_type: Option<&str>,
 ) -> Response {
-    let mut stream = TcpStream::connect(addr).await.unwrap();
-    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
-    if let Some(ct) = content_type {
-        head.push_str(&format!("Content-Type: {ct}\r\n"));
+    let target = Target::parse(&format!("http://{addr}")).unwrap();
+    target.send(method, path, body, content_type).await.unwrap()
+}
+
+pub async fn text(r: Response) -> String {
+    r.text().await.unwrap()
+}
+
+pub async fn json(r: Response) -> Value {
+    let text = text(r).await;
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
+}
+
+/// Every remaining event's data.
+pub async fn all_events(mut events: Events) -> Vec<String> {
+    let mut out = Vec::new();
+    while let Some(d) = events.next_data().await.unwrap() {
+        out.push(d);
     }
-    let body = body.unwrap_or_default();
-    if method != "GET" {
-        head.push_str(&format!("Content-Length: {}\r\n", body.len()));
-    }
-    head.push_str("\r\n");
-    stream.write_all(head.as_bytes()).await.unwrap();
-    stream.write_all(body).await.unwrap();
-    let mut reader = BufReader::new(stream);
-    let mut line = String::new();
-    reader.read_line(&mut line).await.unwrap();
-    let status: u16 = line
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("bad status line {line:?}"));
-    let mut headers = Vec::new();
-    loop {
-        line.clear();
-        reader.read_line(&mut line).await.unwrap();
-        let l = line.trim_end();
-        if l.is_empty() {
-            break;
-        }
-        let (k, v) = l.split_once(':').unwrap();
-        headers.push((k.trim().to_string(), v.trim().to_string()));
-    }
-    let find = |name: &str| headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.clone());
-    let kind = if find("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
-        BodyKind::Chunked
-    } else if let Some(n) = find("content-length") {
-        BodyKind::Length(n.parse().unwrap())
-    } else {
-        BodyKind::UntilClose
-    };
-    Response { status, headers, reader, kind, done: false }
+    out
 }
 
 pub async fn post(addr: SocketAddr, path: &str, body: &Value) -> Response {
@@ -287,7 +136,7 @@ pub async fn get(addr: SocketAddr, path: &str) -> Response {
 pub async fn post_ok(addr: SocketAddr, path: &str, body: &Value) -> Value {
     let r = post(addr, path, body).await;
     let status = r.status;
-    let v = r.json().await;
+    let v = json(r).await;
     assert_eq!(status, 200, "{v}");
     v
 }
@@ -297,7 +146,7 @@ pub async fn post_stream(addr: SocketAddr, path: &str, body: &Value) -> Vec<Stri
     let r = post(addr, path, body).await;
     assert_eq!(r.status, 200);
     assert!(r.header("content-type").unwrap().starts_with("text/event-stream"));
-    r.events().all().await
+    all_events(r.events()).await
 }
 
 pub fn chunks(events: &[String]) -> Vec<Value> {
