@@ -1,8 +1,8 @@
 //! `shardline bench`: a load generator for Shardline's gRPC API or any OpenAI-compatible
 //! server, measuring what clients see.
 //!
-//! The pieces, one job each: [`workload`] makes seeded requests of exact token lengths (or
-//! replays a [`dataset`]'s),
+//! The pieces, one job each: [`workload`] makes seeded requests of exact token lengths
+//! (optionally behind shared prefixes, or replays a [`dataset`]'s),
 //! [`load`] offers them (closed loop or Poisson arrivals), [`backend`] sends them and records
 //! every token's arrival, [`metrics`] turns those timelines into TTFT/TPOT/ITL/E2E and
 //! throughputs (pure, with the definitions), [`report`] prints and serializes the result, and
@@ -20,4 +20,4 @@ pub mod workload;
 pub use backend::BackendKind;
 pub use load::{Load, Stop};
 pub use metrics::Slo;
-pub use run::{run, BenchConfig, BenchReport, RunResult, DEFAULT_VOCAB};
+pub use run::{run, BenchConfig, BenchReport, DatasetConfig, RunResult, DEFAULT_VOCAB};

@@ -7,7 +7,7 @@ use serde_json::{json, Value};
 
 use crate::load::{Load, Stop};
 use crate::metrics::Stats;
-use crate::run::{BenchReport, RunResult};
+use crate::run::{BenchReport, DatasetConfig, RunResult};
 
 /// The JSON output's schema name.
 pub const SCHEMA: &str = "shardline.bench.v1";
@@ -38,6 +38,10 @@ fn stats_json(s: &Option<Stats>) -> Value {
 fn run_json(report: &BenchReport, run: &RunResult) -> Value {
     let c = &report.config;
     let s = &run.summary;
+    let prefix = match &c.dataset {
+        Some(DatasetConfig::PrefixRepetition(p)) => Some(p),
+        _ => None,
+    };
     let mut v = json!({
         "backend": c.backend.name(),
         "endpoint": c.endpoint,
@@ -45,7 +49,9 @@ fn run_json(report: &BenchReport, run: &RunResult) -> Value {
         "input_len": c.input_len,
         "output_len": c.output_len,
         "random_range": c.random_range,
-        "dataset": c.dataset.as_ref().map(|d| d.name.clone()),
+        "dataset": c.dataset.as_ref().map(|d| d.name()),
+        "prefix_len": prefix.map(|p| p.prefix_len),
+        "num_prefixes": prefix.map(|p| p.num_prefixes),
         "seed": c.seed,
         "warmup": c.warmup,
         "duration_limit_s": match c.stop {
@@ -141,7 +147,11 @@ fn caption(report: &BenchReport) -> String {
     };
     let range = if c.random_range > 0.0 { format!(" (±{:.0}%)", c.random_range * 100.0) } else { String::new() };
     let prompts = match &c.dataset {
-        Some(d) => format!("dataset {} ({} requests)", d.name, d.requests.len()),
+        Some(DatasetConfig::Replay(d)) => format!("dataset {} ({} requests)", d.name, d.requests.len()),
+        Some(DatasetConfig::PrefixRepetition(p)) => format!(
+            "dataset prefix-repetition: {} prefixes × {} tokens + {}-token unique suffixes / output {} tokens{range}",
+            p.num_prefixes, p.prefix_len, c.input_len, c.output_len
+        ),
         None => format!("input {} / output {} tokens{range}", c.input_len, c.output_len),
     };
     format!(
@@ -199,6 +209,7 @@ mod tests {
     use crate::backend::BackendKind;
     use crate::metrics::{summarize, RequestRecord, Slo};
     use crate::run::BenchConfig;
+    use crate::workload::PrefixSpec;
 
     fn report(slo: Option<Slo>) -> BenchReport {
         let config = BenchConfig {
@@ -278,5 +289,22 @@ mod tests {
         assert!(md.contains("|---|---:|"), "{md}");
         assert!(md.contains("goodput/s"));
         assert_eq!(md.lines().filter(|l| l.starts_with("| c=2") || l.starts_with("| rate=inf")).count(), 2, "{md}");
+    }
+
+    #[test]
+    fn a_prefix_workload_is_named_in_the_caption_and_the_json() {
+        let plain = to_json(&report(None));
+        assert_eq!((&plain["runs"][0]["prefix_len"], &plain["runs"][0]["num_prefixes"]), (&Value::Null, &Value::Null));
+        let mut r = report(None);
+        r.config.dataset = Some(DatasetConfig::PrefixRepetition(PrefixSpec { prefix_len: 1024, num_prefixes: 8 }));
+        r.config.input_len = 32;
+        let t = table(&r);
+        let caption =
+            "dataset prefix-repetition: 8 prefixes × 1024 tokens + 32-token unique suffixes / output 3 tokens";
+        assert!(t.lines().next().unwrap().contains(caption), "{t}");
+        assert!(markdown(&r).contains(caption));
+        let v = to_json(&r);
+        assert_eq!(v["runs"][1]["dataset"], "prefix-repetition");
+        assert_eq!((v["runs"][1]["prefix_len"].as_u64(), v["runs"][1]["num_prefixes"].as_u64()), (Some(1024), Some(8)));
     }
 }

@@ -13,7 +13,7 @@ use crate::backend::{BackendKind, Client};
 use crate::dataset::Dataset;
 use crate::load::{drive, Load, SendFuture, Stop};
 use crate::metrics::{summarize, Slo, Summary};
-use crate::workload::{token_range, RequestSpec, Workload, WorkloadSpec};
+use crate::workload::{token_range, PrefixSpec, RequestSpec, Workload, WorkloadSpec};
 
 /// Vocabulary assumed when the API does not tell it (OpenAI's): Llama 2's and Mistral's 32000,
 /// the smallest of the supported families, so the drawn ids `[3200, 16000)` are ordinary tokens
@@ -24,6 +24,25 @@ pub const DEFAULT_VOCAB: u32 = 32_000;
 const WARMUP_SALT: u64 = 0x5741_524d;
 const ARRIVAL_SALT: u64 = 0x4152_5256;
 
+/// Prompts other than random ones of `input_len` tokens.
+#[derive(Clone, Debug)]
+pub enum DatasetConfig {
+    /// Replay a file's requests.
+    Replay(Arc<Dataset>),
+    /// Random prompts of `input_len` tokens, each after one of a few shared prefixes.
+    PrefixRepetition(PrefixSpec),
+}
+
+impl DatasetConfig {
+    /// `sharegpt:PATH` or `prefix-repetition`, for reports.
+    pub fn name(&self) -> &str {
+        match self {
+            DatasetConfig::Replay(d) => &d.name,
+            DatasetConfig::PrefixRepetition(_) => "prefix-repetition",
+        }
+    }
+}
+
 /// Everything a sweep needs (the CLI's flags, parsed).
 #[derive(Clone, Debug)]
 pub struct BenchConfig {
@@ -31,12 +50,13 @@ pub struct BenchConfig {
     pub endpoint: String,
     /// Model name for OpenAI requests; None asks `/v1/models`.
     pub model: Option<String>,
-    /// Random prompts' lengths (unused with a dataset).
+    /// Random prompts' lengths (the unique suffix's with prefix repetition; unused when
+    /// replaying a file).
     pub input_len: usize,
     pub output_len: usize,
     pub random_range: f64,
-    /// Replay these requests instead of random ones.
-    pub dataset: Option<Arc<Dataset>>,
+    /// Other prompts than plain random ones.
+    pub dataset: Option<DatasetConfig>,
     /// Overrides the vocabulary prompts are drawn from.
     pub vocab_size: Option<u32>,
     /// Closed-loop runs, one per value.
@@ -64,7 +84,7 @@ impl BenchConfig {
         closed.chain(open).collect()
     }
 
-    /// Checks the load levels and stop condition (what the flags cannot check alone).
+    /// Checks the load levels, stop condition and prefixes (what the flags cannot check alone).
     pub fn validate(&self) -> anyhow::Result<()> {
         ensure!(!self.loads().is_empty(), "give at least one --concurrency or --request-rate");
         ensure!(self.concurrency.iter().all(|&c| c > 0), "--concurrency values must be at least 1");
@@ -78,6 +98,11 @@ impl BenchConfig {
         match self.stop {
             Stop::Requests(n) => ensure!(n > 0, "--num-requests must be at least 1"),
             Stop::Duration(d) => ensure!(!d.is_zero(), "--duration must be positive"),
+        }
+        if let Some(DatasetConfig::PrefixRepetition(p)) = &self.dataset {
+            ensure!(p.prefix_len > 0, "--prefix-len must be at least 1");
+            ensure!(p.num_prefixes > 0, "--num-prefixes must be at least 1");
+            ensure!(self.input_len > 0, "--input-len (the unique suffix after the prefix) must be at least 1");
         }
         Ok(())
     }
@@ -114,7 +139,8 @@ pub async fn run(config: &BenchConfig) -> anyhow::Result<BenchReport> {
     };
     let workload = |seed| {
         match &config.dataset {
-            Some(d) => Workload::replay(Arc::clone(d), seed),
+            Some(DatasetConfig::Replay(d)) => Workload::replay(Arc::clone(d), seed),
+            Some(DatasetConfig::PrefixRepetition(p)) => Workload::prefix_repetition(spec.clone(), *p, seed),
             None => Workload::new(spec.clone(), seed),
         }
         .map_err(anyhow::Error::msg)

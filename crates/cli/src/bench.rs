@@ -9,7 +9,13 @@ use std::time::Duration;
 use anyhow::{bail, ensure, Context};
 use clap::{Args, ValueEnum};
 use shardline_bench::dataset::{self, Dataset};
-use shardline_bench::{report, BackendKind, BenchConfig, Slo, Stop};
+use shardline_bench::workload::PrefixSpec;
+use shardline_bench::{report, BackendKind, BenchConfig, DatasetConfig, Slo, Stop};
+
+/// `--prefix-len` and `--num-prefixes` when not given (options rather than clap defaults, so
+/// giving them to another dataset is an error instead of silently ignored).
+const DEFAULT_PREFIX_LEN: usize = 1024;
+const DEFAULT_NUM_PREFIXES: usize = 8;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum DatasetKind {
@@ -18,6 +24,10 @@ pub enum DatasetKind {
     /// ShareGPT conversations (--dataset-path): the first human turn as a text prompt, the
     /// first reply's token count as max_tokens.
     Sharegpt,
+    /// Random token ids after one of --num-prefixes shared prefixes of --prefix-len tokens
+    /// (vLLM's prefix_repetition), for measuring prefix caching: --input-len is the unique
+    /// suffix's length.
+    PrefixRepetition,
 }
 
 #[derive(Args, Debug)]
@@ -43,15 +53,24 @@ pub struct BenchArgs {
     /// or the alias `smollm2-135m` (use the served model's).
     #[arg(long, env = "SHARDLINE_BENCH_TOKENIZER", default_value = "smollm2-135m")]
     tokenizer: String,
-    /// Prompt tokens per request (random token ids, so the length is exact).
+    /// Prompt tokens per request (random token ids, so the length is exact); with --dataset
+    /// prefix-repetition, the tokens of the unique suffix after the shared prefix.
     #[arg(long, env = "SHARDLINE_BENCH_INPUT_LEN", default_value_t = 1024)]
     input_len: usize,
     /// Tokens generated per request (EOS ignored).
     #[arg(long, env = "SHARDLINE_BENCH_OUTPUT_LEN", default_value_t = 128)]
     output_len: usize,
-    /// Draw each length uniformly from [len·(1−R), len·(1+R)]; 0 keeps them fixed.
+    /// Draw each length uniformly from [len·(1−R), len·(1+R)]; 0 keeps them fixed (shared
+    /// prefixes always are).
     #[arg(long, env = "SHARDLINE_BENCH_RANDOM_RANGE", default_value_t = 0.0)]
     random_range: f64,
+    /// Tokens in each shared prefix of --dataset prefix-repetition [default: 1024].
+    #[arg(long, env = "SHARDLINE_BENCH_PREFIX_LEN")]
+    prefix_len: Option<usize>,
+    /// Distinct shared prefixes of --dataset prefix-repetition, drawn from --seed; each round of
+    /// this many requests uses every prefix once, in a seeded order [default: 8].
+    #[arg(long, env = "SHARDLINE_BENCH_NUM_PREFIXES")]
+    num_prefixes: Option<usize>,
     /// Vocabulary size prompt ids are drawn for (ids in [V/10, V/2)) [default: the server's
     /// over grpc, 32000 over openai].
     #[arg(long, env = "SHARDLINE_BENCH_VOCAB_SIZE")]
@@ -105,11 +124,23 @@ impl BenchArgs {
         };
         let concurrency =
             if self.concurrency.is_empty() && self.request_rate.is_empty() { vec![1] } else { self.concurrency };
+        ensure!(
+            self.dataset == DatasetKind::PrefixRepetition || (self.prefix_len.is_none() && self.num_prefixes.is_none()),
+            "--prefix-len and --num-prefixes need --dataset prefix-repetition"
+        );
         let dataset = match (self.dataset, &self.dataset_path) {
             (DatasetKind::Random, None) => None,
-            (DatasetKind::Random, Some(_)) => bail!("--dataset-path needs --dataset sharegpt"),
+            (DatasetKind::Random | DatasetKind::PrefixRepetition, Some(_)) => {
+                bail!("--dataset-path needs --dataset sharegpt")
+            }
             (DatasetKind::Sharegpt, None) => bail!("--dataset sharegpt needs --dataset-path FILE"),
-            (DatasetKind::Sharegpt, Some(path)) => Some(Arc::new(sharegpt(path, &self.tokenizer)?)),
+            (DatasetKind::Sharegpt, Some(path)) => {
+                Some(DatasetConfig::Replay(Arc::new(sharegpt(path, &self.tokenizer)?)))
+            }
+            (DatasetKind::PrefixRepetition, None) => Some(DatasetConfig::PrefixRepetition(PrefixSpec {
+                prefix_len: self.prefix_len.unwrap_or(DEFAULT_PREFIX_LEN),
+                num_prefixes: self.num_prefixes.unwrap_or(DEFAULT_NUM_PREFIXES),
+            })),
         };
         Ok(BenchConfig {
             endpoint: self.endpoint.unwrap_or_else(|| self.backend.default_endpoint().to_string()),

@@ -1,6 +1,7 @@
 //! `shardline bench` against a real `shardline serve` of SmolLM2-135M, over gRPC and over the
 //! OpenAI-compatible HTTP API: every run completes every request without errors, and the JSON
-//! report carries every metric with a positive value; ShareGPT text prompts work over both.
+//! report carries every metric with a positive value; ShareGPT text prompts work over both, and
+//! shared-prefix prompts over gRPC. Nonsense workload flags fail before any connection.
 
 mod common;
 
@@ -110,6 +111,32 @@ fn sharegpt(server: &Server, dir: &tempfile::TempDir) {
     }
 }
 
+/// `--dataset prefix-repetition` over gRPC (the workload does not depend on the backend): every
+/// request completes with prefix + suffix input tokens, and the report names the workload.
+fn prefix_repetition(server: &Server, dir: &tempfile::TempDir) {
+    let json = dir.path().join("prefix-repetition.json");
+    let out = shardline()
+        .args(["bench", "--backend", "grpc", "--endpoint", &server.grpc, "--dataset", "prefix-repetition"])
+        .args(["--prefix-len", "32", "--num-prefixes", "2", "--input-len", "8", "--output-len", "4"])
+        .args(["--concurrency", "2", "--num-requests", "6", "--warmup", "1"])
+        .args(["--output-json", json.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "prefix-repetition:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    let caption = "dataset prefix-repetition: 2 prefixes × 32 tokens + 8-token unique suffixes / output 4 tokens";
+    assert!(stdout.contains(caption), "{stdout}");
+    let report: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let run = &report["runs"][0];
+    assert_eq!(run["errors"], serde_json::json!({}));
+    assert_eq!(run["completed"].as_u64(), Some(6));
+    assert_eq!((run["total_input_tokens"].as_u64(), run["total_output_tokens"].as_u64()), (Some(6 * 40), Some(6 * 4)));
+    assert_eq!(
+        (run["dataset"].as_str(), run["prefix_len"].as_u64(), run["num_prefixes"].as_u64()),
+        (Some("prefix-repetition"), Some(32), Some(2))
+    );
+}
+
 #[test]
 fn bench_measures_a_live_server_over_grpc_and_openai_http() {
     let dir = tempfile::tempdir().unwrap();
@@ -128,5 +155,24 @@ fn bench_measures_a_live_server_over_grpc_and_openai_http() {
     let openai = bench("openai", &server.http, &[], &dir);
     check(&openai, "openai", &[]);
     sharegpt(&server, &dir);
+    prefix_repetition(&server, &dir);
     assert!(server.stop().success());
+}
+
+#[test]
+fn bench_refuses_nonsense_prefix_flags_before_connecting() {
+    let cases: [(&[&str], &str); 5] = [
+        (&["--dataset", "prefix-repetition", "--num-prefixes", "0"], "--num-prefixes must be at least 1"),
+        (&["--dataset", "prefix-repetition", "--prefix-len", "0"], "--prefix-len must be at least 1"),
+        (&["--dataset", "prefix-repetition", "--input-len", "0"], "--input-len (the unique suffix after the prefix)"),
+        (&["--prefix-len", "64"], "--prefix-len and --num-prefixes need --dataset prefix-repetition"),
+        (&["--dataset", "prefix-repetition", "--dataset-path", "x.json"], "--dataset-path needs --dataset sharegpt"),
+    ];
+    for (args, want) in cases {
+        // Nothing listens on port 1: a check that let these through would fail on connecting.
+        let out = shardline().args(["bench", "--endpoint", "http://127.0.0.1:1"]).args(args).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} accepted");
+        assert!(stderr.contains(want), "{args:?}: want `{want}` in: {stderr}");
+    }
 }
