@@ -179,3 +179,32 @@ fn step_events_carry_logprobs_and_metrics_add_up() {
     assert!((m.queue_ms + m.prefill_ms - m.ttft_ms).abs() < 1e-6, "{m:?}");
     assert!((m.ttft_ms + m.decode_ms - m.e2e_ms).abs() < 1e-6, "{m:?}");
 }
+
+/// The prefix cache on real K/V: a prompt computed once is reused (and gives the same tokens);
+/// once other requests have taken its blocks, it is computed again rather than read stale.
+#[test]
+fn cached_prefixes_are_reused_and_evicted_ones_recomputed() {
+    let dir = model_dir();
+    let prompt = text("the quick brown fox jumps over the lazy dog");
+    let want = engine(&dir, 64, EngineConfig { enable_prefix_caching: false, ..Default::default() })
+        .generate(prompt.clone(), params(8), |_| {})
+        .unwrap();
+    // Room for the prompt's request and little more.
+    let need = (prompt.len() + 8).div_ceil(BLOCK_SIZE);
+    let mut e = engine(&dir, need + 1, EngineConfig::default());
+    let first = e.generate(prompt.clone(), params(8), |_| {}).unwrap();
+    let again = e.generate(prompt.clone(), params(8), |_| {}).unwrap();
+    assert_eq!((first.num_cached_tokens, first.token_ids.clone()), (0, want.token_ids.clone()));
+    assert_eq!(again.num_cached_tokens, (prompt.len() - 1) / BLOCK_SIZE * BLOCK_SIZE, "every full block is reused");
+    assert_eq!(again.token_ids, want.token_ids);
+    // Other prompts fill the cache: the blocks holding the prompt's K/V now hold theirs.
+    for other in ["a completely different request here", "and another one that is long enough"] {
+        let out = e.generate(text(other), params(8), |_| {}).unwrap();
+        assert_eq!(out.num_cached_tokens, 0);
+    }
+    let after = e.generate(prompt.clone(), params(8), |_| {}).unwrap();
+    assert!(after.num_cached_tokens < again.num_cached_tokens, "evicted blocks are not found");
+    assert_eq!(after.token_ids, want.token_ids, "and what is found is not stale");
+    let stats = e.prefix_cache_stats();
+    assert_eq!(stats.hits as usize, again.num_cached_tokens + after.num_cached_tokens);
+}
