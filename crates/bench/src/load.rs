@@ -218,7 +218,14 @@ mod tests {
                 now.fetch_sub(1, Ordering::SeqCst);
                 let t = origin.elapsed().as_secs_f64();
                 let input_tokens = req.prompt.input_tokens();
-                RequestRecord { input_tokens, send_s, token_times_s: vec![t], output_tokens: 1, end_s: t, error: None }
+                RequestRecord {
+                    input_tokens,
+                    send_s,
+                    token_times_s: vec![t],
+                    output_tokens: 1,
+                    end_s: t,
+                    ..Default::default()
+                }
             }) as SendFuture
         };
         (send, peak_out)

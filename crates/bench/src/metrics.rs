@@ -31,6 +31,8 @@ pub struct RequestRecord {
     /// Output tokens: the server's usage count when it sent one, else the tokens counted in
     /// the stream.
     pub output_tokens: usize,
+    /// Prompt tokens the server took from its prefix cache, when it reports them.
+    pub cached_tokens: Option<usize>,
     /// When the response ended (success or failure); bounds the run's wall time.
     pub end_s: f64,
     /// Why it failed (`grpc:Unavailable`, `http:500`, `transport`, …); None on success.
@@ -158,6 +160,9 @@ pub struct Summary {
     pub errors: BTreeMap<String, usize>,
     /// Prompt tokens of completed requests.
     pub total_input_tokens: usize,
+    /// Of those, prompt tokens the server reports it took from its prefix cache (None when it
+    /// reports nothing).
+    pub total_cached_tokens: Option<usize>,
     /// Output tokens of completed requests.
     pub total_output_tokens: usize,
     /// First send to last response end, over every request (failed ones too).
@@ -194,11 +199,14 @@ pub fn summarize(records: &[RequestRecord], slo: Option<&Slo>) -> Summary {
     let duration_s = if records.is_empty() { 0.0 } else { (end - start).max(0.0) };
     let per_s = |n: f64| if duration_s > 0.0 { n / duration_s } else { 0.0 };
     let total_input_tokens: usize = ok.iter().map(|r| r.input_tokens).sum();
+    let reported: Vec<usize> = ok.iter().filter_map(|r| r.cached_tokens).collect();
+    let total_cached_tokens = (!reported.is_empty()).then(|| reported.iter().sum());
     let total_output_tokens: usize = ok.iter().map(|r| r.output_tokens).sum();
     Summary {
         completed: ok.len(),
         errors,
         total_input_tokens,
+        total_cached_tokens,
         total_output_tokens,
         duration_s,
         request_throughput: per_s(ok.len() as f64),
@@ -231,6 +239,7 @@ mod tests {
             send_s: send,
             token_times_s: times.to_vec(),
             output_tokens: times.len(),
+            cached_tokens: None,
             end_s: *times.last().unwrap(),
             error: None,
         }

@@ -64,6 +64,7 @@ fn run_json(report: &BenchReport, run: &RunResult) -> Value {
         "errors": s.errors,
         "duration_s": s.duration_s,
         "total_input_tokens": s.total_input_tokens,
+        "total_cached_tokens": s.total_cached_tokens,
         "total_output_tokens": s.total_output_tokens,
         "request_throughput": s.request_throughput,
         "output_throughput": s.output_throughput,
@@ -94,6 +95,7 @@ pub fn to_json(report: &BenchReport) -> Value {
 /// Header and rows of the summary table (shared by the terminal and Markdown forms).
 fn rows(report: &BenchReport) -> (Vec<&'static str>, Vec<Vec<String>>) {
     let goodput = report.config.slo.is_some();
+    let cached = report.runs.iter().any(|r| r.summary.total_cached_tokens.is_some());
     let mut header = vec![
         "load",
         "ok",
@@ -109,6 +111,9 @@ fn rows(report: &BenchReport) -> (Vec<&'static str>, Vec<Vec<String>>) {
     ];
     if goodput {
         header.push("goodput/s");
+    }
+    if cached {
+        header.push("cached in");
     }
     let ms = |s: &Option<Stats>, f: fn(&Stats) -> f64| s.as_ref().map_or("-".to_string(), |s| format!("{:.1}", f(s)));
     let rows = report
@@ -131,6 +136,13 @@ fn rows(report: &BenchReport) -> (Vec<&'static str>, Vec<Vec<String>>) {
             ];
             if goodput {
                 row.push(s.goodput.map_or("-".into(), |g| format!("{g:.2}")));
+            }
+            if cached {
+                // Share of the prompt tokens the server took from its prefix cache.
+                let share = s.total_cached_tokens.filter(|_| s.total_input_tokens > 0);
+                row.push(
+                    share.map_or("-".into(), |c| format!("{:.0}%", 100.0 * c as f64 / s.total_input_tokens as f64)),
+                );
             }
             row
         })
@@ -236,6 +248,7 @@ mod tests {
             send_s: send,
             token_times_s: vec![send + 0.1, send + 0.2, send + 0.4],
             output_tokens: 3,
+            cached_tokens: Some(4),
             end_s: send + 0.4,
             error: None,
         };
@@ -269,6 +282,7 @@ mod tests {
             }
         }
         assert!((runs[0]["ttft_ms"]["p50"].as_f64().unwrap() - 100.0).abs() < 1e-6);
+        assert_eq!(runs[0]["total_cached_tokens"], 8, "what the server reported as cached");
         assert!((runs[0]["duration_s"].as_f64().unwrap() - 0.9).abs() < 1e-9);
         for key in ["request_throughput", "output_throughput", "total_token_throughput"] {
             assert!(runs[0][key].as_f64().unwrap() > 0.0, "{key}");
@@ -283,6 +297,7 @@ mod tests {
         assert!(lines[2].trim_start().starts_with("c=2"), "{t}");
         assert!(lines[3].trim_start().starts_with("rate=inf"), "{t}");
         assert!(!t.contains("goodput"));
+        assert!(lines[1].ends_with("cached in") && lines[2].ends_with("25%"), "8 of 32 prompt tokens cached: {t}");
         let slo = Slo { ttft_ms: Some(150.0), ..Slo::default() };
         let md = markdown(&report(Some(slo)));
         assert!(md.contains("| load | ok | err | req/s |"), "{md}");

@@ -135,6 +135,10 @@ fn prefix_repetition(server: &Server, dir: &tempfile::TempDir) {
         (run["dataset"].as_str(), run["prefix_len"].as_u64(), run["num_prefixes"].as_u64()),
         (Some("prefix-repetition"), Some(32), Some(2))
     );
+    // Each prefix comes back: the server reports prompt tokens from its prefix cache.
+    let cached = run["total_cached_tokens"].as_u64().unwrap();
+    assert!(cached >= 32 && cached < 6 * 40, "cached prompt tokens: {cached}");
+    assert!(stdout.contains("cached in"), "{stdout}");
 }
 
 #[test]

@@ -9,7 +9,7 @@ use shardline_proto::v1 as pb;
 use shardline_proto::v1::generation_client::GenerationClient;
 use tonic::transport::Channel;
 
-use super::Timeline;
+use super::{ServerUsage, Timeline};
 use crate::metrics::RequestRecord;
 use crate::workload::{Prompt, RequestSpec};
 
@@ -58,7 +58,10 @@ impl GrpcBackend {
                         timeline.tokens(msg.token_ids.len());
                     }
                     if msg.finish_reason != 0 {
-                        return timeline.finish(msg.usage.map(|u| u.completion_tokens as usize));
+                        return timeline.finish(msg.usage.map(|u| ServerUsage {
+                            completion_tokens: u.completion_tokens as usize,
+                            cached_tokens: Some(u.cached_prompt_tokens as usize),
+                        }));
                     }
                 }
                 Ok(None) => return timeline.fail("incomplete"),

@@ -106,6 +106,14 @@ impl Client {
     }
 }
 
+/// What a server reported of a request at its end.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct ServerUsage {
+    pub completion_tokens: usize,
+    /// Prompt tokens served from its prefix cache, when the server says.
+    pub cached_tokens: Option<usize>,
+}
+
 /// Builds a [`RequestRecord`] as a response streams in.
 pub(crate) struct Timeline {
     origin: Instant,
@@ -126,9 +134,10 @@ impl Timeline {
         self.streamed_tokens += n;
     }
 
-    /// The response ended well; `usage` is the server's output token count if it gave one.
-    pub(crate) fn finish(mut self, usage: Option<usize>) -> RequestRecord {
-        self.record.output_tokens = usage.unwrap_or(self.streamed_tokens);
+    /// The response ended well, with the server's usage when it gave one.
+    pub(crate) fn finish(mut self, usage: Option<ServerUsage>) -> RequestRecord {
+        self.record.output_tokens = usage.map_or(self.streamed_tokens, |u| u.completion_tokens);
+        self.record.cached_tokens = usage.and_then(|u| u.cached_tokens);
         self.record.end_s = self.origin.elapsed().as_secs_f64();
         self.record
     }

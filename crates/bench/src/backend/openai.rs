@@ -12,7 +12,7 @@ use anyhow::{bail, Context};
 use serde_json::{json, Value};
 
 use super::http::Target;
-use super::Timeline;
+use super::{ServerUsage, Timeline};
 use crate::metrics::RequestRecord;
 use crate::workload::{Prompt, RequestSpec};
 
@@ -93,7 +93,8 @@ impl OpenAiBackend {
                 timeline.tokens(1);
             }
             if let Some(n) = chunk["usage"]["completion_tokens"].as_u64() {
-                usage = Some(n as usize);
+                let cached = chunk["usage"]["prompt_tokens_details"]["cached_tokens"].as_u64();
+                usage = Some(ServerUsage { completion_tokens: n as usize, cached_tokens: cached.map(|c| c as usize) });
             }
         }
     }
