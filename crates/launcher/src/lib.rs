@@ -6,6 +6,7 @@
 //! launcher leaves no orphans.
 
 mod plan;
+pub mod process;
 mod supervisor;
 
 pub use plan::{LaunchPlan, PlanError};

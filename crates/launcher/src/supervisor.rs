@@ -1,7 +1,6 @@
 //! Spawning and watching the local ranks.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -10,6 +9,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::plan::LaunchPlan;
+use crate::process::{self, LinePump, Sink};
 
 /// How long ranks get to exit after SIGTERM before SIGKILL.
 const GRACE: Duration = Duration::from_secs(3);
@@ -58,39 +58,12 @@ fn describe(rank: usize, status: ExitStatus) -> String {
     }
 }
 
-/// Copies a child's output to ours: line by line with a `[rank N]` prefix, or raw.
-fn pump(
-    rank: usize,
-    src: impl Read + Send + 'static,
-    to_stdout: bool,
-    raw: bool,
-    ready: Arc<AtomicUsize>,
-) -> JoinHandle<()> {
-    std::thread::spawn(move || {
-        if raw {
-            let mut src = src;
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = src.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                let mut out = std::io::stdout().lock();
-                let _ = out.write_all(&buf[..n]);
-                let _ = out.flush();
-            }
-            return;
-        }
-        for line in BufReader::new(src).lines().map_while(Result::ok) {
-            if line.starts_with("READY ") {
-                ready.fetch_add(1, Ordering::SeqCst);
-            }
-            if to_stdout {
-                let _ = writeln!(std::io::stdout().lock(), "[rank {rank}] {line}");
-            } else {
-                let _ = writeln!(std::io::stderr().lock(), "[rank {rank}] {line}");
-            }
-        }
-    })
+/// A READY callback for one rank's stream: counts the line into `ready`.
+fn count_ready(ready: &Arc<AtomicUsize>) -> impl FnMut(&str) + Send + 'static {
+    let ready = Arc::clone(ready);
+    move |_| {
+        ready.fetch_add(1, Ordering::SeqCst);
+    }
 }
 
 impl Supervisor {
@@ -100,7 +73,6 @@ impl Supervisor {
         let mut slots = Vec::new();
         let mut pumps = Vec::new();
         let expected_ready = commands.iter().filter(|c| !c.raw_stdout).count();
-        let parent = std::process::id() as libc::pid_t;
         let threads = plan.threads().to_string();
         for rc in commands {
             let mut cmd = Command::new(&rc.program);
@@ -117,27 +89,23 @@ impl Supervisor {
             if std::env::var_os("SHARDLINE_THREADS").is_none() || plan.threads_per_rank.is_some() {
                 cmd.env("SHARDLINE_THREADS", &threads);
             }
-            // SAFETY: only async-signal-safe libc calls between fork and exec.
-            unsafe {
-                cmd.pre_exec(move || {
-                    // Own process group: a terminal's Ctrl-C reaches the launcher, which then
-                    // shuts ranks down in order. Die with the launcher: no orphans.
-                    libc::setpgid(0, 0);
-                    libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                    if libc::getppid() != parent {
-                        libc::_exit(1);
-                    }
-                    Ok(())
-                });
-            }
-            let mut child = cmd.spawn().map_err(|source| SupervisorError::Spawn {
+            // Own process group: a terminal's Ctrl-C reaches the launcher, which then shuts ranks
+            // down in order. Killed with the launcher: no orphans.
+            let mut child = process::spawn_tied(&mut cmd, libc::SIGKILL).map_err(|source| SupervisorError::Spawn {
                 rank: rc.rank,
                 program: rc.program.display().to_string(),
                 source,
             })?;
             let (out, err) = (child.stdout.take().expect("piped"), child.stderr.take().expect("piped"));
-            pumps.push(pump(rc.rank, out, true, rc.raw_stdout, Arc::clone(&ready)));
-            pumps.push(pump(rc.rank, err, false, false, Arc::clone(&ready)));
+            let prefix = format!("[rank {}] ", rc.rank);
+            pumps.push(if rc.raw_stdout {
+                process::pass_through(format!("rank{}-stdout", rc.rank), out, Sink::Stdout)
+            } else {
+                let pump = LinePump::new(Sink::Stdout).prefix(&prefix).on_ready(count_ready(&ready));
+                pump.spawn(format!("rank{}-stdout", rc.rank), out)
+            });
+            let pump = LinePump::new(Sink::Stderr).prefix(prefix).on_ready(count_ready(&ready));
+            pumps.push(pump.spawn(format!("rank{}-stderr", rc.rank), err));
             slots.push(Slot { rank: rc.rank, child: Some(child) });
         }
         Ok(Supervisor { slots: Arc::new(Mutex::new(slots)), ready, expected_ready, pumps })
@@ -230,33 +198,14 @@ impl Watch {
 
 /// SIGTERM every live rank, wait up to the grace period, then SIGKILL what is left.
 fn terminate(slots: &mut [Slot]) {
-    for child in slots.iter_mut().filter_map(|s| s.child.as_mut()) {
-        // SAFETY: plain kill(2) on our own child's pid.
-        unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+    let (ranks, mut children): (Vec<usize>, Vec<&mut Child>) =
+        slots.iter_mut().filter_map(|s| Some((s.rank, s.child.as_mut()?))).unzip();
+    for i in process::terminate(&mut children, GRACE) {
+        tracing::warn!(rank = ranks[i], "rank ignored SIGTERM; it was killed");
     }
-    let deadline = Instant::now() + GRACE;
-    loop {
-        for slot in slots.iter_mut() {
-            if let Some(c) = slot.child.as_mut() {
-                if let Ok(Some(_)) = c.try_wait() {
-                    slot.child = None;
-                }
-            }
-        }
-        if slots.iter().all(|s| s.child.is_none()) {
-            return;
-        }
-        if Instant::now() >= deadline {
-            break;
-        }
-        std::thread::sleep(POLL);
-    }
-    for slot in slots.iter_mut() {
-        if let Some(mut c) = slot.child.take() {
-            tracing::warn!(rank = slot.rank, "rank ignored SIGTERM; killing it");
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+    // Every child is reaped now (or, stuck after SIGKILL, given up on).
+    for slot in slots {
+        slot.child = None;
     }
 }
 

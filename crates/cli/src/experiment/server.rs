@@ -7,23 +7,23 @@
 //! launcher's doing, so a terminal's Ctrl-C reaches only the launcher) but die with it
 //! (PR_SET_PDEATHSIG); as a last guard every process below the launcher, noted before the
 //! SIGTERM, is waited for and SIGKILLed if still there. The launcher itself gets SIGTERM if
-//! this process dies without running any of that (PR_SET_PDEATHSIG again).
+//! this process dies without running any of that (PR_SET_PDEATHSIG again). The mechanics are
+//! `shardline_launcher::process`'s, shared with the launcher's own supervision of its ranks.
 
-use std::collections::VecDeque;
 use std::fs::File;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+use shardline_launcher::process::{self, LinePump, Sink, Tail};
 
 /// How long the launcher gets to stop its ranks after SIGTERM.
 const TERM_GRACE: Duration = Duration::from_secs(15);
+/// How long ranks get to follow their launcher out before they are killed.
+const RANK_LINGER: Duration = Duration::from_secs(5);
 /// Server stderr lines kept to explain a failed start.
 const TAIL_LINES: usize = 30;
 
@@ -37,36 +37,6 @@ pub struct ServerGroup {
     pub http: String,
 }
 
-type Tail = Arc<Mutex<VecDeque<String>>>;
-
-/// Copies a server stream's lines to the log (and the last few to `tail`); sends the first
-/// READY line on `ready` and keeps draining, so the server never blocks on a full pipe.
-fn pump(
-    src: impl Read + Send + 'static,
-    log: Arc<Mutex<File>>,
-    tail: Option<Tail>,
-    ready: Option<mpsc::Sender<String>>,
-) {
-    thread::spawn(move || {
-        let mut ready = ready;
-        for line in BufReader::new(src).lines().map_while(Result::ok) {
-            let _ = writeln!(log.lock().expect("log lock"), "{line}");
-            if let Some(tail) = &tail {
-                let mut t = tail.lock().expect("tail lock");
-                if t.len() == TAIL_LINES {
-                    t.pop_front();
-                }
-                t.push_back(line.clone());
-            }
-            if let Some(rest) = line.trim().strip_prefix("READY ") {
-                if let Some(tx) = ready.take() {
-                    let _ = tx.send(rest.to_string());
-                }
-            }
-        }
-    });
-}
-
 impl ServerGroup {
     /// Runs `program args`, logging its output to `log_path`, and waits up to `ready_within`
     /// for its READY line; fails (and tears down) if it exits or stays silent.
@@ -76,30 +46,31 @@ impl ServerGroup {
         log_path: &Path,
         ready_within: Duration,
     ) -> anyhow::Result<ServerGroup> {
-        let log =
-            Arc::new(Mutex::new(File::create(log_path).with_context(|| format!("creating {}", log_path.display()))?));
+        let log = Sink::shared(File::create(log_path).with_context(|| format!("creating {}", log_path.display()))?);
         let mut cmd = Command::new(program);
-        cmd.args(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).process_group(0);
-        // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
-        unsafe {
-            cmd.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
-                Ok(())
-            });
-        }
-        let mut child = cmd.spawn().with_context(|| format!("starting {}", program.display()))?;
+        cmd.args(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        // SIGTERM rather than SIGKILL if we die: the launcher then stops its ranks itself.
+        let mut child =
+            process::spawn_tied(&mut cmd, libc::SIGTERM).with_context(|| format!("starting {}", program.display()))?;
         let (stdout, stderr) = (child.stdout.take().expect("piped"), child.stderr.take().expect("piped"));
         // Owned by the guard from here: any early return below tears the group down.
         let mut server = ServerGroup { child, stopped: false, grpc: String::new(), http: String::new() };
-        let tail: Tail = Arc::default();
+        // The pumps keep draining after READY (and are never joined), so the server never
+        // blocks on a full pipe; only the first READY line is sent.
+        let tail = Tail::new(TAIL_LINES);
         let (tx, rx) = mpsc::channel();
-        pump(stdout, Arc::clone(&log), None, Some(tx));
-        pump(stderr, log, Some(Arc::clone(&tail)), None);
+        let mut tx = Some(tx);
+        let first_ready = move |rest: &str| {
+            if let Some(tx) = tx.take() {
+                let _ = tx.send(rest.to_string());
+            }
+        };
+        LinePump::new(log.clone()).on_ready(first_ready).spawn("server-stdout", stdout);
+        LinePump::new(log).tail(&tail).spawn("server-stderr", stderr);
 
         let started = Instant::now();
         let explain = |what: String| {
-            let lines: Vec<String> = tail.lock().expect("tail lock").iter().cloned().collect();
-            format!("{what}; last server output (full log {}):\n{}", log_path.display(), lines.join("\n"))
+            format!("{what}; last server output (full log {}):\n{}", log_path.display(), tail.lines().join("\n"))
         };
         let line = loop {
             match rx.recv_timeout(Duration::from_millis(100)) {
@@ -140,35 +111,12 @@ impl ServerGroup {
             return Ok(());
         }
         self.stopped = true;
-        let pid = self.child.id();
-        let below = descendants(pid);
-        // SAFETY: signals to our own child and to the process group it leads.
-        unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
-        let deadline = Instant::now() + TERM_GRACE;
-        let mut forced = false;
-        while self.child.try_wait()?.is_none() {
-            if Instant::now() > deadline {
-                forced = true;
-                unsafe { libc::killpg(pid as libc::pid_t, libc::SIGKILL) };
-                self.child.wait()?;
-                break;
-            }
-            thread::sleep(Duration::from_millis(20));
-        }
-        // Ranks die with the launcher; give them a moment, then make sure.
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while below.iter().any(|&p| alive(p)) && Instant::now() < deadline {
-            thread::sleep(Duration::from_millis(50));
-        }
-        let left: Vec<u32> = below.into_iter().filter(|&p| alive(p)).collect();
-        for &p in &left {
-            unsafe { libc::kill(p as libc::pid_t, libc::SIGKILL) };
-        }
-        if forced {
+        let stop = process::terminate_tree(&mut self.child, TERM_GRACE, RANK_LINGER);
+        if stop.killed {
             bail!("the server group ignored SIGTERM for {} s and was killed", TERM_GRACE.as_secs());
         }
-        if !left.is_empty() {
-            bail!("rank processes {left:?} outlived the launcher and were killed");
+        if !stop.leftovers.is_empty() {
+            bail!("rank processes {:?} outlived the launcher and were killed", stop.leftovers);
         }
         Ok(())
     }
@@ -180,29 +128,4 @@ impl Drop for ServerGroup {
             eprintln!("experiment: {e}");
         }
     }
-}
-
-/// Every process below `pid` (children, their children, …), from /proc.
-fn descendants(pid: u32) -> Vec<u32> {
-    let mut found = Vec::new();
-    let mut frontier = vec![pid];
-    while let Some(p) = frontier.pop() {
-        let tasks = std::fs::read_dir(format!("/proc/{p}/task")).into_iter().flatten().flatten();
-        for task in tasks {
-            let children = std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
-            for c in children.split_whitespace().filter_map(|c| c.parse::<u32>().ok()) {
-                found.push(c);
-                frontier.push(c);
-            }
-        }
-    }
-    found
-}
-
-/// Whether `pid` is still running (a zombie has exited and only awaits reaping).
-fn alive(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| s.rsplit_once(')').map(|(_, rest)| rest.trim_start().starts_with('Z')))
-        .is_some_and(|zombie| !zombie)
 }

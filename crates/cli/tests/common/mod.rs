@@ -5,7 +5,9 @@
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, ChildStdout, Command, ExitStatus, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use shardline_launcher::process;
 
 /// The binary under test, without rank variables a CI environment might set.
 pub fn shardline() -> Command {
@@ -77,14 +79,7 @@ impl Drop for Server {
 }
 
 pub fn wait_bounded(child: &mut Child, limit: Duration) -> ExitStatus {
-    let start = Instant::now();
-    loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            return s;
-        }
-        assert!(start.elapsed() < limit, "process did not exit within {limit:?}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    process::wait_timeout(child, limit).unwrap().unwrap_or_else(|| panic!("process did not exit within {limit:?}"))
 }
 
 pub fn children_of(pid: u32) -> Vec<u32> {
@@ -95,8 +90,7 @@ pub fn children_of(pid: u32) -> Vec<u32> {
 /// Every process in `ranks` is gone (or a zombie about to be reaped).
 pub fn assert_no_leftovers(ranks: &[u32]) {
     std::thread::sleep(Duration::from_millis(200));
-    for r in ranks {
-        let stat = std::fs::read_to_string(format!("/proc/{r}/stat")).unwrap_or_default();
-        assert!(stat.is_empty() || stat.contains(") Z "), "rank process {r} left behind");
+    for &r in ranks {
+        assert!(!process::alive(r), "rank process {r} left behind");
     }
 }

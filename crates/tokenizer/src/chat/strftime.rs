@@ -4,6 +4,8 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use chrono::{DateTime, Datelike, Timelike};
+
 const MONTHS: [&str; 12] = [
     "January",
     "February",
@@ -25,34 +27,12 @@ pub(super) fn strftime_now(format: String) -> String {
     format_unix(&format, secs)
 }
 
-/// Proleptic Gregorian (year, month 1..=12, day 1..=31) for days since 1970-01-01
-/// (Howard Hinnant's `civil_from_days`).
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    (year, month, day)
-}
-
-fn is_leap(year: i64) -> bool {
-    (year % 4 == 0 && year % 100 != 0) || year % 400 == 0
-}
-
 pub(super) fn format_unix(format: &str, secs: i64) -> String {
-    let days = secs.div_euclid(86_400);
-    let tod = secs.rem_euclid(86_400);
-    let (year, month, day) = civil_from_days(days);
-    let (hour, minute, second) = (tod / 3600, tod / 60 % 60, tod % 60);
-    // 1970-01-01 was a Thursday (index 3 with Monday = 0).
-    let weekday = (days + 3).rem_euclid(7) as usize;
-    let cumulative = [0, 31, 59, 90, 120, 151, 181, 212, 243, 273, 304, 334];
-    let yday = cumulative[month as usize - 1] + day + u32::from(month > 2 && is_leap(year));
+    // Past chrono's range (some 262,000 years) only with a broken clock: the epoch stands in.
+    let t = DateTime::from_timestamp(secs, 0).unwrap_or_default();
+    let (year, month, day, yday) = (t.year(), t.month(), t.day(), t.ordinal());
+    let (hour, minute, second) = (t.hour(), t.minute(), t.second());
+    let weekday = t.weekday().num_days_from_monday() as usize;
     let month_name = MONTHS[month as usize - 1];
 
     let mut out = String::new();
@@ -103,5 +83,8 @@ mod tests {
         assert_eq!(format_unix("%Y-%m-%d %a", 0), "1970-01-01 Thu");
         // 2000-02-29 (leap day of a century leap year).
         assert_eq!(format_unix("%Y-%m-%d %j", 951_782_400), "2000-02-29 060");
+        // The second before the epoch, and the last day of a leap year.
+        assert_eq!(format_unix("%Y-%m-%d %H:%M:%S %a %j", -1), "1969-12-31 23:59:59 Wed 365");
+        assert_eq!(format_unix("%Y-%m-%d %A %j", 1_735_603_200), "2024-12-31 Tuesday 366");
     }
 }
