@@ -37,6 +37,7 @@ fn run(load: Load, step: f64) -> RunResult {
         send_s: send,
         token_times_s: vec![send + step, send + 2.0 * step, send + 3.0 * step],
         output_tokens: 3,
+        cached_tokens: None,
         end_s: send + 3.0 * step,
         error: None,
     };

@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 use shardline_tokenizer::ChatMessage;
 use shardline_tokenizer::Prompt;
 use support::{
-    bounded, chunks, direct, engine, get, json, metric, post, post_ok, post_stream, request, start, text, BLOCK_SIZE,
+    bounded, chunks, direct, get, json, metric, post, post_ok, post_stream, request, start, text, BLOCK_SIZE,
 };
 
 // ---------------------------------------------------------------------------------------------
