@@ -4,9 +4,10 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use prost::Message;
-use shardline_comm::{Comm, Tag};
+use shardline_comm::{Comm, CommError, Tag};
 use shardline_exec::{Executor, ExecutorError, StepOutput, StepPlan};
 use shardline_proto::worker::v1::{control_message::Kind, ControlMessage, Shutdown, StepResult};
 
@@ -14,6 +15,9 @@ use crate::error::{Result, WorkerError};
 use crate::group::{GroupReady, LocalCommand, LocalShard};
 use crate::layout::GroupLayout;
 use crate::wire::{output_from_proto, step_to_proto};
+
+/// How often rank 0 checks its own shard while waiting for the sampling rank's result.
+const RESULT_POLL: Duration = Duration::from_millis(50);
 
 pub struct GroupExecutor {
     comm: Arc<Comm>,
@@ -79,11 +83,26 @@ impl GroupExecutor {
                 .map_err(|_| WorkerError::Protocol("rank 0's shard thread has stopped".into()))??;
             return out.ok_or_else(|| WorkerError::Protocol(format!("rank 0 sampled nothing in step {step_id}")));
         }
-        // Surface a failure of rank 0's own shard rather than waiting for the timeout.
-        while let Ok(r) = local.results.try_recv() {
-            r?;
-        }
-        let result = StepResult::decode(self.comm.recv(result_rank, Tag::Result)?.as_slice())?;
+        // Wait in slices, surfacing a failure of rank 0's own shard at once: when a peer of
+        // rank 0 dies, rank 0's shard fails first while the sampling rank waits for hidden
+        // states that never come, and only the comm timeout would end the wait.
+        let timeout = self.comm.timeout();
+        let deadline = Instant::now() + timeout;
+        let bytes = loop {
+            while let Ok(r) = local.results.try_recv() {
+                r?;
+            }
+            let slice = deadline.saturating_duration_since(Instant::now()).min(RESULT_POLL);
+            match self.comm.recv_within(result_rank, Tag::Result, Some(slice), "return the step's tokens") {
+                Ok(bytes) => break bytes,
+                Err(CommError::Timeout { rank, what, .. }) if Instant::now() >= deadline => {
+                    return Err(CommError::Timeout { rank, what, timeout }.into())
+                }
+                Err(CommError::Timeout { .. }) => {}
+                Err(e) => return Err(e.into()),
+            }
+        };
+        let result = StepResult::decode(bytes.as_slice())?;
         while let Ok(r) = local.results.try_recv() {
             r?;
         }
