@@ -9,6 +9,9 @@ use tokio::net::TcpListener;
 use crate::engine_core::EngineCore;
 use crate::{grpc, http, ServerInfo};
 
+/// How long the listeners get to close their connections once the core has stopped.
+const LISTENER_GRACE: Duration = Duration::from_secs(1);
+
 #[derive(Clone, Debug)]
 pub struct ServeConfig {
     /// gRPC listen address (`shardline.v1.Generation`).
@@ -76,15 +79,18 @@ pub fn serve(core: EngineCore, info: Arc<ServerInfo>, cfg: ServeConfig) -> Resul
         tracing::info!(%grpc_addr, ?http_addr, "serving");
         wait_for_stop(&core).await;
         // Requests in flight get an error from the core's shutdown; then the listeners close.
+        // Clients may keep idle connections open: the graceful close gets a short, shared
+        // deadline, so the whole shutdown stays well inside a launcher's SIGTERM grace period.
         handle.shutdown();
         let _ = stop_tx.send(true);
-        let _ = tokio::time::timeout(Duration::from_secs(5), grpc_task).await;
+        let deadline = tokio::time::Instant::now() + LISTENER_GRACE;
+        let _ = tokio::time::timeout_at(deadline, grpc_task).await;
         if let Some(t) = http_task {
-            let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
+            let _ = tokio::time::timeout_at(deadline, t).await;
         }
         Ok::<(), ServeError>(())
     });
-    runtime.shutdown_timeout(Duration::from_secs(1));
+    runtime.shutdown_timeout(Duration::from_millis(500));
     handle.shutdown();
     let core_result = core.join();
     served?;
