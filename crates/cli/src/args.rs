@@ -7,6 +7,7 @@ use clap::Args;
 use shardline_engine::{EngineConfig, SchedulerPolicy};
 use shardline_model::{DeviceKind, LoadFormat};
 use shardline_sampling::SamplingParams;
+use strum::VariantNames;
 
 /// A value parser listing `names` in `--help` and parsing them with `T: FromStr`.
 fn named<T: std::str::FromStr + Clone + Send + Sync + 'static>(
@@ -29,7 +30,7 @@ pub struct ModelArgs {
     pub dtype: DType,
     /// Where weights come from: the checkpoint (`auto`) or random weights shaped by its config
     /// (`dummy`, for benchmarking shapes you have not downloaded).
-    #[arg(long, env = "SHARDLINE_LOAD_FORMAT", default_value = "auto", value_parser = named::<LoadFormat>(&LoadFormat::NAMES))]
+    #[arg(long, env = "SHARDLINE_LOAD_FORMAT", default_value = "auto", value_parser = named::<LoadFormat>(LoadFormat::VARIANTS))]
     pub load_format: LoadFormat,
     /// CPU threads for the kernels (0: one per core).
     #[arg(long, env = "SHARDLINE_THREADS", default_value_t = 0)]
@@ -38,7 +39,7 @@ pub struct ModelArgs {
 
 /// The device kind flag (`--device cpu|cuda`).
 pub fn device_parser() -> impl TypedValueParser<Value = DeviceKind> {
-    named::<DeviceKind>(&DeviceKind::NAMES)
+    named::<DeviceKind>(DeviceKind::VARIANTS)
 }
 
 /// KV cache and batching: the engine's limits, one set of flags for `run`, `serve` and `launch`.
@@ -60,7 +61,7 @@ pub struct EngineArgs {
     pub max_num_seqs: usize,
     /// How requests are batched: `continuous` (join and leave every step), `static` (fixed
     /// batches run to completion) or `sequential` (one at a time, the naive server).
-    #[arg(long, env = "SHARDLINE_SCHEDULER", default_value = "continuous", value_parser = named::<SchedulerPolicy>(&SchedulerPolicy::NAMES))]
+    #[arg(long, env = "SHARDLINE_SCHEDULER", default_value = "continuous", value_parser = named::<SchedulerPolicy>(SchedulerPolicy::VARIANTS))]
     pub scheduler: SchedulerPolicy,
     /// Compute every prompt in full instead of reusing the K/V of prefixes already in the
     /// cache (automatic prefix caching is on by default, as in vLLM).

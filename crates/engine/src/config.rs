@@ -1,9 +1,7 @@
 //! Engine limits and the scheduling policy, as `shardline run`, `serve` and `launch` set them.
 
-use std::fmt;
-use std::str::FromStr;
-
 use serde::{Deserialize, Serialize};
+use strum::{Display, EnumString, IntoStaticStr, VariantNames};
 
 #[derive(Clone, Debug)]
 pub struct EngineConfig {
@@ -30,8 +28,11 @@ impl Default for EngineConfig {
 
 /// When waiting requests may join the running batch. The non-default policies exist to measure
 /// what continuous batching buys over the classic ways of serving.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, Display, EnumString, IntoStaticStr, VariantNames,
+)]
 #[serde(rename_all = "lowercase")]
+#[strum(serialize_all = "lowercase", ascii_case_insensitive)]
 pub enum SchedulerPolicy {
     /// Requests join whenever a sequence slot and KV blocks for their first chunk are free
     /// (Orca-style iteration-level scheduling).
@@ -44,50 +45,19 @@ pub enum SchedulerPolicy {
     Sequential,
 }
 
-impl SchedulerPolicy {
-    pub const NAMES: [&'static str; 3] = ["continuous", "static", "sequential"];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            SchedulerPolicy::Continuous => "continuous",
-            SchedulerPolicy::Static => "static",
-            SchedulerPolicy::Sequential => "sequential",
-        }
-    }
-}
-
-impl fmt::Display for SchedulerPolicy {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-impl FromStr for SchedulerPolicy {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s.to_ascii_lowercase().as_str() {
-            "continuous" => Ok(SchedulerPolicy::Continuous),
-            "static" => Ok(SchedulerPolicy::Static),
-            "sequential" => Ok(SchedulerPolicy::Sequential),
-            _ => Err(format!("unknown scheduler policy `{s}` (expected one of: {})", Self::NAMES.join(", "))),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn policy_names_round_trip() {
-        for name in SchedulerPolicy::NAMES {
+        assert_eq!(SchedulerPolicy::VARIANTS, ["continuous", "static", "sequential"]);
+        for name in SchedulerPolicy::VARIANTS {
             let p: SchedulerPolicy = name.parse().unwrap();
-            assert_eq!(p.to_string(), name);
+            assert_eq!((p.to_string().as_str(), <&str>::from(p)), (*name, *name));
         }
         assert_eq!("Static".parse::<SchedulerPolicy>(), Ok(SchedulerPolicy::Static));
-        let err = "fifo".parse::<SchedulerPolicy>().unwrap_err();
-        assert!(err.contains("fifo") && err.contains("sequential"), "{err}");
+        assert!("fifo".parse::<SchedulerPolicy>().is_err());
         assert_eq!(EngineConfig::default().policy, SchedulerPolicy::Continuous);
     }
 }

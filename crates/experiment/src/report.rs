@@ -60,7 +60,7 @@ impl ExperimentReport {
                     "name": l.layout.name,
                     "tp": l.layout.tp,
                     "pp": l.layout.pp,
-                    "scheduler": l.layout.scheduler.name(),
+                    "scheduler": l.layout.scheduler.to_string(),
                     "serve_args": l.layout.serve_args,
                     "ready_s": l.ready_s,
                     "runs": shardline_bench::report::to_json(&l.bench)["runs"],
@@ -163,7 +163,7 @@ impl ExperimentReport {
                     l.layout.name,
                     l.layout.tp,
                     l.layout.pp,
-                    l.layout.scheduler.name(),
+                    l.layout.scheduler,
                     l.ready_s
                 )
             })

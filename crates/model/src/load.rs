@@ -3,19 +3,19 @@
 //! from the config alone) and load. The tokenizer of the same path is the front ends' business
 //! (`Tokenizer::from_path`); workers never load one.
 
-use std::fmt;
 use std::path::Path;
-use std::str::FromStr;
 
 use candle_core::DType;
 use shardline_weights::{DummySource, WeightSource};
+use strum::{Display, EnumString, IntoStaticStr, VariantNames};
 
 use crate::config::ModelConfig;
 use crate::error::{ModelError, Result};
 use crate::llama::{Llama, LoadOptions};
 
 /// Where weights come from.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Display, EnumString, IntoStaticStr, VariantNames)]
+#[strum(serialize_all = "lowercase", ascii_case_insensitive)]
 pub enum LoadFormat {
     /// The checkpoint at the model path.
     #[default]
@@ -24,71 +24,14 @@ pub enum LoadFormat {
     Dummy,
 }
 
-impl LoadFormat {
-    pub const NAMES: [&'static str; 2] = ["auto", "dummy"];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            LoadFormat::Auto => "auto",
-            LoadFormat::Dummy => "dummy",
-        }
-    }
-}
-
-impl fmt::Display for LoadFormat {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-impl FromStr for LoadFormat {
-    type Err = String;
-
-    fn from_str(s: &str) -> std::result::Result<Self, String> {
-        match s.to_ascii_lowercase().as_str() {
-            "auto" => Ok(LoadFormat::Auto),
-            "dummy" => Ok(LoadFormat::Dummy),
-            _ => Err(format!("unknown load format `{s}` (expected one of: {})", Self::NAMES.join(", "))),
-        }
-    }
-}
-
 /// Where a rank runs.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Display, EnumString, IntoStaticStr, VariantNames)]
+#[strum(serialize_all = "lowercase", ascii_case_insensitive)]
 pub enum DeviceKind {
     #[default]
     Cpu,
     /// A CUDA GPU (needs a build with `--features cuda`).
     Cuda,
-}
-
-impl DeviceKind {
-    pub const NAMES: [&'static str; 2] = ["cpu", "cuda"];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            DeviceKind::Cpu => "cpu",
-            DeviceKind::Cuda => "cuda",
-        }
-    }
-}
-
-impl fmt::Display for DeviceKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-impl FromStr for DeviceKind {
-    type Err = String;
-
-    fn from_str(s: &str) -> std::result::Result<Self, String> {
-        match s.to_ascii_lowercase().as_str() {
-            "cpu" => Ok(DeviceKind::Cpu),
-            "cuda" => Ok(DeviceKind::Cuda),
-            _ => Err(format!("unknown device `{s}` (expected one of: {})", Self::NAMES.join(", "))),
-        }
-    }
 }
 
 /// A model to load: what `--model` names, where its weights come from, and this rank's share.
@@ -145,13 +88,13 @@ mod tests {
 
     #[test]
     fn names_round_trip() {
-        for name in LoadFormat::NAMES {
-            assert_eq!(name.parse::<LoadFormat>().unwrap().to_string(), name);
+        assert_eq!((LoadFormat::VARIANTS, DeviceKind::VARIANTS), (&["auto", "dummy"][..], &["cpu", "cuda"][..]));
+        for name in LoadFormat::VARIANTS {
+            assert_eq!(name.parse::<LoadFormat>().unwrap().to_string(), *name);
         }
-        for name in DeviceKind::NAMES {
-            assert_eq!(name.parse::<DeviceKind>().unwrap().to_string(), name);
+        for name in DeviceKind::VARIANTS {
+            assert_eq!(name.parse::<DeviceKind>().unwrap().to_string(), *name);
         }
-        assert!("safetensors".parse::<LoadFormat>().unwrap_err().contains("auto, dummy"));
-        assert!("tpu".parse::<DeviceKind>().unwrap_err().contains("cpu, cuda"));
+        assert!("safetensors".parse::<LoadFormat>().is_err() && "tpu".parse::<DeviceKind>().is_err());
     }
 }

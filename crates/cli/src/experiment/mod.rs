@@ -40,7 +40,7 @@ fn launch_args(config: &ExperimentConfig, layout: &Layout) -> Vec<String> {
         args.extend(["--threads-per-rank".into(), t.to_string()]);
     }
     args.extend(
-        ["--", "serve", "--model", &config.model.name, "--scheduler", layout.scheduler.name()]
+        ["--", "serve", "--model", &config.model.name, "--scheduler", <&str>::from(layout.scheduler)]
             .into_iter()
             .chain(["--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])
             .map(String::from),
@@ -125,7 +125,7 @@ impl Runner<'_> {
             "experiment: {tag}: starting (TP {} × PP {}, {} scheduler)…",
             layout.tp,
             layout.pp,
-            layout.scheduler.name()
+            layout.scheduler
         );
         let log = dir.join(format!("{}.server.log", layout.name));
         let t0 = Instant::now();
