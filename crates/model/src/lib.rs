@@ -24,5 +24,4 @@ pub use error::{ModelError, Result};
 pub use kv::KvCache;
 pub use llama::{Llama, LoadOptions};
 pub use load::{DeviceKind, LoadFormat, ModelSpec};
-pub use rope::RopeTable;
 pub use shard::{even_split, ShardPlan};

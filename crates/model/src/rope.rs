@@ -37,10 +37,6 @@ impl RopeTable {
         RopeTable { inv_freq }
     }
 
-    pub fn half_dim(&self) -> usize {
-        self.inv_freq.len()
-    }
-
     /// cos and sin tables [positions.len(), head_dim/2] for the given absolute positions.
     pub fn cos_sin(&self, positions: &[u32]) -> (Vec<f32>, Vec<f32>) {
         let half = self.inv_freq.len();

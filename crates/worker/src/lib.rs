@@ -20,7 +20,6 @@ mod runner;
 mod shard;
 mod wire;
 
-pub use collective::TpCollective;
 pub use driver::GroupExecutor;
 pub use env::{RankEnv, DEFAULT_MASTER_PORT};
 pub use error::{Result, WorkerError};
