@@ -65,7 +65,7 @@ impl GroupLayout {
         (0..self.tp).map(|t| self.rank_of(stage, t)).collect()
     }
 
-    /// The rank that returns logits to rank 0: the last stage's tp rank 0.
+    /// The rank that samples and returns the tokens to rank 0: the last stage's tp rank 0.
     pub fn result_rank(&self) -> usize {
         self.rank_of(self.pp - 1, 0)
     }
