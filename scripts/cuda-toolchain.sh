@@ -45,5 +45,6 @@ done
 runtime="$cu/lib:$dest/nvidia/nccl/lib"
 echo "export PATH=\"$cu/bin:\$PATH\" CUDA_HOME=\"$cu\" CUDA_PATH=\"$cu\" NVCC=\"$cu/bin/nvcc\" CUDA_COMPUTE_CAP=90"
 echo "export LIBRARY_PATH=\"$link\${LIBRARY_PATH:+:\$LIBRARY_PATH}\" SHARDLINE_CUDA_LINK_DIR=\"$link\""
-echo "# To run the binary: the wheels' libraries; on a machine without a GPU driver add $link (libcuda stub)."
+echo "# Run the cuda binary here, without a GPU driver (libcuda stub; --device cpu only):"
+echo "#   LD_LIBRARY_PATH=\"$runtime:$link\" shardline ..."
 echo "export SHARDLINE_CUDA_LD_LIBRARY_PATH=\"$runtime\" SHARDLINE_CUDA_LD_LIBRARY_PATH_STUB=\"$runtime:$link\""
