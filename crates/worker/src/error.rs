@@ -22,6 +22,8 @@ pub enum WorkerError {
     Remote { rank: usize, message: String },
     #[error("protocol error: {0}")]
     Protocol(String),
+    #[error("{0}")]
+    Device(String),
 }
 
 impl From<candle_core::Error> for WorkerError {

@@ -22,7 +22,18 @@ pub fn device_for(kind: DeviceKind, local_rank: usize) -> Result<Device> {
     match kind {
         DeviceKind::Cpu => Ok(Device::Cpu),
         #[cfg(feature = "cuda")]
-        DeviceKind::Cuda => Ok(Device::new_cuda(local_rank)?),
+        DeviceKind::Cuda => {
+            // Ask the driver first, so a machine without a GPU or driver gets a plain answer rather
+            // than candle's raw `DriverError(CUDA_ERROR_…)` from deep inside device creation.
+            let count = cudarc::driver::CudaContext::device_count()
+                .map_err(|e| WorkerError::Device(format!("no CUDA driver/GPU found: {e}")))?;
+            if local_rank >= usize::try_from(count).unwrap_or(0) {
+                return Err(WorkerError::Device(format!(
+                    "CUDA device {local_rank} requested, but the driver sees {count} GPU(s)"
+                )));
+            }
+            Ok(Device::new_cuda(local_rank)?)
+        }
         #[cfg(not(feature = "cuda"))]
         DeviceKind::Cuda => {
             let _ = local_rank;
