@@ -160,11 +160,7 @@ impl ExperimentReport {
                 };
                 format!(
                     "`{}` TP {} × PP {}, {} scheduler{extra}, ready in {:.1} s",
-                    l.layout.name,
-                    l.layout.tp,
-                    l.layout.pp,
-                    l.layout.scheduler,
-                    l.ready_s
+                    l.layout.name, l.layout.tp, l.layout.pp, l.layout.scheduler, l.ready_s
                 )
             })
             .collect();

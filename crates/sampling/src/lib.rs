@@ -2,12 +2,14 @@
 //! semantics vLLM and TGI users expect (parameter names, order of logit processors, logprobs of
 //! the raw distribution, stop strings excluded from the output).
 
+mod candidates;
 mod error;
 mod logprobs;
 mod params;
 mod sampler;
 mod stop;
 
+pub use candidates::{Candidates, MAX_CANDIDATES};
 pub use error::SamplingError;
 pub use logprobs::{log_softmax_top, logprob_of, TokenLogprob};
 pub use params::{SamplingParams, MAX_LOGPROBS};

@@ -5,7 +5,8 @@
 //! The draw for a token is a pure function of the request's seed and the token's position
 //! ([`draw`]), not the next value of a stream consumed in order: a request then gives the same
 //! tokens however its steps are batched, whichever rank samples it, and when it is recomputed
-//! after a preemption.
+//! after a preemption. The draw walks the surviving tokens in ascending id, so a device that
+//! returns only a row's best candidates ([`crate::candidates`]) picks the same token.
 //!
 //! Vocabularies are 49k–152k entries, so the hot path avoids full sorts: top-k is a
 //! `select_nth_unstable`, and top-p a quickselect on probability mass.
@@ -105,6 +106,11 @@ impl Sampler {
         &self.settings
     }
 
+    /// The reusable candidate buffer.
+    pub(crate) fn scratch(&mut self) -> &mut Vec<(f64, u32)> {
+        &mut self.cand
+    }
+
     /// The token at `position` of the sequence (its index once appended). `history` is the
     /// prompt plus everything generated so far (for the repetition penalty). Panics on an
     /// empty `logits` row.
@@ -156,22 +162,35 @@ impl Sampler {
             cand.truncate(keep);
         }
         if p.min_p > 0.0 {
-            // q_i >= min_p * q_max  <=>  w_i >= min_p, since w_max = 1.
-            // Clamped so an unvalidated min_p > 1 still keeps the best token.
-            let floor = (p.min_p as f64).min(1.0);
-            cand.retain(|c| c.0 >= floor);
+            cand.retain(|c| c.0 >= min_p_floor(p.min_p));
         }
-        let mass: f64 = cand.iter().map(|c| c.0).sum();
-        let mut u = draw(p.seed, position) * mass;
-        for &(w, id) in cand.iter() {
-            if u < w {
-                return id;
-            }
-            u -= w;
-        }
-        // Rounding left a sliver of `u`: the last candidate with weight takes it.
-        cand.iter().rev().find(|c| c.0 > 0.0).map_or(cand[0].1, |c| c.1)
+        walk(cand, draw(p.seed, position))
     }
+}
+
+/// q_i >= min_p · q_max  <=>  w_i >= min_p, since w_max = 1. Clamped so an unvalidated
+/// min_p > 1 still keeps the best token.
+pub(crate) fn min_p_floor(min_p: f32) -> f64 {
+    (min_p as f64).min(1.0)
+}
+
+/// The token `u` ∈ [0, 1) falls on when the support's weights are laid end to end in ascending
+/// token id: a canonical order, so the same support and weights give the same token however
+/// they were found (from the whole row here, or from a device's best candidates).
+pub(crate) fn walk(support: &mut [(f64, u32)], u: f64) -> u32 {
+    if !support.is_sorted_by_key(|c| c.1) {
+        support.sort_unstable_by_key(|c| c.1);
+    }
+    let mass: f64 = support.iter().map(|c| c.0).sum();
+    let mut u = u * mass;
+    for &(w, id) in support.iter() {
+        if u < w {
+            return id;
+        }
+        u -= w;
+    }
+    // Rounding left a sliver of `u`: the last candidate with weight takes it.
+    support.iter().rev().find(|c| c.0 > 0.0).map_or(support[0].1, |c| c.1)
 }
 
 /// Reorders `cand` (weights) so its first `n` entries are the nucleus — the best-first prefix

@@ -121,12 +121,7 @@ impl Runner<'_> {
     /// layout starts, whatever the sweep did).
     fn measure(&self, layout: &Layout, tag: &str) -> anyhow::Result<LayoutResult> {
         let (config, dir) = (self.config, self.dir);
-        println!(
-            "experiment: {tag}: starting (TP {} × PP {}, {} scheduler)…",
-            layout.tp,
-            layout.pp,
-            layout.scheduler
-        );
+        println!("experiment: {tag}: starting (TP {} × PP {}, {} scheduler)…", layout.tp, layout.pp, layout.scheduler);
         let log = dir.join(format!("{}.server.log", layout.name));
         let t0 = Instant::now();
         let server = ServerGroup::start(&self.exe, &launch_args(config, layout), &log, self.ready_within)
