@@ -90,7 +90,7 @@ fn model_spec(model: &ModelArgs, parallel: &ParallelArgs) -> anyhow::Result<Mode
     let mut spec = ModelSpec::cpu(&model.model, model.dtype);
     spec.load_format = model.load_format;
     spec.options.progress = true;
-    spec.options.device = shardline_worker::device_for(parallel.device, 0)?;
+    spec.options.device = shardline_worker::device_for(parallel.device, 0, &parallel.launch.devices)?;
     Ok(spec)
 }
 
@@ -138,8 +138,8 @@ fn group_backend(
             let plan = parallel.launch.plan(world)?;
             let threads = if model.threads > 0 { model.threads } else { plan.threads() };
             init_threads(threads)?;
-            let watch = spawn_local_workers(&plan, parallel.launch.comm_timeout)?;
-            (rank0_env(&plan)?, Some(watch))
+            let watch = spawn_local_workers(&plan, &parallel.launch)?;
+            (rank0_env(&plan, &parallel.launch)?, Some(watch))
         }
     };
     if env.world_size != world {

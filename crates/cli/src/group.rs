@@ -31,9 +31,22 @@ pub struct LaunchArgs {
     /// Seconds any rank waits for another (rendezvous, collectives) before failing.
     #[arg(long, env = "SHARDLINE_COMM_TIMEOUT", default_value_t = 60)]
     pub comm_timeout: u64,
+    /// GPU ordinals of this node's ranks, by local rank (e.g. `2,3`); default: local rank i
+    /// takes visible GPU i, or GPU 0 when each task sees only its own (Slurm/MPI pinning).
+    #[arg(long, env = "SHARDLINE_DEVICES", value_delimiter = ',')]
+    pub devices: Vec<usize>,
 }
 
 impl LaunchArgs {
+    /// `--devices` for the ranks this process starts (they read SHARDLINE_DEVICES).
+    pub fn devices_env(&self) -> Vec<(String, String)> {
+        if self.devices.is_empty() {
+            return Vec::new();
+        }
+        let list: Vec<String> = self.devices.iter().map(usize::to_string).collect();
+        vec![("SHARDLINE_DEVICES".to_string(), list.join(","))]
+    }
+
     pub fn timeout(&self) -> Duration {
         Duration::from_secs(self.comm_timeout)
     }
@@ -65,23 +78,23 @@ fn current_exe() -> anyhow::Result<PathBuf> {
     std::env::current_exe().context("locating the shardline binary to start ranks")
 }
 
-pub fn worker_command(rank: usize, timeout: u64) -> anyhow::Result<RankCommand> {
+pub fn worker_command(rank: usize, launch: &LaunchArgs) -> anyhow::Result<RankCommand> {
     Ok(RankCommand {
         rank,
         program: current_exe()?,
-        args: vec!["worker".into(), "--comm-timeout".into(), timeout.to_string()],
-        env: vec![],
+        args: vec!["worker".into(), "--comm-timeout".into(), launch.comm_timeout.to_string()],
+        env: launch.devices_env(),
         raw_stdout: false,
     })
 }
 
 /// Spawns this node's ranks other than rank 0 (which the calling process plays) and supervises
 /// them in the background: if one dies, the group is taken down and this process exits 1.
-pub fn spawn_local_workers(plan: &LaunchPlan, timeout: u64) -> anyhow::Result<Watch> {
+pub fn spawn_local_workers(plan: &LaunchPlan, launch: &LaunchArgs) -> anyhow::Result<Watch> {
     let cmds = plan
         .local_ranks()
         .filter(|&r| r != 0)
-        .map(|r| worker_command(r, timeout))
+        .map(|r| worker_command(r, launch))
         .collect::<anyhow::Result<Vec<_>>>()?;
     let sup = Supervisor::spawn(plan, cmds)?;
     Ok(sup.watch(|e| {
@@ -91,7 +104,7 @@ pub fn spawn_local_workers(plan: &LaunchPlan, timeout: u64) -> anyhow::Result<Wa
 }
 
 /// The rank environment for rank 0 played by this process.
-pub fn rank0_env(plan: &LaunchPlan) -> anyhow::Result<RankEnv> {
+pub fn rank0_env(plan: &LaunchPlan, launch: &LaunchArgs) -> anyhow::Result<RankEnv> {
     if !plan.local_ranks().contains(&0) {
         bail!("node {} does not host rank 0; start it with `shardline launch` instead", plan.node_rank);
     }
@@ -101,5 +114,6 @@ pub fn rank0_env(plan: &LaunchPlan) -> anyhow::Result<RankEnv> {
         local_rank: 0,
         master_addr: plan.master_addr.clone(),
         master_port: plan.master_port,
+        devices: launch.devices.clone(),
     })
 }

@@ -62,11 +62,12 @@ pub fn launch(args: LaunchCmdArgs) -> anyhow::Result<()> {
                 ]
                 .into_iter()
                 .chain(args.engine.to_env())
+                .chain(args.launch.devices_env())
                 .collect(),
                 raw_stdout: true,
             });
         } else {
-            cmds.push(worker_command(rank, args.launch.comm_timeout)?);
+            cmds.push(worker_command(rank, &args.launch)?);
         }
     }
     eprintln!(

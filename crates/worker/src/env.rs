@@ -1,6 +1,7 @@
 //! Which rank this process is, from the environment of whoever started it: our launcher and
 //! torchrun (RANK, WORLD_SIZE, LOCAL_RANK), Open MPI (OMPI_COMM_WORLD_*), MPICH/Hydra (PMI_*),
-//! Slurm (SLURM_PROCID, SLURM_NTASKS, SLURM_LOCALID). MASTER_ADDR / MASTER_PORT locate rank 0.
+//! Slurm (SLURM_PROCID, SLURM_NTASKS, SLURM_LOCALID). MASTER_ADDR / MASTER_PORT locate rank 0;
+//! SHARDLINE_DEVICES (`--devices`) lists this node's GPU ordinals by local rank.
 
 use crate::error::{Result, WorkerError};
 
@@ -13,6 +14,8 @@ pub struct RankEnv {
     pub local_rank: usize,
     pub master_addr: String,
     pub master_port: u16,
+    /// GPU ordinal per local rank (`--devices`); empty: local rank among the visible GPUs.
+    pub devices: Vec<usize>,
 }
 
 const SCHEMES: [(&str, &str, &str); 4] = [
@@ -51,10 +54,22 @@ impl RankEnv {
                 local_rank: num(local_var)?.unwrap_or(rank),
                 master_addr: get("MASTER_ADDR").unwrap_or_else(|| "127.0.0.1".into()),
                 master_port,
+                devices: get("SHARDLINE_DEVICES").map_or(Ok(Vec::new()), |v| parse_devices(&v))?,
             }));
         }
         Ok(None)
     }
+}
+
+/// `2,3` → [2, 3]; empty → [].
+pub fn parse_devices(list: &str) -> Result<Vec<usize>> {
+    list.split(',')
+        .map(str::trim)
+        .filter(|d| !d.is_empty())
+        .map(|d| {
+            d.parse().map_err(|_| WorkerError::Env(format!("SHARDLINE_DEVICES={list}: `{d}` is not a GPU ordinal")))
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -83,5 +98,8 @@ mod tests {
         assert_eq!((slurm.rank, slurm.world_size, slurm.local_rank), (5, 8, 1));
         assert!(env(&[("RANK", "4"), ("WORLD_SIZE", "4")]).unwrap_err().to_string().contains("not below"));
         assert!(env(&[("PMI_RANK", "0")]).unwrap_err().to_string().contains("PMI_SIZE"));
+        let pinned = env(&[("RANK", "1"), ("WORLD_SIZE", "2"), ("SHARDLINE_DEVICES", "2, 3")]).unwrap().unwrap();
+        assert_eq!(pinned.devices, [2, 3]);
+        assert!(env(&[("RANK", "0"), ("WORLD_SIZE", "1"), ("SHARDLINE_DEVICES", "x")]).is_err());
     }
 }

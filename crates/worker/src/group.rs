@@ -76,11 +76,11 @@ pub fn start_group(
     let (res_tx, res_rx) = mpsc::channel();
     let (boot_tx, boot_rx) = mpsc::channel::<Result<(Ready, ModelConfig)>>();
     let thread = {
-        let (comm, config) = (Arc::clone(&comm), config.clone());
+        let (comm, config, env) = (Arc::clone(&comm), config.clone(), env.clone());
         std::thread::Builder::new()
             .name("rank0-shard".into())
             .spawn(move || {
-                let mut shard = match WorkerShard::load(0, 0, &config, comm) {
+                let mut shard = match WorkerShard::load(&env, &config, comm) {
                     Ok(shard) => {
                         let _ = boot_tx.send(Ok((shard.ready(), shard.model_config().clone())));
                         shard
@@ -126,7 +126,7 @@ pub fn start_group(
 pub fn run_worker(env: &RankEnv, timeout: Duration) -> Result<()> {
     let comm = Arc::new(rendezvous(&rendezvous_config(env, timeout, Vec::new()))?);
     let config = GroupConfig::from_proto(&GroupSpec::decode(comm.group_blob())?)?;
-    let mut shard = match WorkerShard::load(env.rank, env.local_rank, &config, Arc::clone(&comm)) {
+    let mut shard = match WorkerShard::load(env, &config, Arc::clone(&comm)) {
         Ok(shard) => shard,
         Err(e) => {
             let msg = Ready { rank: env.rank as u32, error: e.to_string(), ..Default::default() };

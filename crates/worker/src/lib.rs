@@ -7,6 +7,7 @@
 //! their request tables, run their layers and sample where the logits are.
 
 mod collective;
+mod device;
 mod driver;
 mod env;
 mod error;
@@ -20,11 +21,12 @@ mod runner;
 mod shard;
 mod wire;
 
+pub use device::{cuda_ordinal, device_for};
 pub use driver::GroupExecutor;
 pub use env::{RankEnv, DEFAULT_MASTER_PORT};
 pub use error::{Result, WorkerError};
 pub use group::{run_worker, start_group, GroupReady};
 pub use layout::GroupLayout;
 pub use local::LocalExecutor;
-pub use shard::{device_for, peak_rss_bytes};
+pub use shard::peak_rss_bytes;
 pub use wire::GroupConfig;

@@ -8,39 +8,16 @@ use std::time::Instant;
 use candle_core::{DType, Device, Tensor};
 use shardline_comm::{Comm, Tag};
 use shardline_exec::{StepOutput, StepPlan};
-use shardline_model::{DeviceKind, ModelSpec, ShardPlan};
+use shardline_model::{ModelSpec, ShardPlan};
 use shardline_proto::worker::v1::Ready;
 
 use crate::collective::TpCollective;
+use crate::device::device_for;
+use crate::env::RankEnv;
 use crate::error::{Result, WorkerError};
 use crate::layout::GroupLayout;
 use crate::runner::{Batch, ModelRunner};
 use crate::wire::GroupConfig;
-
-/// The device a rank runs on: the CPU, or CUDA device `local_rank` of this node.
-pub fn device_for(kind: DeviceKind, local_rank: usize) -> Result<Device> {
-    match kind {
-        DeviceKind::Cpu => Ok(Device::Cpu),
-        #[cfg(feature = "cuda")]
-        DeviceKind::Cuda => {
-            // Ask the driver first, so a machine without a GPU or driver gets a plain answer rather
-            // than candle's raw `DriverError(CUDA_ERROR_…)` from deep inside device creation.
-            let count = cudarc::driver::CudaContext::device_count()
-                .map_err(|e| WorkerError::Device(format!("no CUDA driver/GPU found: {e}")))?;
-            if local_rank >= usize::try_from(count).unwrap_or(0) {
-                return Err(WorkerError::Device(format!(
-                    "CUDA device {local_rank} requested, but the driver sees {count} GPU(s)"
-                )));
-            }
-            Ok(Device::new_cuda(local_rank)?)
-        }
-        #[cfg(not(feature = "cuda"))]
-        DeviceKind::Cuda => {
-            let _ = local_rank;
-            Err(WorkerError::Layout("device `cuda` is not available in this build (cuda needs --features cuda)".into()))
-        }
-    }
-}
 
 /// Peak resident set size of this process (VmHWM), 0 where /proc is unavailable.
 pub fn peak_rss_bytes() -> u64 {
@@ -71,14 +48,15 @@ pub struct StepStats {
 }
 
 impl WorkerShard {
-    /// Loads rank `rank`'s slice of the model (its TP share of its stage's layers) and KV cache.
-    /// `local_rank` picks the CUDA device on this node.
-    pub fn load(rank: usize, local_rank: usize, cfg: &GroupConfig, comm: Arc<Comm>) -> Result<WorkerShard> {
+    /// Loads `env.rank`'s slice of the model (its TP share of its stage's layers) and KV cache,
+    /// on the device its local rank maps to.
+    pub fn load(env: &RankEnv, cfg: &GroupConfig, comm: Arc<Comm>) -> Result<WorkerShard> {
+        let rank = env.rank;
         let layout = cfg.layout.clone();
         let stage = layout.stage_of(rank);
         let mut spec = ModelSpec::cpu(&cfg.model, cfg.dtype);
         spec.load_format = cfg.load_format;
-        spec.options.device = device_for(cfg.device, local_rank)?;
+        spec.options.device = device_for(cfg.device, env.local_rank, &env.devices)?;
         let model_cfg = spec.read_config()?;
         spec.options.plan = Some(ShardPlan::new(&model_cfg, layout.tp_rank_of(rank), layout.tp)?);
         spec.options.layers = Some(layout.layers_of_stage(stage));

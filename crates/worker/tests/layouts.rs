@@ -63,7 +63,14 @@ fn group_config(dir: &tempfile::TempDir, tp: usize, pp: usize, num_blocks: usize
 }
 
 fn rank_env(rank: usize, world_size: usize, port: u16) -> RankEnv {
-    RankEnv { rank, world_size, local_rank: rank, master_addr: "127.0.0.1".into(), master_port: port }
+    RankEnv {
+        rank,
+        world_size,
+        local_rank: rank,
+        master_addr: "127.0.0.1".into(),
+        master_port: port,
+        devices: Vec::new(),
+    }
 }
 
 fn free_port() -> u16 {
