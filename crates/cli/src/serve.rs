@@ -53,7 +53,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
         &engine,
         args.parallel.tp,
         args.parallel.pp,
-        args.model.dtype.as_str().to_string(),
+        args.model.dtype(args.parallel.device).as_str().to_string(),
     ));
     let limits = &info.limits;
     eprintln!(
