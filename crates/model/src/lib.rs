@@ -15,6 +15,7 @@ mod load;
 mod ops;
 mod rope;
 mod shard;
+mod step_meta;
 pub mod testing;
 
 pub use batch::{BatchInput, SeqInput};
@@ -25,3 +26,4 @@ pub use kv::KvCache;
 pub use llama::{Llama, LoadOptions};
 pub use load::{DeviceKind, LoadFormat, ModelSpec};
 pub use shard::{even_split, ShardPlan};
+pub use step_meta::StepMetadata;
