@@ -41,7 +41,8 @@ impl StepMetadata {
         };
         let positions = take(&mut words, &mut batch.positions.iter().copied());
         let slots = take(&mut words, &mut batch.slots.iter().copied());
-        let mut row_seq = batch.seqs.iter().enumerate().flat_map(|(i, s)| std::iter::repeat_n(i as u32, s.tokens.len()));
+        let mut row_seq =
+            batch.seqs.iter().enumerate().flat_map(|(i, s)| std::iter::repeat_n(i as u32, s.tokens.len()));
         let row_seq = take(&mut words, &mut row_seq);
         let mut tables = batch.seqs.iter().flat_map(|s| {
             s.block_table.iter().copied().chain(std::iter::repeat_n(0, max_blocks - s.block_table.len()))

@@ -7,6 +7,7 @@
 use candle_core::{DType, Device, Tensor};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use rayon::prelude::{IndexedParallelIterator, IntoParallelIterator, ParallelIterator, ParallelSliceMut};
 
 use crate::error::{Result, WeightsError};
 use crate::source::{Slice, WeightSource};
@@ -91,24 +92,31 @@ impl WeightSource for DummySource {
                 _ => v,
             }
         } else {
+            // Rows are seeded independently, so they fill in parallel (an 8B-parameter model is
+            // 8G draws) and the result does not depend on the thread count.
             let width = full_shape[1..].iter().product::<usize>();
             let rows = match slice {
                 Slice::Rows(r) => r.clone(),
                 _ => 0..full_shape[0],
             };
-            let mut data = Vec::with_capacity(out_shape.iter().product());
-            let mut row_buf = vec![0f32; width];
-            for row in rows {
-                self.fill_row(name, row, center, scale, &mut row_buf);
-                match slice {
-                    Slice::Cols(c) => data.extend_from_slice(&row_buf[c.clone()]),
-                    _ => data.extend_from_slice(&row_buf),
-                }
-            }
+            let cols = match slice {
+                Slice::Cols(c) => c.clone(),
+                _ => 0..width,
+            };
+            let mut data = vec![0f32; rows.len() * cols.len()];
+            data.par_chunks_mut(cols.len().max(1)).zip(rows.into_par_iter()).for_each_init(
+                || vec![0f32; width],
+                |row_buf, (out, row)| {
+                    self.fill_row(name, row, center, scale, row_buf);
+                    out.copy_from_slice(&row_buf[cols.clone()]);
+                },
+            );
             data
         };
-        Tensor::from_vec(data, out_shape, device)
+        // Converted before the copy: a GPU receives bf16, half the bytes.
+        Tensor::from_vec(data, out_shape, &Device::Cpu)
             .and_then(|t| t.to_dtype(dtype))
+            .and_then(|t| t.to_device(device))
             .map_err(|e| WeightsError::candle(name, &file, e))
     }
 
