@@ -124,3 +124,23 @@ impl WeightSource for DummySource {
         format!("dummy (seed {})", self.seed)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn row_and_column_slices_equal_slices_of_the_whole_tensor() {
+        let src = DummySource::new(serde_json::json!({}), 7);
+        let load = |slice: Slice| -> Vec<Vec<f32>> {
+            let t = src.load("model.layers.0.mlp.up_proj.weight", &[6, 10], &slice, DType::F32, &Device::Cpu).unwrap();
+            t.to_vec2().unwrap()
+        };
+        let full = load(Slice::Full);
+        assert_eq!(load(Slice::Rows(2..5)), full[2..5].to_vec());
+        let cols: Vec<Vec<f32>> = full.iter().map(|r| r[3..8].to_vec()).collect();
+        assert_eq!(load(Slice::Cols(3..8)), cols);
+        assert!(full.iter().flatten().all(|v| v.abs() <= 1.0 / 10f32.sqrt()));
+        assert_ne!(full[0], full[1], "rows are drawn independently");
+    }
+}
