@@ -13,6 +13,8 @@
 
 mod dtype;
 mod error;
+#[cfg(feature = "cuda")]
+mod gpu;
 pub mod reference;
 mod shape;
 mod split;
@@ -20,5 +22,7 @@ pub mod testing;
 
 pub use dtype::{convert, round, widen, KernelDType, SUFFIXES};
 pub use error::KernelError;
+#[cfg(feature = "cuda")]
+pub use gpu::{AttentionInputs, Kernels, RopeInputs, TopkOutputs};
 pub use shape::{AttentionShape, QkvShape, MAX_HEAD_DIM, MAX_TOPK};
 pub use split::{plan_splits, split_range, workspace_len, KEY_TILE, MAX_SPLITS, PARTIAL_HEADER};

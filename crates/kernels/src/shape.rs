@@ -134,6 +134,14 @@ fn expect_len(kernel: &'static str, what: &str, got: usize, want: usize) -> Resu
     }
 }
 
+/// Rows of a kernel with one block per row: the grid's x dimension holds at most 2^31 − 1.
+fn grid_rows(kernel: &'static str, rows: usize) -> Result<u32> {
+    if rows > i32::MAX as usize {
+        return Err(shape_error(kernel, format!("{rows} rows is more blocks than a grid holds")));
+    }
+    Ok(rows as u32)
+}
+
 fn to_u32(kernel: &'static str, what: &str, v: usize) -> Result<u32> {
     u32::try_from(v).map_err(|_| shape_error(kernel, format!("{what} = {v} does not fit the kernel's u32")))
 }
@@ -150,7 +158,7 @@ fn whole_rows(kernel: &'static str, what: &str, len: usize, width: usize) -> Res
 pub(crate) fn norm_dims(kernel: &'static str, x: usize, weight: usize, out: usize) -> Result<RowDims> {
     let rows = whole_rows(kernel, "x", x, weight)?;
     expect_len(kernel, "out", out, x)?;
-    Ok(RowDims { rows: to_u32(kernel, "rows", rows)?, cols: to_u32(kernel, "cols", weight)? })
+    Ok(RowDims { rows: grid_rows(kernel, rows)?, cols: to_u32(kernel, "cols", weight)? })
 }
 
 /// residual and delta [rows, cols], weight [cols], out [rows, cols].
@@ -180,11 +188,7 @@ impl QkvShape {
         let num_slots = whole_rows(K, "k_cache", l.k_cache, self.kv_width())?;
         expect_len(K, "v_cache", l.v_cache, l.k_cache)?;
         to_u32(K, "qkv width", self.qkv_width())?;
-        Ok(RopeDims {
-            rows: to_u32(K, "rows", rows)?,
-            max_pos: to_u32(K, "max_pos", max_pos)?,
-            num_slots: num_slots as u64,
-        })
+        Ok(RopeDims { rows: grid_rows(K, rows)?, max_pos: to_u32(K, "max_pos", max_pos)?, num_slots: num_slots as u64 })
     }
 }
 
@@ -261,7 +265,7 @@ pub(crate) fn topk_dims(l: &TopkLens, k: usize) -> Result<TopkDims> {
     expect_len(K, "values", l.values, rows * k)?;
     expect_len(K, "ids", l.ids, rows * k)?;
     expect_len(K, "stats", l.stats, rows * 3)?;
-    Ok(TopkDims { rows: to_u32(K, "rows", rows)?, vocab: to_u32(K, "vocab", vocab)? })
+    Ok(TopkDims { rows: grid_rows(K, rows)?, vocab: to_u32(K, "vocab", vocab)? })
 }
 
 #[cfg(test)]
