@@ -13,16 +13,9 @@ cache="${SHARDLINE_CI_CACHE:-$HOME/.cache/shardline-ci}"
 mkdir -p "$cache"
 cache="$(cd "$cache" && pwd)"
 
-eval "$(scripts/cuda-toolchain.sh "$cache/cuda-toolchain")"
-
-# cargo's fingerprints include the linker's path: a copy at a fixed place outside the clone
-# keeps the cached target dir valid for every clone.
-mkdir -p "$cache/bin"
-cmp -s scripts/cuda-link.sh "$cache/bin/cuda-link" || install -m 755 scripts/cuda-link.sh "$cache/bin/cuda-link"
-host="$(rustc -vV | sed -n 's/^host: //p')"
-host_var="$(echo "$host" | tr 'a-z-' 'A-Z_')"
-export "CARGO_TARGET_${host_var}_LINKER=$cache/bin/cuda-link"
-export CARGO_TARGET_DIR="$cache/cuda-target"
+# The binary always builds in the cache's own target dir, even where CARGO_TARGET_DIR is set for
+# the CPU build: the two differ in features and linker and would rebuild each other's artifacts.
+eval "$(env -u CARGO_TARGET_DIR scripts/cuda-env.sh)"
 
 # Profile cuda-dist: release without fat LTO (see Cargo.toml).
 start=$(date +%s)

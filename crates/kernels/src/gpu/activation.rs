@@ -1,0 +1,42 @@
+//! Launcher of kernels/silu_mul.cu: SwiGLU's silu(gate) · up.
+
+use cudarc::driver::{CudaStream, CudaView, CudaViewMut, PushKernelArg};
+
+use super::{config, Kernels};
+use crate::dtype::KernelDType;
+use crate::error::KernelError;
+use crate::shape::silu_dims;
+
+const THREADS: u32 = 256;
+/// Grid-stride blocks per SM: enough to saturate memory, few enough to stay resident at once.
+const BLOCKS_PER_SM: usize = 16;
+
+impl Kernels {
+    /// [`crate::reference::silu_mul`]: gate_up [rows, 2 · inter] (gate | up) → out [rows, inter].
+    pub fn silu_mul<T: KernelDType>(
+        &self,
+        stream: &CudaStream,
+        gate_up: &CudaView<T>,
+        inter: usize,
+        out: &mut CudaViewMut<T>,
+    ) -> Result<(), KernelError> {
+        let d = silu_dims(gate_up.len(), inter, out.len())?;
+        let n = out.len() as u64;
+        if n == 0 {
+            return Ok(());
+        }
+        let blocks = n.div_ceil(THREADS as u64).min((self.num_sms * BLOCKS_PER_SM) as u64) as u32;
+        // SAFETY: silu_dims checked gate_up holds 2 · n and out n = rows × inter elements; the
+        // grid-stride loop stops at n. Arguments match `silu_mul_<T>(gate_up, out, n, inter)`.
+        unsafe {
+            stream
+                .launch_builder(self.silu_mul.get::<T>())
+                .arg(gate_up)
+                .arg(out)
+                .arg(&n)
+                .arg(&d.cols)
+                .launch(config((blocks, 1), THREADS))
+        }?;
+        Ok(())
+    }
+}
