@@ -14,24 +14,24 @@ const THREADS: u32 = KEY_TILE as u32;
 
 /// The read-only inputs of [`Kernels::paged_attention`], as [`crate::reference::AttentionInputs`].
 pub struct AttentionInputs<'a, T> {
-    /// [rows, q_heads, head_dim].
+    /// `[rows, q_heads, head_dim]`.
     pub q: CudaView<'a, T>,
-    /// [num_slots, kv_heads · head_dim] each; k_cache must start 16-byte aligned (the kernel
+    /// `[num_slots, kv_heads · head_dim]` each; k_cache must start 16-byte aligned (the kernel
     /// reads keys 16 bytes at a time). Allocations are; so is any layer of a larger cache.
     pub k_cache: CudaView<'a, T>,
     pub v_cache: CudaView<'a, T>,
-    /// [num_seqs, max_blocks].
+    /// `[num_seqs, max_blocks]`.
     pub block_tables: CudaView<'a, u32>,
-    /// [rows] the sequence of each query row (any order, any mix of prefill and decode rows).
+    /// `[rows]` the sequence of each query row (any order, any mix of prefill and decode rows).
     pub row_seq: CudaView<'a, u32>,
-    /// [rows] row r sees keys 0..=positions[r].
+    /// `[rows]` row r sees keys 0..=`positions[r]`.
     pub positions: CudaView<'a, u32>,
-    /// [q_heads] the KV head each q head reads.
+    /// `[q_heads]` the KV head each q head reads.
     pub kv_head_of_q: CudaView<'a, u32>,
 }
 
 impl Kernels {
-    /// [`crate::reference::paged_attention`]: out [rows, q_heads, head_dim] = softmax(scale ·
+    /// [`crate::reference::paged_attention`]: out `[rows, q_heads, head_dim]` = softmax(scale ·
     /// q·Kᵀ)·V over each row's visible keys, every sequence of the step in one launch. With
     /// `shape.num_splits > 1` (see [`crate::plan_splits`]) the partials go to `workspace`
     /// (at least [`workspace_len`] f32s) and a second launch merges them; with one split
@@ -99,8 +99,9 @@ impl Kernels {
         Ok(())
     }
 
-    /// [`crate::reference::attention_merge`]: split-K partials [items, num_splits, 2 +
-    /// head_dim] (as [`Kernels::paged_attention`] leaves them) → out [items, head_dim].
+    /// [`crate::reference::attention_merge`]: split-K partials
+    /// `[items, num_splits, 2 + head_dim]` (as [`Kernels::paged_attention`] leaves them) → out
+    /// `[items, head_dim]`.
     pub fn attention_merge<T: KernelDType>(
         &self,
         stream: &CudaStream,
