@@ -37,26 +37,30 @@ constexpr u32 HEADER = 2;        // m, l before each partial's accumulator (spli
 
 // 8 consecutive elements as f32. p must be 16-byte aligned: the host checks the cache's base,
 // and every row and 8-element chunk offset is a multiple of 16 bytes (head_dim % 32 == 0).
+// The 16-bit types come in one 16-byte load and are unpacked from its words with shifts (the
+// low half is the lower address), not by casting the register to __nv_bfloat162*, which would
+// read one type through a pointer to another.
 __device__ __forceinline__ void load8(const float* p, float* o) {
   const float4 a = reinterpret_cast<const float4*>(p)[0], b = reinterpret_cast<const float4*>(p)[1];
   o[0] = a.x, o[1] = a.y, o[2] = a.z, o[3] = a.w, o[4] = b.x, o[5] = b.y, o[6] = b.z, o[7] = b.w;
 }
 __device__ __forceinline__ void load8(const __nv_bfloat16* p, float* o) {
   const uint4 u = *reinterpret_cast<const uint4*>(p);
-  const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&u);
+  const u32 w[4] = {u.x, u.y, u.z, u.w};
 #pragma unroll
   for (int k = 0; k < 4; ++k) {
-    const float2 f = __bfloat1622float2(h[k]);
-    o[2 * k] = f.x, o[2 * k + 1] = f.y;
+    // A bf16 is the top half of the f32 with the same value.
+    o[2 * k] = __uint_as_float(w[k] << 16);
+    o[2 * k + 1] = __uint_as_float(w[k] & 0xffff0000u);
   }
 }
 __device__ __forceinline__ void load8(const __half* p, float* o) {
   const uint4 u = *reinterpret_cast<const uint4*>(p);
-  const __half2* h = reinterpret_cast<const __half2*>(&u);
+  const u32 w[4] = {u.x, u.y, u.z, u.w};
 #pragma unroll
   for (int k = 0; k < 4; ++k) {
-    const float2 f = __half22float2(h[k]);
-    o[2 * k] = f.x, o[2 * k + 1] = f.y;
+    o[2 * k] = __half2float(__ushort_as_half((unsigned short)(w[k] & 0xffffu)));
+    o[2 * k + 1] = __half2float(__ushort_as_half((unsigned short)(w[k] >> 16)));
   }
 }
 

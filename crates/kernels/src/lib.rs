@@ -2,7 +2,7 @@
 //! CPU reference it is tested against (llm.c's habit: a kernel is done when it matches a
 //! reference a reader can check by eye).
 //!
-//! - [`reference`]: the semantics, as plain Rust loops; always built, tested in CI against
+//! - [`mod@reference`]: the semantics, as plain Rust loops; always built, tested in CI against
 //!   `shardline_ops` and `shardline_sampling`.
 //! - `Kernels` (feature `cuda`): the kernels compiled by build.rs into one fatbin embedded in
 //!   this crate, loaded once per context and launched on a caller's stream. Without the

@@ -38,7 +38,7 @@ pub fn add_rms_norm<T: KernelDType>(residual: &mut [T], delta: &[T], weight: &[T
 }
 
 /// SwiGLU as HF computes it in T: act = round(silu(gate)), out = round(act · up). Rows of
-/// `gate_up` are [gate | up], 2 · inter wide.
+/// `gate_up` are `[gate | up]`, 2 · inter wide.
 pub fn silu_mul<T: KernelDType>(gate_up: &[T], inter: usize) -> Vec<T> {
     silu_dims(gate_up.len(), inter, gate_up.len() / 2).expect("silu_mul reference");
     let mut out = Vec::with_capacity(gate_up.len() / 2);
@@ -54,19 +54,19 @@ pub fn silu_mul<T: KernelDType>(gate_up: &[T], inter: usize) -> Vec<T> {
 
 /// The read-only inputs of [`rope_kv_write`].
 pub struct RopeInputs<'a, T> {
-    /// [rows, (q_heads + 2 · kv_heads) · head_dim]: q | k | v, head-major inside each.
+    /// `[rows, (q_heads + 2 · kv_heads) · head_dim]`: q | k | v, head-major inside each.
     pub qkv: &'a [T],
-    /// [max_pos, head_dim]: row p holds cos(p·θ_i) for i < head_dim/2, then sin(p·θ_i).
+    /// `[max_pos, head_dim]`: row p holds cos(p·θ_i) for i < head_dim/2, then sin(p·θ_i).
     pub cos_sin: &'a [f32],
-    /// [rows] position of each row (selects its cos/sin row).
+    /// `[rows]` position of each row (selects its cos/sin row).
     pub positions: &'a [u32],
-    /// [rows] KV-cache slot of each row; a slot past the cache (u32::MAX for padding) stores
+    /// `[rows]` KV-cache slot of each row; a slot past the cache (u32::MAX for padding) stores
     /// nothing.
     pub slots: &'a [u32],
 }
 
 /// HF rotate_half RoPE of a row's q and k heads, in f32, rounded once to T: q comes back as
-/// [rows, q_heads · head_dim]; rotated k and plain v go to row `slots[r]` of the caches.
+/// `[rows, q_heads · head_dim]`; rotated k and plain v go to row `slots[r]` of the caches.
 pub fn rope_kv_write<T: KernelDType>(
     shape: &QkvShape,
     inputs: &RopeInputs<T>,
@@ -120,24 +120,25 @@ fn rotate_half<T: KernelDType>(x: &[T], cos_sin: &[f32], out: &mut [T]) {
 
 /// The read-only inputs of [`paged_attention`].
 pub struct AttentionInputs<'a, T> {
-    /// [rows, q_heads, head_dim].
+    /// `[rows, q_heads, head_dim]`.
     pub q: &'a [T],
-    /// [num_slots, kv_heads · head_dim] each.
+    /// `[num_slots, kv_heads · head_dim]` each.
     pub k_cache: &'a [T],
     pub v_cache: &'a [T],
-    /// [num_seqs, max_blocks].
+    /// `[num_seqs, max_blocks]`.
     pub block_tables: &'a [u32],
-    /// [rows] the sequence each query row belongs to.
+    /// `[rows]` the sequence each query row belongs to.
     pub row_seq: &'a [u32],
-    /// [rows] row r attends to keys 0..=positions[r] of its sequence.
+    /// `[rows]` row r attends to keys 0..=`positions[r]` of its sequence.
     pub positions: &'a [u32],
-    /// [q_heads] the KV head each q head reads (GQA, or any map an uneven TP shard needs).
+    /// `[q_heads]` the KV head each q head reads (GQA, or any map an uneven TP shard needs).
     pub kv_head_of_q: &'a [u32],
 }
 
-/// Split-K partials as the GPU's workspace holds them, [rows, q_heads, num_splits, 2 +
-/// head_dim]: per split the max m of its scores, l = Σ exp(score − m) and acc = Σ exp(score −
-/// m) · v over the split's keys ([`crate::split`]). An empty split is (−inf, 0, 0…).
+/// Split-K partials as the GPU's workspace holds them,
+/// `[rows, q_heads, num_splits, 2 + head_dim]`: per split the max m of its scores,
+/// l = Σ exp(score − m) and acc = Σ exp(score − m) · v over the split's keys (see
+/// [`crate::split_range`]). An empty split is (−inf, 0, 0…).
 pub fn attention_partials<T: KernelDType>(shape: &AttentionShape, a: &AttentionInputs<T>) -> Vec<f32> {
     let (rows, qh, hd) = (a.row_seq.len(), shape.num_q_heads, shape.head_dim);
     let ns = shape.num_splits;
@@ -220,7 +221,7 @@ pub fn attention_merge<T: KernelDType>(partials: &[f32], head_dim: usize, num_sp
     out
 }
 
-/// softmax(scale · q·Kᵀ) · V over each row's visible keys, [rows, q_heads, head_dim], computed
+/// softmax(scale · q·Kᵀ) · V over each row's visible keys, `[rows, q_heads, head_dim]`, computed
 /// through the split-K partials and merge (one split is the plain softmax).
 pub fn paged_attention<T: KernelDType>(shape: &AttentionShape, inputs: &AttentionInputs<T>) -> Vec<T> {
     attention_merge(&attention_partials(shape, inputs), shape.head_dim, shape.num_splits)
@@ -229,11 +230,11 @@ pub fn paged_attention<T: KernelDType>(shape: &AttentionShape, inputs: &Attentio
 /// Candidates and statistics of [`logits_topk`], row-major.
 #[derive(Clone, Debug, PartialEq)]
 pub struct TopK {
-    /// [rows, k] the chosen logits (NaN reported as −inf), best first.
+    /// `[rows, k]` the chosen logits (NaN reported as −inf), best first.
     pub values: Vec<f32>,
-    /// [rows, k] their vocabulary ids.
+    /// `[rows, k]` their vocabulary ids.
     pub ids: Vec<u32>,
-    /// [rows, 3]: max logit, logsumexp of the logits, logsumexp of logits · inv_temperature.
+    /// `[rows, 3]`: max logit, logsumexp of the logits, logsumexp of logits · inv_temperature.
     pub stats: Vec<f32>,
 }
 

@@ -40,8 +40,9 @@ impl QkvShape {
     }
 }
 
-/// One paged-attention launch, apart from its buffers. Caches are `[num_slots, num_kv_heads ·
-/// head_dim]`; block tables `[num_seqs, max_blocks]`; key j of a sequence sits in slot
+/// One paged-attention launch, apart from its buffers. Caches are
+/// `[num_slots, num_kv_heads · head_dim]`; block tables `[num_seqs, max_blocks]`; key j of a
+/// sequence sits in slot
 /// `table[j / block_size] · block_size + j % block_size`.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct AttentionShape {
@@ -154,20 +155,20 @@ fn whole_rows(kernel: &'static str, what: &str, len: usize, width: usize) -> Res
     Ok(len / width)
 }
 
-/// x [rows, cols], weight [cols], out [rows, cols].
+/// x `[rows, cols]`, weight `[cols]`, out `[rows, cols]`.
 pub(crate) fn norm_dims(kernel: &'static str, x: usize, weight: usize, out: usize) -> Result<RowDims> {
     let rows = whole_rows(kernel, "x", x, weight)?;
     expect_len(kernel, "out", out, x)?;
     Ok(RowDims { rows: grid_rows(kernel, rows)?, cols: to_u32(kernel, "cols", weight)? })
 }
 
-/// residual and delta [rows, cols], weight [cols], out [rows, cols].
+/// residual and delta `[rows, cols]`, weight `[cols]`, out `[rows, cols]`.
 pub(crate) fn add_norm_dims(residual: usize, delta: usize, weight: usize, out: usize) -> Result<RowDims> {
     expect_len("add_rms_norm", "delta", delta, residual)?;
     norm_dims("add_rms_norm", residual, weight, out)
 }
 
-/// gate_up [rows, 2·inter], out [rows, inter].
+/// gate_up `[rows, 2·inter]`, out `[rows, inter]`.
 pub(crate) fn silu_dims(gate_up: usize, inter: usize, out: usize) -> Result<RowDims> {
     let rows = whole_rows("silu_mul", "out", out, inter)?;
     expect_len("silu_mul", "gate_up", gate_up, 2 * out)?;
@@ -247,7 +248,7 @@ impl AttentionShape {
     }
 }
 
-/// logits [rows, vocab], inv_temperature [rows], values and ids [rows, k], stats [rows, 3].
+/// logits `[rows, vocab]`, inv_temperature `[rows]`, values and ids `[rows, k]`, stats `[rows, 3]`.
 pub(crate) fn topk_dims(l: &TopkLens, k: usize) -> Result<TopkDims> {
     const K: &str = "logits_topk";
     let rows = l.inv_temperature;

@@ -23,7 +23,7 @@ const BLOCKS_PER_SM: usize = 4;
 /// `(num_splits, keys_per_split)` for a launch of `rows` query rows × `q_heads` heads whose
 /// longest context is `max_context` keys, on a GPU with `num_sms` SMs. One split unless the
 /// (row, head) pairs leave SMs idle and contexts are long; then just enough splits, each a
-/// multiple of [`KEY_TILE`] long, to give every SM [`BLOCKS_PER_SM`] blocks.
+/// multiple of [`KEY_TILE`] long, to give every SM `BLOCKS_PER_SM` (4) blocks.
 /// Always `num_splits · keys_per_split ≥ max_context`.
 pub fn plan_splits(rows: usize, q_heads: usize, max_context: usize, num_sms: usize) -> (usize, usize) {
     let context = max_context.max(1);

@@ -72,7 +72,7 @@ pub struct SeqSpec {
 pub struct AttentionCase {
     pub shape: AttentionShape,
     pub seqs: Vec<SeqSpec>,
-    /// [rows, q_heads, head_dim].
+    /// `[rows, q_heads, head_dim]`.
     pub q: Vec<f32>,
     pub k_cache: Vec<f32>,
     pub v_cache: Vec<f32>,
@@ -151,7 +151,7 @@ impl AttentionCase {
     }
 
     /// Reorders the query rows at random (a kernel must not assume rows grouped by sequence);
-    /// returns `perm` with new row i = old row perm[i].
+    /// returns `perm` with new row i = old row `perm[i]`.
     pub fn shuffle_rows(&mut self, rng: &mut Rng) -> Vec<usize> {
         let mut perm: Vec<usize> = (0..self.rows()).collect();
         rng.shuffle(&mut perm);

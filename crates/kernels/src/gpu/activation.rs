@@ -12,7 +12,7 @@ const THREADS: u32 = 256;
 const BLOCKS_PER_SM: usize = 16;
 
 impl Kernels {
-    /// [`crate::reference::silu_mul`]: gate_up [rows, 2 · inter] (gate | up) → out [rows, inter].
+    /// [`crate::reference::silu_mul`]: gate_up `[rows, 2 · inter]` (gate | up) → out `[rows, inter]`.
     pub fn silu_mul<T: KernelDType>(
         &self,
         stream: &CudaStream,

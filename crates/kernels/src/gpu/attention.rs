@@ -14,24 +14,24 @@ const THREADS: u32 = KEY_TILE as u32;
 
 /// The read-only inputs of [`Kernels::paged_attention`], as [`crate::reference::AttentionInputs`].
 pub struct AttentionInputs<'a, T> {
-    /// [rows, q_heads, head_dim].
+    /// `[rows, q_heads, head_dim]`.
     pub q: CudaView<'a, T>,
-    /// [num_slots, kv_heads · head_dim] each; k_cache must start 16-byte aligned (the kernel
+    /// `[num_slots, kv_heads · head_dim]` each; k_cache must start 16-byte aligned (the kernel
     /// reads keys 16 bytes at a time). Allocations are; so is any layer of a larger cache.
     pub k_cache: CudaView<'a, T>,
     pub v_cache: CudaView<'a, T>,
-    /// [num_seqs, max_blocks].
+    /// `[num_seqs, max_blocks]`.
     pub block_tables: CudaView<'a, u32>,
-    /// [rows] the sequence of each query row (any order, any mix of prefill and decode rows).
+    /// `[rows]` the sequence of each query row (any order, any mix of prefill and decode rows).
     pub row_seq: CudaView<'a, u32>,
-    /// [rows] row r sees keys 0..=positions[r].
+    /// `[rows]` row r sees keys 0..=`positions[r]`.
     pub positions: CudaView<'a, u32>,
-    /// [q_heads] the KV head each q head reads.
+    /// `[q_heads]` the KV head each q head reads.
     pub kv_head_of_q: CudaView<'a, u32>,
 }
 
 impl Kernels {
-    /// [`crate::reference::paged_attention`]: out [rows, q_heads, head_dim] = softmax(scale ·
+    /// [`crate::reference::paged_attention`]: out `[rows, q_heads, head_dim]` = softmax(scale ·
     /// q·Kᵀ)·V over each row's visible keys, every sequence of the step in one launch. With
     /// `shape.num_splits > 1` (see [`crate::plan_splits`]) the partials go to `workspace`
     /// (at least [`workspace_len`] f32s) and a second launch merges them; with one split
@@ -41,19 +41,19 @@ impl Kernels {
         stream: &CudaStream,
         shape: &AttentionShape,
         inputs: &AttentionInputs<T>,
-        workspace: Option<&mut CudaViewMut<f32>>,
+        mut workspace: Option<&mut CudaViewMut<f32>>,
         out: &mut CudaViewMut<T>,
     ) -> Result<(), KernelError> {
         const K: &str = "paged_attention";
-        let i = inputs;
+        let AttentionInputs { q, k_cache, v_cache, block_tables, row_seq, positions, kv_head_of_q } = inputs;
         let lens = AttentionLens {
-            q: i.q.len(),
-            k_cache: i.k_cache.len(),
-            v_cache: i.v_cache.len(),
-            block_tables: i.block_tables.len(),
-            row_seq: i.row_seq.len(),
-            positions: i.positions.len(),
-            kv_head_of_q: i.kv_head_of_q.len(),
+            q: q.len(),
+            k_cache: k_cache.len(),
+            v_cache: v_cache.len(),
+            block_tables: block_tables.len(),
+            row_seq: row_seq.len(),
+            positions: positions.len(),
+            kv_head_of_q: kv_head_of_q.len(),
             workspace: workspace.as_ref().map_or(0, |w| w.len()),
             out: out.len(),
         };
@@ -61,27 +61,25 @@ impl Kernels {
         if d.rows == 0 {
             return Ok(());
         }
-        let (ptr, _record) = i.k_cache.device_ptr(stream);
+        let (ptr, _record) = k_cache.device_ptr(stream);
         if !ptr.is_multiple_of(16) {
             return Err(shape_error(K, format!("k_cache starts at {ptr:#x}, not 16-byte aligned")));
         }
-        let s = shape;
-        let items = d.rows * s.num_q_heads as u32;
-        let (qh, kvh, hd) = (s.num_q_heads as u32, s.num_kv_heads as u32, s.head_dim as u32);
-        let (block_size, max_blocks) = (s.block_size as u32, s.max_blocks as u32);
-        let (splits, keys_per_split) = (s.num_splits as u32, s.keys_per_split as u32);
+        let u = |v: usize| v as u32; // every dimension was checked to fit
+        let (qh, kvh, hd) = (u(shape.num_q_heads), u(shape.num_kv_heads), u(shape.head_dim));
+        let (block_size, max_blocks) = (u(shape.block_size), u(shape.max_blocks));
+        let (splits, keys_per_split) = (u(shape.num_splits), u(shape.keys_per_split));
         // With one split the kernel never touches `partials`: a null pointer stands in.
         let null: u64 = 0;
         let mut launch = stream.launch_builder(self.paged_attention.get::<T>());
-        launch.arg(&i.q).arg(&i.k_cache).arg(&i.v_cache).arg(&i.block_tables).arg(&i.row_seq).arg(&i.positions);
-        launch.arg(&i.kv_head_of_q).arg(&mut *out);
-        let mut workspace = workspace;
+        launch.arg(q).arg(k_cache).arg(v_cache).arg(block_tables).arg(row_seq).arg(positions).arg(kv_head_of_q);
+        launch.arg(&mut *out);
         match workspace.as_deref_mut() {
             Some(w) => launch.arg(w),
             None => launch.arg(&null),
         };
         launch.arg(&qh).arg(&kvh).arg(&hd).arg(&block_size).arg(&max_blocks).arg(&d.num_seqs).arg(&d.num_slots);
-        launch.arg(&s.scale).arg(&splits).arg(&keys_per_split);
+        launch.arg(&shape.scale).arg(&splits).arg(&keys_per_split);
         // SAFETY: `dims` checked q and out against rows × q_heads × head_dim, row_seq and
         // positions against rows, kv_head_of_q against q_heads, the caches against whole slots,
         // the block tables against whole rows of max_blocks, head_dim (multiple of 32, ≤ 256,
@@ -92,19 +90,18 @@ impl Kernels {
         // k_cache, v_cache, block_tables, row_seq, positions, kv_head_of_q, out, partials,
         // num_q_heads, num_kv_heads, head_dim, block_size, max_blocks, num_seqs, num_slots,
         // scale, num_splits, keys_per_split)`.
-        unsafe { launch.launch(config((items, splits), THREADS)) }?;
+        unsafe { launch.launch(config((d.rows * qh, splits), THREADS)) }?;
         drop(launch);
-        if let Some(w) = workspace {
-            if splits > 1 {
-                let n = workspace_len(d.rows as usize, s.num_q_heads, s.head_dim, s.num_splits);
-                self.attention_merge(stream, &w.slice(..n), s.head_dim, s.num_splits, out)?;
-            }
+        if let (Some(w), true) = (workspace, splits > 1) {
+            let n = workspace_len(d.rows as usize, shape.num_q_heads, shape.head_dim, shape.num_splits);
+            self.attention_merge(stream, &w.slice(..n), shape.head_dim, shape.num_splits, out)?;
         }
         Ok(())
     }
 
-    /// [`crate::reference::attention_merge`]: split-K partials [items, num_splits, 2 +
-    /// head_dim] (as [`Kernels::paged_attention`] leaves them) → out [items, head_dim].
+    /// [`crate::reference::attention_merge`]: split-K partials
+    /// `[items, num_splits, 2 + head_dim]` (as [`Kernels::paged_attention`] leaves them) → out
+    /// `[items, head_dim]`.
     pub fn attention_merge<T: KernelDType>(
         &self,
         stream: &CudaStream,

@@ -14,7 +14,7 @@ fn threads(cols: u32) -> u32 {
 }
 
 impl Kernels {
-    /// [`crate::reference::rms_norm`]: x and out [rows, cols], weight [cols].
+    /// [`crate::reference::rms_norm`]: x and out `[rows, cols]`, weight `[cols]`.
     pub fn rms_norm<T: KernelDType>(
         &self,
         stream: &CudaStream,
@@ -43,7 +43,7 @@ impl Kernels {
     }
 
     /// [`crate::reference::add_rms_norm`]: residual += delta in place, out = rms_norm(residual);
-    /// residual, delta and out [rows, cols], weight [cols].
+    /// residual, delta and out `[rows, cols]`, weight `[cols]`.
     pub fn add_rms_norm<T: KernelDType>(
         &self,
         stream: &CudaStream,

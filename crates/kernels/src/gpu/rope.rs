@@ -13,18 +13,18 @@ const THREADS: u32 = 256;
 
 /// The read-only inputs of [`Kernels::rope_kv_write`], as [`crate::reference::RopeInputs`].
 pub struct RopeInputs<'a, T> {
-    /// [rows, (q_heads + 2 · kv_heads) · head_dim]: q | k | v.
+    /// `[rows, (q_heads + 2 · kv_heads) · head_dim]`: q | k | v.
     pub qkv: CudaView<'a, T>,
-    /// f32 [max_pos, head_dim]: row p is cos for i < head_dim/2, then sin.
+    /// f32 `[max_pos, head_dim]`: row p is cos for i < head_dim/2, then sin.
     pub cos_sin: CudaView<'a, f32>,
-    /// [rows]; a row whose position is past the table is left untouched.
+    /// `[rows]`; a row whose position is past the table is left untouched.
     pub positions: CudaView<'a, u32>,
-    /// [rows]; a slot past the cache (u32::MAX for padding) stores nothing.
+    /// `[rows]`; a slot past the cache (u32::MAX for padding) stores nothing.
     pub slots: CudaView<'a, u32>,
 }
 
 impl Kernels {
-    /// [`crate::reference::rope_kv_write`]: rotated q to q_out [rows, q_heads · head_dim];
+    /// [`crate::reference::rope_kv_write`]: rotated q to q_out `[rows, q_heads · head_dim]`;
     /// rotated k and plain v to row `slots[r]` of k_cache / v_cache [num_slots, kv_heads ·
     /// head_dim].
     pub fn rope_kv_write<T: KernelDType>(

@@ -12,16 +12,16 @@ const THREADS: u32 = 1024;
 
 /// Where [`Kernels::logits_topk`] writes, as [`crate::reference::TopK`].
 pub struct TopkOutputs<'a> {
-    /// [rows, k] the chosen logits (NaN as −inf), best first.
+    /// `[rows, k]` the chosen logits (NaN as −inf), best first.
     pub values: CudaViewMut<'a, f32>,
-    /// [rows, k] their vocabulary ids.
+    /// `[rows, k]` their vocabulary ids.
     pub ids: CudaViewMut<'a, u32>,
-    /// [rows, 3]: max logit, logsumexp of the logits, logsumexp of logits · inv_temperature.
+    /// `[rows, 3]`: max logit, logsumexp of the logits, logsumexp of logits · inv_temperature.
     pub stats: CudaViewMut<'a, f32>,
 }
 
 impl Kernels {
-    /// [`crate::reference::logits_topk`]: logits [rows, vocab], inv_temperature [rows], k ≤ 64.
+    /// [`crate::reference::logits_topk`]: logits `[rows, vocab]`, inv_temperature `[rows]`, k ≤ 64.
     pub fn logits_topk(
         &self,
         stream: &CudaStream,
