@@ -19,6 +19,8 @@ pub enum ModelError {
     Candle(Box<candle_core::Error>),
     #[error("collective operation failed: {0}")]
     Collective(String),
+    #[error("GPU: {0}")]
+    Gpu(String),
 }
 
 impl From<candle_core::Error> for ModelError {

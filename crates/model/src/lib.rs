@@ -9,6 +9,8 @@ mod batch;
 mod collective;
 mod config;
 mod error;
+#[cfg(feature = "cuda")]
+mod gpu;
 mod kv;
 mod llama;
 mod load;
@@ -22,6 +24,8 @@ pub use batch::{BatchInput, SeqInput};
 pub use collective::{Collective, SingleRank};
 pub use config::{Architecture, ModelConfig, RopeScaling};
 pub use error::{ModelError, Result};
+#[cfg(feature = "cuda")]
+pub use gpu::RowCandidates;
 pub use kv::KvCache;
 pub use llama::{Llama, LoadOptions};
 pub use load::{DeviceKind, LoadFormat, ModelSpec};

@@ -14,7 +14,7 @@ use crate::batch::BatchInput;
 use crate::collective::Collective;
 use crate::config::ModelConfig;
 use crate::error::{ModelError, Result};
-use crate::kv::KvCache;
+use crate::kv::{KvCache, KvKind};
 use crate::ops::{self, QkvDims};
 use crate::rope::RopeTable;
 use crate::shard::ShardPlan;
@@ -38,14 +38,14 @@ impl LoadOptions {
     }
 }
 
-struct Layer {
-    input_norm: Tensor,
-    qkv: Tensor,
-    qkv_bias: Option<Tensor>,
-    o_proj: Tensor,
-    post_norm: Tensor,
-    gate_up: Tensor,
-    down: Tensor,
+pub(crate) struct Layer {
+    pub input_norm: Tensor,
+    pub qkv: Tensor,
+    pub qkv_bias: Option<Tensor>,
+    pub o_proj: Tensor,
+    pub post_norm: Tensor,
+    pub gate_up: Tensor,
+    pub down: Tensor,
 }
 
 pub struct Llama {
@@ -58,6 +58,9 @@ pub struct Llama {
     rope: RopeTable,
     kv_head_of_q: Vec<usize>,
     dims: QkvDims,
+    /// Our own kernels, on a CUDA device (see [`crate::gpu`]).
+    #[cfg(feature = "cuda")]
+    gpu: Option<crate::gpu::GpuForward>,
     inter: usize,
     dtype: DType,
     device: Device,
@@ -164,10 +167,28 @@ impl Llama {
             (None, None)
         };
         ld.bar.finish();
+        let rope = RopeTable::new(&cfg);
+        let kv_head_of_q = plan.local_kv_of_q(&cfg);
+        let dims = QkvDims { q_heads: plan.num_q_heads(), kv_heads: plan.num_kv_heads(), head_dim: hd };
+        #[cfg(feature = "cuda")]
+        let gpu = match crate::gpu::cuda_device(&opts.device) {
+            Some(dev) if crate::gpu::usable(&opts.device, opts.dtype, hd) => Some(crate::gpu::GpuForward::new(
+                dev,
+                &rope,
+                cfg.max_position_embeddings,
+                dims,
+                &kv_head_of_q,
+                plan.intermediate.len(),
+                cfg.rms_norm_eps,
+            )?),
+            _ => None,
+        };
         Ok(Llama {
-            rope: RopeTable::new(&cfg),
-            kv_head_of_q: plan.local_kv_of_q(&cfg),
-            dims: QkvDims { q_heads: plan.num_q_heads(), kv_heads: plan.num_kv_heads(), head_dim: hd },
+            rope,
+            kv_head_of_q,
+            dims,
+            #[cfg(feature = "cuda")]
+            gpu,
             inter: plan.intermediate.len(),
             dtype: opts.dtype,
             device: opts.device.clone(),
@@ -192,14 +213,38 @@ impl Llama {
         &self.device
     }
 
-    fn host_kernels(&self) -> bool {
-        self.device.is_cpu() && self.dtype == DType::F32
+    /// The form of KV cache this model's forward path reads.
+    fn kv_kind(&self) -> KvKind {
+        #[cfg(feature = "cuda")]
+        if self.gpu.is_some() {
+            return KvKind::Gpu;
+        }
+        if self.device.is_cpu() && self.dtype == DType::F32 {
+            KvKind::Host
+        } else {
+            KvKind::Candle
+        }
     }
 
     /// A paged KV cache for this stage's layers.
     pub fn new_cache(&self, num_blocks: usize, block_size: usize) -> Result<KvCache> {
         let layout = KvLayout { block_size, num_kv_heads: self.dims.kv_heads, head_dim: self.dims.head_dim };
-        KvCache::new(self.layers.len(), layout, num_blocks, self.host_kernels(), self.dtype, &self.device)
+        KvCache::new(self.layers.len(), layout, num_blocks, self.kv_kind(), self.dtype, &self.device)
+    }
+
+    /// Each logits row's best `k` candidates and log-sum-exps, computed on the GPU where the
+    /// logits are (only those come back); `None` off the GPU path.
+    #[cfg(feature = "cuda")]
+    pub fn device_topk(
+        &self,
+        logits: &Tensor,
+        inv_temperature: &[f32],
+        k: usize,
+    ) -> Result<Option<crate::gpu::RowCandidates>> {
+        match &self.gpu {
+            Some(g) if !logits.device().is_cpu() => g.topk(logits, inv_temperature, k).map(Some),
+            _ => Ok(None),
+        }
     }
 
     /// Token embeddings [T, hidden] (first stage only). Under TP each rank looks up the ids in
@@ -259,6 +304,11 @@ impl Llama {
     ) -> Result<Tensor> {
         if x.dim(0)? != batch.num_rows() {
             return Err(ModelError::Batch(format!("{} hidden rows for {} batch rows", x.dim(0)?, batch.num_rows())));
+        }
+        #[cfg(feature = "cuda")]
+        if let Some(g) = &self.gpu {
+            let block_size = cache.block_size();
+            return g.forward_layers(x, &self.layers, batch, &mut cache.gpu_layers()?, block_size, comm);
         }
         let (cos, sin) = self.rope.cos_sin(&batch.positions);
         let eps = self.cfg.rms_norm_eps;

@@ -88,6 +88,7 @@ pub fn add(a: &Tensor, b: &Tensor) -> Result<Tensor> {
 }
 
 /// Shapes of the fused q|k|v projection output.
+#[derive(Clone, Copy, Debug)]
 pub struct QkvDims {
     pub q_heads: usize,
     pub kv_heads: usize,
@@ -165,6 +166,8 @@ pub fn attention(
             k::paged_attention(&q_host, d.q_heads, kv_head_of_q, &spans, &layout, kc, vc, scale, &mut out);
             from_vec(out, t, d.q_heads * d.head_dim)
         }
+        #[cfg(feature = "cuda")]
+        LayerKv::Gpu(_) => Err(crate::error::ModelError::Gpu("a GPU-kernel KV cache on the candle path".into())),
         LayerKv::Device { k: kc, v: vc } => {
             let slots = Tensor::from_slice(&batch.slots, t, q.device())?;
             let width = d.kv_heads * d.head_dim;

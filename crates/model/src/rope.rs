@@ -53,6 +53,18 @@ impl RopeTable {
     }
 }
 
+#[cfg(any(test, feature = "cuda"))]
+impl RopeTable {
+    /// [max_positions, head_dim]: for each position, its cos values then its sin values, the same
+    /// f32s [`RopeTable::cos_sin`] gives, for kernels that look positions up on the device.
+    pub fn cos_sin_table(&self, max_positions: usize) -> Vec<f32> {
+        let positions: Vec<u32> = (0..max_positions as u32).collect();
+        let (cos, sin) = self.cos_sin(&positions);
+        let half = self.inv_freq.len();
+        cos.chunks(half.max(1)).zip(sin.chunks(half.max(1))).flat_map(|(c, s)| c.iter().chain(s).copied()).collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -79,5 +91,11 @@ mod tests {
         let t = RopeTable::new(&ModelConfig::from_json(&v).unwrap());
         let (c, s) = t.cos_sin(&[0]);
         assert!(c.iter().all(|&x| x == 1.0) && s.iter().all(|&x| x == 0.0));
+        // The device table holds the same values, cos then sin per position.
+        let table = t.cos_sin_table(4);
+        let (c3, s3) = t.cos_sin(&[3]);
+        assert_eq!(table.len(), 4 * 16);
+        assert_eq!(table[3 * 16..3 * 16 + 8], c3[..]);
+        assert_eq!(table[3 * 16 + 8..4 * 16], s3[..]);
     }
 }

@@ -34,7 +34,7 @@ impl StepMetadata {
         let rows = batch.num_rows();
         let max_blocks = batch.seqs.iter().map(|s| s.block_table.len()).max().unwrap_or(0).max(1);
         let mut words = Vec::with_capacity(3 * rows + batch.seqs.len() * max_blocks + batch.logit_rows.len());
-        let mut take = |words: &mut Vec<u32>, values: &mut dyn Iterator<Item = u32>| {
+        let take = |words: &mut Vec<u32>, values: &mut dyn Iterator<Item = u32>| {
             let start = words.len();
             words.extend(values);
             start..words.len()

@@ -73,6 +73,10 @@ impl ModelRunner {
         if batch.sampled.is_empty() {
             return Ok(StepOutput::default());
         }
+        #[cfg(feature = "cuda")]
+        if !logits.device().is_cpu() {
+            return self.sample_on_device(logits, batch);
+        }
         let values = logits.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
         let vocab = values.len() / batch.sampled.len();
         let states = self.requests.states_mut(&batch.sampled);
@@ -82,6 +86,45 @@ impl ModelRunner {
             .zip(batch.sampled.par_iter())
             .map(|((r, row), &id)| Sampled { id, token: r.sampler.sample(row, &r.tokens, r.tokens.len()) })
             .collect();
+        Ok(StepOutput { sampled })
+    }
+
+    /// On a GPU the logits stay there: a kernel picks each row's best candidates and only those
+    /// come back; a row whose candidates cannot decide its token (a repetition penalty, plain
+    /// temperature sampling) is fetched whole and sampled as on the CPU.
+    #[cfg(feature = "cuda")]
+    fn sample_on_device(&mut self, logits: &Tensor, batch: &Batch) -> Result<StepOutput> {
+        use shardline_sampling::{Candidates, SamplerSettings};
+
+        let vocab = logits.dim(1)?;
+        let states = self.requests.states_mut(&batch.sampled);
+        let settings: Vec<SamplerSettings> = states.iter().map(|r| *r.sampler.settings()).collect();
+        let needed: Vec<Option<usize>> = settings.iter().map(SamplerSettings::candidates_needed).collect();
+        let k = needed.iter().flatten().copied().max();
+        let inv_t: Vec<f32> = settings.iter().map(|s| if s.is_greedy() { 1.0 } else { 1.0 / s.temperature }).collect();
+        let cands = match k {
+            Some(k) => self.model.device_topk(logits, &inv_t, k)?,
+            None => None,
+        };
+        let mut sampled = Vec::with_capacity(states.len());
+        for (row, (r, &id)) in states.into_iter().zip(&batch.sampled).enumerate() {
+            let position = r.tokens.len();
+            let from_candidates = cands.as_ref().filter(|_| needed[row].is_some()).and_then(|c| {
+                let span = row * c.k..(row + 1) * c.k;
+                let (lse, lse_t) = (c.stats[3 * row + 1] as f64, c.stats[3 * row + 2] as f64);
+                let candidates =
+                    Candidates { values: &c.values[span.clone()], ids: &c.ids[span], vocab_size: vocab, lse, lse_t };
+                r.sampler.sample_candidates(&candidates, position)
+            });
+            let token = match from_candidates {
+                Some(token) => token,
+                None => {
+                    let row_logits = logits.get(row)?.to_dtype(candle_core::DType::F32)?.to_vec1::<f32>()?;
+                    r.sampler.sample(&row_logits, &r.tokens, position)
+                }
+            };
+            sampled.push(Sampled { id, token });
+        }
         Ok(StepOutput { sampled })
     }
 }
