@@ -1,6 +1,6 @@
-//! The grid and block each kernel is launched with, one function per kernel, called by the GPU
-//! launchers (src/gpu, feature `cuda`): testable without a GPU, and reusable by anything else
-//! that launches the kernels.
+//! The grid and block each kernel is launched with, one function per kernel: the GPU launchers
+//! (src/gpu, feature `cuda`) and the emulator tests (tests/emu.rs) both call these, so the
+//! emulator runs the kernels with exactly the geometry a GPU gets.
 
 use crate::split::KEY_TILE;
 
