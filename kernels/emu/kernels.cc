@@ -121,8 +121,8 @@ __global__ void unsynced(u32 tag, u32* stale) {
   __shared__ u32 s[1024];
   const u32 n = blockDim.x, mine = tag + blockIdx.x;
   s[threadIdx.x] = mine;
-  stale[0] += s[(threadIdx.x + 1) % n] != mine;
-  stale[1] += s[(threadIdx.x + n - 1) % n] != mine;
+  stale[0] += threadIdx.x + 1 < n && s[threadIdx.x + 1] != mine;
+  stale[1] += threadIdx.x > 0 && s[threadIdx.x - 1] != mine;
 }
 
 }  // namespace self_test
