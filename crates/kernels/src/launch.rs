@@ -26,7 +26,7 @@ pub fn rms_norm(rows: u32, cols: u32) -> Launch {
     Launch { grid: (rows, 1), threads: cols.div_ceil(8).next_multiple_of(32).clamp(32, 1024) }
 }
 
-/// `silu_mul` over `n` outputs: grid-stride, at most [`SILU_BLOCKS_PER_SM`] blocks per SM.
+/// `silu_mul` over `n` outputs: grid-stride, at most 16 blocks per SM.
 pub fn silu_mul(n: u64, num_sms: usize) -> Launch {
     let blocks = n.div_ceil(STRIDE_THREADS as u64).min((num_sms * SILU_BLOCKS_PER_SM) as u64) as u32;
     Launch { grid: (blocks, 1), threads: STRIDE_THREADS }
@@ -53,7 +53,7 @@ pub fn logits_topk(rows: u32) -> Launch {
     Launch { grid: (rows, 1), threads: 1024 }
 }
 
-/// `copy_f32x4` over `n4` float4s: grid-stride, [`COPY_BLOCKS_PER_SM`] resident blocks per SM.
+/// `copy_f32x4` over `n4` float4s: grid-stride, 8 resident blocks per SM.
 pub fn copy_f32x4(n4: usize, num_sms: usize) -> Launch {
     let blocks = n4.div_ceil(STRIDE_THREADS as usize).min(num_sms * COPY_BLOCKS_PER_SM) as u32;
     Launch { grid: (blocks, 1), threads: STRIDE_THREADS }
