@@ -7,6 +7,9 @@
 //! - `Kernels` (feature `cuda`): the kernels compiled by build.rs into one fatbin embedded in
 //!   this crate, loaded once per context and launched on a caller's stream. Without the
 //!   feature nothing here touches CUDA.
+//! - [`mod@launch`]: the grid and block of every kernel, shared by the GPU launchers and the
+//!   emulator tests (tests/emu.rs), which run the real kernels/*.cu on the CPU through
+//!   `shardline-kernels-emu`.
 //!
 //! Every kernel computes in f32 and stores f32, bf16 or f16 ([`KernelDType`]), rounding where
 //! HF transformers rounds.
@@ -15,6 +18,7 @@ mod dtype;
 mod error;
 #[cfg(feature = "cuda")]
 mod gpu;
+pub mod launch;
 pub mod reference;
 mod shape;
 mod split;

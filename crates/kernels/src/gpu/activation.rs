@@ -5,11 +5,8 @@ use cudarc::driver::{CudaStream, CudaView, CudaViewMut, PushKernelArg};
 use super::{config, Kernels};
 use crate::dtype::KernelDType;
 use crate::error::KernelError;
+use crate::launch;
 use crate::shape::silu_dims;
-
-const THREADS: u32 = 256;
-/// Grid-stride blocks per SM: enough to saturate memory, few enough to stay resident at once.
-const BLOCKS_PER_SM: usize = 16;
 
 impl Kernels {
     /// [`crate::reference::silu_mul`]: gate_up `[rows, 2 · inter]` (gate | up) → out `[rows, inter]`.
@@ -25,7 +22,6 @@ impl Kernels {
         if n == 0 {
             return Ok(());
         }
-        let blocks = n.div_ceil(THREADS as u64).min((self.num_sms * BLOCKS_PER_SM) as u64) as u32;
         // SAFETY: silu_dims checked gate_up holds 2 · n and out n = rows × inter elements; the
         // grid-stride loop stops at n. Arguments match `silu_mul_<T>(gate_up, out, n, inter)`.
         unsafe {
@@ -35,7 +31,7 @@ impl Kernels {
                 .arg(out)
                 .arg(&n)
                 .arg(&d.cols)
-                .launch(config((blocks, 1), THREADS))
+                .launch(config(launch::silu_mul(n, self.num_sms)))
         }?;
         Ok(())
     }

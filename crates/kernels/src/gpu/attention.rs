@@ -6,11 +6,9 @@ use cudarc::driver::{CudaStream, CudaView, CudaViewMut, DevicePtr, PushKernelArg
 use super::{config, Kernels};
 use crate::dtype::KernelDType;
 use crate::error::{shape_error, KernelError};
+use crate::launch;
 use crate::shape::{AttentionLens, AttentionShape};
-use crate::split::{workspace_len, KEY_TILE, MAX_SPLITS, PARTIAL_HEADER};
-
-/// Threads of an attention block: one warp per 32 keys of a [`KEY_TILE`].
-const THREADS: u32 = KEY_TILE as u32;
+use crate::split::{workspace_len, MAX_SPLITS, PARTIAL_HEADER};
 
 /// The read-only inputs of [`Kernels::paged_attention`], as [`crate::reference::AttentionInputs`].
 pub struct AttentionInputs<'a, T> {
@@ -71,15 +69,15 @@ impl Kernels {
         let (splits, keys_per_split) = (u(shape.num_splits), u(shape.keys_per_split));
         // With one split the kernel never touches `partials`: a null pointer stands in.
         let null: u64 = 0;
-        let mut launch = stream.launch_builder(self.paged_attention.get::<T>());
-        launch.arg(q).arg(k_cache).arg(v_cache).arg(block_tables).arg(row_seq).arg(positions).arg(kv_head_of_q);
-        launch.arg(&mut *out);
+        let mut builder = stream.launch_builder(self.paged_attention.get::<T>());
+        builder.arg(q).arg(k_cache).arg(v_cache).arg(block_tables).arg(row_seq).arg(positions).arg(kv_head_of_q);
+        builder.arg(&mut *out);
         match workspace.as_deref_mut() {
-            Some(w) => launch.arg(w),
-            None => launch.arg(&null),
+            Some(w) => builder.arg(w),
+            None => builder.arg(&null),
         };
-        launch.arg(&qh).arg(&kvh).arg(&hd).arg(&block_size).arg(&max_blocks).arg(&d.num_seqs).arg(&d.num_slots);
-        launch.arg(&shape.scale).arg(&splits).arg(&keys_per_split);
+        builder.arg(&qh).arg(&kvh).arg(&hd).arg(&block_size).arg(&max_blocks).arg(&d.num_seqs).arg(&d.num_slots);
+        builder.arg(&shape.scale).arg(&splits).arg(&keys_per_split);
         // SAFETY: `dims` checked q and out against rows × q_heads × head_dim, row_seq and
         // positions against rows, kv_head_of_q against q_heads, the caches against whole slots,
         // the block tables against whole rows of max_blocks, head_dim (multiple of 32, ≤ 256,
@@ -90,8 +88,8 @@ impl Kernels {
         // k_cache, v_cache, block_tables, row_seq, positions, kv_head_of_q, out, partials,
         // num_q_heads, num_kv_heads, head_dim, block_size, max_blocks, num_seqs, num_slots,
         // scale, num_splits, keys_per_split)`.
-        unsafe { launch.launch(config((d.rows * qh, splits), THREADS)) }?;
-        drop(launch);
+        unsafe { builder.launch(config(launch::paged_attention(d.rows, qh, splits))) }?;
+        drop(builder);
         if let (Some(w), true) = (workspace, splits > 1) {
             let n = workspace_len(d.rows as usize, shape.num_q_heads, shape.head_dim, shape.num_splits);
             self.attention_merge(stream, &w.slice(..n), shape.head_dim, shape.num_splits, out)?;
@@ -147,7 +145,7 @@ impl Kernels {
                 .arg(out)
                 .arg(&hd)
                 .arg(&splits)
-                .launch(config((items, 1), hd))
+                .launch(config(launch::attention_merge(items, hd)))
         }?;
         Ok(())
     }

@@ -7,10 +7,8 @@ use cudarc::driver::{sys, CudaSlice, CudaStream, PushKernelArg};
 
 use super::{config, Kernels};
 use crate::error::KernelError;
+use crate::launch;
 
-const THREADS: u32 = 256;
-/// Resident blocks per SM: 8 × 256 threads fill an H100 SM (2048 threads).
-const BLOCKS_PER_SM: usize = 8;
 /// Timed copies; the best is reported (the first run also pays for page mapping and clocks).
 const REPS: usize = 10;
 
@@ -27,7 +25,7 @@ impl Kernels {
             ctx.new_event(Some(sys::CUevent_flags::CU_EVENT_DEFAULT))?,
             ctx.new_event(Some(sys::CUevent_flags::CU_EVENT_DEFAULT))?,
         );
-        let blocks = (n4.div_ceil(THREADS as usize)).min(self.num_sms * BLOCKS_PER_SM) as u32;
+        let geometry = launch::copy_f32x4(n4, self.num_sms);
         let n = n4 as u64;
         let mut best = f32::INFINITY;
         for rep in 0..=REPS {
@@ -36,12 +34,7 @@ impl Kernels {
             // allocation is) and the grid-stride loop stops at n4. Arguments match
             // `copy_f32x4(src, dst, n)`.
             unsafe {
-                stream
-                    .launch_builder(&self.copy_f32x4)
-                    .arg(&src)
-                    .arg(&mut dst)
-                    .arg(&n)
-                    .launch(config((blocks, 1), THREADS))
+                stream.launch_builder(&self.copy_f32x4).arg(&src).arg(&mut dst).arg(&n).launch(config(geometry))
             }?;
             end.record(stream)?;
             let ms = start.elapsed_ms(&end)?;

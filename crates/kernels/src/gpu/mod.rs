@@ -24,6 +24,7 @@ use cudarc::nvrtc::Ptx;
 
 use crate::dtype::{KernelDType, SUFFIXES};
 use crate::error::KernelError;
+use crate::launch::Launch;
 
 pub use attention::AttentionInputs;
 pub use rope::RopeInputs;
@@ -84,8 +85,7 @@ impl Kernels {
     }
 }
 
-/// A 1-D block on a 2-D grid, no dynamic shared memory (every kernel sizes its shared memory
-/// statically).
-fn config(grid: (u32, u32), threads: u32) -> LaunchConfig {
-    LaunchConfig { grid_dim: (grid.0, grid.1, 1), block_dim: (threads, 1, 1), shared_mem_bytes: 0 }
+/// A kernel's [`Launch`] (src/launch.rs) as cudarc's configuration.
+fn config(l: Launch) -> LaunchConfig {
+    LaunchConfig { grid_dim: (l.grid.0, l.grid.1, 1), block_dim: (l.threads, 1, 1), shared_mem_bytes: 0 }
 }

@@ -5,13 +5,8 @@ use cudarc::driver::{CudaStream, CudaView, CudaViewMut, PushKernelArg};
 use super::{config, Kernels};
 use crate::dtype::KernelDType;
 use crate::error::KernelError;
+use crate::launch;
 use crate::shape::{add_norm_dims, norm_dims};
-
-/// Threads per row: about 8 columns each (enough loads in flight per thread), whole warps, at
-/// most a full block. 4096 columns get 512 threads; SmolLM2's 576 get 96.
-fn threads(cols: u32) -> u32 {
-    cols.div_ceil(8).next_multiple_of(32).clamp(32, 1024)
-}
 
 impl Kernels {
     /// [`crate::reference::rms_norm`]: x and out `[rows, cols]`, weight `[cols]`.
@@ -37,7 +32,7 @@ impl Kernels {
                 .arg(out)
                 .arg(&d.cols)
                 .arg(&eps)
-                .launch(config((d.rows, 1), threads(d.cols)))
+                .launch(config(launch::rms_norm(d.rows, d.cols)))
         }?;
         Ok(())
     }
@@ -69,19 +64,8 @@ impl Kernels {
                 .arg(out)
                 .arg(&d.cols)
                 .arg(&eps)
-                .launch(config((d.rows, 1), threads(d.cols)))
+                .launch(config(launch::rms_norm(d.rows, d.cols)))
         }?;
         Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn threads_are_whole_warps_up_to_a_block() {
-        assert_eq!(super::threads(1), 32);
-        assert_eq!(super::threads(576), 96);
-        assert_eq!(super::threads(4096), 512);
-        assert_eq!(super::threads(100_000), 1024);
     }
 }

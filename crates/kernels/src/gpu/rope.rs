@@ -5,11 +5,8 @@ use cudarc::driver::{CudaStream, CudaView, CudaViewMut, PushKernelArg};
 use super::{config, Kernels};
 use crate::dtype::KernelDType;
 use crate::error::KernelError;
+use crate::launch;
 use crate::shape::{QkvShape, RopeLens};
-
-/// Threads per token row: a Llama-8B row (32 q + 8 kv heads of 128) is 2560 rotation pairs plus
-/// 1024 v elements, 14 per thread.
-const THREADS: u32 = 256;
 
 /// The read-only inputs of [`Kernels::rope_kv_write`], as [`crate::reference::RopeInputs`].
 pub struct RopeInputs<'a, T> {
@@ -70,7 +67,7 @@ impl Kernels {
                 .arg(&hd)
                 .arg(&d.max_pos)
                 .arg(&d.num_slots)
-                .launch(config((d.rows, 1), THREADS))
+                .launch(config(launch::rope_kv_write(d.rows)))
         }?;
         Ok(())
     }

@@ -5,10 +5,8 @@ use cudarc::driver::{CudaStream, CudaView, CudaViewMut, PushKernelArg};
 
 use super::{config, Kernels};
 use crate::error::KernelError;
+use crate::launch;
 use crate::shape::{topk_dims, TopkLens};
-
-/// One block per row, as wide as a block gets: the row is scanned k + 2 times.
-const THREADS: u32 = 1024;
 
 /// Where [`Kernels::logits_topk`] writes, as [`crate::reference::TopK`].
 pub struct TopkOutputs<'a> {
@@ -56,7 +54,7 @@ impl Kernels {
                 .arg(&mut out.stats)
                 .arg(&d.vocab)
                 .arg(&k)
-                .launch(config((d.rows, 1), THREADS))
+                .launch(config(launch::logits_topk(d.rows)))
         }?;
         Ok(())
     }
