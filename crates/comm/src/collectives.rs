@@ -88,11 +88,16 @@ impl Group {
 
     /// Every member's buffer, in rank order (sizes may differ between members).
     pub fn all_gather(&self, comm: &Comm, data: &[f32]) -> Result<Vec<Vec<f32>>> {
+        Ok(self.all_gather_bytes(comm, &f32_bytes(data))?.iter().map(|b| f32s(b)).collect())
+    }
+
+    /// Every member's bytes, in rank order (small messages: device identities, for instance).
+    pub fn all_gather_bytes(&self, comm: &Comm, data: &[u8]) -> Result<Vec<Vec<u8>>> {
         self.check_member(comm)?;
-        self.send_to_others(comm, &f32_bytes(data))?;
+        self.send_to_others(comm, data)?;
         self.ranks
             .iter()
-            .map(|&r| if r == comm.rank() { Ok(data.to_vec()) } else { Ok(f32s(&comm.recv(r, Tag::Collective)?)) })
+            .map(|&r| if r == comm.rank() { Ok(data.to_vec()) } else { comm.recv(r, Tag::Collective) })
             .collect()
     }
 

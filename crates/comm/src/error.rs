@@ -12,6 +12,10 @@ pub enum CommError {
     Disconnected { rank: usize },
     #[error("{context}: {source}")]
     Io { context: String, source: std::io::Error },
+    #[error("NCCL {what} failed: {detail}")]
+    Nccl { what: &'static str, detail: String },
+    #[error("NCCL {what} did not finish within {} s (NCCL aborted; a peer is stuck or gone)", timeout.as_secs_f64())]
+    NcclTimeout { what: &'static str, timeout: Duration },
     #[error("protocol error: {0}")]
     Protocol(String),
 }

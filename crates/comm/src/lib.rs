@@ -11,10 +11,12 @@ mod error;
 mod mesh;
 #[cfg(feature = "cuda")]
 pub mod nccl;
+mod poll;
 mod rendezvous;
 mod wire;
 
 pub use collectives::Group;
 pub use error::{CommError, Result};
 pub use mesh::{Comm, Tag};
+pub use poll::poll_until;
 pub use rendezvous::{rendezvous, RendezvousConfig};

@@ -3,9 +3,9 @@
 //! reader thread sorting incoming frames into one inbox per tag.
 
 use std::net::{Shutdown, TcpStream};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -49,6 +49,8 @@ struct Peer {
     outbox: Mutex<Option<Sender<Frame>>>,
     writer: Mutex<Option<JoinHandle<()>>>,
     inbox: Vec<Mutex<Receiver<Vec<u8>>>>,
+    /// Cleared by the reader thread when the connection ends (the peer exited or was killed).
+    connected: Arc<AtomicBool>,
 }
 
 impl Peer {
@@ -68,6 +70,8 @@ impl Peer {
             })
             .map_err(|e| CommError::io("spawning a writer thread", e))?;
         let (senders, receivers): (Vec<_>, Vec<_>) = (0..NUM_TAGS).map(|_| mpsc::channel::<Vec<u8>>()).unzip();
+        let connected = Arc::new(AtomicBool::new(true));
+        let still_connected = Arc::clone(&connected);
         std::thread::Builder::new()
             .name(format!("comm-rx-{rank}"))
             .spawn(move || {
@@ -78,6 +82,7 @@ impl Peer {
                         _ => break,
                     }
                 }
+                still_connected.store(false, Ordering::Release);
             })
             .map_err(|e| CommError::io("spawning a reader thread", e))?;
         Ok(Peer {
@@ -85,6 +90,7 @@ impl Peer {
             outbox: Mutex::new(Some(out_tx)),
             writer: Mutex::new(Some(writer_thread)),
             inbox: receivers.into_iter().map(Mutex::new).collect(),
+            connected,
         })
     }
 }
@@ -176,6 +182,18 @@ impl Comm {
         }?;
         self.received[tag as usize].fetch_add((payload.len() + FRAME_HEADER_BYTES) as u64, Ordering::Relaxed);
         Ok(payload)
+    }
+
+    /// Fails naming the first of `ranks` whose connection has ended. Waits that happen outside
+    /// this mesh (an NCCL collective spinning on the GPU) poll it to learn of a dead peer in
+    /// milliseconds instead of at their timeout.
+    pub fn check_connected(&self, ranks: &[usize]) -> Result<()> {
+        for &r in ranks.iter().filter(|&&r| r != self.rank) {
+            if !self.peer(r)?.connected.load(Ordering::Acquire) {
+                return Err(CommError::Disconnected { rank: r });
+            }
+        }
+        Ok(())
     }
 
     /// Bytes this rank has received on `tag` so far (payloads and frame headers).

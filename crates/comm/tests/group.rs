@@ -113,3 +113,28 @@ fn a_dead_peer_fails_the_collective_instead_of_hanging() {
     });
     assert!(results[0].contains("rank 1"), "{}", results[0]);
 }
+
+#[test]
+fn byte_gathers_and_a_peers_end_is_seen_without_a_message() {
+    with_group(3, |comm| {
+        let world = Group::new(vec![0, 1, 2]);
+        let all = world.all_gather_bytes(&comm, format!("rank {}", comm.rank()).as_bytes()).unwrap();
+        assert_eq!(all, vec![b"rank 0".to_vec(), b"rank 1".to_vec(), b"rank 2".to_vec()]);
+        comm.check_connected(&[0, 1, 2]).unwrap();
+        world.barrier(&comm).unwrap();
+        if comm.rank() == 2 {
+            comm.abort();
+            return;
+        }
+        // Ranks 0 and 1 learn that rank 2 is gone by polling, as an NCCL wait does.
+        let gone = shardline_comm::poll_until(Instant::now() + Duration::from_secs(10), || {
+            Ok(comm.check_connected(&[0, 1, 2]).err())
+        })
+        .unwrap()
+        .expect("rank 2's exit is seen within the deadline");
+        assert!(matches!(gone, CommError::Disconnected { rank: 2 }), "{gone}");
+        comm.check_connected(&[0, 1]).unwrap();
+        // Neither leaves (closing its side) before the other has checked.
+        Group::new(vec![0, 1]).barrier(&comm).unwrap();
+    });
+}
