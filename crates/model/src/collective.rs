@@ -12,6 +12,12 @@ pub trait Collective: Send + Sync {
     fn size(&self) -> usize;
     /// Element-wise sum over ranks (after row-parallel projections).
     fn all_reduce_sum(&self, t: &Tensor) -> Result<Tensor>;
+    /// `all_reduce_sum` of a tensor the caller gives up and that shares its storage with no
+    /// tensor still in use (a fresh projection's output): NCCL then sums in that buffer instead
+    /// of a copy of it.
+    fn all_reduce_sum_owned(&self, t: Tensor) -> Result<Tensor> {
+        self.all_reduce_sum(&t)
+    }
     /// Concatenates each rank's tensor along the last dimension, in rank order (vocab-sharded
     /// logits). Ranks may hold different widths (uneven splits).
     fn all_gather_last_dim(&self, t: &Tensor) -> Result<Tensor>;

@@ -245,7 +245,7 @@ impl GpuForward {
             k.paged_attention(s, &attn_shape, &inputs, ws.as_mut(), &mut a.slice_mut(..)).map_err(err)?;
             let mut o = linear(&self.wrap(a, rows, q_width), &l.o_proj, None)?;
             if comm.size() > 1 {
-                o = comm.all_reduce_sum(&o)?;
+                o = comm.all_reduce_sum_owned(o)?;
             }
             let mut h = self.alloc::<T>(rows * hidden)?;
             with_view(&o, |ov: CudaView<T>| {
@@ -259,7 +259,7 @@ impl GpuForward {
             with_view(&gu, |g: CudaView<T>| k.silu_mul(s, &g, self.inter, &mut m.slice_mut(..)))?.map_err(err)?;
             let mut down = linear(&self.wrap(m, rows, self.inter), &l.down, None)?;
             if comm.size() > 1 {
-                down = comm.all_reduce_sum(&down)?;
+                down = comm.all_reduce_sum_owned(down)?;
             }
             pending = Some(down);
         }

@@ -270,7 +270,7 @@ impl Llama {
         let ids = Tensor::from_vec(local, tokens.len(), &self.device)?;
         let mask = Tensor::from_vec(mask, (tokens.len(), 1), &self.device)?.to_dtype(self.dtype)?;
         let partial = embed.index_select(&ids, 0)?.broadcast_mul(&mask)?;
-        comm.all_reduce_sum(&partial)
+        comm.all_reduce_sum_owned(partial)
     }
 
     /// Bytes of weights this rank and stage hold.
@@ -319,7 +319,7 @@ impl Llama {
             let a = ops::attention(&q, &k, &v, cache, li, batch, &self.dims, &self.kv_head_of_q)?;
             let mut o = ops::linear(&a, &l.o_proj, None)?;
             if comm.size() > 1 {
-                o = comm.all_reduce_sum(&o)?;
+                o = comm.all_reduce_sum_owned(o)?;
             }
             x = ops::add(&x, &o)?;
             let h = ops::rms_norm(&x, &l.post_norm, eps)?;
@@ -327,7 +327,7 @@ impl Llama {
             let m = ops::silu_mul(&gu, self.inter)?;
             let mut d = ops::linear(&m, &l.down, None)?;
             if comm.size() > 1 {
-                d = comm.all_reduce_sum(&d)?;
+                d = comm.all_reduce_sum_owned(d)?;
             }
             x = ops::add(&x, &d)?;
         }

@@ -1,5 +1,6 @@
-//! The model's `Collective` over one tensor-parallel group: over the TCP mesh for CPU ranks
-//! (f32 host buffers; other dtypes widened for the wire), over NCCL for CUDA ranks.
+//! The model's `Collective` over one tensor-parallel group: over NCCL on the device where the
+//! group's link is NCCL (GPUs, see `links`), else over the TCP mesh (f32 host buffers; other
+//! dtypes widened for the wire).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -12,8 +13,9 @@ use shardline_model::{Collective, ModelError};
 pub struct TpCollective {
     comm: Arc<Comm>,
     group: Group,
+    /// The group's NCCL communicator and the members' shares of the gathered dimension.
     #[cfg(feature = "cuda")]
-    nccl: Option<(shardline_comm::nccl::NcclComm, Vec<usize>)>,
+    nccl: Option<(Arc<shardline_comm::nccl::NcclComm>, Vec<usize>)>,
     /// Time spent inside collectives (including waiting for slower ranks), for step stats.
     nanos: AtomicU64,
 }
@@ -29,18 +31,12 @@ impl TpCollective {
         }
     }
 
-    /// Runs the group's collectives through NCCL on `stream`; `gather_widths` are the members'
-    /// shares of the gathered dimension (the vocab split).
+    /// Runs the group's collectives through `nccl` (joined by every member); `gather_widths` are
+    /// the members' shares of the gathered dimension (the vocab split).
     #[cfg(feature = "cuda")]
-    pub fn with_nccl(
-        mut self,
-        stream: Arc<cudarc::driver::CudaStream>,
-        gather_widths: Vec<usize>,
-    ) -> shardline_comm::Result<Self> {
-        if self.group.size() > 1 {
-            self.nccl = Some((shardline_comm::nccl::NcclComm::new(&self.comm, &self.group, stream)?, gather_widths));
-        }
-        Ok(self)
+    pub fn with_nccl(mut self, nccl: Arc<shardline_comm::nccl::NcclComm>, gather_widths: Vec<usize>) -> Self {
+        self.nccl = Some((nccl, gather_widths));
+        self
     }
 
     /// Seconds spent in collectives so far.
@@ -77,9 +73,18 @@ impl Collective for TpCollective {
         if let Some((nccl, _)) = &self.nccl {
             return self.timed(|| crate::nccl::all_reduce_sum(nccl, t));
         }
-        let mut data = t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
-        self.timed(|| self.group.all_reduce_sum(&self.comm, &mut data)).map_err(err)?;
-        Ok(Tensor::from_vec(data, t.shape(), t.device())?.to_dtype(t.dtype())?)
+        self.tcp_all_reduce_sum(t)
+    }
+
+    fn all_reduce_sum_owned(&self, t: Tensor) -> shardline_model::Result<Tensor> {
+        if self.size() == 1 {
+            return Ok(t);
+        }
+        #[cfg(feature = "cuda")]
+        if let Some((nccl, _)) = &self.nccl {
+            return self.timed(|| crate::nccl::all_reduce_sum_in_place(nccl, t));
+        }
+        self.tcp_all_reduce_sum(&t)
     }
 
     fn all_gather_last_dim(&self, t: &Tensor) -> shardline_model::Result<Tensor> {
@@ -105,5 +110,14 @@ impl Collective for TpCollective {
             tensors.push(Tensor::from_vec(p, (rows, width), t.device())?);
         }
         Ok(Tensor::cat(&tensors, 1)?.to_dtype(t.dtype())?)
+    }
+}
+
+impl TpCollective {
+    /// The all-reduce over the TCP mesh: through the host in f32, whatever the device.
+    fn tcp_all_reduce_sum(&self, t: &Tensor) -> shardline_model::Result<Tensor> {
+        let mut data = t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+        self.timed(|| self.group.all_reduce_sum(&self.comm, &mut data)).map_err(err)?;
+        Ok(Tensor::from_vec(data, t.shape(), t.device())?.to_dtype(t.dtype())?)
     }
 }

@@ -13,6 +13,7 @@ mod env;
 mod error;
 mod group;
 mod layout;
+mod links;
 mod local;
 #[cfg(feature = "cuda")]
 mod nccl;

@@ -34,6 +34,9 @@ pub struct WorkerShard {
     runner: ModelRunner,
     comm: Arc<Comm>,
     tp: TpCollective,
+    /// A CUDA rank's NCCL communicators (`None` on CPU ranks).
+    #[cfg(feature = "cuda")]
+    device_comms: Option<crate::nccl::DeviceComms>,
     stats: StepStats,
 }
 
@@ -60,19 +63,35 @@ impl WorkerShard {
         let model_cfg = spec.read_config()?;
         spec.options.plan = Some(ShardPlan::new(&model_cfg, layout.tp_rank_of(rank), layout.tp)?);
         spec.options.layers = Some(layout.layers_of_stage(stage));
+        // Communicators before weights: every rank is here moments after the rendezvous, so
+        // the NCCL joins never wait out another rank's loading.
+        #[cfg(feature = "cuda")]
+        let device_comms = match &spec.options.device {
+            Device::Cuda(_) => Some(crate::nccl::DeviceComms::join(&comm, &layout, &spec.options.device)?),
+            _ => None,
+        };
         let runner = ModelRunner::new(spec.load()?, cfg.num_blocks, cfg.block_size)?;
         let tp = TpCollective::new(Arc::clone(&comm), layout.tp_group(stage));
         #[cfg(feature = "cuda")]
-        let tp = match runner.model().device() {
-            Device::Cuda(dev) => {
+        let tp = match device_comms.as_ref().and_then(|d| d.tp.clone()) {
+            Some(nccl) => {
                 let widths = (0..layout.tp)
                     .map(|r| shardline_model::even_split(model_cfg.vocab_size, layout.tp, r).len())
                     .collect();
-                tp.with_nccl(dev.cuda_stream(), widths)?
+                tp.with_nccl(nccl, widths)
             }
-            _ => tp,
+            None => tp,
         };
-        Ok(WorkerShard { rank, layout, runner, comm, tp, stats: StepStats::default() })
+        Ok(WorkerShard {
+            rank,
+            layout,
+            runner,
+            comm,
+            tp,
+            #[cfg(feature = "cuda")]
+            device_comms,
+            stats: StepStats::default(),
+        })
     }
 
     pub fn ready(&self) -> Ready {
@@ -124,21 +143,45 @@ impl WorkerShard {
         let x = if stage == 0 { self.runner.embed(batch, &self.tp)? } else { self.receive_hidden(step_id, batch)? };
         let x = self.runner.forward_layers(x, batch, &self.tp)?;
         if stage + 1 < self.layout.pp {
-            let to = self.layout.rank_of(stage + 1, tp_rank);
-            let send = Instant::now();
-            self.comm.send(to, Tag::Hidden, encode_hidden(step_id, &x)?)?;
-            self.stats.pipeline_s += send.elapsed().as_secs_f64();
+            self.send_hidden(step_id, &x)?;
+            self.wait_device()?;
             return Ok(None);
         }
         if batch.sampled.is_empty() {
+            self.wait_device()?;
             return Ok((tp_rank == 0).then(StepOutput::default));
         }
         // Every tp rank takes part in gathering the vocabulary shards; rank 0 of the stage samples.
         let logits = self.runner.logits(&x, batch, &self.tp)?;
+        self.wait_device()?;
         if tp_rank != 0 {
             return Ok(None);
         }
         Ok(Some(self.runner.sample(&logits, batch)?))
+    }
+
+    /// Waits, bounded, for the step's queued device work on a CUDA rank with NCCL links (the
+    /// step watchdog, see `DeviceComms::wait`); nothing to wait for otherwise.
+    fn wait_device(&self) -> Result<()> {
+        #[cfg(feature = "cuda")]
+        if let Some(d) = &self.device_comms {
+            d.wait()?;
+        }
+        Ok(())
+    }
+
+    fn send_hidden(&mut self, step_id: u64, x: &Tensor) -> Result<()> {
+        let send = Instant::now();
+        #[cfg(feature = "cuda")]
+        if let Some(next) = self.device_comms.as_ref().and_then(|d| d.next.as_ref()) {
+            crate::nccl::send_tensor(next, 1, x)?;
+            self.stats.pipeline_s += send.elapsed().as_secs_f64();
+            return Ok(());
+        }
+        let to = self.layout.rank_of(self.layout.stage_of(self.rank) + 1, self.layout.tp_rank_of(self.rank));
+        self.comm.send(to, Tag::Hidden, encode_hidden(step_id, x)?)?;
+        self.stats.pipeline_s += send.elapsed().as_secs_f64();
+        Ok(())
     }
 
     fn receive_hidden(&mut self, step_id: u64, batch: &Batch) -> Result<Tensor> {
@@ -147,6 +190,14 @@ impl WorkerShard {
         let hidden = self.runner.model().config().hidden_size;
         let rows = batch.input.num_rows();
         let wait = Instant::now();
+        #[cfg(feature = "cuda")]
+        if let Some(prev) = self.device_comms.as_ref().and_then(|d| d.prev.as_ref()) {
+            // Only queued here: the wait happens on the GPU, and at the step's end on the host.
+            let model = self.runner.model();
+            let x = crate::nccl::recv_tensor(prev, 0, (rows, hidden), model.dtype(), model.device())?;
+            self.stats.pipeline_s += wait.elapsed().as_secs_f64();
+            return Ok(x);
+        }
         let bytes = self.comm.recv(from, Tag::Hidden)?;
         self.stats.pipeline_s += wait.elapsed().as_secs_f64();
         let (got_step, data) = decode_hidden(&bytes)?;
