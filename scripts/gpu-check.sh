@@ -110,21 +110,27 @@ for model in small smollm2; do
   row "$model: CUDA bf16 vs CUDA f32" "$(compare "$work/$model-cuda-f32.json" "$work/$model-cuda-bf16.json")"
 done
 
-# --- 3. PP 2 on one GPU, TP 2 ---
+# --- 3. PP 2 and TP 2: over NCCL between GPUs, over TCP for ranks sharing one ---
+# Each rank logs its links (`LINKS rank=… tp=nccl to_stage_1=tcp`) to the log.
+links() { grep -oE 'LINKS rank=[0-9]+ .*' "$log" | tail -2 | sed 's/ gpu=[^ ]*//' | tr '\n' ' '; }
 say "pp 2"
 run_json smollm2 --device cuda --dtype f32 --pp 2 --devices 0,0 >"$work/pp2.json"
-row "PP 2, both ranks on GPU 0 (f32)" "$(compare "$work/smollm2-cuda-f32.json" "$work/pp2.json")"
+row "PP 2, both ranks on GPU 0 (f32, TCP link)" "$(compare "$work/smollm2-cuda-f32.json" "$work/pp2.json")"
 say "tp 2"
+run_json smollm2 --device cuda --dtype f32 --tp 2 --devices 0,0 >"$work/tp2-tcp.json"
+row "TP 2, both ranks on GPU 0 (f32, TCP link)" "$(compare "$work/smollm2-cuda-f32.json" "$work/tp2-tcp.json")"
 if [ "$ngpu" -ge 2 ]; then
+  run_json smollm2 --device cuda --dtype f32 --pp 2 >"$work/pp2-nccl.json"
+  row "PP 2 on GPUs 0,1 (f32, NCCL send/recv)" "$(compare "$work/smollm2-cuda-f32.json" "$work/pp2-nccl.json") $(links)"
   run_json smollm2 --device cuda --dtype f32 --tp 2 >"$work/tp2.json"
-  row "TP 2 on GPUs 0,1 (f32)" "$(compare "$work/smollm2-cuda-f32.json" "$work/tp2.json")"
+  row "TP 2 on GPUs 0,1 (f32, NCCL)" "$(compare "$work/smollm2-cuda-f32.json" "$work/tp2.json") $(links)"
 else
   NCCL_MULTI_RANK_GPU_ENABLE=1 run_json smollm2 --device cuda --dtype f32 --tp 2 --devices 0,0 >"$work/tp2.json"
   if [ -s "$work/tp2.json" ]; then
-    row "TP 2, both ranks on GPU 0 (NCCL_MULTI_RANK_GPU_ENABLE)" "$(compare "$work/smollm2-cuda-f32.json" "$work/tp2.json")"
+    row "TP 2, both ranks on GPU 0 (NCCL_MULTI_RANK_GPU_ENABLE)" "$(compare "$work/smollm2-cuda-f32.json" "$work/tp2.json") $(links)"
   else
     why="$(grep -iE 'nccl|error' "$log" | tail -1 | cut -c1-160)"
-    row "TP 2 on one GPU" "refused: ${why:-see $log}"
+    row "TP 2 over NCCL on one GPU" "refused: ${why:-see $log}"
   fi
 fi
 
