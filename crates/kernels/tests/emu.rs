@@ -1,8 +1,9 @@
 //! tests/gpu.rs without a GPU: the real kernels/*.cu, compiled by g++ for the CPU emulator in
 //! kernels/emu (shardline-kernels-emu: a fiber per CUDA thread, barriers and warp shuffles
 //! emulated), launched with the GPU launchers' own geometry ([`shardline_kernels::launch`]) and
-//! compared with their CPU references on the cases and tolerances of tests/gpu.rs, so CI checks
-//! the kernels' logic (indexing, reductions, split-K, masking, rounding points) on every push.
+//! compared with their CPU references on the cases and tolerances tests/gpu.rs runs (the
+//! `check_*` of [`shardline_kernels::testing`]), so CI checks the kernels' logic (indexing,
+//! reductions, split-K, masking, rounding points) on every push.
 //! The emulator cannot check what only a GPU shows (see kernels/README.md); gpu.rs still can.
 //!
 //! The wrappers below stand in for the `Kernels` methods: the same arguments in the same order,
@@ -12,11 +13,9 @@ use std::ffi::c_void;
 
 use half::{bf16, f16};
 use shardline_kernels::launch::{self, Launch};
-use shardline_kernels::reference::{self, AttentionInputs, RopeInputs, TopK};
-use shardline_kernels::testing::{self, assert_close, AttentionCase, Rng, SeqSpec};
-use shardline_kernels::{
-    convert, plan_splits, widen, workspace_len, AttentionShape, KernelDType, QkvShape, KEY_TILE, PARTIAL_HEADER,
-};
+use shardline_kernels::reference::{AttentionInputs, RopeInputs, TopK};
+use shardline_kernels::testing::{self, Rng};
+use shardline_kernels::{workspace_len, AttentionShape, KernelDType, QkvShape, KEY_TILE, PARTIAL_HEADER};
 use shardline_kernels_emu as emu;
 
 /// SMs of the emulated GPU, which sizes the grid-stride kernels' grids: few, so that their loops
@@ -220,41 +219,19 @@ fn logits_topk(logits: &[f32], inv_temperature: &[f32], k: usize) -> TopK {
     t
 }
 
-fn tol<T: KernelDType>() -> (f32, f32) {
-    if T::SUFFIX == "f32" {
-        (1e-5, 1e-6)
-    } else {
-        (1e-2, 1e-2)
-    }
-}
-
-fn attention_tol<T: KernelDType>() -> (f32, f32) {
-    if T::SUFFIX == "f32" {
-        (1e-4, 1e-5)
-    } else {
-        (1e-2, 1e-2)
-    }
-}
-
 fn check_rms_norm<T: KernelDType>() {
-    let mut rng = Rng(11);
-    let (rtol, atol) = tol::<T>();
-    for (rows, cols) in [(1, 64), (5, 576), (7, 130), (3, 4096), (2, 8192)] {
-        let what = format!("{} {rows}x{cols}", T::SUFFIX);
-        let x: Vec<T> = convert(&rng.vec(rows * cols, 3.0));
-        let w: Vec<T> = convert(&rng.vec(cols, 1.0));
-        let delta: Vec<T> = convert(&rng.vec(rows * cols, 1.0));
-        let mut out = vec![T::default(); rows * cols];
-        rms_norm(&x, &w, 1e-5, &mut out);
-        assert_close(&widen(&out), &widen(&reference::rms_norm(&x, &w, 1e-5)), rtol, atol, &format!("rms_norm {what}"));
-
-        let mut residual = x.clone();
-        add_rms_norm(&mut residual, &delta, &w, 1e-5, &mut out);
-        let mut want_residual = x.clone();
-        let want = reference::add_rms_norm(&mut want_residual, &delta, &w, 1e-5);
-        assert_eq!(residual, want_residual, "add_rms_norm {what}: residual (one rounded add, exact)");
-        assert_close(&widen(&out), &widen(&want), rtol, atol, &format!("add_rms_norm {what}"));
-    }
+    testing::check_rms_norm::<T>(
+        |x, w, eps| {
+            let mut out = vec![T::default(); x.len()];
+            rms_norm(x, w, eps, &mut out);
+            out
+        },
+        |residual, delta, w, eps| {
+            let mut out = vec![T::default(); residual.len()];
+            add_rms_norm(residual, delta, w, eps, &mut out);
+            out
+        },
+    );
 }
 
 #[test]
@@ -265,15 +242,11 @@ fn rms_norm_matches_reference() {
 }
 
 fn check_silu_mul<T: KernelDType>() {
-    let mut rng = Rng(12);
-    let (rtol, atol) = tol::<T>();
-    for (rows, inter) in [(1, 64), (3, 1536), (5, 97), (64, 14336)] {
-        let gu: Vec<T> = convert(&rng.vec(rows * 2 * inter, 12.0));
-        let mut out = vec![T::default(); rows * inter];
-        silu_mul(&gu, inter, &mut out);
-        let what = format!("silu_mul {} {rows}x{inter}", T::SUFFIX);
-        assert_close(&widen(&out), &widen(&reference::silu_mul(&gu, inter)), rtol, atol, &what);
-    }
+    testing::check_silu_mul::<T>(|gate_up, inter| {
+        let mut out = vec![T::default(); gate_up.len() / 2];
+        silu_mul(gate_up, inter, &mut out);
+        out
+    });
 }
 
 #[test]
@@ -284,41 +257,11 @@ fn silu_mul_matches_reference() {
 }
 
 fn check_rope_kv_write<T: KernelDType>() {
-    let mut rng = Rng(13);
-    for (qh, kvh, hd) in [(32, 8, 128), (4, 2, 64), (7, 3, 16)] {
-        let shape = QkvShape { num_q_heads: qh, num_kv_heads: kvh, head_dim: hd };
-        let (rows, max_pos, num_slots) = (9, 300, 40);
-        let qkv: Vec<T> = convert(&rng.vec(rows * shape.qkv_width(), 2.0));
-        let cos_sin = rng.vec(max_pos * hd, 1.0);
-        let mut positions: Vec<u32> = (0..rows).map(|_| rng.below(max_pos) as u32).collect();
-        let mut slots: Vec<u32> = (0..num_slots as u32).collect();
-        rng.shuffle(&mut slots);
-        slots.truncate(rows);
-        slots[2] = u32::MAX; // padding: q rotated, nothing stored
-        positions[5] = max_pos as u32; // past the table: the row is skipped entirely
-        let k_cache: Vec<T> = convert(&rng.vec(num_slots * shape.kv_width(), 1.0));
-        let v_cache: Vec<T> = convert(&rng.vec(num_slots * shape.kv_width(), 1.0));
-
-        let (mut k, mut v) = (k_cache.clone(), v_cache.clone());
-        let mut q_out = vec![T::default(); rows * shape.q_width()];
-        let inputs = RopeInputs { qkv: &qkv, cos_sin: &cos_sin, positions: &positions, slots: &slots };
-        rope_kv_write(&shape, &inputs, &mut q_out, &mut k, &mut v);
-
-        // The reference on the same rows, the skipped row made harmless (position 0, no slot);
-        // the kernel leaves that row of q_out as it found it (zeros).
-        let (mut ref_pos, mut ref_slots) = (positions.clone(), slots.clone());
-        (ref_pos[5], ref_slots[5]) = (0, u32::MAX);
-        let (mut want_k, mut want_v) = (k_cache.clone(), v_cache.clone());
-        let ref_inputs = RopeInputs { qkv: &qkv, cos_sin: &cos_sin, positions: &ref_pos, slots: &ref_slots };
-        let mut want_q = reference::rope_kv_write(&shape, &ref_inputs, &mut want_k, &mut want_v);
-        want_q[5 * shape.q_width()..6 * shape.q_width()].fill(T::default());
-
-        // The same IEEE operations in the same order (no FMA contraction): equal bits.
-        let what = format!("rope {} q={qh} kv={kvh} hd={hd}", T::SUFFIX);
-        assert_eq!(q_out, want_q, "{what}: q");
-        assert_eq!(k, want_k, "{what}: k cache");
-        assert_eq!(v, want_v, "{what}: v cache");
-    }
+    testing::check_rope_kv_write::<T>(|shape, inputs, k_cache, v_cache| {
+        let mut q_out = vec![T::default(); inputs.positions.len() * shape.q_width()];
+        rope_kv_write(shape, inputs, &mut q_out, k_cache, v_cache);
+        q_out
+    });
 }
 
 #[test]
@@ -328,71 +271,14 @@ fn rope_kv_write_matches_reference_bit_for_bit() {
     check_rope_kv_write::<f16>();
 }
 
-/// The emulated kernel vs the reference for one case and split plan; with splits, the
-/// partials too.
-fn check_attention_case<T: KernelDType>(c: &AttentionCase, splits: (usize, usize), what: &str) {
-    let shape = AttentionShape { num_splits: splits.0, keys_per_split: splits.1, ..c.shape };
-    let (q, k, v): (Vec<T>, Vec<T>, Vec<T>) = (convert(&c.q), convert(&c.k_cache), convert(&c.v_cache));
-    let inputs = AttentionInputs {
-        q: &q,
-        k_cache: &k,
-        v_cache: &v,
-        block_tables: &c.block_tables,
-        row_seq: &c.row_seq,
-        positions: &c.positions,
-        kv_head_of_q: &c.kv_head_of_q,
-    };
-    let mut out = vec![T::default(); q.len()];
-    // NaN until written: a partial the kernel forgets to write cannot pass.
-    let mut ws = vec![f32::NAN; workspace_len(c.rows(), shape.num_q_heads, shape.head_dim, shape.num_splits)];
-    paged_attention(&shape, &inputs, (shape.num_splits > 1).then_some(&mut ws[..]), &mut out);
-    let what = format!("{what} {} {} × {}", T::SUFFIX, splits.0, splits.1);
-    let (rtol, atol) = attention_tol::<T>();
-    assert_close(&widen(&out), &widen(&reference::paged_attention(&shape, &inputs)), rtol, atol, &what);
-    if shape.num_splits > 1 {
-        // m and l and the accumulator, split by split; empty splits exactly (−inf, 0, 0…).
-        let want = reference::attention_partials(&shape, &inputs);
-        assert_close(&ws, &want, 1e-4, 1e-4, &format!("{what}: partials"));
-    }
-}
-
-/// A decode, a whole prefill, a prefill chunk after a cached prefix, and a long decode.
-const MIXED: [SeqSpec; 4] = [
-    SeqSpec { context_len: 37, q_len: 1 },
-    SeqSpec { context_len: 20, q_len: 20 },
-    SeqSpec { context_len: 300, q_len: 40 },
-    SeqSpec { context_len: 700, q_len: 1 },
-];
-
 fn check_attention<T: KernelDType>() {
-    let mut rng = Rng(14);
-    let gqa: Vec<u32> = (0..8).map(|h| h / 4).collect();
-    let uneven = [0, 0, 0, 1, 1, 1, 2];
-    for (map, kvh, hd) in [(&gqa[..], 2, 64), (&uneven[..], 3, 128), (&[0, 1][..], 2, 32), (&[1, 0, 0][..], 2, 256)] {
-        for q_amp in [1.0, 8.0] {
-            let mut c = AttentionCase::new(&mut rng, map, kvh, hd, 16, &MIXED, q_amp);
-            c.shuffle_rows(&mut rng);
-            let what = format!("mixed batch, map {map:?}, hd {hd}, q ±{q_amp}");
-            check_attention_case::<T>(&c, (1, KEY_TILE), &what);
-            // Splits shorter than most rows, so short rows end in empty splits.
-            check_attention_case::<T>(&c, (4, KEY_TILE), &what);
-        }
-    }
-    // Long contexts, one decode row each (plus a short one): the planner splits them.
-    let long = [
-        SeqSpec { context_len: 9000, q_len: 1 },
-        SeqSpec { context_len: 4100, q_len: 1 },
-        SeqSpec { context_len: 150, q_len: 1 },
-    ];
-    for (map, kvh, hd) in [(&gqa[..], 2, 128), (&uneven[..], 3, 64)] {
-        let c = AttentionCase::new(&mut rng, map, kvh, hd, 16, &long, 4.0);
-        let plan = plan_splits(c.rows(), c.shape.num_q_heads, c.max_context(), PLAN_SMS);
-        assert!(plan.0 > 1, "a long-context decode on {PLAN_SMS} SMs should split: {plan:?}");
-        let what = format!("long contexts, map {map:?}, hd {hd}");
-        check_attention_case::<T>(&c, plan, &what);
-        check_attention_case::<T>(&c, (1, KEY_TILE), &what);
-        check_attention_case::<T>(&c, (3, KEY_TILE), &format!("{what}, last split takes the rest"));
-    }
+    testing::check_paged_attention::<T>(PLAN_SMS, |shape, inputs| {
+        let (rows, mut out) = (inputs.row_seq.len(), vec![T::default(); inputs.q.len()]);
+        // NaN until written: a partial the kernel forgets to write cannot pass.
+        let mut ws = vec![f32::NAN; workspace_len(rows, shape.num_q_heads, shape.head_dim, shape.num_splits)];
+        paged_attention(shape, inputs, (shape.num_splits > 1).then_some(&mut ws[..]), &mut out);
+        (out, ws)
+    });
 }
 
 // One test per dtype, so the test harness runs them in parallel.
@@ -413,52 +299,17 @@ fn paged_attention_f16_matches_reference() {
 
 #[test]
 fn attention_merge_weighs_empty_splits_zero() {
-    let mut rng = Rng(15);
-    let hd = 32;
-    let empty: Vec<f32> = [vec![f32::NEG_INFINITY, 0.0], vec![0.0; hd]].concat();
-    let split = |rng: &mut Rng| [vec![rng.f32() * 4.0, 1.0 + rng.f32().abs()], rng.vec(hd, 3.0)].concat();
-    // Three (row, head) items of 3 splits: some empty, one all empty (zeros, never NaN).
-    let partials: Vec<f32> = [
-        split(&mut rng),
-        empty.clone(),
-        split(&mut rng),
-        empty.clone(),
-        empty.clone(),
-        empty.clone(),
-        empty.clone(),
-        split(&mut rng),
-        split(&mut rng),
-    ]
-    .concat();
-    let mut out = vec![f32::NAN; 3 * hd];
-    attention_merge(&partials, hd, 3, &mut out);
-    assert_close(&out, &reference::attention_merge::<f32>(&partials, hd, 3), 1e-6, 1e-6, "merge");
-    assert!(out[hd..2 * hd].iter().all(|&x| x == 0.0), "an item without keys merges to zeros");
-}
-
-fn check_topk(rows: usize, vocab: usize, k: usize, rng: &mut Rng) {
-    let mut logits = testing::logits(rng, rows, vocab);
-    // The last row: nothing but NaN and −inf (stats −inf, picks by id).
-    for (i, l) in logits[(rows - 1) * vocab..].iter_mut().enumerate() {
-        *l = if i % 3 == 0 { f32::NAN } else { f32::NEG_INFINITY };
-    }
-    let inv_t: Vec<f32> = (0..rows).map(|r| [1.0, 0.7, 2.0, 0.0][r % 4]).collect();
-    let got = logits_topk(&logits, &inv_t, k);
-    let want = reference::logits_topk(&logits, &inv_t, k);
-    let what = format!("topk {rows}x{vocab} k={k}");
-    assert_eq!(got.ids, want.ids, "{what}: ids");
-    assert_eq!(got.values, want.values, "{what}: values (chosen logits, exact)");
-    assert_close(&got.stats, &want.stats, 1e-5, 1e-5, &format!("{what}: stats"));
+    testing::check_attention_merge(|partials, head_dim, num_splits| {
+        // NaN until written: an item the kernel forgets to write cannot pass.
+        let mut out = vec![f32::NAN; partials.len() / (num_splits * (PARTIAL_HEADER + head_dim)) * head_dim];
+        attention_merge(partials, head_dim, num_splits, &mut out);
+        out
+    });
 }
 
 #[test]
 fn logits_topk_matches_reference() {
-    let mut rng = Rng(17);
-    check_topk(5, 1000, 64, &mut rng);
-    check_topk(3, 151_936, 50, &mut rng);
-    check_topk(4, 50, 50, &mut rng);
-    check_topk(2, 7, 3, &mut rng);
-    check_topk(2, 5000, 1, &mut rng);
+    testing::check_logits_topk(logits_topk);
 }
 
 #[test]
