@@ -138,8 +138,9 @@ fn group_backend(
             let plan = parallel.launch.plan(world)?;
             let threads = if model.threads > 0 { model.threads } else { plan.threads() };
             init_threads(threads)?;
-            let watch = spawn_local_workers(&plan, &parallel.launch)?;
-            (rank0_env(&plan, &parallel.launch)?, Some(watch))
+            let secret = parallel.launch.group_secret(&plan)?;
+            let watch = spawn_local_workers(&plan, &parallel.launch, &secret)?;
+            (rank0_env(&plan, &parallel.launch, secret)?, Some(watch))
         }
     };
     if env.world_size != world {

@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use clap::Args;
 use shardline_launcher::{LaunchPlan, RankCommand, Supervisor, Watch};
-use shardline_worker::{RankEnv, DEFAULT_MASTER_PORT};
+use shardline_worker::{group_secret, GroupSecret, RankEnv, DEFAULT_MASTER_PORT};
 
 /// Where the group's ranks run and how they find each other.
 #[derive(Args, Clone, Debug)]
@@ -35,6 +35,11 @@ pub struct LaunchArgs {
     /// takes visible GPU i, or GPU 0 when each task sees only its own (Slurm/MPI pinning).
     #[arg(long, env = "SHARDLINE_DEVICES", value_delimiter = ',')]
     pub devices: Vec<usize>,
+    /// File holding the group's secret, which every rank proves when connecting (or set
+    /// SHARDLINE_GROUP_SECRET). Required for several nodes, all given the same one; a single
+    /// node makes a fresh one when none is given.
+    #[arg(long, env = "SHARDLINE_GROUP_SECRET_FILE")]
+    pub secret_file: Option<PathBuf>,
 }
 
 impl LaunchArgs {
@@ -45,6 +50,21 @@ impl LaunchArgs {
         }
         let list: Vec<String> = self.devices.iter().map(usize::to_string).collect();
         vec![("SHARDLINE_DEVICES".to_string(), list.join(","))]
+    }
+
+    /// The secret of the group this process starts ranks of: the user's, else (one node only)
+    /// a fresh one.
+    pub fn group_secret(&self, plan: &LaunchPlan) -> anyhow::Result<GroupSecret> {
+        let file = self.secret_file.as_ref().map(|p| p.display().to_string());
+        let lookup = |k: &str| if k == "SHARDLINE_GROUP_SECRET_FILE" { file.clone() } else { std::env::var(k).ok() };
+        match group_secret(&lookup)? {
+            Some(secret) => Ok(secret),
+            None if plan.nnodes == 1 => Ok(GroupSecret::generate()),
+            None => bail!(
+                "a group on several nodes needs one secret shared by every node: set SHARDLINE_GROUP_SECRET \
+                 (at least 16 characters, e.g. `openssl rand -hex 32`) or --secret-file on each launcher"
+            ),
+        }
     }
 
     pub fn timeout(&self) -> Duration {
@@ -78,23 +98,28 @@ fn current_exe() -> anyhow::Result<PathBuf> {
     std::env::current_exe().context("locating the shardline binary to start ranks")
 }
 
-pub fn worker_command(rank: usize, launch: &LaunchArgs) -> anyhow::Result<RankCommand> {
+/// The environment that hands the group's secret to a rank this process starts.
+pub fn secret_env(secret: &GroupSecret) -> (String, String) {
+    ("SHARDLINE_GROUP_SECRET".to_string(), secret.expose().to_string())
+}
+
+pub fn worker_command(rank: usize, launch: &LaunchArgs, secret: &GroupSecret) -> anyhow::Result<RankCommand> {
     Ok(RankCommand {
         rank,
         program: current_exe()?,
         args: vec!["worker".into(), "--comm-timeout".into(), launch.comm_timeout.to_string()],
-        env: launch.devices_env(),
+        env: launch.devices_env().into_iter().chain([secret_env(secret)]).collect(),
         raw_stdout: false,
     })
 }
 
 /// Spawns this node's ranks other than rank 0 (which the calling process plays) and supervises
 /// them in the background: if one dies, the group is taken down and this process exits 1.
-pub fn spawn_local_workers(plan: &LaunchPlan, launch: &LaunchArgs) -> anyhow::Result<Watch> {
+pub fn spawn_local_workers(plan: &LaunchPlan, launch: &LaunchArgs, secret: &GroupSecret) -> anyhow::Result<Watch> {
     let cmds = plan
         .local_ranks()
         .filter(|&r| r != 0)
-        .map(|r| worker_command(r, launch))
+        .map(|r| worker_command(r, launch, secret))
         .collect::<anyhow::Result<Vec<_>>>()?;
     let sup = Supervisor::spawn(plan, cmds)?;
     Ok(sup.watch(|e| {
@@ -104,7 +129,7 @@ pub fn spawn_local_workers(plan: &LaunchPlan, launch: &LaunchArgs) -> anyhow::Re
 }
 
 /// The rank environment for rank 0 played by this process.
-pub fn rank0_env(plan: &LaunchPlan, launch: &LaunchArgs) -> anyhow::Result<RankEnv> {
+pub fn rank0_env(plan: &LaunchPlan, launch: &LaunchArgs, secret: GroupSecret) -> anyhow::Result<RankEnv> {
     if !plan.local_ranks().contains(&0) {
         bail!("node {} does not host rank 0; start it with `shardline launch` instead", plan.node_rank);
     }
@@ -115,5 +140,6 @@ pub fn rank0_env(plan: &LaunchPlan, launch: &LaunchArgs) -> anyhow::Result<RankE
         master_addr: plan.master_addr.clone(),
         master_port: plan.master_port,
         devices: launch.devices.clone(),
+        secret: Some(secret),
     })
 }

@@ -5,7 +5,7 @@ use clap::Args;
 use shardline_launcher::{RankCommand, Supervisor, SupervisorError};
 
 use crate::args::EngineArgs;
-use crate::group::{worker_command, LaunchArgs};
+use crate::group::{secret_env, worker_command, LaunchArgs};
 
 #[derive(Args, Debug)]
 pub struct LaunchCmdArgs {
@@ -41,6 +41,7 @@ pub fn launch(args: LaunchCmdArgs) -> anyhow::Result<()> {
         bail!("--tp and --pp must be at least 1");
     }
     let plan = args.launch.plan(world)?;
+    let secret = args.launch.group_secret(&plan)?;
     let mut cmds = Vec::new();
     for rank in plan.local_ranks() {
         if rank == 0 {
@@ -63,11 +64,12 @@ pub fn launch(args: LaunchCmdArgs) -> anyhow::Result<()> {
                 .into_iter()
                 .chain(args.engine.to_env())
                 .chain(args.launch.devices_env())
+                .chain([secret_env(&secret)])
                 .collect(),
                 raw_stdout: true,
             });
         } else {
-            cmds.push(worker_command(rank, &args.launch)?);
+            cmds.push(worker_command(rank, &args.launch, &secret)?);
         }
     }
     eprintln!(

@@ -11,7 +11,16 @@ const PROMPT: &str = "The capital of France is";
 
 fn shardline() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_shardline"));
-    for var in ["SHARDLINE_MODEL", "RANK", "WORLD_SIZE", "MASTER_PORT", "SHARDLINE_TP", "SHARDLINE_PP"] {
+    for var in [
+        "SHARDLINE_MODEL",
+        "RANK",
+        "WORLD_SIZE",
+        "MASTER_PORT",
+        "SHARDLINE_TP",
+        "SHARDLINE_PP",
+        "SHARDLINE_GROUP_SECRET",
+        "SHARDLINE_GROUP_SECRET_FILE",
+    ] {
         c.env_remove(var);
     }
     c
@@ -55,18 +64,41 @@ fn free_port() -> u16 {
 
 #[test]
 fn two_launchers_on_loopback_form_one_group() {
+    const SECRET: &str = "two-launchers-shared-secret";
     let want = run_json(&[]);
     let port = free_port().to_string();
+    // Node 1 reads the group's secret from the environment, node 0 from a file.
     let node1 = shardline()
         .args(["launch", "--tp", "2", "--pp", "2", "--nnodes", "2", "--node-rank", "1", "--master-port", &port])
+        .env("SHARDLINE_GROUP_SECRET", SECRET)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let got = run_json(&["--tp", "2", "--pp", "2", "--nnodes", "2", "--node-rank", "0", "--master-port", &port]);
+    let dir = tempfile::tempdir().unwrap();
+    let secret_file = dir.path().join("group-secret");
+    std::fs::write(&secret_file, format!("{SECRET}\n")).unwrap();
+    let secret_file = secret_file.to_str().unwrap();
+    let node0 = ["--tp", "2", "--pp", "2", "--nnodes", "2", "--node-rank", "0", "--master-port", &port];
+    let got = run_json(&[node0.as_slice(), &["--secret-file", secret_file]].concat());
     assert_same_generation(&got, &want, "2 nodes × (tp 2, pp 2)");
     let out = wait_bounded(node1, Duration::from_secs(20));
     assert!(out.status.success(), "node 1 launcher: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn several_nodes_without_a_shared_secret_refuse_to_start() {
+    let port = free_port().to_string();
+    let out = shardline()
+        .args(["launch", "--tp", "2", "--nnodes", "2", "--node-rank", "1", "--master-port", &port])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = wait_bounded(out, Duration::from_secs(20));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("needs one secret shared by every node") && err.contains("SHARDLINE_GROUP_SECRET"), "{err}");
 }
 
 fn wait_bounded(mut child: Child, limit: Duration) -> Output {
@@ -138,6 +170,7 @@ fn killing_a_worker_takes_the_group_down_quickly() {
 
 #[test]
 fn a_rank_that_never_starts_is_a_rendezvous_timeout() {
+    const SECRET: &str = "never-starts-group-secret";
     let port = free_port().to_string();
     // Rank 0 of a 2-rank group whose rank 1 is never started.
     let out = shardline()
@@ -145,18 +178,23 @@ fn a_rank_that_never_starts_is_a_rendezvous_timeout() {
         .env("RANK", "0")
         .env("WORLD_SIZE", "2")
         .env("MASTER_PORT", &port)
+        .env("SHARDLINE_GROUP_SECRET", SECRET)
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("ranks [1] did not join"), "{err}");
     // A worker whose rank 0 never appears.
-    let out = shardline()
-        .args(["worker", "--comm-timeout", "1"])
-        .env("RANK", "1")
-        .env("WORLD_SIZE", "2")
-        .env("MASTER_PORT", free_port().to_string())
-        .output()
-        .unwrap();
+    let worker = || {
+        let mut c = shardline();
+        c.args(["worker", "--comm-timeout", "1"]).env("RANK", "1").env("WORLD_SIZE", "2");
+        c.env("MASTER_PORT", free_port().to_string());
+        c
+    };
+    let out = worker().env("SHARDLINE_GROUP_SECRET", SECRET).output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("rank 0 did not accept"), "{err}");
+    // A rank started by hand (torchrun, mpirun, Slurm) must be given the group's secret.
+    let out = worker().output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("no group secret: set SHARDLINE_GROUP_SECRET"), "{err}");
 }

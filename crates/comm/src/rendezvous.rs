@@ -2,11 +2,17 @@
 //! (retrying until the deadline: rank 0 may start later), says who it is and where its data
 //! listener is, and receives the address table plus rank 0's group description. Then each rank
 //! connects to every lower rank and accepts every higher one, giving one stream per pair.
+//!
+//! Every connection first proves the group's secret (see `auth`). Whatever fails that, or says
+//! something no member would (a malformed hello, a rank out of range or already taken), is
+//! logged and dropped, and the listener goes on waiting for the real members: neither a stray
+//! nor a port scanner can join, learn the group's description, or stop it from forming.
 
-use std::io::{ErrorKind, Read, Write};
+use std::io::ErrorKind;
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
 use std::time::{Duration, Instant};
 
+use crate::auth::{accept_member, join_member, GroupSecret, Purpose, Refused};
 use crate::error::{CommError, Result};
 use crate::mesh::Comm;
 use crate::wire::{read_frame, write_frame};
@@ -21,9 +27,28 @@ pub struct RendezvousConfig {
     pub timeout: Duration,
     /// Rank 0 only: the group description every rank receives (e.g. model and layout).
     pub group_blob: Vec<u8>,
+    /// What every member proves on every connection.
+    pub secret: GroupSecret,
 }
 
 const POLL: Duration = Duration::from_millis(10);
+/// How long a listener waits on one connection's handshake: long enough for a member on a slow
+/// network, short enough that a silent stray barely delays the group.
+const HANDSHAKE_WAIT: Duration = Duration::from_secs(5);
+
+fn handshake_wait(cfg: &RendezvousConfig) -> Duration {
+    HANDSHAKE_WAIT.min(cfg.timeout)
+}
+
+/// Where a just-accepted connection comes from, for the log line if it is dropped.
+fn origin(s: &TcpStream) -> String {
+    s.peer_addr().map_or_else(|_| "an unknown address".to_string(), |a| a.to_string())
+}
+
+/// Logs a connection a listener dropped (stderr, like every rank's start-up lines).
+fn dropped(listener: &str, from: &str, why: &Refused) {
+    eprintln!("warning: {listener}: dropped a connection from {from}: {why}");
+}
 
 fn master(cfg: &RendezvousConfig) -> Result<SocketAddr> {
     let spec = format!("{}:{}", cfg.master_addr, cfg.master_port);
@@ -73,6 +98,29 @@ fn u32_at(b: &[u8], i: usize) -> u32 {
     u32::from_le_bytes(b[i * 4..i * 4 + 4].try_into().expect("4 bytes"))
 }
 
+/// A rank's hello to rank 0: who it is and where its data listener is.
+struct Hello {
+    rank: usize,
+    port: u16,
+}
+
+/// Checks a hello against the group: the right world size, a rank in range and not yet taken.
+fn parse_hello(b: &[u8], world_size: usize, joined: &[Option<TcpStream>]) -> std::result::Result<Hello, Refused> {
+    if b.len() != 10 {
+        return Err(Refused(format!("a malformed hello ({} bytes)", b.len())));
+    }
+    let (rank, world) = (u32_at(b, 0) as usize, u32_at(b, 1) as usize);
+    if world != world_size || rank == 0 || rank >= world {
+        return Err(Refused(format!(
+            "a member joined as rank {rank} of {world}, but this group has {world_size} ranks"
+        )));
+    }
+    if joined[rank].is_some() {
+        return Err(Refused(format!("a second rank {rank} (two processes were given the same rank?)")));
+    }
+    Ok(Hello { rank, port: u16::from_le_bytes([b[8], b[9]]) })
+}
+
 /// Joins the group described by `cfg`; returns once every pair of ranks is connected.
 pub fn rendezvous(cfg: &RendezvousConfig) -> Result<Comm> {
     if cfg.world_size == 0 || cfg.rank >= cfg.world_size {
@@ -94,23 +142,19 @@ pub fn rendezvous(cfg: &RendezvousConfig) -> Result<Comm> {
                 let ranks = (1..cfg.world_size).filter(|&r| joined[r].is_none()).collect();
                 return Err(CommError::MissingRanks { ranks, addr: master_addr.to_string(), timeout: cfg.timeout });
             };
-            s.set_read_timeout(Some(cfg.timeout)).map_err(io("socket timeout"))?;
-            let (_, hello) = read_frame(&mut s).map_err(io("reading a rank's hello"))?;
-            if hello.len() != 10 {
-                return Err(CommError::Protocol("malformed hello".into()));
-            }
-            let (rank, world) = (u32_at(&hello, 0) as usize, u32_at(&hello, 1) as usize);
-            let port = u16::from_le_bytes([hello[8], hello[9]]);
-            if world != cfg.world_size || rank == 0 || rank >= world || joined[rank].is_some() {
-                return Err(CommError::Protocol(format!(
-                    "a process joined as rank {rank} of {world}, but this group has world size {} and rank {rank} is {}",
-                    cfg.world_size,
-                    if rank < cfg.world_size && joined[rank].is_some() { "taken" } else { "invalid" }
-                )));
-            }
+            let from = origin(&s);
+            let hello = match accept_member(&mut s, &cfg.secret, Purpose::Rendezvous, handshake_wait(cfg))
+                .and_then(|hello| parse_hello(&hello, cfg.world_size, &joined))
+            {
+                Ok(hello) => hello,
+                Err(why) => {
+                    dropped("rendezvous", &from, &why);
+                    continue;
+                }
+            };
             let ip = s.peer_addr().map_err(io("peer address"))?.ip();
-            table[rank] = SocketAddr::new(ip, port);
-            joined[rank] = Some(s);
+            table[hello.rank] = SocketAddr::new(ip, hello.port);
+            joined[hello.rank] = Some(s);
         }
         let text: String = table.iter().map(|a| format!("{a}\n")).collect();
         for s in joined.iter_mut().flatten() {
@@ -130,7 +174,8 @@ pub fn rendezvous(cfg: &RendezvousConfig) -> Result<Comm> {
         hello.extend_from_slice(&(cfg.rank as u32).to_le_bytes());
         hello.extend_from_slice(&(cfg.world_size as u32).to_le_bytes());
         hello.extend_from_slice(&data.local_addr().map_err(io("data address"))?.port().to_le_bytes());
-        write_frame(&mut s, 0, &hello).map_err(io("sending hello"))?;
+        let peer = format!("rank 0 at {master_addr}");
+        join_member(&mut s, &cfg.secret, Purpose::Rendezvous, &hello, &peer, handshake_wait(cfg))?;
         s.set_read_timeout(Some(deadline.saturating_duration_since(Instant::now()).max(POLL)))
             .map_err(io("socket timeout"))?;
         let timeout_or = |e: std::io::Error| match e.kind() {
@@ -167,23 +212,35 @@ fn connect_mesh(
         let mut s = connect_until(*addr, deadline)
             .map_err(|e| CommError::io(format!("connecting to rank {peer} at {addr}"), e))?
             .ok_or(CommError::Timeout { rank: peer, what: "accept a connection", timeout: cfg.timeout })?;
-        s.write_all(&(cfg.rank as u32).to_le_bytes()).map_err(|e| CommError::io(format!("greeting rank {peer}"), e))?;
+        let greeting = (cfg.rank as u32).to_le_bytes();
+        join_member(
+            &mut s,
+            &cfg.secret,
+            Purpose::Mesh,
+            &greeting,
+            &format!("rank {peer} at {addr}"),
+            handshake_wait(cfg),
+        )?;
         streams[peer] = Some(s);
     }
-    for _ in cfg.rank + 1..cfg.world_size {
-        let missing = || (cfg.rank + 1..cfg.world_size).find(|&r| streams[r].is_none()).unwrap_or(cfg.rank + 1);
+    while let Some(missing) = (cfg.rank + 1..cfg.world_size).find(|&r| streams[r].is_none()) {
         let Some(mut s) = accept_until(data, deadline).map_err(|e| CommError::io("accepting peers", e))? else {
-            return Err(CommError::Timeout { rank: missing(), what: "connect", timeout: cfg.timeout });
+            return Err(CommError::Timeout { rank: missing, what: "connect", timeout: cfg.timeout });
         };
-        s.set_read_timeout(Some(cfg.timeout)).map_err(|e| CommError::io("socket timeout", e))?;
-        let mut b = [0u8; 4];
-        s.read_exact(&mut b).map_err(|e| CommError::io("reading a peer's greeting", e))?;
-        s.set_read_timeout(None).map_err(|e| CommError::io("socket timeout", e))?;
-        let peer = u32::from_le_bytes(b) as usize;
-        if peer <= cfg.rank || peer >= cfg.world_size || streams[peer].is_some() {
-            return Err(CommError::Protocol(format!("unexpected greeting from rank {peer}")));
+        let from = origin(&s);
+        let peer = accept_member(&mut s, &cfg.secret, Purpose::Mesh, handshake_wait(cfg)).and_then(|greeting| {
+            let peer = <[u8; 4]>::try_from(greeting.as_slice())
+                .map(|b| u32::from_le_bytes(b) as usize)
+                .map_err(|_| Refused("a malformed greeting".into()))?;
+            if peer <= cfg.rank || peer >= cfg.world_size || streams[peer].is_some() {
+                return Err(Refused(format!("a greeting from rank {peer}, which does not connect here")));
+            }
+            Ok(peer)
+        });
+        match peer {
+            Ok(peer) => streams[peer] = Some(s),
+            Err(why) => dropped(&format!("rank {} mesh", cfg.rank), &from, &why),
         }
-        streams[peer] = Some(s);
     }
     Ok(streams)
 }

@@ -5,7 +5,7 @@
 use std::net::TcpListener;
 use std::time::{Duration, Instant};
 
-use shardline_comm::{rendezvous, Comm, CommError, Group, RendezvousConfig, Tag};
+use shardline_comm::{rendezvous, Comm, CommError, Group, GroupSecret, RendezvousConfig, Tag};
 
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
@@ -19,6 +19,7 @@ fn config(port: u16, rank: usize, world: usize, timeout: Duration) -> Rendezvous
         world_size: world,
         timeout,
         group_blob: if rank == 0 { b"layout".to_vec() } else { vec![] },
+        secret: GroupSecret::from_text("comm-tests-group-secret").unwrap(),
     }
 }
 
@@ -137,4 +138,87 @@ fn byte_gathers_and_a_peers_end_is_seen_without_a_message() {
         // Neither leaves (closing its side) before the other has checked.
         Group::new(vec![0, 1]).barrier(&comm).unwrap();
     });
+}
+
+/// Connects to `port` on loopback, retrying while nothing listens yet.
+fn connect_soon(port: u16) -> std::net::TcpStream {
+    let start = Instant::now();
+    loop {
+        match std::net::TcpStream::connect(("127.0.0.1", port)) {
+            Ok(s) => return s,
+            Err(e) if start.elapsed() < Duration::from_secs(10) => {
+                let _ = e;
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => panic!("nothing listens on {port}: {e}"),
+        }
+    }
+}
+
+fn frame(tag: u8, payload: &[u8]) -> Vec<u8> {
+    [[tag].as_slice(), &(payload.len() as u64).to_le_bytes(), payload].concat()
+}
+
+fn read_frame(s: &mut std::net::TcpStream) -> Vec<u8> {
+    use std::io::Read;
+    let mut head = [0u8; 9];
+    s.read_exact(&mut head).unwrap();
+    let mut payload = vec![0u8; u64::from_le_bytes(head[1..].try_into().unwrap()) as usize];
+    s.read_exact(&mut payload).unwrap();
+    payload
+}
+
+#[test]
+fn strays_wrong_secrets_and_replayed_hellos_are_dropped_while_the_group_forms() {
+    use std::io::Write;
+    // A genuine rank 1's answer to one challenge, captured by a listener posing as rank 0.
+    let decoy = TcpListener::bind("127.0.0.1:0").unwrap();
+    let decoy_port = decoy.local_addr().unwrap().port();
+    let captured = std::thread::scope(|s| {
+        let member = s.spawn(|| rendezvous(&config(decoy_port, 1, 2, Duration::from_secs(5))));
+        let (mut c, _) = decoy.accept().unwrap();
+        c.write_all(&frame(0, &[b"SHRDLN01".as_slice(), &[7u8; 32]].concat())).unwrap();
+        let answer = read_frame(&mut c);
+        drop(c);
+        let err = member.join().unwrap().err().expect("the decoy never proves the secret");
+        assert!(err.to_string().contains("refused this rank"), "{err}");
+        answer
+    });
+
+    let port = free_port();
+    let ok = std::thread::scope(|s| {
+        let rank0 = s.spawn(|| rendezvous(&config(port, 0, 2, Duration::from_secs(20))));
+        // Garbage, a frame claiming 2^64 bytes, and the captured answer replayed to a new challenge.
+        // (Held open until the group forms, so rank 0 reads what they sent.)
+        let mut garbage = connect_soon(port);
+        garbage.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        let mut huge = connect_soon(port);
+        huge.write_all(&[0, 255, 255, 255, 255, 255, 255, 255, 255]).unwrap();
+        let mut replay = connect_soon(port);
+        read_frame(&mut replay);
+        replay.write_all(&frame(0, &captured)).unwrap();
+        // A process with the wrong secret is refused and told so.
+        let mut wrong = config(port, 1, 2, Duration::from_secs(10));
+        wrong.secret = GroupSecret::from_text("not-this-groups-secret").unwrap();
+        let err = rendezvous(&wrong).err().expect("a wrong secret cannot join");
+        assert!(err.to_string().contains("refused this rank"), "{err}");
+        // The real rank 1 still joins, and the group works.
+        let rank1 = s.spawn(|| rendezvous(&config(port, 1, 2, Duration::from_secs(20))));
+        let comms = [rank0.join().unwrap().unwrap(), rank1.join().unwrap().unwrap()];
+        drop((garbage, huge, replay));
+        std::thread::scope(|t| {
+            let sums: Vec<_> = comms
+                .iter()
+                .map(|c| {
+                    t.spawn(move || {
+                        let mut x = vec![1.0f32 + c.rank() as f32; 4];
+                        Group::new(vec![0, 1]).all_reduce_sum(c, &mut x).unwrap();
+                        x
+                    })
+                })
+                .collect();
+            sums.into_iter().all(|h| h.join().unwrap() == vec![3.0; 4])
+        })
+    });
+    assert!(ok, "the group formed despite the strays and sums correctly");
 }

@@ -2,6 +2,10 @@
 //! torchrun (RANK, WORLD_SIZE, LOCAL_RANK), Open MPI (OMPI_COMM_WORLD_*), MPICH/Hydra (PMI_*),
 //! Slurm (SLURM_PROCID, SLURM_NTASKS, SLURM_LOCALID). MASTER_ADDR / MASTER_PORT locate rank 0;
 //! SHARDLINE_DEVICES (`--devices`) lists this node's GPU ordinals by local rank.
+//! SHARDLINE_GROUP_SECRET, or the file SHARDLINE_GROUP_SECRET_FILE names, is the group's secret
+//! (`shardline launch` sets it for the ranks it starts).
+
+use shardline_comm::GroupSecret;
 
 use crate::error::{Result, WorkerError};
 
@@ -16,6 +20,8 @@ pub struct RankEnv {
     pub master_port: u16,
     /// GPU ordinal per local rank (`--devices`); empty: local rank among the visible GPUs.
     pub devices: Vec<usize>,
+    /// What every member proves when connecting; required for groups of more than one rank.
+    pub secret: Option<GroupSecret>,
 }
 
 const SCHEMES: [(&str, &str, &str); 4] = [
@@ -55,10 +61,24 @@ impl RankEnv {
                 master_addr: get("MASTER_ADDR").unwrap_or_else(|| "127.0.0.1".into()),
                 master_port,
                 devices: get("SHARDLINE_DEVICES").map_or(Ok(Vec::new()), |v| parse_devices(&v))?,
+                secret: group_secret(&get)?,
             }));
         }
         Ok(None)
     }
+}
+
+/// SHARDLINE_GROUP_SECRET, else the contents of SHARDLINE_GROUP_SECRET_FILE, else none (`get`
+/// looks variables up).
+pub fn group_secret(get: &impl Fn(&str) -> Option<String>) -> Result<Option<GroupSecret>> {
+    let bad = |what: String| move |e: shardline_comm::CommError| WorkerError::Env(format!("{what}: {e}"));
+    if let Some(text) = get("SHARDLINE_GROUP_SECRET") {
+        return GroupSecret::from_text(&text).map(Some).map_err(bad("SHARDLINE_GROUP_SECRET".into()));
+    }
+    let Some(path) = get("SHARDLINE_GROUP_SECRET_FILE") else { return Ok(None) };
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| WorkerError::Env(format!("SHARDLINE_GROUP_SECRET_FILE={path}: {e}")))?;
+    GroupSecret::from_text(&text).map(Some).map_err(bad(format!("the secret in {path}")))
 }
 
 /// `2,3` → [2, 3]; empty → [].
@@ -101,5 +121,23 @@ mod tests {
         let pinned = env(&[("RANK", "1"), ("WORLD_SIZE", "2"), ("SHARDLINE_DEVICES", "2, 3")]).unwrap().unwrap();
         assert_eq!(pinned.devices, [2, 3]);
         assert!(env(&[("RANK", "0"), ("WORLD_SIZE", "1"), ("SHARDLINE_DEVICES", "x")]).is_err());
+    }
+
+    #[test]
+    fn the_group_secret_comes_from_the_variable_or_its_file() {
+        let rank = [("RANK", "1"), ("WORLD_SIZE", "2")];
+        assert_eq!(env(&rank).unwrap().unwrap().secret, None);
+        let given = env(&[rank[0], rank[1], ("SHARDLINE_GROUP_SECRET", "a-secret-of-some-length")]).unwrap().unwrap();
+        assert_eq!(given.secret, Some(GroupSecret::from_text("a-secret-of-some-length").unwrap()));
+        let short = env(&[rank[0], rank[1], ("SHARDLINE_GROUP_SECRET", "short")]).unwrap_err().to_string();
+        assert!(short.contains("SHARDLINE_GROUP_SECRET") && short.contains("at least 16"), "{short}");
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("secret");
+        std::fs::write(&file, "from-a-file-0123456789\n").unwrap();
+        let path = file.to_str().unwrap();
+        let from_file = env(&[rank[0], rank[1], ("SHARDLINE_GROUP_SECRET_FILE", path)]).unwrap().unwrap();
+        assert_eq!(from_file.secret, Some(GroupSecret::from_text("from-a-file-0123456789").unwrap()));
+        let missing = env(&[rank[0], rank[1], ("SHARDLINE_GROUP_SECRET_FILE", "/nonexistent/secret")]);
+        assert!(missing.unwrap_err().to_string().contains("/nonexistent/secret"));
     }
 }

@@ -8,7 +8,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use prost::Message;
-use shardline_comm::{rendezvous, Comm, RendezvousConfig, Tag};
+use shardline_comm::{rendezvous, Comm, GroupSecret, RendezvousConfig, Tag};
 use shardline_exec::{StepOutput, StepPlan};
 use shardline_model::ModelConfig;
 use shardline_proto::worker::v1::{control_message::Kind, ControlMessage, GroupSpec, Ready, StepResult};
@@ -42,15 +42,29 @@ pub(crate) struct LocalShard {
     pub thread: JoinHandle<()>,
 }
 
-fn rendezvous_config(env: &RankEnv, timeout: Duration, blob: Vec<u8>) -> RendezvousConfig {
-    RendezvousConfig {
+fn rendezvous_config(env: &RankEnv, timeout: Duration, blob: Vec<u8>) -> Result<RendezvousConfig> {
+    let secret = match (&env.secret, env.world_size) {
+        (Some(secret), _) => secret.clone(),
+        // A group of one opens no connection: nothing to prove.
+        (None, 1) => GroupSecret::generate(),
+        (None, _) => {
+            return Err(WorkerError::Env(
+                "rank has no group secret: set SHARDLINE_GROUP_SECRET (at least 16 characters, e.g. \
+                 `openssl rand -hex 32`) or SHARDLINE_GROUP_SECRET_FILE to the same value on every rank \
+                 (`shardline launch` does it for the ranks it starts)"
+                    .into(),
+            ))
+        }
+    };
+    Ok(RendezvousConfig {
         master_addr: env.master_addr.clone(),
         master_port: env.master_port,
         rank: env.rank,
         world_size: env.world_size,
         timeout,
         group_blob: blob,
-    }
+        secret,
+    })
 }
 
 /// Rank 0: forms the group, loads its own shard and waits until every rank is READY.
@@ -71,7 +85,7 @@ pub fn start_group(
             env.world_size
         )));
     }
-    let comm = Arc::new(rendezvous(&rendezvous_config(env, timeout, config.to_proto().encode_to_vec()))?);
+    let comm = Arc::new(rendezvous(&rendezvous_config(env, timeout, config.to_proto().encode_to_vec())?)?);
     let (step_tx, step_rx) = mpsc::channel::<LocalCommand>();
     let (res_tx, res_rx) = mpsc::channel();
     let (boot_tx, boot_rx) = mpsc::channel::<Result<(Ready, ModelConfig)>>();
@@ -124,7 +138,7 @@ pub fn start_group(
 /// Any rank but 0: joins the group, loads its shard, answers READY, then runs steps until rank
 /// 0 says stop. Returns an error (the process should exit non-zero) when anything fails.
 pub fn run_worker(env: &RankEnv, timeout: Duration) -> Result<()> {
-    let comm = Arc::new(rendezvous(&rendezvous_config(env, timeout, Vec::new()))?);
+    let comm = Arc::new(rendezvous(&rendezvous_config(env, timeout, Vec::new())?)?);
     let config = GroupConfig::from_proto(&GroupSpec::decode(comm.group_blob())?)?;
     let mut shard = match WorkerShard::load(env, &config, Arc::clone(&comm)) {
         Ok(shard) => shard,

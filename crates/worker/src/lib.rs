@@ -24,10 +24,11 @@ mod wire;
 
 pub use device::{cuda_ordinal, device_for};
 pub use driver::GroupExecutor;
-pub use env::{RankEnv, DEFAULT_MASTER_PORT};
+pub use env::{group_secret, RankEnv, DEFAULT_MASTER_PORT};
 pub use error::{Result, WorkerError};
 pub use group::{run_worker, start_group, GroupReady};
 pub use layout::GroupLayout;
 pub use local::LocalExecutor;
 pub use shard::peak_rss_bytes;
+pub use shardline_comm::GroupSecret;
 pub use wire::GroupConfig;

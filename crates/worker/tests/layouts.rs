@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use candle_core::DType;
+use shardline_comm::GroupSecret;
 use shardline_engine::{Engine, EngineConfig, Executor, GenerationOutput};
 use shardline_exec::{NewRequest, ScheduledRequest, StepPlan};
 use shardline_model::{DeviceKind, LoadFormat, ModelSpec};
@@ -70,6 +71,7 @@ fn rank_env(rank: usize, world_size: usize, port: u16) -> RankEnv {
         master_addr: "127.0.0.1".into(),
         master_port: port,
         devices: Vec::new(),
+        secret: Some(GroupSecret::from_text("layouts-test-group-secret").unwrap()),
     }
 }
 

@@ -12,7 +12,16 @@ use shardline_launcher::process;
 /// The binary under test, without rank variables a CI environment might set.
 pub fn shardline() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_shardline"));
-    for var in ["SHARDLINE_MODEL", "RANK", "WORLD_SIZE", "MASTER_PORT", "SHARDLINE_TP", "SHARDLINE_PP"] {
+    for var in [
+        "SHARDLINE_MODEL",
+        "RANK",
+        "WORLD_SIZE",
+        "MASTER_PORT",
+        "SHARDLINE_TP",
+        "SHARDLINE_PP",
+        "SHARDLINE_GROUP_SECRET",
+        "SHARDLINE_GROUP_SECRET_FILE",
+    ] {
         c.env_remove(var);
     }
     c
