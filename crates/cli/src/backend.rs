@@ -163,6 +163,7 @@ fn group_backend(
         layout: layout.clone(),
         num_blocks: engine.num_blocks(default_kv_tokens(cfg.max_position_embeddings))?,
         block_size: engine.block_size,
+        heartbeat_timeout: parallel.launch.heartbeat_timeout(),
     };
     let tokenizer = tokenizer(model)?;
     let ready = start_group(config, &env, parallel.launch.timeout(), LOAD_TIMEOUT)?;

@@ -31,6 +31,10 @@ pub struct LaunchArgs {
     /// Seconds any rank waits for another (rendezvous, collectives) before failing.
     #[arg(long, env = "SHARDLINE_COMM_TIMEOUT", default_value_t = 60)]
     pub comm_timeout: u64,
+    /// Seconds rank 0 and a worker may hear nothing from each other (they exchange heartbeats
+    /// several times within it) before the silent one counts as dead: stopped, hung or cut off.
+    #[arg(long, env = "SHARDLINE_HEARTBEAT_TIMEOUT", default_value_t = 5.0, value_parser = positive_seconds)]
+    pub heartbeat_timeout: f64,
     /// GPU ordinals of this node's ranks, by local rank (e.g. `2,3`); default: local rank i
     /// takes visible GPU i, or GPU 0 when each task sees only its own (Slurm/MPI pinning).
     #[arg(long, env = "SHARDLINE_DEVICES", value_delimiter = ',')]
@@ -71,6 +75,10 @@ impl LaunchArgs {
         Duration::from_secs(self.comm_timeout)
     }
 
+    pub fn heartbeat_timeout(&self) -> Duration {
+        Duration::from_secs_f64(self.heartbeat_timeout)
+    }
+
     pub fn plan(&self, world_size: usize) -> anyhow::Result<LaunchPlan> {
         let master_port = match self.master_port {
             Some(p) => p,
@@ -87,6 +95,13 @@ impl LaunchArgs {
         };
         plan.validate()?;
         Ok(plan)
+    }
+}
+
+fn positive_seconds(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && (0.05..=3600.0).contains(&v) => Ok(v),
+        _ => Err(format!("`{s}` is not a number of seconds between 0.05 and 3600")),
     }
 }
 

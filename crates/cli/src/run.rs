@@ -88,8 +88,11 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         .and_then(|prompt| engine.tokenizer().encode_prompt(&prompt).context("tokenizing the prompt"))
         .and_then(|prompt| generate(&args, &mut engine, prompt));
     drop(engine); // ends the group: every rank gets Shutdown
-    if let Some(w) = workers {
-        w.finish();
+    match (workers, &result) {
+        (Some(w), Ok(())) => w.finish(),
+        // A failed group may have ranks stuck on a dead or stopped peer: no waiting for them.
+        (Some(w), Err(_)) => w.abort(),
+        (None, _) => {}
     }
     result
 }

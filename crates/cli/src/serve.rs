@@ -71,8 +71,11 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let cfg = ServeConfig { grpc_addr: args.grpc_addr, http_addr, io_threads: args.io_threads };
     let result = shardline_router::serve(core, info, cfg);
     // The engine (and with it the group) is gone by now: workers got Shutdown or saw rank 0 go.
-    if let Some(w) = workers {
-        w.finish();
+    match (workers, &result) {
+        (Some(w), Ok(())) => w.finish(),
+        // A failed group may have ranks stuck on a dead or stopped peer: no waiting for them.
+        (Some(w), Err(_)) => w.abort(),
+        (None, _) => {}
     }
     Ok(result?)
 }

@@ -123,10 +123,21 @@ fn children_of(pid: u32) -> Vec<u32> {
     std::fs::read_to_string(path).unwrap_or_default().split_whitespace().filter_map(|p| p.parse().ok()).collect()
 }
 
-#[test]
-fn killing_a_worker_takes_the_group_down_quickly() {
+/// What became of a 2×2 `run` after one of its workers got `signal` mid-generation.
+struct Disturbed {
+    status: std::process::ExitStatus,
+    /// From the signal to the run's exit.
+    took: Duration,
+    /// Rank 0's log after the signal.
+    log: String,
+}
+
+/// Starts a long 2×2 generation, sends `signal` to one worker once the group is ready, waits
+/// (at most `limit`) for the run to fail, and checks that no rank process is left behind.
+fn signal_a_worker_mid_generation(signal: libc::c_int, extra: &[&str], limit: Duration) -> Disturbed {
     let mut run = shardline()
         .args(["run", "--prompt", PROMPT, "--max-tokens", "2000", "--ignore-eos", "--tp", "2", "--pp", "2"])
+        .args(extra)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -145,20 +156,22 @@ fn killing_a_worker_takes_the_group_down_quickly() {
     std::thread::sleep(Duration::from_millis(300));
     let workers = children_of(run.id());
     assert_eq!(workers.len(), 3, "three spawned ranks");
-    // SAFETY: SIGKILL to our grandchild, a worker of this test's group.
-    unsafe { libc::kill(workers[1] as libc::pid_t, libc::SIGKILL) };
-    let killed = Instant::now();
+    // SAFETY: a signal to our grandchild, a worker of this test's group.
+    unsafe { libc::kill(workers[1] as libc::pid_t, signal) };
+    let sent = Instant::now();
     let status = loop {
         if let Some(s) = run.try_wait().unwrap() {
             break s;
         }
-        assert!(killed.elapsed() < Duration::from_secs(5), "run did not exit within 5 s of a worker dying");
+        if sent.elapsed() > limit {
+            let _ = run.kill();
+            panic!("run did not exit within {limit:?} of signal {signal} to a worker");
+        }
         std::thread::sleep(Duration::from_millis(20));
     };
+    let took = sent.elapsed();
     let mut rest = String::new();
     let _ = std::io::Read::read_to_string(&mut stderr, &mut rest);
-    assert!(!status.success());
-    assert!(rest.contains("killed by signal 9"), "{rest}");
     std::thread::sleep(Duration::from_millis(200));
     for w in workers {
         assert!(
@@ -166,6 +179,23 @@ fn killing_a_worker_takes_the_group_down_quickly() {
             "rank process {w} left behind"
         );
     }
+    Disturbed { status, took, log: rest }
+}
+
+#[test]
+fn killing_a_worker_takes_the_group_down_quickly() {
+    let d = signal_a_worker_mid_generation(libc::SIGKILL, &[], Duration::from_secs(5));
+    assert!(!d.status.success());
+    assert!(d.log.contains("killed by signal 9"), "{}", d.log);
+}
+
+#[test]
+fn a_stopped_worker_is_caught_by_its_silence_within_the_heartbeat_timeout() {
+    // A stopped process keeps its sockets open: only the missing heartbeats give it away.
+    let d = signal_a_worker_mid_generation(libc::SIGSTOP, &["--heartbeat-timeout", "1"], Duration::from_secs(10));
+    assert!(!d.status.success());
+    assert!(d.log.contains("has sent nothing for") && d.log.contains("heartbeat timeout 1.0 s"), "{}", d.log);
+    assert!(d.took < Duration::from_secs(4), "detected after {:?}", d.took);
 }
 
 #[test]

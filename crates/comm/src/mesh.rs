@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::error::{CommError, Result};
 use crate::wire::{read_frame, write_frame, FRAME_HEADER_BYTES};
@@ -24,10 +24,14 @@ pub enum Tag {
     Collective = 2,
     /// Last stage → rank 0: step results.
     Result = 3,
+    /// Proof of life between rank 0 and the workers (empty; never queued, only timed).
+    Heartbeat = 4,
 }
+/// Tags whose messages are queued for a reader (every tag but `Heartbeat`).
 const NUM_TAGS: usize = 4;
 
 impl Tag {
+    /// The tags that carry data.
     pub const ALL: [Tag; NUM_TAGS] = [Tag::Control, Tag::Hidden, Tag::Collective, Tag::Result];
 
     pub fn name(self) -> &'static str {
@@ -36,6 +40,7 @@ impl Tag {
             Tag::Hidden => "hidden",
             Tag::Collective => "collective",
             Tag::Result => "result",
+            Tag::Heartbeat => "heartbeat",
         }
     }
 }
@@ -51,10 +56,12 @@ struct Peer {
     inbox: Vec<Mutex<Receiver<Vec<u8>>>>,
     /// Cleared by the reader thread when the connection ends (the peer exited or was killed).
     connected: Arc<AtomicBool>,
+    /// When the reader last got a frame of any tag, in milliseconds since the mesh formed.
+    last_heard_ms: Arc<AtomicU64>,
 }
 
 impl Peer {
-    fn start(rank: usize, stream: TcpStream) -> Result<Peer> {
+    fn start(rank: usize, stream: TcpStream, formed: Instant) -> Result<Peer> {
         stream.set_nodelay(true).map_err(|e| CommError::io(format!("rank {rank}: TCP_NODELAY"), e))?;
         let clone = |s: &TcpStream| s.try_clone().map_err(|e| CommError::io(format!("rank {rank}: socket"), e));
         let (mut reader, mut writer) = (clone(&stream)?, clone(&stream)?);
@@ -72,11 +79,17 @@ impl Peer {
         let (senders, receivers): (Vec<_>, Vec<_>) = (0..NUM_TAGS).map(|_| mpsc::channel::<Vec<u8>>()).unzip();
         let connected = Arc::new(AtomicBool::new(true));
         let still_connected = Arc::clone(&connected);
+        let last_heard_ms = Arc::new(AtomicU64::new(0));
+        let heard = Arc::clone(&last_heard_ms);
         std::thread::Builder::new()
             .name(format!("comm-rx-{rank}"))
             .spawn(move || {
                 // Ends on EOF or error; dropping the senders tells every waiting receiver.
                 while let Ok((tag, payload)) = read_frame(&mut reader) {
+                    heard.store(formed.elapsed().as_millis() as u64, Ordering::Release);
+                    if tag == Tag::Heartbeat as u8 {
+                        continue;
+                    }
                     match senders.get(tag as usize) {
                         Some(tx) if tx.send(payload).is_ok() => {}
                         _ => break,
@@ -91,6 +104,7 @@ impl Peer {
             writer: Mutex::new(Some(writer_thread)),
             inbox: receivers.into_iter().map(Mutex::new).collect(),
             connected,
+            last_heard_ms,
         })
     }
 }
@@ -104,6 +118,8 @@ pub struct Comm {
     group_blob: Vec<u8>,
     /// Bytes taken from each tag's inboxes (frames with their headers), for traffic stats.
     received: [AtomicU64; NUM_TAGS],
+    /// When the mesh formed: the origin of every peer's `last_heard_ms`.
+    formed: Instant,
 }
 
 impl Comm {
@@ -114,12 +130,13 @@ impl Comm {
         group_blob: Vec<u8>,
     ) -> Result<Comm> {
         let world = streams.len();
+        let formed = Instant::now();
         let peers = streams
             .into_iter()
             .enumerate()
-            .map(|(r, s)| s.map(|s| Peer::start(r, s)).transpose())
+            .map(|(r, s)| s.map(|s| Peer::start(r, s, formed)).transpose())
             .collect::<Result<Vec<_>>>()?;
-        Ok(Comm { rank, world, peers, timeout, group_blob, received: Default::default() })
+        Ok(Comm { rank, world, peers, timeout, group_blob, received: Default::default(), formed })
     }
 
     pub fn rank(&self) -> usize {
@@ -172,7 +189,12 @@ impl Comm {
     /// long as the peer stays connected); a timeout error says the peer did not `what`.
     pub fn recv_within(&self, from: usize, tag: Tag, timeout: Option<Duration>, what: &'static str) -> Result<Vec<u8>> {
         let peer = self.peer(from)?;
-        let inbox = peer.inbox[tag as usize].lock().expect("inbox lock");
+        let inbox = peer
+            .inbox
+            .get(tag as usize)
+            .ok_or_else(|| CommError::Protocol(format!("{} frames are not queued; see silent_for", tag.name())))?
+            .lock()
+            .expect("inbox lock");
         let payload = match timeout {
             None => inbox.recv().map_err(|_| CommError::Disconnected { rank: from }),
             Some(t) => inbox.recv_timeout(t).map_err(|e| match e {
@@ -196,9 +218,35 @@ impl Comm {
         Ok(())
     }
 
+    /// How long `rank` has sent nothing at all (no frame of any tag, heartbeats included).
+    pub fn silent_for(&self, rank: usize) -> Result<Duration> {
+        let heard = Duration::from_millis(self.peer(rank)?.last_heard_ms.load(Ordering::Acquire));
+        Ok(self.formed.elapsed().saturating_sub(heard))
+    }
+
+    /// Sends an empty `Heartbeat` frame to each of `peers` every `every`, from a thread of its
+    /// own (so a long step does not look like silence), until the mesh closes. A stopped
+    /// process stops beating; `silent_for` on the other side notices.
+    pub fn start_heartbeat(self: &Arc<Self>, peers: Vec<usize>, every: Duration) -> Result<()> {
+        let comm = Arc::downgrade(self);
+        std::thread::Builder::new()
+            .name(format!("heartbeat-{}", self.rank))
+            .spawn(move || loop {
+                // Holds the mesh only while sending, so it still drops when its owners do.
+                let Some(c) = comm.upgrade() else { return };
+                if peers.iter().any(|&p| c.send(p, Tag::Heartbeat, Vec::new()).is_err()) {
+                    return;
+                }
+                drop(c);
+                std::thread::sleep(every);
+            })
+            .map_err(|e| CommError::io("spawning the heartbeat thread", e))?;
+        Ok(())
+    }
+
     /// Bytes this rank has received on `tag` so far (payloads and frame headers).
     pub fn bytes_received(&self, tag: Tag) -> u64 {
-        self.received[tag as usize].load(Ordering::Relaxed)
+        self.received.get(tag as usize).map_or(0, |r| r.load(Ordering::Relaxed))
     }
 
     /// Delivers everything already sent, then closes every connection (waking any thread

@@ -216,6 +216,13 @@ fn exited(child: &mut Child) -> bool {
     matches!(child.try_wait(), Ok(Some(_)))
 }
 
+/// Whether `pid` is stopped (SIGSTOP, a debugger): state `T` or `t` in /proc/PID/stat.
+fn is_stopped(pid: u32) -> bool {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The state follows the command name, which is in parentheses and may hold spaces.
+    stat.rsplit_once(") ").is_some_and(|(_, rest)| rest.starts_with('T') || rest.starts_with('t'))
+}
+
 /// Stops `children` the polite way: SIGTERM to each, up to `grace` for all of them together to
 /// exit, then SIGKILL to each one still running and to its process group (which is its own, if
 /// [`spawn_tied`] started it), and a bounded wait to reap it. Returns the positions in
@@ -225,8 +232,11 @@ fn exited(child: &mut Child) -> bool {
 pub fn terminate(children: &mut [&mut Child], grace: Duration) -> Vec<usize> {
     for child in children.iter_mut() {
         if !exited(child) {
+            // A stopped process cannot act on SIGTERM until continued: it would only sit out
+            // the grace period. SIGKILL acts on it at once.
+            let signal = if is_stopped(child.id()) { libc::SIGKILL } else { libc::SIGTERM };
             // SAFETY: kill(2) on our own child, not yet reaped, so the pid is still its own.
-            unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+            unsafe { libc::kill(child.id() as libc::pid_t, signal) };
         }
     }
     // Waiting for each in turn against one deadline bounds the whole wait by `grace`.

@@ -196,6 +196,17 @@ impl Watch {
     }
 }
 
+impl Watch {
+    /// Takes the ranks down now (SIGTERM, the grace period, SIGKILL), for when rank 0 failed
+    /// and they may be stuck waiting on it or on a dead peer.
+    pub fn abort(mut self) {
+        terminate(&mut self.slots.lock().expect("slots lock"));
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
 /// SIGTERM every live rank, wait up to the grace period, then SIGKILL what is left.
 fn terminate(slots: &mut [Slot]) {
     let (ranks, mut children): (Vec<usize>, Vec<&mut Child>) =

@@ -3,6 +3,7 @@
 //! wait, so several steps can be in flight and every pipeline stage works at once.
 
 use std::collections::VecDeque;
+use std::sync::mpsc::RecvTimeoutError;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -13,6 +14,7 @@ use shardline_proto::worker::v1::{control_message::Kind, ControlMessage, Shutdow
 
 use crate::error::{Result, WorkerError};
 use crate::group::{GroupReady, LocalCommand, LocalShard};
+use crate::heartbeat;
 use crate::layout::GroupLayout;
 use crate::wire::{output_from_proto, step_to_proto};
 
@@ -29,6 +31,7 @@ pub struct GroupExecutor {
     block_size: usize,
     num_blocks: usize,
     max_model_len: usize,
+    heartbeat_timeout: Duration,
 }
 
 impl GroupExecutor {
@@ -39,6 +42,7 @@ impl GroupExecutor {
             block_size: group.config.block_size,
             num_blocks: group.config.num_blocks,
             max_model_len: group.model_config.max_position_embeddings,
+            heartbeat_timeout: group.config.heartbeat_timeout,
             comm: group.comm,
             local: Some(group.local),
             next_step: 0,
@@ -75,17 +79,29 @@ impl GroupExecutor {
         let step_id = self.in_flight.pop_front().ok_or_else(|| WorkerError::Protocol("no step in flight".into()))?;
         let result_rank = self.layout.result_rank();
         let local = self.local()?;
+        let workers = 1..self.layout.world_size();
         if result_rank == 0 {
-            // Rank 0's thread answers every step: with the tokens, as the only stage.
-            let out = local
-                .results
-                .recv()
-                .map_err(|_| WorkerError::Protocol("rank 0's shard thread has stopped".into()))??;
-            return out.ok_or_else(|| WorkerError::Protocol(format!("rank 0 sampled nothing in step {step_id}")));
+            // Rank 0's thread answers every step: with the tokens, as the only stage. Its own
+            // work has no deadline (a long prefill is not a fault); a silent worker is.
+            loop {
+                match local.results.recv_timeout(RESULT_POLL) {
+                    Ok(out) => {
+                        return out?
+                            .ok_or_else(|| WorkerError::Protocol(format!("rank 0 sampled nothing in step {step_id}")))
+                    }
+                    Err(RecvTimeoutError::Timeout) => {
+                        heartbeat::check(&self.comm, workers.clone(), self.heartbeat_timeout)?
+                    }
+                    Err(RecvTimeoutError::Disconnected) => {
+                        return Err(WorkerError::Protocol("rank 0's shard thread has stopped".into()))
+                    }
+                }
+            }
         }
         // Wait in slices, surfacing a failure of rank 0's own shard at once: when a peer of
         // rank 0 dies, rank 0's shard fails first while the sampling rank waits for hidden
-        // states that never come, and only the comm timeout would end the wait.
+        // states that never come, and only the comm timeout would end the wait. Each slice
+        // also checks that every worker still beats.
         let timeout = self.comm.timeout();
         let deadline = Instant::now() + timeout;
         let bytes = loop {
@@ -98,7 +114,9 @@ impl GroupExecutor {
                 Err(CommError::Timeout { rank, what, .. }) if Instant::now() >= deadline => {
                     return Err(CommError::Timeout { rank, what, timeout }.into())
                 }
-                Err(CommError::Timeout { .. }) => {}
+                Err(CommError::Timeout { .. }) => {
+                    heartbeat::check(&self.comm, workers.clone(), self.heartbeat_timeout)?
+                }
                 Err(e) => return Err(e.into()),
             }
         };

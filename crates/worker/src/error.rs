@@ -20,6 +20,12 @@ pub enum WorkerError {
     Decode(#[from] prost::DecodeError),
     #[error("rank {rank}: {message}")]
     Remote { rank: usize, message: String },
+    #[error(
+        "rank {rank} has sent nothing for {:.1} s: stopped, hung or cut off (heartbeat timeout {:.1} s)",
+        silent.as_secs_f64(),
+        timeout.as_secs_f64()
+    )]
+    Silent { rank: usize, silent: std::time::Duration, timeout: std::time::Duration },
     #[error("protocol error: {0}")]
     Protocol(String),
     #[error("{0}")]

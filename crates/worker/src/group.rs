@@ -8,13 +8,14 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use prost::Message;
-use shardline_comm::{rendezvous, Comm, GroupSecret, RendezvousConfig, Tag};
+use shardline_comm::{rendezvous, Comm, CommError, GroupSecret, RendezvousConfig, Tag};
 use shardline_exec::{StepOutput, StepPlan};
 use shardline_model::ModelConfig;
 use shardline_proto::worker::v1::{control_message::Kind, ControlMessage, GroupSpec, Ready, StepResult};
 
 use crate::env::RankEnv;
 use crate::error::{Result, WorkerError};
+use crate::heartbeat;
 use crate::shard::WorkerShard;
 use crate::wire::{output_to_proto, step_from_proto, GroupConfig};
 
@@ -86,6 +87,7 @@ pub fn start_group(
         )));
     }
     let comm = Arc::new(rendezvous(&rendezvous_config(env, timeout, config.to_proto().encode_to_vec())?)?);
+    heartbeat::start(&comm, (1..env.world_size).collect(), config.heartbeat_timeout)?;
     let (step_tx, step_rx) = mpsc::channel::<LocalCommand>();
     let (res_tx, res_rx) = mpsc::channel();
     let (boot_tx, boot_rx) = mpsc::channel::<Result<(Ready, ModelConfig)>>();
@@ -135,11 +137,23 @@ pub fn start_group(
     Ok(GroupReady { comm, config, model_config, ready, local })
 }
 
+/// The next message from rank 0, waiting as long as rank 0 stays connected and keeps beating.
+fn next_control(comm: &Comm, heartbeat_timeout: Duration) -> Result<Vec<u8>> {
+    let slice = heartbeat_timeout / 2;
+    loop {
+        match comm.recv_within(0, Tag::Control, Some(slice), "send work") {
+            Err(CommError::Timeout { .. }) => heartbeat::check(comm, [0], heartbeat_timeout)?,
+            other => return Ok(other?),
+        }
+    }
+}
+
 /// Any rank but 0: joins the group, loads its shard, answers READY, then runs steps until rank
 /// 0 says stop. Returns an error (the process should exit non-zero) when anything fails.
 pub fn run_worker(env: &RankEnv, timeout: Duration) -> Result<()> {
     let comm = Arc::new(rendezvous(&rendezvous_config(env, timeout, Vec::new())?)?);
     let config = GroupConfig::from_proto(&GroupSpec::decode(comm.group_blob())?)?;
+    heartbeat::start(&comm, vec![0], config.heartbeat_timeout)?;
     let mut shard = match WorkerShard::load(env, &config, Arc::clone(&comm)) {
         Ok(shard) => shard,
         Err(e) => {
@@ -158,7 +172,7 @@ pub fn run_worker(env: &RankEnv, timeout: Duration) -> Result<()> {
     );
     comm.send(0, Tag::Control, ready.encode_to_vec())?;
     loop {
-        let bytes = comm.recv_until_disconnect(0, Tag::Control)?;
+        let bytes = next_control(&comm, config.heartbeat_timeout)?;
         match ControlMessage::decode(bytes.as_slice())?.kind {
             Some(Kind::Step(step)) => {
                 let step_id = step.step_id;

@@ -12,6 +12,7 @@ mod driver;
 mod env;
 mod error;
 mod group;
+mod heartbeat;
 mod layout;
 mod links;
 mod local;

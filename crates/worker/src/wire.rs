@@ -2,6 +2,8 @@
 //! place step plans, sampled tokens and the group's dtype, device and load format are
 //! converted for the wire.
 
+use std::time::Duration;
+
 use candle_core::DType;
 use shardline_exec::{NewRequest, Sampled, ScheduledRequest, StepOutput, StepPlan};
 use shardline_model::{DeviceKind, LoadFormat};
@@ -24,6 +26,9 @@ pub struct GroupConfig {
     pub num_blocks: usize,
     /// Tokens per KV block.
     pub block_size: usize,
+    /// How long rank 0 and a worker may hear nothing from each other before the silent one is
+    /// taken for dead (each sends heartbeats several times within it).
+    pub heartbeat_timeout: Duration,
 }
 
 impl GroupConfig {
@@ -48,6 +53,7 @@ impl GroupConfig {
                 DeviceKind::Cpu => pb::Device::Cpu,
                 DeviceKind::Cuda => pb::Device::Cuda,
             } as i32,
+            heartbeat_timeout_ms: u32::try_from(self.heartbeat_timeout.as_millis()).unwrap_or(u32::MAX),
         }
     }
 
@@ -85,6 +91,10 @@ impl GroupConfig {
             layout,
             num_blocks: spec.num_blocks as usize,
             block_size: spec.block_size as usize,
+            heartbeat_timeout: match spec.heartbeat_timeout_ms {
+                0 => return Err(bad("heartbeat timeout", 0)),
+                ms => Duration::from_millis(ms.into()),
+            },
         })
     }
 }
@@ -220,10 +230,13 @@ mod tests {
             layout: GroupLayout::new(2, 2, 30, None).unwrap(),
             num_blocks: 64,
             block_size: 16,
+            heartbeat_timeout: Duration::from_millis(2500),
         };
         assert_eq!(GroupConfig::from_proto(&cfg.to_proto()).unwrap(), cfg);
         let unset = pb::GroupSpec { dtype: 0, ..cfg.to_proto() };
         assert!(GroupConfig::from_proto(&unset).unwrap_err().to_string().contains("dtype"));
+        let no_heartbeat = pb::GroupSpec { heartbeat_timeout_ms: 0, ..cfg.to_proto() };
+        assert!(GroupConfig::from_proto(&no_heartbeat).unwrap_err().to_string().contains("heartbeat"));
     }
 
     #[test]

@@ -60,6 +60,7 @@ fn group_config(dir: &tempfile::TempDir, tp: usize, pp: usize, num_blocks: usize
         layout: GroupLayout::new(tp, pp, 4, None).unwrap(),
         num_blocks,
         block_size: BLOCK_SIZE,
+        heartbeat_timeout: Duration::from_secs(5),
     }
 }
 
