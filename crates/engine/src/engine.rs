@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use rand::Rng;
-use shardline_exec::{Executor, RequestId};
+use shardline_exec::{Executor, ExecutorError, RequestId};
 use shardline_sampling::SamplingParams;
 use shardline_tokenizer::Tokenizer;
 
@@ -47,6 +47,9 @@ pub struct Engine {
     limits: EngineLimits,
     finished: HashMap<RequestId, GenerationOutput>,
     next_id: RequestId,
+    /// Times the executor was reset and every request recomputed, and requests recomputed so.
+    resets: u64,
+    recomputed_after_reset: u64,
 }
 
 impl Engine {
@@ -93,6 +96,8 @@ impl Engine {
             limits,
             finished: HashMap::new(),
             next_id: 0,
+            resets: 0,
+            recomputed_after_reset: 0,
         })
     }
 
@@ -187,6 +192,11 @@ impl Engine {
         self.scheduler.num_preemptions()
     }
 
+    /// Times the executor was reset (a rank replaced) and requests recomputed because of it.
+    pub fn reset_stats(&self) -> (u64, u64) {
+        (self.resets, self.recomputed_after_reset)
+    }
+
     pub fn prefix_cache_stats(&self) -> PrefixCacheStats {
         self.scheduler.prefix_cache_stats()
     }
@@ -221,6 +231,13 @@ impl Engine {
         }
         let output = match self.exec.wait() {
             Ok(output) => output,
+            Err(ExecutorError::Reset(why)) => {
+                let n = self.scheduler.reset();
+                self.resets += 1;
+                self.recomputed_after_reset += n as u64;
+                tracing::warn!("{why}; recomputing {n} request(s) from their tokens");
+                return Ok(Vec::new());
+            }
             Err(e) => {
                 self.scheduler.step_failed();
                 return Err(e.into());

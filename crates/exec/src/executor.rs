@@ -11,6 +11,11 @@ pub enum ExecutorError {
     /// The forward pass or the group failed; the engine cannot go on.
     #[error(transparent)]
     Failed(Box<dyn std::error::Error + Send + Sync>),
+    /// The executor lost every request and every K/V it held, and every step in flight (a rank
+    /// was replaced and the group re-formed), but can run steps again: the engine recomputes
+    /// each request from its tokens. The string says what happened, for the logs.
+    #[error("the executor was reset: {0}")]
+    Reset(String),
 }
 
 impl ExecutorError {

@@ -376,6 +376,38 @@ impl Scheduler {
         Ok(accepted)
     }
 
+    /// Starts over after the executor lost its state (a rank was replaced and the group
+    /// re-formed): the steps in flight are void, and the executor knows no request and holds
+    /// no K/V. Every running request goes back to the front of the queue with its tokens, in
+    /// admission order, to be recomputed from scratch (its draws depend on (seed, position)
+    /// only, so it continues exactly as it would have). The prefix cache is emptied: the K/V it
+    /// names is gone, at least on the replaced rank. Requests aborted meanwhile leave. Returns
+    /// how many requests will be recomputed.
+    pub fn reset(&mut self) -> usize {
+        self.in_flight.clear();
+        self.forget.clear();
+        self.pool = BlockPool::new(self.cfg.num_blocks, self.cfg.enable_prefix_caching);
+        let mut recomputed = 0;
+        for mut r in std::mem::take(&mut self.running).into_iter().rev() {
+            if r.aborted {
+                self.static_batch.remove(&r.id);
+                continue;
+            }
+            r.blocks.clear();
+            r.num_computed = 0;
+            r.sent = None;
+            r.in_flight = false;
+            self.waiting.push_front(r);
+            recomputed += 1;
+        }
+        for r in &mut self.waiting {
+            // Preempted earlier: already forgotten and blockless; nothing is computed anywhere now.
+            r.num_computed = 0;
+            r.sent = None;
+        }
+        recomputed
+    }
+
     /// Forgets the oldest step after the executor failed it: its requests may be scheduled
     /// again (the engine is going down, but its books stay consistent).
     pub fn step_failed(&mut self) {

@@ -308,3 +308,28 @@ fn a_missing_or_unexpected_sample_is_an_error() {
     out.sampled.push(Sampled { id: 9, token: SampledToken { token_id: 1, logprob: 0.0, top: Vec::new() } });
     assert!(s.update_from_output(out).is_err());
 }
+
+#[test]
+fn a_reset_sends_every_request_again_from_scratch_in_admission_order() {
+    let mut s = Scheduler::new(config(16));
+    let mut exec = FakeExecutor::default();
+    add(&mut s, 0, prompt(9, 1));
+    step(&mut s, &mut exec).unwrap(); // 0's two full blocks are named now
+    add(&mut s, 1, prompt(9, 1)); // shares 0's prefix
+    add(&mut s, 2, prompt(5, 2));
+    step(&mut s, &mut exec).unwrap();
+    assert!(s.prefix_cache_stats().hits > 0, "1 hit 0's blocks before the reset");
+    let plan = s.schedule().unwrap(); // a step in flight, never to return
+    s.abort(2); // aborted while in flight: leaves with the reset
+    assert_eq!(s.reset(), 2);
+    assert_eq!((s.kv_blocks_used(), s.kv_blocks_cached(), s.has_in_flight()), (0, 0, false));
+    // A fresh executor: every request is new to it, recomputed from its first token, and the
+    // prefix cache (whose K/V died with the old executor) serves nothing.
+    let mut fresh = FakeExecutor::default();
+    let (plan2, _) = step(&mut s, &mut fresh).unwrap();
+    assert!(plan2.forget.is_empty(), "nothing to forget: the executor knows nothing");
+    let ids: Vec<_> = plan2.new_requests.iter().map(|r| (r.id, r.num_computed_tokens, r.token_ids.len())).collect();
+    // 0 sampled twice, 1 once; the step in flight at the reset never counts.
+    assert_eq!(ids, [(0, 0, 11), (1, 0, 10)], "admission order, every token computed again");
+    assert!(plan.scheduled.iter().any(|r| r.id == 2));
+}
