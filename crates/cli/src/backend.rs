@@ -12,7 +12,7 @@ use shardline_tokenizer::Tokenizer;
 use shardline_worker::{start_group, GroupConfig, GroupExecutor, GroupLayout, LocalExecutor, RankEnv};
 
 use crate::args::{device_parser, init_threads, EngineArgs, ModelArgs};
-use crate::group::{rank0_env, spawn_local_workers, LaunchArgs};
+use crate::group::{rank0_env, spawn_local_workers, LaunchArgs, LocalReplacer};
 
 /// How the model is split and where its ranks run.
 #[derive(Args, Debug)]
@@ -129,7 +129,7 @@ fn group_backend(
     env: Option<RankEnv>,
 ) -> anyhow::Result<Backend> {
     let world = parallel.world_size();
-    let (env, workers) = match env {
+    let (env, mut workers) = match env {
         Some(env) => {
             init_threads(model.threads)?;
             (env, None)
@@ -139,10 +139,14 @@ fn group_backend(
             let threads = if model.threads > 0 { model.threads } else { plan.threads() };
             init_threads(threads)?;
             let secret = parallel.launch.group_secret(&plan)?;
-            let watch = spawn_local_workers(&plan, &parallel.launch, &secret)?;
-            (rank0_env(&plan, &parallel.launch, secret)?, Some(watch))
+            let workers = spawn_local_workers(&plan, &parallel.launch, &secret)?;
+            (rank0_env(&plan, &parallel.launch, secret)?, Some(workers))
         }
     };
+    // Recovery needs the supervisor of every worker at hand: only for ranks this process spawned.
+    let replacer = workers
+        .as_mut()
+        .and_then(|w| w.restarts.take().map(|restarts| LocalReplacer { killer: w.watch.killer(), restarts }));
     if env.world_size != world {
         bail!(
             "--tp {} × --pp {} = {world} ranks, but the launcher started {}",
@@ -164,6 +168,7 @@ fn group_backend(
         num_blocks: engine.num_blocks(default_kv_tokens(cfg.max_position_embeddings))?,
         block_size: engine.block_size,
         heartbeat_timeout: parallel.launch.heartbeat_timeout(),
+        recover: replacer.is_some(),
     };
     let tokenizer = tokenizer(model)?;
     let ready = start_group(config, &env, parallel.launch.timeout(), LOAD_TIMEOUT)?;
@@ -178,7 +183,10 @@ fn group_backend(
             r.peak_rss_bytes as f64 / 1048576.0
         );
     }
-    let exec = GroupExecutor::new(ready);
+    let mut exec = GroupExecutor::new(ready);
+    if let Some(replacer) = replacer {
+        exec = exec.with_replacer(Box::new(replacer));
+    }
     let engine = Engine::new(Box::new(exec), tokenizer, &cfg.eos_token_ids, engine.config())?;
-    Ok(Backend { engine, workers })
+    Ok(Backend { engine, workers: workers.map(|w| w.watch) })
 }

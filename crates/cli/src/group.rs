@@ -7,8 +7,10 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::Args;
-use shardline_launcher::{LaunchPlan, RankCommand, Supervisor, Watch};
-use shardline_worker::{group_secret, GroupSecret, RankEnv, DEFAULT_MASTER_PORT};
+use std::sync::mpsc::{self, Receiver};
+
+use shardline_launcher::{LaunchPlan, RankCommand, RankKiller, Restart, RestartPolicy, Supervisor, Watch};
+use shardline_worker::{group_secret, GroupSecret, RankEnv, RankReplacer, DEFAULT_MASTER_PORT};
 
 /// Where the group's ranks run and how they find each other.
 #[derive(Args, Clone, Debug)]
@@ -39,6 +41,14 @@ pub struct LaunchArgs {
     /// takes visible GPU i, or GPU 0 when each task sees only its own (Slurm/MPI pinning).
     #[arg(long, env = "SHARDLINE_DEVICES", value_delimiter = ',')]
     pub devices: Vec<usize>,
+    /// Times a failed worker rank is started again, within --restart-window, before the group
+    /// fails instead (0: fail at the first rank lost). Groups whose ranks this process starts
+    /// (`run`/`serve --tp/--pp` on one node) recover: in-flight requests are recomputed.
+    #[arg(long, env = "SHARDLINE_MAX_RESTARTS", default_value_t = 3)]
+    pub max_restarts: usize,
+    /// Seconds over which --max-restarts counts restarts.
+    #[arg(long, env = "SHARDLINE_RESTART_WINDOW", default_value_t = 600)]
+    pub restart_window: u64,
     /// File holding the group's secret, which every rank proves when connecting (or set
     /// SHARDLINE_GROUP_SECRET). Required for several nodes, all given the same one; a single
     /// node makes a fresh one when none is given.
@@ -128,19 +138,71 @@ pub fn worker_command(rank: usize, launch: &LaunchArgs, secret: &GroupSecret) ->
     })
 }
 
+/// This node's worker ranks, spawned and supervised by the process playing rank 0.
+pub struct LocalWorkers {
+    pub watch: Watch,
+    /// Failed ranks started again (`--max-restarts` > 0): rank 0 re-forms the group with them.
+    pub restarts: Option<Receiver<Restart>>,
+}
+
 /// Spawns this node's ranks other than rank 0 (which the calling process plays) and supervises
-/// them in the background: if one dies, the group is taken down and this process exits 1.
-pub fn spawn_local_workers(plan: &LaunchPlan, launch: &LaunchArgs, secret: &GroupSecret) -> anyhow::Result<Watch> {
+/// them in the background. A rank that fails is started again while --max-restarts allows (on
+/// one node only: another node's launcher does not hear of rank 0's recovery); otherwise, or
+/// once restarts run out, the group is taken down and this process exits 1.
+pub fn spawn_local_workers(
+    plan: &LaunchPlan,
+    launch: &LaunchArgs,
+    secret: &GroupSecret,
+) -> anyhow::Result<LocalWorkers> {
     let cmds = plan
         .local_ranks()
         .filter(|&r| r != 0)
         .map(|r| worker_command(r, launch, secret))
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let sup = Supervisor::spawn(plan, cmds)?;
-    Ok(sup.watch(|e| {
+    let mut sup = Supervisor::spawn(plan, cmds)?;
+    let mut restarts = None;
+    if launch.max_restarts > 0 && plan.nnodes == 1 {
+        let (tx, rx) = mpsc::channel();
+        let policy =
+            RestartPolicy { max_restarts: launch.max_restarts, window: Duration::from_secs(launch.restart_window) };
+        sup = sup.restart_failed(policy, tx);
+        restarts = Some(rx);
+    }
+    let watch = sup.watch(|e| {
         eprintln!("error: {e}");
         std::process::exit(1);
-    }))
+    });
+    Ok(LocalWorkers { watch, restarts })
+}
+
+/// Replaces failed local ranks for rank 0's executor: kills a silent one, then waits for the
+/// supervisor to report the restarts.
+pub struct LocalReplacer {
+    pub killer: RankKiller,
+    pub restarts: Receiver<Restart>,
+}
+
+/// How long a failure may precede the supervisor seeing the rank's exit (it polls every 50 ms;
+/// a killed process takes a moment to be reaped).
+const EXIT_SEEN_WITHIN: Duration = Duration::from_secs(3);
+
+impl RankReplacer for LocalReplacer {
+    fn replace_failed(&mut self, silent: Option<usize>) -> Result<Vec<usize>, String> {
+        if let Some(rank) = silent {
+            eprintln!("recovery: killing rank {rank}, which stopped answering");
+            self.killer.kill(rank);
+        }
+        let first = self
+            .restarts
+            .recv_timeout(EXIT_SEEN_WITHIN)
+            .map_err(|_| "no rank exited, so there is none to replace".to_string())?;
+        let mut ranks = vec![first.rank];
+        // Ranks that died together (a node's worth) are replaced together.
+        while let Ok(r) = self.restarts.recv_timeout(Duration::from_millis(200)) {
+            ranks.push(r.rank);
+        }
+        Ok(ranks)
+    }
 }
 
 /// The rank environment for rank 0 played by this process.

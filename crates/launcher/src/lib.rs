@@ -10,4 +10,4 @@ pub mod process;
 mod supervisor;
 
 pub use plan::{LaunchPlan, PlanError};
-pub use supervisor::{RankCommand, Supervisor, SupervisorError, Watch};
+pub use supervisor::{RankCommand, RankKiller, Restart, RestartPolicy, Supervisor, SupervisorError, Watch};

@@ -40,6 +40,43 @@ pub struct RankCommand {
 struct Slot {
     rank: usize,
     child: Option<Child>,
+    /// What it runs, to start it again.
+    command: RankCommand,
+}
+
+/// When a failed worker rank is started again instead of the group being taken down: at most
+/// `max_restarts` restarts within any `window` (all ranks together). Rank 0 is never restarted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RestartPolicy {
+    pub max_restarts: usize,
+    pub window: Duration,
+}
+
+/// A rank the supervisor started again, and why it had to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Restart {
+    pub rank: usize,
+    pub cause: String,
+}
+
+/// Restarting ranks: the policy, when each restart happened, and who hears of them.
+struct Restarts {
+    policy: RestartPolicy,
+    at: Vec<Instant>,
+    events: std::sync::mpsc::Sender<Restart>,
+}
+
+impl Restarts {
+    /// Takes one restart if the window has room for it.
+    fn take(&mut self) -> bool {
+        let now = Instant::now();
+        self.at.retain(|&t| now.duration_since(t) < self.policy.window);
+        if self.at.len() >= self.policy.max_restarts {
+            return false;
+        }
+        self.at.push(now);
+        true
+    }
 }
 
 pub struct Supervisor {
@@ -47,7 +84,9 @@ pub struct Supervisor {
     ready: Arc<AtomicUsize>,
     /// Workers expected to print READY (a rank-0 job does not).
     expected_ready: usize,
-    pumps: Vec<JoinHandle<()>>,
+    pumps: Mutex<Vec<JoinHandle<()>>>,
+    plan: LaunchPlan,
+    restarts: Option<Mutex<Restarts>>,
 }
 
 fn describe(rank: usize, status: ExitStatus) -> String {
@@ -56,6 +95,48 @@ fn describe(rank: usize, status: ExitStatus) -> String {
         (None, Some(sig)) => format!("rank {rank} was killed by signal {sig}"),
         _ => format!("rank {rank} exited ({status})"),
     }
+}
+
+/// Starts one rank with the group environment of `plan`, its output pumped with a `[rank N]`
+/// prefix (READY lines counted into `ready`).
+fn start_rank(
+    plan: &LaunchPlan,
+    rc: &RankCommand,
+    ready: &Arc<AtomicUsize>,
+    pumps: &mut Vec<JoinHandle<()>>,
+) -> Result<Child, SupervisorError> {
+    let mut cmd = Command::new(&rc.program);
+    cmd.args(&rc.args)
+        .env("RANK", rc.rank.to_string())
+        .env("WORLD_SIZE", plan.world_size.to_string())
+        .env("LOCAL_RANK", (rc.rank - plan.local_ranks().start).to_string())
+        .env("MASTER_ADDR", &plan.master_addr)
+        .env("MASTER_PORT", plan.master_port.to_string())
+        .envs(rc.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    if std::env::var_os("SHARDLINE_THREADS").is_none() || plan.threads_per_rank.is_some() {
+        cmd.env("SHARDLINE_THREADS", plan.threads().to_string());
+    }
+    // Own process group: a terminal's Ctrl-C reaches the launcher, which then shuts ranks down
+    // in order. Killed with the launcher: no orphans.
+    let mut child = process::spawn_tied(&mut cmd, libc::SIGKILL).map_err(|source| SupervisorError::Spawn {
+        rank: rc.rank,
+        program: rc.program.display().to_string(),
+        source,
+    })?;
+    let (out, err) = (child.stdout.take().expect("piped"), child.stderr.take().expect("piped"));
+    let prefix = format!("[rank {}] ", rc.rank);
+    pumps.push(if rc.raw_stdout {
+        process::pass_through(format!("rank{}-stdout", rc.rank), out, Sink::Stdout)
+    } else {
+        let pump = LinePump::new(Sink::Stdout).prefix(&prefix).on_ready(count_ready(ready));
+        pump.spawn(format!("rank{}-stdout", rc.rank), out)
+    });
+    let pump = LinePump::new(Sink::Stderr).prefix(prefix).on_ready(count_ready(ready));
+    pumps.push(pump.spawn(format!("rank{}-stderr", rc.rank), err));
+    Ok(child)
 }
 
 /// A READY callback for one rank's stream: counts the line into `ready`.
@@ -73,42 +154,25 @@ impl Supervisor {
         let mut slots = Vec::new();
         let mut pumps = Vec::new();
         let expected_ready = commands.iter().filter(|c| !c.raw_stdout).count();
-        let threads = plan.threads().to_string();
         for rc in commands {
-            let mut cmd = Command::new(&rc.program);
-            cmd.args(&rc.args)
-                .env("RANK", rc.rank.to_string())
-                .env("WORLD_SIZE", plan.world_size.to_string())
-                .env("LOCAL_RANK", (rc.rank - plan.local_ranks().start).to_string())
-                .env("MASTER_ADDR", &plan.master_addr)
-                .env("MASTER_PORT", plan.master_port.to_string())
-                .envs(rc.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-                .stdin(Stdio::null())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped());
-            if std::env::var_os("SHARDLINE_THREADS").is_none() || plan.threads_per_rank.is_some() {
-                cmd.env("SHARDLINE_THREADS", &threads);
-            }
-            // Own process group: a terminal's Ctrl-C reaches the launcher, which then shuts ranks
-            // down in order. Killed with the launcher: no orphans.
-            let mut child = process::spawn_tied(&mut cmd, libc::SIGKILL).map_err(|source| SupervisorError::Spawn {
-                rank: rc.rank,
-                program: rc.program.display().to_string(),
-                source,
-            })?;
-            let (out, err) = (child.stdout.take().expect("piped"), child.stderr.take().expect("piped"));
-            let prefix = format!("[rank {}] ", rc.rank);
-            pumps.push(if rc.raw_stdout {
-                process::pass_through(format!("rank{}-stdout", rc.rank), out, Sink::Stdout)
-            } else {
-                let pump = LinePump::new(Sink::Stdout).prefix(&prefix).on_ready(count_ready(&ready));
-                pump.spawn(format!("rank{}-stdout", rc.rank), out)
-            });
-            let pump = LinePump::new(Sink::Stderr).prefix(prefix).on_ready(count_ready(&ready));
-            pumps.push(pump.spawn(format!("rank{}-stderr", rc.rank), err));
-            slots.push(Slot { rank: rc.rank, child: Some(child) });
+            let child = start_rank(plan, &rc, &ready, &mut pumps)?;
+            slots.push(Slot { rank: rc.rank, child: Some(child), command: rc });
         }
-        Ok(Supervisor { slots: Arc::new(Mutex::new(slots)), ready, expected_ready, pumps })
+        Ok(Supervisor {
+            slots: Arc::new(Mutex::new(slots)),
+            ready,
+            expected_ready,
+            pumps: Mutex::new(pumps),
+            plan: plan.clone(),
+            restarts: None,
+        })
+    }
+
+    /// Starts failed worker ranks again under `policy`, telling `events` of each restart,
+    /// instead of taking the group down at the first failure.
+    pub fn restart_failed(mut self, policy: RestartPolicy, events: std::sync::mpsc::Sender<Restart>) -> Self {
+        self.restarts = Some(Mutex::new(Restarts { policy, at: Vec::new(), events }));
+        self
     }
 
     /// Local ranks that printed their READY line so far.
@@ -117,16 +181,26 @@ impl Supervisor {
     }
 
     /// One supervision pass: `Ok(true)` once every rank has exited successfully (ranks exit 0
-    /// only when rank 0 ends the group), `Err` (after taking the group down) when one failed.
+    /// only when rank 0 ends the group), `Err` (after taking the group down) when one failed and
+    /// is not to be restarted.
     fn poll(&self) -> Result<bool, SupervisorError> {
         let mut slots = self.slots.lock().expect("slots lock");
         let mut failure = None;
         for slot in slots.iter_mut() {
             let Some(child) = slot.child.as_mut() else { continue };
-            if let Ok(Some(status)) = child.try_wait() {
-                slot.child = None;
-                if !status.success() {
-                    failure.get_or_insert_with(|| describe(slot.rank, status));
+            let Ok(Some(status)) = child.try_wait() else { continue };
+            slot.child = None;
+            if status.success() {
+                continue;
+            }
+            let cause = describe(slot.rank, status);
+            match self.restart(slot, &cause) {
+                Ok(true) => {}
+                Ok(false) => {
+                    failure.get_or_insert(cause);
+                }
+                Err(e) => {
+                    failure.get_or_insert(format!("{cause}; starting it again failed: {e}"));
                 }
             }
         }
@@ -135,6 +209,27 @@ impl Supervisor {
             return Err(SupervisorError::RankFailed(msg));
         }
         Ok(slots.iter().all(|s| s.child.is_none()))
+    }
+
+    /// Starts a failed rank again if the policy allows; false when it does not.
+    fn restart(&self, slot: &mut Slot, cause: &str) -> Result<bool, SupervisorError> {
+        let Some(restarts) = &self.restarts else { return Ok(false) };
+        let mut restarts = restarts.lock().expect("restarts lock");
+        // Rank 0 (and a rank-0 job) holds the engine: nothing to rejoin, so never restarted.
+        if slot.rank == 0 || slot.command.raw_stdout || !restarts.take() {
+            return Ok(false);
+        }
+        let p = restarts.policy;
+        eprintln!(
+            "launcher: {cause}; starting it again (restart {} of at most {} within {} s)",
+            restarts.at.len(),
+            p.max_restarts,
+            p.window.as_secs()
+        );
+        let child = start_rank(&self.plan, &slot.command, &self.ready, &mut self.pumps.lock().expect("pumps lock"))?;
+        slot.child = Some(child);
+        let _ = restarts.events.send(Restart { rank: slot.rank, cause: cause.to_string() });
+        Ok(true)
     }
 
     /// Blocks until every rank exits successfully, a rank fails, or SIGINT/SIGTERM arrives; failures and signals take the group down first.
@@ -156,7 +251,7 @@ impl Supervisor {
                 Err(e) => break Err(e),
             }
         };
-        for p in self.pumps {
+        for p in self.pumps.into_inner().expect("pumps lock") {
             let _ = p.join();
         }
         result
@@ -197,12 +292,32 @@ impl Watch {
 }
 
 impl Watch {
+    /// A handle that kills single ranks, for whoever finds one stopped or hung.
+    pub fn killer(&self) -> RankKiller {
+        RankKiller(Arc::clone(&self.slots))
+    }
+
     /// Takes the ranks down now (SIGTERM, the grace period, SIGKILL), for when rank 0 failed
     /// and they may be stuck waiting on it or on a dead peer.
     pub fn abort(mut self) {
         terminate(&mut self.slots.lock().expect("slots lock"));
         if let Some(t) = self.thread.take() {
             let _ = t.join();
+        }
+    }
+}
+
+/// Kills single ranks of a supervised group.
+#[derive(Clone)]
+pub struct RankKiller(Arc<Mutex<Vec<Slot>>>);
+
+impl RankKiller {
+    /// Kills `rank` at once (SIGKILL) if it is running: one found stopped or hung. With a
+    /// restart policy the supervisor then starts it again.
+    pub fn kill(&self, rank: usize) {
+        let mut slots = self.0.lock().expect("slots lock");
+        if let Some(child) = slots.iter_mut().find(|s| s.rank == rank).and_then(|s| s.child.as_mut()) {
+            let _ = child.kill();
         }
     }
 }

@@ -1,9 +1,16 @@
 //! Rank 0's executor over a started group: sends each step plan to every rank (requests in full
 //! once, then diffs) and collects the sampled tokens from the sampling rank. `submit` does not
 //! wait, so several steps can be in flight and every pipeline stage works at once.
+//!
+//! Recovery (with a [`RankReplacer`]): when a step fails, the launcher is asked to replace the
+//! rank that died (killing it first if it is only silent: stopped or hung). Rank 0 then drops
+//! the broken mesh, which every survivor notices and answers by rejoining; it forms the group
+//! again at the same address (the replacement joins and loads its shard; survivors keep theirs)
+//! and reports `ExecutorError::Reset`, on which the engine recomputes every request from its
+//! tokens. If no rank died, or the launcher gave up (restart limit), the failure stands.
 
 use std::collections::VecDeque;
-use std::sync::mpsc::RecvTimeoutError;
+use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -13,7 +20,7 @@ use shardline_exec::{Executor, ExecutorError, StepOutput, StepPlan};
 use shardline_proto::worker::v1::{control_message::Kind, ControlMessage, Shutdown, StepResult};
 
 use crate::error::{Result, WorkerError};
-use crate::group::{GroupReady, LocalCommand, LocalShard};
+use crate::group::{workers_ready, GroupReady, LocalCommand, LocalShard, Reform};
 use crate::heartbeat;
 use crate::layout::GroupLayout;
 use crate::wire::{output_from_proto, step_to_proto};
@@ -32,6 +39,17 @@ pub struct GroupExecutor {
     num_blocks: usize,
     max_model_len: usize,
     heartbeat_timeout: Duration,
+    reform: Reform,
+    replacer: Option<Box<dyn RankReplacer>>,
+}
+
+/// The launcher's part in replacing a failed rank, as rank 0's executor sees it.
+pub trait RankReplacer: Send {
+    /// After the group failed: kills `silent` (a rank that stopped answering) if it still runs,
+    /// then waits (bounded) until the launcher has started a successor for every rank that
+    /// exited, and returns them. An error when none exited (the failure was not a death) or the
+    /// launcher gave up.
+    fn replace_failed(&mut self, silent: Option<usize>) -> std::result::Result<Vec<usize>, String>;
 }
 
 impl GroupExecutor {
@@ -43,6 +61,8 @@ impl GroupExecutor {
             num_blocks: group.config.num_blocks,
             max_model_len: group.model_config.max_position_embeddings,
             heartbeat_timeout: group.config.heartbeat_timeout,
+            reform: group.reform,
+            replacer: None,
             comm: group.comm,
             local: Some(group.local),
             next_step: 0,
@@ -52,6 +72,47 @@ impl GroupExecutor {
 
     pub fn layout(&self) -> &GroupLayout {
         &self.layout
+    }
+
+    /// Recovers from a failed rank through `replacer` (the group must have been started with
+    /// `GroupConfig::recover`, so that survivors rejoin).
+    pub fn with_replacer(mut self, replacer: Box<dyn RankReplacer>) -> Self {
+        self.replacer = Some(replacer);
+        self
+    }
+
+    /// Replaces the failed rank and forms the group again; the message says what happened.
+    fn recover(&mut self, cause: &WorkerError) -> Result<String> {
+        let start = Instant::now();
+        let replacer = self.replacer.as_mut().expect("recover is called with a replacer");
+        let silent = match cause {
+            WorkerError::Silent { rank, .. } => Some(*rank),
+            _ => None,
+        };
+        let replaced = replacer.replace_failed(silent).map_err(WorkerError::Protocol)?;
+        eprintln!("recovery: {cause}; rank(s) {replaced:?} restarted, forming the group again");
+        // Every survivor sees rank 0's links close, leaves its broken mesh and rejoins.
+        self.comm.abort();
+        self.in_flight.clear();
+        let comm = self.reform.rendezvous(self.heartbeat_timeout)?;
+        let local = self.local()?;
+        let (ack_tx, ack_rx) = mpsc::channel();
+        local
+            .steps
+            .send(LocalCommand::Rejoin(Arc::clone(&comm), ack_tx))
+            .map_err(|_| WorkerError::Protocol("rank 0's shard thread has stopped".into()))?;
+        // Rank 0's shard joins alongside the others (GPU communicators need every rank).
+        ack_rx
+            .recv_timeout(self.reform.load_timeout)
+            .map_err(|_| WorkerError::Protocol("rank 0's shard did not rejoin".into()))??;
+        workers_ready(&comm, self.reform.load_timeout)?;
+        // Results of the steps that failed, sent before the shard rejoined.
+        while local.results.try_recv().is_ok() {}
+        self.comm = comm;
+        Ok(format!(
+            "{cause}; rank(s) {replaced:?} replaced and the group formed again in {:.1} s",
+            start.elapsed().as_secs_f64()
+        ))
     }
 
     fn local(&self) -> Result<&LocalShard> {
@@ -64,7 +125,11 @@ impl GroupExecutor {
         self.next_step += 1;
         let bytes = ControlMessage { kind: Some(Kind::Step(step_to_proto(step_id, &plan))) }.encode_to_vec();
         for r in 1..self.layout.world_size() {
-            self.comm.send(r, Tag::Control, bytes.clone())?;
+            match self.comm.send(r, Tag::Control, bytes.clone()) {
+                // A rank already gone fails this step's wait, which recovers the group.
+                Err(_) if self.replacer.is_some() => {}
+                sent => sent?,
+            }
         }
         self.local()?
             .steps
@@ -195,6 +260,15 @@ impl Executor for GroupExecutor {
     }
 
     fn wait(&mut self) -> std::result::Result<StepOutput, ExecutorError> {
-        Ok(self.receive()?)
+        let cause = match self.receive() {
+            Ok(out) => return Ok(out),
+            Err(WorkerError::Plan(e)) => return Err(e),
+            Err(e) if self.replacer.is_none() => return Err(e.into()),
+            Err(e) => e,
+        };
+        match self.recover(&cause) {
+            Ok(what) => Err(ExecutorError::Reset(what)),
+            Err(e) => Err(WorkerError::Protocol(format!("{cause}; recovery failed: {e}")).into()),
+        }
     }
 }

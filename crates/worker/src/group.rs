@@ -27,11 +27,33 @@ pub struct GroupReady {
     /// Every rank's Ready, by rank.
     pub ready: Vec<Ready>,
     pub(crate) local: LocalShard,
+    pub(crate) reform: Reform,
+}
+
+/// What rank 0 needs to form the group again after a rank was replaced.
+pub(crate) struct Reform {
+    pub env: RankEnv,
+    pub timeout: Duration,
+    pub load_timeout: Duration,
+    /// The group description every rank receives.
+    pub blob: Vec<u8>,
+}
+
+impl Reform {
+    /// Rank 0's side of forming the group again: the rendezvous (survivors rejoin, replacements
+    /// join), heartbeats on the new mesh.
+    pub fn rendezvous(&self, heartbeat_timeout: Duration) -> Result<Arc<Comm>> {
+        let comm = Arc::new(rendezvous(&rendezvous_config(&self.env, self.timeout, self.blob.clone())?)?);
+        heartbeat::start(&comm, (1..self.env.world_size).collect(), heartbeat_timeout)?;
+        Ok(comm)
+    }
 }
 
 /// What rank 0's shard thread is asked to do.
 pub(crate) enum LocalCommand {
     Step(u64, StepPlan),
+    /// Move to the re-formed group's mesh; answers with the shard's READY.
+    Rejoin(Arc<Comm>, Sender<Result<Ready>>),
     Shutdown,
 }
 
@@ -110,10 +132,15 @@ pub fn start_group(
                     match cmd {
                         LocalCommand::Step(step_id, plan) => {
                             let r = shard.step(step_id, &plan);
-                            let failed = r.is_err();
-                            if res_tx.send(r).is_err() || failed {
+                            // Without recovery a failed step ends the group; with it, the
+                            // executor re-forms the group and sends Rejoin.
+                            let fatal = r.is_err() && !config.recover;
+                            if res_tx.send(r).is_err() || fatal {
                                 return;
                             }
+                        }
+                        LocalCommand::Rejoin(comm, ack) => {
+                            let _ = ack.send(shard.rejoin(comm).map(|()| shard.ready()));
                         }
                         LocalCommand::Shutdown => break,
                     }
@@ -124,17 +151,25 @@ pub fn start_group(
     };
     let (ready0, model_config) =
         boot_rx.recv().map_err(|_| WorkerError::Protocol("rank 0's shard thread ended while loading".into()))??;
-    let mut ready = vec![ready0];
-    for r in 1..env.world_size {
-        let bytes = comm.recv_within(r, Tag::Control, Some(load_timeout), "report READY")?;
-        let msg = Ready::decode(bytes.as_slice())?;
-        if !msg.error.is_empty() {
-            return Err(WorkerError::Remote { rank: r, message: msg.error });
-        }
-        ready.push(msg);
-    }
+    let ready = [vec![ready0], workers_ready(&comm, load_timeout)?].concat();
     let local = LocalShard { steps: step_tx, results: res_rx, thread };
-    Ok(GroupReady { comm, config, model_config, ready, local })
+    let reform = Reform { env: env.clone(), timeout, load_timeout, blob: config.to_proto().encode_to_vec() };
+    Ok(GroupReady { comm, config, model_config, ready, local, reform })
+}
+
+/// Every worker's READY (ranks 1..), each within `load_timeout`; a rank that failed to load
+/// says why.
+pub(crate) fn workers_ready(comm: &Comm, load_timeout: Duration) -> Result<Vec<Ready>> {
+    (1..comm.world_size())
+        .map(|r| {
+            let bytes = comm.recv_within(r, Tag::Control, Some(load_timeout), "report READY")?;
+            let msg = Ready::decode(bytes.as_slice())?;
+            if !msg.error.is_empty() {
+                return Err(WorkerError::Remote { rank: r, message: msg.error });
+            }
+            Ok(msg)
+        })
+        .collect()
 }
 
 /// The next message from rank 0, waiting as long as rank 0 stays connected and keeps beating.
@@ -149,9 +184,11 @@ fn next_control(comm: &Comm, heartbeat_timeout: Duration) -> Result<Vec<u8>> {
 }
 
 /// Any rank but 0: joins the group, loads its shard, answers READY, then runs steps until rank
-/// 0 says stop. Returns an error (the process should exit non-zero) when anything fails.
+/// 0 says stop. When something fails and the group recovers (`GroupConfig::recover`), it leaves
+/// the broken mesh and rejoins the group rank 0 forms again, keeping its weights; otherwise it
+/// returns the error (the process should exit non-zero).
 pub fn run_worker(env: &RankEnv, timeout: Duration) -> Result<()> {
-    let comm = Arc::new(rendezvous(&rendezvous_config(env, timeout, Vec::new())?)?);
+    let mut comm = Arc::new(rendezvous(&rendezvous_config(env, timeout, Vec::new())?)?);
     let config = GroupConfig::from_proto(&GroupSpec::decode(comm.group_blob())?)?;
     heartbeat::start(&comm, vec![0], config.heartbeat_timeout)?;
     let mut shard = match WorkerShard::load(env, &config, Arc::clone(&comm)) {
@@ -162,17 +199,35 @@ pub fn run_worker(env: &RankEnv, timeout: Duration) -> Result<()> {
             return Err(e);
         }
     };
-    let ready = shard.ready();
-    eprintln!(
-        "READY rank={} weights={:.1}MiB kv_cache={:.1}MiB peak_rss={:.1}MiB",
-        env.rank,
-        ready.weight_bytes as f64 / 1048576.0,
-        ready.kv_cache_bytes as f64 / 1048576.0,
-        ready.peak_rss_bytes as f64 / 1048576.0
-    );
-    comm.send(0, Tag::Control, ready.encode_to_vec())?;
     loop {
-        let bytes = next_control(&comm, config.heartbeat_timeout)?;
+        let ready = shard.ready();
+        eprintln!(
+            "READY rank={} weights={:.1}MiB kv_cache={:.1}MiB peak_rss={:.1}MiB",
+            env.rank,
+            ready.weight_bytes as f64 / 1048576.0,
+            ready.kv_cache_bytes as f64 / 1048576.0,
+            ready.peak_rss_bytes as f64 / 1048576.0
+        );
+        comm.send(0, Tag::Control, ready.encode_to_vec())?;
+        match serve_steps(&comm, &mut shard, config.heartbeat_timeout) {
+            Ok(()) => return Ok(()),
+            Err(e) if config.recover => {
+                eprintln!("rank {}: {e}; rejoining the group", env.rank);
+                // Closing every link tells the peers still waiting on this rank at once.
+                comm.abort();
+                comm = Arc::new(rendezvous(&rendezvous_config(env, timeout, Vec::new())?)?);
+                heartbeat::start(&comm, vec![0], config.heartbeat_timeout)?;
+                shard.rejoin(Arc::clone(&comm))?;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Runs the steps rank 0 sends until it says stop (`Ok`) or something fails.
+fn serve_steps(comm: &Comm, shard: &mut WorkerShard, heartbeat_timeout: Duration) -> Result<()> {
+    loop {
+        let bytes = next_control(comm, heartbeat_timeout)?;
         match ControlMessage::decode(bytes.as_slice())?.kind {
             Some(Kind::Step(step)) => {
                 let step_id = step.step_id;

@@ -24,7 +24,7 @@ mod shard;
 mod wire;
 
 pub use device::{cuda_ordinal, device_for};
-pub use driver::GroupExecutor;
+pub use driver::{GroupExecutor, RankReplacer};
 pub use env::{group_secret, RankEnv, DEFAULT_MASTER_PORT};
 pub use error::{Result, WorkerError};
 pub use group::{run_worker, start_group, GroupReady};

@@ -42,6 +42,12 @@ impl ModelRunner {
         &self.cache
     }
 
+    /// Forgets every request (the group re-formed: rank 0 sends each again, to be recomputed
+    /// into blocks it writes before anything reads them).
+    pub fn forget_all(&mut self) {
+        self.requests = RequestTable::default();
+    }
+
     /// Applies the plan to the request table; `None` when it schedules nothing.
     pub fn prepare(&mut self, plan: &StepPlan) -> Result<Option<Batch>> {
         let step = self.requests.apply(plan)?;

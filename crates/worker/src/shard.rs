@@ -71,17 +71,10 @@ impl WorkerShard {
             _ => None,
         };
         let runner = ModelRunner::new(spec.load()?, cfg.num_blocks, cfg.block_size)?;
-        let tp = TpCollective::new(Arc::clone(&comm), layout.tp_group(stage));
         #[cfg(feature = "cuda")]
-        let tp = match device_comms.as_ref().and_then(|d| d.tp.clone()) {
-            Some(nccl) => {
-                let widths = (0..layout.tp)
-                    .map(|r| shardline_model::even_split(model_cfg.vocab_size, layout.tp, r).len())
-                    .collect();
-                tp.with_nccl(nccl, widths)
-            }
-            None => tp,
-        };
+        let tp = tp_collective(&comm, &layout, rank, model_cfg.vocab_size, device_comms.as_ref());
+        #[cfg(not(feature = "cuda"))]
+        let tp = tp_collective(&comm, &layout, rank);
         Ok(WorkerShard {
             rank,
             layout,
@@ -92,6 +85,30 @@ impl WorkerShard {
             device_comms,
             stats: StepStats::default(),
         })
+    }
+
+    /// Takes this shard into the group rank 0 re-formed after a rank was replaced: the new mesh,
+    /// new collectives and, on GPUs, new NCCL communicators (the old ones were aborted with the
+    /// old mesh). The weights stay; the request table empties, since rank 0 recomputes every
+    /// request into blocks it writes before anything reads them.
+    pub fn rejoin(&mut self, comm: Arc<Comm>) -> Result<()> {
+        #[cfg(feature = "cuda")]
+        {
+            self.device_comms = None; // aborts the old communicators first
+            if let Device::Cuda(_) = self.runner.model().device() {
+                let device = self.runner.model().device().clone();
+                self.device_comms = Some(crate::nccl::DeviceComms::join(&comm, &self.layout, &device)?);
+            }
+            let vocab = self.runner.model().config().vocab_size;
+            self.tp = tp_collective(&comm, &self.layout, self.rank, vocab, self.device_comms.as_ref());
+        }
+        #[cfg(not(feature = "cuda"))]
+        {
+            self.tp = tp_collective(&comm, &self.layout, self.rank);
+        }
+        self.comm = comm;
+        self.runner.forget_all();
+        Ok(())
     }
 
     pub fn ready(&self) -> Ready {
@@ -211,6 +228,32 @@ impl WorkerShard {
         let model = self.runner.model();
         Ok(Tensor::from_vec(data, (rows, hidden), &Device::Cpu)?.to_dtype(model.dtype())?.to_device(model.device())?)
     }
+}
+
+/// `rank`'s stage's tensor-parallel collective over `comm`, through NCCL where it has a
+/// communicator for the group (`vocab` splits the gathered logits).
+#[cfg(feature = "cuda")]
+fn tp_collective(
+    comm: &Arc<Comm>,
+    layout: &GroupLayout,
+    rank: usize,
+    vocab: usize,
+    device_comms: Option<&crate::nccl::DeviceComms>,
+) -> TpCollective {
+    let tp = TpCollective::new(Arc::clone(comm), layout.tp_group(layout.stage_of(rank)));
+    match device_comms.and_then(|d| d.tp.clone()) {
+        Some(nccl) => {
+            let widths = (0..layout.tp).map(|r| shardline_model::even_split(vocab, layout.tp, r).len()).collect();
+            tp.with_nccl(nccl, widths)
+        }
+        None => tp,
+    }
+}
+
+/// `rank`'s stage's tensor-parallel collective over `comm`.
+#[cfg(not(feature = "cuda"))]
+fn tp_collective(comm: &Arc<Comm>, layout: &GroupLayout, rank: usize) -> TpCollective {
+    TpCollective::new(Arc::clone(comm), layout.tp_group(layout.stage_of(rank)))
 }
 
 fn encode_hidden(step_id: u64, x: &Tensor) -> Result<Vec<u8>> {

@@ -29,6 +29,9 @@ pub struct GroupConfig {
     /// How long rank 0 and a worker may hear nothing from each other before the silent one is
     /// taken for dead (each sends heartbeats several times within it).
     pub heartbeat_timeout: Duration,
+    /// Whether a failed rank is replaced and the group re-formed (survivors rejoin) rather than
+    /// every rank exiting.
+    pub recover: bool,
 }
 
 impl GroupConfig {
@@ -54,6 +57,7 @@ impl GroupConfig {
                 DeviceKind::Cuda => pb::Device::Cuda,
             } as i32,
             heartbeat_timeout_ms: u32::try_from(self.heartbeat_timeout.as_millis()).unwrap_or(u32::MAX),
+            recover: self.recover,
         }
     }
 
@@ -95,6 +99,7 @@ impl GroupConfig {
                 0 => return Err(bad("heartbeat timeout", 0)),
                 ms => Duration::from_millis(ms.into()),
             },
+            recover: spec.recover,
         })
     }
 }
@@ -231,6 +236,7 @@ mod tests {
             num_blocks: 64,
             block_size: 16,
             heartbeat_timeout: Duration::from_millis(2500),
+            recover: true,
         };
         assert_eq!(GroupConfig::from_proto(&cfg.to_proto()).unwrap(), cfg);
         let unset = pb::GroupSpec { dtype: 0, ..cfg.to_proto() };

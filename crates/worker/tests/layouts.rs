@@ -61,6 +61,7 @@ fn group_config(dir: &tempfile::TempDir, tp: usize, pp: usize, num_blocks: usize
         num_blocks,
         block_size: BLOCK_SIZE,
         heartbeat_timeout: Duration::from_secs(5),
+        recover: false,
     }
 }
 
