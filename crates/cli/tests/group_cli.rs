@@ -118,9 +118,22 @@ fn alive(pid: u32) -> bool {
     unsafe { libc::kill(pid as libc::pid_t, 0) == 0 }
 }
 
+/// Every thread's children (a rank started again is the child of the supervising thread).
 fn children_of(pid: u32) -> Vec<u32> {
-    let path = format!("/proc/{pid}/task/{pid}/children");
-    std::fs::read_to_string(path).unwrap_or_default().split_whitespace().filter_map(|p| p.parse().ok()).collect()
+    let tasks =
+        std::fs::read_dir(format!("/proc/{pid}/task")).map(|d| d.flatten().collect()).unwrap_or_else(|_| Vec::new());
+    let mut children: Vec<u32> = tasks
+        .iter()
+        .flat_map(|t| {
+            std::fs::read_to_string(t.path().join("children"))
+                .unwrap_or_default()
+                .split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .collect::<Vec<u32>>()
+        })
+        .collect();
+    children.sort_unstable();
+    children
 }
 
 /// What became of a 2×2 `run` after one of its workers got `signal` mid-generation.
@@ -184,7 +197,8 @@ fn signal_a_worker_mid_generation(signal: libc::c_int, extra: &[&str], limit: Du
 
 #[test]
 fn killing_a_worker_takes_the_group_down_quickly() {
-    let d = signal_a_worker_mid_generation(libc::SIGKILL, &[], Duration::from_secs(5));
+    // Without restarts (fail-stop).
+    let d = signal_a_worker_mid_generation(libc::SIGKILL, &["--max-restarts", "0"], Duration::from_secs(5));
     assert!(!d.status.success());
     assert!(d.log.contains("killed by signal 9"), "{}", d.log);
 }
@@ -192,10 +206,106 @@ fn killing_a_worker_takes_the_group_down_quickly() {
 #[test]
 fn a_stopped_worker_is_caught_by_its_silence_within_the_heartbeat_timeout() {
     // A stopped process keeps its sockets open: only the missing heartbeats give it away.
-    let d = signal_a_worker_mid_generation(libc::SIGSTOP, &["--heartbeat-timeout", "1"], Duration::from_secs(10));
+    let extra = ["--heartbeat-timeout", "1", "--max-restarts", "0"];
+    let d = signal_a_worker_mid_generation(libc::SIGSTOP, &extra, Duration::from_secs(10));
     assert!(!d.status.success());
     assert!(d.log.contains("has sent nothing for") && d.log.contains("heartbeat timeout 1.0 s"), "{}", d.log);
     assert!(d.took < Duration::from_secs(4), "detected after {:?}", d.took);
+}
+
+/// `run` of `batch` greedy requests: one JSON object per request.
+fn run_batch(layout: &[&str], extra: &[&str]) -> Vec<serde_json::Value> {
+    let out = shardline().args(batch_args(layout, extra)).output().unwrap();
+    assert!(out.status.success(), "{layout:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+fn batch_args(layout: &[&str], extra: &[&str]) -> Vec<String> {
+    let base = ["run", "--prompt", PROMPT, "--max-tokens", "48", "--ignore-eos", "--batch", "4", "--output", "json"];
+    base.iter().chain(layout).chain(extra).map(|s| s.to_string()).collect()
+}
+
+/// A batch run on `layout` whose worker `victim` (by spawn order) gets `signal` once the group is
+/// ready, and again (its replacement) each time the group re-forms, `times` times in all.
+/// Returns the exit status, the JSON lines and rank 0's log.
+fn run_batch_disturbed(
+    layout: &[&str],
+    extra: &[&str],
+    signal: libc::c_int,
+    times: usize,
+) -> (std::process::ExitStatus, Vec<serde_json::Value>, String) {
+    let mut run =
+        shardline().args(batch_args(layout, extra)).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let (lines_tx, lines) = std::sync::mpsc::channel::<String>();
+    let stderr = run.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = lines_tx.send(line);
+        }
+    });
+    let mut log = String::new();
+    let wait_for = |needle: &str, log: &mut String| loop {
+        let line = lines.recv_timeout(Duration::from_secs(60)).unwrap_or_else(|_| panic!("no `{needle}` in: {log}"));
+        log.push_str(&line);
+        log.push('\n');
+        if line.contains(needle) {
+            return;
+        }
+    };
+    let world = layout.iter().skip(1).step_by(2).map(|n| n.parse::<usize>().unwrap()).product::<usize>();
+    wait_for(&format!("rank {} ready", world - 1), &mut log);
+    let mut victims = Vec::new();
+    for _ in 0..times {
+        std::thread::sleep(Duration::from_millis(700)); // mid-generation
+        let workers = children_of(run.id());
+        let victim = *workers.iter().find(|w| !victims.contains(*w)).unwrap();
+        victims.push(victim);
+        // SAFETY: a signal to our grandchild, a worker of this test's group.
+        unsafe { libc::kill(victim as libc::pid_t, signal) };
+        if victims.len() < times {
+            wait_for("formed again", &mut log);
+        }
+    }
+    let out = wait_bounded(run, Duration::from_secs(120));
+    reader.join().unwrap();
+    log.extend(lines.try_iter().map(|l| l + "\n"));
+    let json = String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    (out.status, json, log)
+}
+
+fn assert_same_tokens(got: &[serde_json::Value], want: &[serde_json::Value], what: &str) {
+    assert_eq!(got.len(), want.len(), "{what}: requests");
+    for (g, w) in got.iter().zip(want) {
+        assert_eq!(g["token_ids"], w["token_ids"], "{what}");
+        assert_eq!(g["text"], w["text"], "{what}");
+    }
+}
+
+#[test]
+fn a_killed_worker_is_replaced_and_every_request_finishes_unchanged() {
+    let layout = ["--tp", "2", "--pp", "2"];
+    let want = run_batch(&layout, &[]);
+    let (status, got, log) = run_batch_disturbed(&layout, &[], libc::SIGKILL, 1);
+    assert!(status.success(), "{log}");
+    assert!(log.contains("starting it again") && log.contains("formed again in"), "{log}");
+    assert_same_tokens(&got, &want, "2x2, a worker killed");
+}
+
+#[test]
+fn a_stopped_worker_is_killed_replaced_and_every_request_finishes_unchanged() {
+    let layout = ["--tp", "2"];
+    let want = run_batch(&layout, &[]);
+    let (status, got, log) = run_batch_disturbed(&layout, &["--heartbeat-timeout", "1"], libc::SIGSTOP, 1);
+    assert!(status.success(), "{log}");
+    assert!(log.contains("has sent nothing") && log.contains("killing rank 1"), "{log}");
+    assert_same_tokens(&got, &want, "tp 2, a worker stopped");
+}
+
+#[test]
+fn past_max_restarts_the_group_fails_as_without_recovery() {
+    let (status, _, log) = run_batch_disturbed(&["--pp", "2"], &["--max-restarts", "1"], libc::SIGKILL, 2);
+    assert!(!status.success(), "{log}");
+    assert!(log.contains("formed again in") && log.contains("rank 1 was killed by signal 9"), "{log}");
 }
 
 #[test]

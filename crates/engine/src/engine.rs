@@ -47,9 +47,19 @@ pub struct Engine {
     limits: EngineLimits,
     finished: HashMap<RequestId, GenerationOutput>,
     next_id: RequestId,
-    /// Times the executor was reset and every request recomputed, and requests recomputed so.
-    resets: u64,
-    recomputed_after_reset: u64,
+    recovery: RecoveryStats,
+}
+
+/// Recoveries from executor resets (a rank replaced) so far.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct RecoveryStats {
+    /// Resets survived: each one re-formed the group and recomputed every request.
+    pub recoveries: u64,
+    pub ranks_replaced: u64,
+    /// Requests recomputed because of a reset.
+    pub requests_recomputed: u64,
+    /// How long the last recovery took, from the failure to the group running again.
+    pub last_seconds: f64,
 }
 
 impl Engine {
@@ -96,8 +106,7 @@ impl Engine {
             limits,
             finished: HashMap::new(),
             next_id: 0,
-            resets: 0,
-            recomputed_after_reset: 0,
+            recovery: RecoveryStats::default(),
         })
     }
 
@@ -192,9 +201,9 @@ impl Engine {
         self.scheduler.num_preemptions()
     }
 
-    /// Times the executor was reset (a rank replaced) and requests recomputed because of it.
-    pub fn reset_stats(&self) -> (u64, u64) {
-        (self.resets, self.recomputed_after_reset)
+    /// Recoveries from executor resets (a rank replaced) so far.
+    pub fn recovery_stats(&self) -> RecoveryStats {
+        self.recovery
     }
 
     pub fn prefix_cache_stats(&self) -> PrefixCacheStats {
@@ -231,11 +240,14 @@ impl Engine {
         }
         let output = match self.exec.wait() {
             Ok(output) => output,
-            Err(ExecutorError::Reset(why)) => {
+            Err(ExecutorError::Reset(reset)) => {
                 let n = self.scheduler.reset();
-                self.resets += 1;
-                self.recomputed_after_reset += n as u64;
-                tracing::warn!("{why}; recomputing {n} request(s) from their tokens");
+                let r = &mut self.recovery;
+                r.recoveries += 1;
+                r.ranks_replaced += reset.ranks_replaced as u64;
+                r.requests_recomputed += n as u64;
+                r.last_seconds = reset.seconds;
+                tracing::warn!("{}; recomputing {n} request(s) from their tokens", reset.what);
                 return Ok(Vec::new());
             }
             Err(e) => {

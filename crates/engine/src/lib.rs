@@ -15,7 +15,7 @@ mod output_processor;
 mod scheduler;
 
 pub use config::{EngineConfig, SchedulerPolicy};
-pub use engine::{Engine, EngineLimits};
+pub use engine::{Engine, EngineLimits, RecoveryStats};
 pub use error::{EngineError, Result};
 pub use output::{GenerationMetrics, GenerationOutput, StepEvent, TokenLogprobs};
 pub use scheduler::{PrefixCacheStats, Scheduler, SchedulerConfig};

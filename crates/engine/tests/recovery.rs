@@ -10,7 +10,7 @@ use std::collections::HashMap;
 
 use common::{engine, executor, model_dir, params, text, tokenizer};
 use shardline_engine::{Engine, EngineConfig, Executor, RequestId};
-use shardline_exec::{ExecutorError, StepOutput, StepPlan};
+use shardline_exec::{ExecutorError, Reset, StepOutput, StepPlan};
 use shardline_sampling::SamplingParams;
 use shardline_worker::LocalExecutor;
 
@@ -46,7 +46,8 @@ impl Executor for Resetting {
         let out = self.inner.wait()?;
         if self.reset_at.contains(&self.waits) {
             self.inner = executor(&self.dir, self.num_blocks).0;
-            return Err(ExecutorError::Reset(format!("test reset at wait {}", self.waits)));
+            let what = format!("test reset at wait {}", self.waits);
+            return Err(ExecutorError::Reset(Reset { what, ranks_replaced: 1, seconds: 0.0 }));
         }
         Ok(out)
     }
@@ -74,9 +75,9 @@ fn after_a_reset_every_request_continues_exactly_as_undisturbed() {
         let exec = Resetting { dir: model_dir(), num_blocks: 64, inner, waits: 0, reset_at: reset_at.clone() };
         let mut e = Engine::new(Box::new(exec), tokenizer(), &eos, EngineConfig::default()).unwrap();
         let got = four_requests(&mut e);
-        let (resets, recomputed) = e.reset_stats();
-        assert_eq!(resets as usize, reset_at.len(), "resets at waits {reset_at:?}");
-        assert!(recomputed >= resets, "every reset recomputed the running requests");
+        let stats = e.recovery_stats();
+        assert_eq!(stats.recoveries as usize, reset_at.len(), "resets at waits {reset_at:?}");
+        assert!(stats.requests_recomputed >= stats.recoveries, "every reset recomputed the running requests");
         for (i, ((got_ids, got_text, got_stream), (want_ids, want_text, _))) in got.iter().zip(&want).enumerate() {
             assert_eq!(got_ids, want_ids, "request {i}, resets at waits {reset_at:?}");
             assert_eq!(got_text, want_text, "request {i}");

@@ -13,9 +13,20 @@ pub enum ExecutorError {
     Failed(Box<dyn std::error::Error + Send + Sync>),
     /// The executor lost every request and every K/V it held, and every step in flight (a rank
     /// was replaced and the group re-formed), but can run steps again: the engine recomputes
-    /// each request from its tokens. The string says what happened, for the logs.
-    #[error("the executor was reset: {0}")]
-    Reset(String),
+    /// each request from its tokens.
+    #[error("the executor was reset: {}", .0.what)]
+    Reset(Reset),
+}
+
+/// What a reset of the executor was.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Reset {
+    /// What happened, for the logs.
+    pub what: String,
+    /// Ranks replaced by new processes.
+    pub ranks_replaced: usize,
+    /// From the failure to the group running again.
+    pub seconds: f64,
 }
 
 impl ExecutorError {

@@ -9,5 +9,5 @@
 mod executor;
 mod plan;
 
-pub use executor::{Executor, ExecutorError};
+pub use executor::{Executor, ExecutorError, Reset};
 pub use plan::{NewRequest, RequestId, Sampled, ScheduledRequest, StepOutput, StepPlan};

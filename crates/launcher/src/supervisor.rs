@@ -300,7 +300,18 @@ impl Watch {
     /// Takes the ranks down now (SIGTERM, the grace period, SIGKILL), for when rank 0 failed
     /// and they may be stuck waiting on it or on a dead peer.
     pub fn abort(mut self) {
-        terminate(&mut self.slots.lock().expect("slots lock"));
+        let mut slots = self.slots.lock().expect("slots lock");
+        // Name the ranks that already died: most likely why rank 0 failed.
+        for slot in slots.iter_mut() {
+            if let Some(Ok(Some(status))) = slot.child.as_mut().map(Child::try_wait) {
+                slot.child = None;
+                if !status.success() {
+                    eprintln!("launcher: {}", describe(slot.rank, status));
+                }
+            }
+        }
+        terminate(&mut slots);
+        drop(slots);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }

@@ -59,6 +59,12 @@ pub struct CoreStats {
     /// Prompt tokens looked up in the prefix cache, and found, so far.
     pub prefix_cache_queries: AtomicU64,
     pub prefix_cache_hits: AtomicU64,
+    /// Recoveries from a lost rank, ranks replaced, requests recomputed, and the last
+    /// recovery's duration in milliseconds.
+    pub recoveries: AtomicU64,
+    pub ranks_replaced: AtomicU64,
+    pub requests_recomputed: AtomicU64,
+    pub last_recovery_ms: AtomicU64,
 }
 
 impl CoreStats {
@@ -300,6 +306,11 @@ impl CoreLoop {
         let prefix = self.engine.prefix_cache_stats();
         s.prefix_cache_queries.store(prefix.queries, Ordering::Relaxed);
         s.prefix_cache_hits.store(prefix.hits, Ordering::Relaxed);
+        let recovery = self.engine.recovery_stats();
+        s.recoveries.store(recovery.recoveries, Ordering::Relaxed);
+        s.ranks_replaced.store(recovery.ranks_replaced, Ordering::Relaxed);
+        s.requests_recomputed.store(recovery.requests_recomputed, Ordering::Relaxed);
+        s.last_recovery_ms.store((recovery.last_seconds * 1e3) as u64, Ordering::Relaxed);
     }
 
     fn fail_all(&mut self, why: &str) {

@@ -40,6 +40,10 @@ pub struct Metrics {
     steps: IntGauge,
     prefix_cache_queries: IntCounter,
     prefix_cache_hits: IntCounter,
+    recoveries: IntCounter,
+    rank_restarts: IntCounter,
+    recovered_requests: IntCounter,
+    recovery_seconds: Gauge,
     /// Scrapes catch the mirrored counters up with the engine's; one at a time.
     render_lock: Mutex<()>,
 }
@@ -145,6 +149,17 @@ impl Metrics {
                 "shardline:prefix_cache_hits_total",
                 "Prompt tokens whose K/V came from the prefix cache.",
             ),
+            recoveries: counter(r, "shardline:recoveries_total", "Times the group lost a rank and formed again."),
+            rank_restarts: counter(r, "shardline:rank_restarts_total", "Ranks replaced by a new process."),
+            recovered_requests: counter(
+                r,
+                "shardline:recovered_requests_total",
+                "Requests recomputed from their tokens after the group formed again.",
+            ),
+            recovery_seconds: gauge(
+                r,
+                Gauge::new("shardline:recovery_seconds", "How long the last recovery took, failure to group running."),
+            ),
             render_lock: Mutex::new(()),
             request_success,
             registry,
@@ -171,6 +186,10 @@ impl Metrics {
         let catch_up = |c: &IntCounter, v: u64| c.inc_by(v.saturating_sub(c.get()));
         catch_up(&self.prefix_cache_queries, stats.prefix_cache_queries.load(Ordering::Relaxed));
         catch_up(&self.prefix_cache_hits, stats.prefix_cache_hits.load(Ordering::Relaxed));
+        catch_up(&self.recoveries, stats.recoveries.load(Ordering::Relaxed));
+        catch_up(&self.rank_restarts, stats.ranks_replaced.load(Ordering::Relaxed));
+        catch_up(&self.recovered_requests, stats.requests_recomputed.load(Ordering::Relaxed));
+        self.recovery_seconds.set(stats.last_recovery_ms.load(Ordering::Relaxed) as f64 / 1e3);
         self.running.set(stats.running.load(Ordering::Relaxed) as i64);
         self.waiting.set(stats.waiting.load(Ordering::Relaxed) as i64);
         self.kv_usage.set(stats.kv_usage());

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use prost::Message;
 use shardline_comm::{Comm, CommError, Tag};
-use shardline_exec::{Executor, ExecutorError, StepOutput, StepPlan};
+use shardline_exec::{Executor, ExecutorError, Reset, StepOutput, StepPlan};
 use shardline_proto::worker::v1::{control_message::Kind, ControlMessage, Shutdown, StepResult};
 
 use crate::error::{Result, WorkerError};
@@ -81,8 +81,8 @@ impl GroupExecutor {
         self
     }
 
-    /// Replaces the failed rank and forms the group again; the message says what happened.
-    fn recover(&mut self, cause: &WorkerError) -> Result<String> {
+    /// Replaces the failed rank and forms the group again.
+    fn recover(&mut self, cause: &WorkerError) -> Result<Reset> {
         let start = Instant::now();
         let replacer = self.replacer.as_mut().expect("recover is called with a replacer");
         let silent = match cause {
@@ -109,10 +109,9 @@ impl GroupExecutor {
         // Results of the steps that failed, sent before the shard rejoined.
         while local.results.try_recv().is_ok() {}
         self.comm = comm;
-        Ok(format!(
-            "{cause}; rank(s) {replaced:?} replaced and the group formed again in {:.1} s",
-            start.elapsed().as_secs_f64()
-        ))
+        let seconds = start.elapsed().as_secs_f64();
+        let what = format!("{cause}; rank(s) {replaced:?} replaced and the group formed again in {seconds:.1} s");
+        Ok(Reset { what, ranks_replaced: replaced.len(), seconds })
     }
 
     fn local(&self) -> Result<&LocalShard> {
@@ -267,7 +266,7 @@ impl Executor for GroupExecutor {
             Err(e) => e,
         };
         match self.recover(&cause) {
-            Ok(what) => Err(ExecutorError::Reset(what)),
+            Ok(reset) => Err(ExecutorError::Reset(reset)),
             Err(e) => Err(WorkerError::Protocol(format!("{cause}; recovery failed: {e}")).into()),
         }
     }
