@@ -3,28 +3,15 @@
 //! mid-generation, a rank that never starts). SmolLM2-135M is resolved like `--model
 //! smollm2-135m` (fetched into $SHARDLINE_CACHE on first use).
 
+mod common;
+
 use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Output, Stdio};
 use std::time::{Duration, Instant};
 
-const PROMPT: &str = "The capital of France is";
+use common::{assert_no_leftovers, children_of, shardline};
 
-fn shardline() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_shardline"));
-    for var in [
-        "SHARDLINE_MODEL",
-        "RANK",
-        "WORLD_SIZE",
-        "MASTER_PORT",
-        "SHARDLINE_TP",
-        "SHARDLINE_PP",
-        "SHARDLINE_GROUP_SECRET",
-        "SHARDLINE_GROUP_SECRET_FILE",
-    ] {
-        c.env_remove(var);
-    }
-    c
-}
+const PROMPT: &str = "The capital of France is";
 
 fn run_json(extra: &[&str]) -> serde_json::Value {
     let out = shardline()
@@ -113,29 +100,6 @@ fn wait_bounded(mut child: Child, limit: Duration) -> Output {
     child.wait_with_output().unwrap()
 }
 
-fn alive(pid: u32) -> bool {
-    // SAFETY: signal 0 only checks that the process exists.
-    unsafe { libc::kill(pid as libc::pid_t, 0) == 0 }
-}
-
-/// Every thread's children (a rank started again is the child of the supervising thread).
-fn children_of(pid: u32) -> Vec<u32> {
-    let tasks =
-        std::fs::read_dir(format!("/proc/{pid}/task")).map(|d| d.flatten().collect()).unwrap_or_else(|_| Vec::new());
-    let mut children: Vec<u32> = tasks
-        .iter()
-        .flat_map(|t| {
-            std::fs::read_to_string(t.path().join("children"))
-                .unwrap_or_default()
-                .split_whitespace()
-                .filter_map(|p| p.parse().ok())
-                .collect::<Vec<u32>>()
-        })
-        .collect();
-    children.sort_unstable();
-    children
-}
-
 /// What became of a 2×2 `run` after one of its workers got `signal` mid-generation.
 struct Disturbed {
     status: std::process::ExitStatus,
@@ -185,13 +149,7 @@ fn signal_a_worker_mid_generation(signal: libc::c_int, extra: &[&str], limit: Du
     let took = sent.elapsed();
     let mut rest = String::new();
     let _ = std::io::Read::read_to_string(&mut stderr, &mut rest);
-    std::thread::sleep(Duration::from_millis(200));
-    for w in workers {
-        assert!(
-            !alive(w) || std::fs::read_to_string(format!("/proc/{w}/stat")).unwrap_or_default().contains(") Z "),
-            "rank process {w} left behind"
-        );
-    }
+    assert_no_leftovers(&workers);
     Disturbed { status, took, log: rest }
 }
 

@@ -34,18 +34,7 @@ struct Pipelined {
 }
 
 impl Executor for Pipelined {
-    fn block_size(&self) -> usize {
-        self.inner.block_size()
-    }
-    fn num_blocks(&self) -> usize {
-        self.inner.num_blocks()
-    }
-    fn vocab_size(&self) -> usize {
-        self.inner.vocab_size()
-    }
-    fn max_model_len(&self) -> usize {
-        self.inner.max_model_len()
-    }
+    common::executor_shape_of_inner!();
     fn max_in_flight(&self) -> usize {
         self.depth
     }

@@ -26,18 +26,7 @@ struct Resetting {
 }
 
 impl Executor for Resetting {
-    fn block_size(&self) -> usize {
-        self.inner.block_size()
-    }
-    fn num_blocks(&self) -> usize {
-        self.inner.num_blocks()
-    }
-    fn vocab_size(&self) -> usize {
-        self.inner.vocab_size()
-    }
-    fn max_model_len(&self) -> usize {
-        self.inner.max_model_len()
-    }
+    common::executor_shape_of_inner!();
     fn submit(&mut self, plan: StepPlan) -> Result<(), ExecutorError> {
         self.inner.submit(plan)
     }

@@ -292,19 +292,28 @@ pub fn terminate_tree(child: &mut Child, grace: Duration, linger: Duration) -> T
     TreeStop { killed, leftovers }
 }
 
+/// The children of `pid`, from /proc, by pid; empty if `pid` is gone.
+pub fn children(pid: u32) -> Vec<u32> {
+    // A child belongs to the thread that forked it, so every thread's list counts.
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).into_iter().flatten().flatten();
+    let mut found: Vec<u32> = tasks
+        .flat_map(|task| {
+            let list = std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
+            list.split_whitespace().filter_map(|c| c.parse::<u32>().ok()).collect::<Vec<_>>()
+        })
+        .collect();
+    found.sort_unstable();
+    found
+}
+
 /// Every process below `pid` (children, their children, …), from /proc; empty if `pid` is gone.
 pub fn descendants(pid: u32) -> Vec<u32> {
     let mut found = Vec::new();
     let mut frontier = vec![pid];
     while let Some(p) = frontier.pop() {
-        // A child belongs to the thread that forked it, so every thread's list counts.
-        let tasks = std::fs::read_dir(format!("/proc/{p}/task")).into_iter().flatten().flatten();
-        for task in tasks {
-            let children = std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
-            for c in children.split_whitespace().filter_map(|c| c.parse::<u32>().ok()) {
-                found.push(c);
-                frontier.push(c);
-            }
+        for c in children(p) {
+            found.push(c);
+            frontier.push(c);
         }
     }
     found

@@ -14,6 +14,8 @@ use crate::process::{self, LinePump, Sink};
 /// How long ranks get to exit after SIGTERM before SIGKILL.
 const GRACE: Duration = Duration::from_secs(3);
 const POLL: Duration = Duration::from_millis(50);
+/// How long `Watch::abort` waits for a dying rank to be reaped, to name it.
+const EXIT_NOTICE: Duration = Duration::from_millis(500);
 
 #[derive(Debug, thiserror::Error)]
 pub enum SupervisorError {
@@ -300,15 +302,27 @@ impl Watch {
     /// Takes the ranks down now (SIGTERM, the grace period, SIGKILL), for when rank 0 failed
     /// and they may be stuck waiting on it or on a dead peer.
     pub fn abort(mut self) {
+        // Name the ranks that died: most likely why rank 0 failed. A rank killed a moment ago
+        // may not be reaped yet, so give one a short while to show up.
+        let deadline = Instant::now() + EXIT_NOTICE;
         let mut slots = self.slots.lock().expect("slots lock");
-        // Name the ranks that already died: most likely why rank 0 failed.
-        for slot in slots.iter_mut() {
-            if let Some(Ok(Some(status))) = slot.child.as_mut().map(Child::try_wait) {
-                slot.child = None;
-                if !status.success() {
-                    eprintln!("launcher: {}", describe(slot.rank, status));
+        loop {
+            let mut named = false;
+            for slot in slots.iter_mut() {
+                if let Some(Ok(Some(status))) = slot.child.as_mut().map(Child::try_wait) {
+                    slot.child = None;
+                    if !status.success() {
+                        eprintln!("launcher: {}", describe(slot.rank, status));
+                        named = true;
+                    }
                 }
             }
+            if named || Instant::now() >= deadline {
+                break;
+            }
+            drop(slots);
+            std::thread::sleep(POLL / 5);
+            slots = self.slots.lock().expect("slots lock");
         }
         terminate(&mut slots);
         drop(slots);

@@ -91,9 +91,9 @@ pub fn wait_bounded(child: &mut Child, limit: Duration) -> ExitStatus {
     process::wait_timeout(child, limit).unwrap().unwrap_or_else(|| panic!("process did not exit within {limit:?}"))
 }
 
+/// `pid`'s children (of every thread: a rank started again is the supervising thread's child).
 pub fn children_of(pid: u32) -> Vec<u32> {
-    let path = format!("/proc/{pid}/task/{pid}/children");
-    std::fs::read_to_string(path).unwrap_or_default().split_whitespace().filter_map(|p| p.parse().ok()).collect()
+    process::children(pid)
 }
 
 /// Every process in `ranks` is gone (or a zombie about to be reaped).
