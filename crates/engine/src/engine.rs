@@ -3,6 +3,7 @@
 //! tokens, and let the output processor turn them into text and stop decisions.
 
 use std::collections::HashMap;
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -199,6 +200,12 @@ impl Engine {
     /// Requests preempted (and later recomputed) since the engine started.
     pub fn num_preemptions(&self) -> u64 {
         self.scheduler.num_preemptions()
+    }
+
+    /// Raised while the executor re-forms its group after losing a rank (see
+    /// `Executor::recovering`).
+    pub fn recovering_flag(&self) -> Option<Arc<AtomicBool>> {
+        self.exec.recovering()
     }
 
     /// Recoveries from executor resets (a rank replaced) so far.

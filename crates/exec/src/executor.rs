@@ -1,5 +1,8 @@
 //! What runs a step's forward pass: this process's model, or a tensor/pipeline-parallel group.
 
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
 use crate::plan::{StepOutput, StepPlan};
 
 #[derive(Debug, thiserror::Error)]
@@ -54,4 +57,9 @@ pub trait Executor: Send {
     fn submit(&mut self, plan: StepPlan) -> Result<(), ExecutorError>;
     /// Waits for the oldest submitted step.
     fn wait(&mut self) -> Result<StepOutput, ExecutorError>;
+    /// A flag raised while the executor re-forms its group after losing a rank (a `wait` is
+    /// then busy for a while), for front ends to report; `None` for executors that never do.
+    fn recovering(&self) -> Option<Arc<AtomicBool>> {
+        None
+    }
 }

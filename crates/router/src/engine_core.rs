@@ -50,6 +50,8 @@ impl Drop for QueueSlot {
 #[derive(Debug, Default)]
 pub struct CoreStats {
     pub serving: AtomicBool,
+    /// Raised while the group re-forms after losing a rank (requests wait meanwhile).
+    pub recovering: Option<Arc<AtomicBool>>,
     pub running: AtomicUsize,
     pub waiting: AtomicUsize,
     pub kv_blocks_used: AtomicUsize,
@@ -68,6 +70,11 @@ pub struct CoreStats {
 }
 
 impl CoreStats {
+    /// Whether the group is re-forming after losing a rank.
+    pub fn is_recovering(&self) -> bool {
+        self.recovering.as_ref().is_some_and(|r| r.load(Ordering::SeqCst))
+    }
+
     pub fn kv_usage(&self) -> f64 {
         let total = self.kv_blocks_total.load(Ordering::Relaxed);
         if total == 0 {
@@ -142,7 +149,7 @@ pub struct EngineCore {
 impl EngineCore {
     pub fn start(engine: Engine, cfg: CoreConfig, metrics: Arc<Metrics>) -> Self {
         let (commands, rx) = mpsc::channel();
-        let stats = Arc::new(CoreStats::default());
+        let stats = Arc::new(CoreStats { recovering: engine.recovering_flag(), ..CoreStats::default() });
         stats.serving.store(true, Ordering::SeqCst);
         let core_stats = Arc::clone(&stats);
         let core_metrics = Arc::clone(&metrics);

@@ -81,6 +81,9 @@ impl Generation for GenerationService {
         if !serving {
             return Err(Status::unavailable("the engine has stopped"));
         }
+        if s.is_recovering() {
+            return Err(Status::unavailable("recovering: the group is re-forming after losing a rank"));
+        }
         Ok(Response::new(pb::HealthResponse {
             serving,
             num_running: s.running.load(Ordering::Relaxed) as u32,

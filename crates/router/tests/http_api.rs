@@ -8,11 +8,16 @@
 
 mod support;
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
+use shardline_engine::Executor;
+use shardline_exec::{ExecutorError, Reset, StepOutput, StepPlan};
 use shardline_tokenizer::ChatMessage;
 use shardline_tokenizer::Prompt;
+use shardline_worker::LocalExecutor;
 use support::{
     bounded, chunks, direct, get, json, metric, post, post_ok, post_stream, request, start, text, BLOCK_SIZE,
 };
@@ -395,6 +400,92 @@ async fn a_client_that_leaves_mid_stream_frees_its_kv_blocks() {
         }
         // The server still serves.
         post_ok(addr, "/v1/completions", &json!({"prompt": "hi", "max_tokens": 2})).await;
+    })
+    .await;
+}
+
+/// A `LocalExecutor` whose first wait with a token to return turns into a group recovery: it
+/// raises the recovering flag, holds until the test lets go, then reports a reset, continuing
+/// on a fresh executor (nothing known, as after a rank was replaced).
+struct RecoversOnce {
+    inner: LocalExecutor,
+    fresh: Option<LocalExecutor>,
+    recovering: Arc<AtomicBool>,
+    release: Arc<AtomicBool>,
+    done: bool,
+}
+
+impl Executor for RecoversOnce {
+    fn block_size(&self) -> usize {
+        self.inner.block_size()
+    }
+    fn num_blocks(&self) -> usize {
+        self.inner.num_blocks()
+    }
+    fn vocab_size(&self) -> usize {
+        self.inner.vocab_size()
+    }
+    fn max_model_len(&self) -> usize {
+        self.inner.max_model_len()
+    }
+    fn submit(&mut self, plan: StepPlan) -> Result<(), ExecutorError> {
+        self.inner.submit(plan)
+    }
+    fn wait(&mut self) -> Result<StepOutput, ExecutorError> {
+        let out = self.inner.wait()?;
+        if self.done || out.sampled.is_empty() {
+            return Ok(out);
+        }
+        self.done = true;
+        self.recovering.store(true, Ordering::SeqCst);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !self.release.load(Ordering::SeqCst) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        self.inner = self.fresh.take().expect("one recovery");
+        self.recovering.store(false, Ordering::SeqCst);
+        let what = "test: rank 1 replaced".to_string();
+        Err(ExecutorError::Reset(Reset { what, ranks_replaced: 1, seconds: 0.25 }))
+    }
+    fn recovering(&self) -> Option<Arc<AtomicBool>> {
+        Some(Arc::clone(&self.recovering))
+    }
+}
+
+#[tokio::test]
+async fn health_says_recovering_while_the_group_reforms_and_requests_survive_it() {
+    let dir = support::model_dir();
+    let want = direct(&dir, Prompt::Text("hello there".into()), 6);
+    let release = Arc::new(AtomicBool::new(false));
+    let (inner, eos) = support::local_executor(&dir);
+    let fresh = Some(support::local_executor(&dir).0);
+    let recovering = Arc::new(AtomicBool::new(false));
+    let exec = RecoversOnce { inner, fresh, recovering, release: Arc::clone(&release), done: false };
+    let engine = support::engine_over(&dir, Box::new(exec), &eos, Default::default());
+    let server = support::start_with(dir, engine).await;
+    let addr = server.addr;
+    bounded(async {
+        let body = json!({"prompt": "hello there", "max_tokens": 6, "ignore_eos": true, "temperature": 0});
+        let request = tokio::spawn(async move { post_ok(addr, "/v1/completions", &body).await });
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let r = get(addr, "/health").await;
+            if r.status == 503 {
+                assert_eq!(text(r).await, "recovering");
+                break;
+            }
+            assert!(Instant::now() < deadline, "/health never said recovering");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        release.store(true, Ordering::SeqCst);
+        let v = request.await.unwrap();
+        assert_eq!(v["choices"][0]["text"], want.text, "the request is recomputed, not lost");
+        assert_eq!(get(addr, "/health").await.status, 200);
+        let metrics = text(get(addr, "/metrics").await).await;
+        assert_eq!(metric(&metrics, "shardline:recoveries_total"), Some(1.0));
+        assert_eq!(metric(&metrics, "shardline:rank_restarts_total"), Some(1.0));
+        assert_eq!(metric(&metrics, "shardline:recovered_requests_total"), Some(1.0));
+        assert_eq!(metric(&metrics, "shardline:recovery_seconds"), Some(0.25));
     })
     .await;
 }

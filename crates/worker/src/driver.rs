@@ -10,6 +10,7 @@
 //! tokens. If no rank died, or the launcher gave up (restart limit), the failure stands.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -41,6 +42,8 @@ pub struct GroupExecutor {
     heartbeat_timeout: Duration,
     reform: Reform,
     replacer: Option<Box<dyn RankReplacer>>,
+    /// Raised while `recover` runs.
+    recovering: Arc<AtomicBool>,
 }
 
 /// The launcher's part in replacing a failed rank, as rank 0's executor sees it.
@@ -63,6 +66,7 @@ impl GroupExecutor {
             heartbeat_timeout: group.config.heartbeat_timeout,
             reform: group.reform,
             replacer: None,
+            recovering: Arc::new(AtomicBool::new(false)),
             comm: group.comm,
             local: Some(group.local),
             next_step: 0,
@@ -253,6 +257,10 @@ impl Executor for GroupExecutor {
         self.layout.pp
     }
 
+    fn recovering(&self) -> Option<Arc<AtomicBool>> {
+        self.replacer.is_some().then(|| Arc::clone(&self.recovering))
+    }
+
     fn submit(&mut self, plan: StepPlan) -> std::result::Result<(), ExecutorError> {
         self.send_step(plan)?;
         Ok(())
@@ -265,7 +273,10 @@ impl Executor for GroupExecutor {
             Err(e) if self.replacer.is_none() => return Err(e.into()),
             Err(e) => e,
         };
-        match self.recover(&cause) {
+        self.recovering.store(true, Ordering::SeqCst);
+        let recovered = self.recover(&cause);
+        self.recovering.store(false, Ordering::SeqCst);
+        match recovered {
             Ok(reset) => Err(ExecutorError::Reset(reset)),
             Err(e) => Err(WorkerError::Protocol(format!("{cause}; recovery failed: {e}")).into()),
         }

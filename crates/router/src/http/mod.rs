@@ -100,11 +100,16 @@ async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) ->
     ApiError::new(StatusCode::METHOD_NOT_ALLOWED, format!("method {method} is not allowed on {}", uri.path()))
 }
 
-async fn health(State(s): State<Arc<AppState>>) -> StatusCode {
-    if s.handle.stats.serving.load(Ordering::SeqCst) {
-        StatusCode::OK
+/// 200 while serving; 503 with `recovering` while the group re-forms after losing a rank
+/// (requests are kept and answered once it is back), 503 once the engine has stopped.
+async fn health(State(s): State<Arc<AppState>>) -> Response {
+    let stats = &s.handle.stats;
+    if !stats.serving.load(Ordering::SeqCst) {
+        StatusCode::SERVICE_UNAVAILABLE.into_response()
+    } else if stats.is_recovering() {
+        (StatusCode::SERVICE_UNAVAILABLE, "recovering").into_response()
     } else {
-        StatusCode::SERVICE_UNAVAILABLE
+        StatusCode::OK.into_response()
     }
 }
 

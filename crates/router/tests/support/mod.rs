@@ -6,7 +6,7 @@
 use candle_core::DType;
 use serde_json::{json, Value};
 pub use shardline_bench::backend::http::{Events, Response, Target};
-use shardline_engine::{Engine, EngineConfig};
+use shardline_engine::{Engine, EngineConfig, Executor};
 use shardline_model::ModelSpec;
 use shardline_router::http::router;
 use shardline_router::{CoreConfig, EngineCore, EngineHandle, Metrics, ServerInfo};
@@ -44,11 +44,21 @@ pub fn engine(dir: &tempfile::TempDir) -> Engine {
 }
 
 pub fn engine_with(dir: &tempfile::TempDir, cfg: EngineConfig) -> Engine {
+    let (exec, eos) = local_executor(dir);
+    engine_over(dir, Box::new(exec), &eos, cfg)
+}
+
+/// An executor over the model in `dir`, and the model's EOS ids.
+pub fn local_executor(dir: &tempfile::TempDir) -> (LocalExecutor, Vec<u32>) {
     let model = ModelSpec::cpu(dir.path().to_str().unwrap(), DType::F32).load().unwrap();
     let eos = model.config().eos_token_ids.clone();
-    let exec = LocalExecutor::new(model, NUM_BLOCKS, BLOCK_SIZE).unwrap();
+    (LocalExecutor::new(model, NUM_BLOCKS, BLOCK_SIZE).unwrap(), eos)
+}
+
+/// An engine over `exec`, detokenizing with `dir`'s tokenizer.
+pub fn engine_over(dir: &tempfile::TempDir, exec: Box<dyn Executor>, eos: &[u32], cfg: EngineConfig) -> Engine {
     let tokenizer = Arc::new(Tokenizer::from_dir(dir.path()).unwrap());
-    Engine::new(Box::new(exec), tokenizer, &eos, cfg).unwrap()
+    Engine::new(exec, tokenizer, eos, cfg).unwrap()
 }
 
 pub struct Server {
@@ -67,6 +77,11 @@ impl Drop for Server {
 pub async fn start() -> Server {
     let dir = model_dir();
     let engine = engine(&dir);
+    start_with(dir, engine).await
+}
+
+/// Serves `engine` (built over the model in `dir`) over HTTP on an ephemeral port.
+pub async fn start_with(dir: tempfile::TempDir, engine: Engine) -> Server {
     let info = Arc::new(ServerInfo::new("tiny".into(), &engine, 1, 1, "f32".into()));
     let core = EngineCore::start(engine, CoreConfig { max_queue: 64 }, Arc::new(Metrics::new("tiny")));
     let handle = core.handle.clone();
