@@ -34,7 +34,7 @@ struct Pipelined {
 }
 
 impl Executor for Pipelined {
-    common::executor_shape_of_inner!();
+    shardline_exec::executor_shape_from!(inner);
     fn max_in_flight(&self) -> usize {
         self.depth
     }

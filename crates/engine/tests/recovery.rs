@@ -26,7 +26,7 @@ struct Resetting {
 }
 
 impl Executor for Resetting {
-    common::executor_shape_of_inner!();
+    shardline_exec::executor_shape_from!(inner);
     fn submit(&mut self, plan: StepPlan) -> Result<(), ExecutorError> {
         self.inner.submit(plan)
     }

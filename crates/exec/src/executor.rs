@@ -63,3 +63,24 @@ pub trait Executor: Send {
         None
     }
 }
+
+/// Implements the [`Executor`] methods that describe the model and cache (block size, blocks,
+/// vocabulary, context length) by asking the executor in the field `$inner`: for executors that
+/// wrap another to add behaviour around its steps (tests' fault injection, for instance).
+#[macro_export]
+macro_rules! executor_shape_from {
+    ($inner:ident) => {
+        fn block_size(&self) -> usize {
+            self.$inner.block_size()
+        }
+        fn num_blocks(&self) -> usize {
+            self.$inner.num_blocks()
+        }
+        fn vocab_size(&self) -> usize {
+            self.$inner.vocab_size()
+        }
+        fn max_model_len(&self) -> usize {
+            self.$inner.max_model_len()
+        }
+    };
+}

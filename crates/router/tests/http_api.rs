@@ -416,18 +416,7 @@ struct RecoversOnce {
 }
 
 impl Executor for RecoversOnce {
-    fn block_size(&self) -> usize {
-        self.inner.block_size()
-    }
-    fn num_blocks(&self) -> usize {
-        self.inner.num_blocks()
-    }
-    fn vocab_size(&self) -> usize {
-        self.inner.vocab_size()
-    }
-    fn max_model_len(&self) -> usize {
-        self.inner.max_model_len()
-    }
+    shardline_exec::executor_shape_from!(inner);
     fn submit(&mut self, plan: StepPlan) -> Result<(), ExecutorError> {
         self.inner.submit(plan)
     }

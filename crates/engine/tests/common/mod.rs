@@ -52,24 +52,3 @@ pub fn text(s: &str) -> Vec<u32> {
 pub fn params(max_tokens: usize) -> SamplingParams {
     SamplingParams { max_tokens, ignore_eos: true, ..SamplingParams::greedy() }
 }
-
-/// The `Executor` methods a test wrapper answers from the executor it wraps (`self.inner`).
-#[allow(unused_macros)] // only the wrappers' test binaries use it
-macro_rules! executor_shape_of_inner {
-    () => {
-        fn block_size(&self) -> usize {
-            self.inner.block_size()
-        }
-        fn num_blocks(&self) -> usize {
-            self.inner.num_blocks()
-        }
-        fn vocab_size(&self) -> usize {
-            self.inner.vocab_size()
-        }
-        fn max_model_len(&self) -> usize {
-            self.inner.max_model_len()
-        }
-    };
-}
-#[allow(unused_imports)]
-pub(crate) use executor_shape_of_inner;
