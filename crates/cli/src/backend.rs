@@ -12,7 +12,7 @@ use shardline_tokenizer::Tokenizer;
 use shardline_worker::{start_group, GroupConfig, GroupExecutor, GroupLayout, LocalExecutor, RankEnv};
 
 use crate::args::{device_parser, init_threads, EngineArgs, ModelArgs};
-use crate::group::{rank0_env, spawn_local_workers, LaunchArgs, LocalReplacer};
+use crate::group::{rank0_env, spawn_local_workers, LaunchArgs, Replacer};
 
 /// How the model is split and where its ranks run.
 #[derive(Args, Debug)]
@@ -143,10 +143,10 @@ fn group_backend(
             (rank0_env(&plan, &parallel.launch, secret)?, Some(workers))
         }
     };
-    // Recovery needs the supervisor of every worker at hand: only for ranks this process spawned.
-    let replacer = workers
-        .as_mut()
-        .and_then(|w| w.restarts.take().map(|restarts| LocalReplacer { killer: w.watch.killer(), restarts }));
+    // Recover from a lost worker rank unless --max-restarts 0: the ranks this process spawned
+    // are restarted by it, others by their own launchers.
+    let replacer =
+        parallel.launch.restart_policy().filter(|_| world > 1).map(|p| Replacer::new(workers.as_mut(), world, p));
     if env.world_size != world {
         bail!(
             "--tp {} × --pp {} = {world} ranks, but the launcher started {}",

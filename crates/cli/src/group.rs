@@ -3,7 +3,7 @@
 //! rank spawned) and `worker` (one rank, started by `launch`, torchrun, mpirun or srun).
 
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::Args;
@@ -89,6 +89,22 @@ impl LaunchArgs {
         Duration::from_secs_f64(self.heartbeat_timeout)
     }
 
+    /// How failed worker ranks are started again; `None` with --max-restarts 0.
+    pub fn restart_policy(&self) -> Option<RestartPolicy> {
+        (self.max_restarts > 0).then(|| RestartPolicy {
+            max_restarts: self.max_restarts,
+            window: Duration::from_secs(self.restart_window),
+        })
+    }
+
+    /// The restart settings, for a rank-0 job this process starts (so it recovers alike).
+    pub fn restart_env(&self) -> Vec<(String, String)> {
+        vec![
+            ("SHARDLINE_MAX_RESTARTS".into(), self.max_restarts.to_string()),
+            ("SHARDLINE_RESTART_WINDOW".into(), self.restart_window.to_string()),
+        ]
+    }
+
     pub fn plan(&self, world_size: usize) -> anyhow::Result<LaunchPlan> {
         let master_port = match self.master_port {
             Some(p) => p,
@@ -143,28 +159,24 @@ pub struct LocalWorkers {
     pub watch: Watch,
     /// Failed ranks started again (`--max-restarts` > 0): rank 0 re-forms the group with them.
     pub restarts: Option<Receiver<Restart>>,
+    /// The ranks this process supervises.
+    pub ranks: Vec<usize>,
 }
 
 /// Spawns this node's ranks other than rank 0 (which the calling process plays) and supervises
-/// them in the background. A rank that fails is started again while --max-restarts allows (on
-/// one node only: another node's launcher does not hear of rank 0's recovery); otherwise, or
-/// once restarts run out, the group is taken down and this process exits 1.
+/// them in the background. A rank that fails is started again while --max-restarts allows;
+/// otherwise, or once restarts run out, the group is taken down and this process exits 1.
 pub fn spawn_local_workers(
     plan: &LaunchPlan,
     launch: &LaunchArgs,
     secret: &GroupSecret,
 ) -> anyhow::Result<LocalWorkers> {
-    let cmds = plan
-        .local_ranks()
-        .filter(|&r| r != 0)
-        .map(|r| worker_command(r, launch, secret))
-        .collect::<anyhow::Result<Vec<_>>>()?;
+    let ranks: Vec<usize> = plan.local_ranks().filter(|&r| r != 0).collect();
+    let cmds = ranks.iter().map(|&r| worker_command(r, launch, secret)).collect::<anyhow::Result<Vec<_>>>()?;
     let mut sup = Supervisor::spawn(plan, cmds)?;
     let mut restarts = None;
-    if launch.max_restarts > 0 && plan.nnodes == 1 {
+    if let Some(policy) = launch.restart_policy() {
         let (tx, rx) = mpsc::channel();
-        let policy =
-            RestartPolicy { max_restarts: launch.max_restarts, window: Duration::from_secs(launch.restart_window) };
         sup = sup.restart_failed(policy, tx);
         restarts = Some(rx);
     }
@@ -172,34 +184,76 @@ pub fn spawn_local_workers(
         eprintln!("error: {e}");
         std::process::exit(1);
     });
-    Ok(LocalWorkers { watch, restarts })
+    Ok(LocalWorkers { watch, restarts, ranks })
 }
 
-/// Replaces failed local ranks for rank 0's executor: kills a silent one, then waits for the
-/// supervisor to report the restarts.
-pub struct LocalReplacer {
-    pub killer: RankKiller,
-    pub restarts: Receiver<Restart>,
+/// Rank 0's side of replacing failed ranks. Ranks this process supervises are killed when
+/// silent and their restarts awaited; ranks on other nodes are restarted by their own launchers,
+/// which rank 0 cannot ask or hear, so it trusts them (a silent one there cannot be replaced).
+/// Recoveries are bounded like restarts, as this process may not see other nodes' restarts.
+pub struct Replacer {
+    /// The ranks this process supervises, the handle that kills them and their restarts.
+    pub local: Vec<usize>,
+    pub killer: Option<RankKiller>,
+    pub restarts: Option<Receiver<Restart>>,
+    pub world_size: usize,
+    pub policy: RestartPolicy,
+    recoveries: Vec<Instant>,
+}
+
+impl Replacer {
+    pub fn new(workers: Option<&mut LocalWorkers>, world_size: usize, policy: RestartPolicy) -> Self {
+        let (local, killer, restarts) = match workers {
+            Some(w) => (w.ranks.clone(), Some(w.watch.killer()), w.restarts.take()),
+            None => (Vec::new(), None, None),
+        };
+        Replacer { local, killer, restarts, world_size, policy, recoveries: Vec::new() }
+    }
 }
 
 /// How long a failure may precede the supervisor seeing the rank's exit (it polls every 50 ms;
 /// a killed process takes a moment to be reaped).
 const EXIT_SEEN_WITHIN: Duration = Duration::from_secs(3);
 
-impl RankReplacer for LocalReplacer {
+impl RankReplacer for Replacer {
     fn replace_failed(&mut self, silent: Option<usize>) -> Result<Vec<usize>, String> {
-        if let Some(rank) = silent {
-            eprintln!("recovery: killing rank {rank}, which stopped answering");
-            self.killer.kill(rank);
+        let now = Instant::now();
+        self.recoveries.retain(|&t| now.duration_since(t) < self.policy.window);
+        if self.recoveries.len() >= self.policy.max_restarts {
+            return Err(format!(
+                "{} recoveries within {} s already (--max-restarts)",
+                self.recoveries.len(),
+                self.policy.window.as_secs()
+            ));
         }
-        let first = self
-            .restarts
-            .recv_timeout(EXIT_SEEN_WITHIN)
-            .map_err(|_| "no rank exited, so there is none to replace".to_string())?;
-        let mut ranks = vec![first.rank];
-        // Ranks that died together (a node's worth) are replaced together.
-        while let Ok(r) = self.restarts.recv_timeout(Duration::from_millis(200)) {
-            ranks.push(r.rank);
+        self.recoveries.push(now);
+        if let Some(rank) = silent {
+            match &self.killer {
+                Some(killer) if self.local.contains(&rank) => {
+                    eprintln!("recovery: killing rank {rank}, which stopped answering");
+                    killer.kill(rank);
+                }
+                _ => {
+                    return Err(format!("rank {rank} stopped answering, and its launcher cannot be told to replace it"))
+                }
+            }
+        }
+        let all_local = self.local.len() + 1 == self.world_size;
+        let mut ranks = Vec::new();
+        if let Some(restarts) = &self.restarts {
+            // With every rank here a failure must show up as an exit; with other nodes it may
+            // be theirs, and their launchers restart it.
+            let first_within = if all_local { EXIT_SEEN_WITHIN } else { Duration::from_secs(1) };
+            if let Ok(r) = restarts.recv_timeout(first_within) {
+                ranks.push(r.rank);
+                // Ranks that died together (a node's worth) are replaced together.
+                while let Ok(r) = restarts.recv_timeout(Duration::from_millis(200)) {
+                    ranks.push(r.rank);
+                }
+            }
+        }
+        if ranks.is_empty() && all_local {
+            return Err("no rank exited, so there is none to replace".into());
         }
         Ok(ranks)
     }

@@ -64,6 +64,7 @@ pub fn launch(args: LaunchCmdArgs) -> anyhow::Result<()> {
                 .into_iter()
                 .chain(args.engine.to_env())
                 .chain(args.launch.devices_env())
+                .chain(args.launch.restart_env())
                 .chain([secret_env(&secret)])
                 .collect(),
                 raw_stdout: true,
@@ -81,7 +82,12 @@ pub fn launch(args: LaunchCmdArgs) -> anyhow::Result<()> {
         plan.master_port,
         plan.threads()
     );
-    match Supervisor::spawn(&plan, cmds)?.wait() {
+    let mut supervisor = Supervisor::spawn(&plan, cmds)?;
+    if let Some(policy) = args.launch.restart_policy() {
+        // This node's worker ranks are restarted here; rank 0 re-forms the group with them.
+        supervisor = supervisor.restart_failed(policy, std::sync::mpsc::channel().0);
+    }
+    match supervisor.wait() {
         Ok(()) => Ok(()),
         Err(e @ SupervisorError::Interrupted(_)) => {
             eprintln!("launcher: {e}");

@@ -89,6 +89,8 @@ fn main() {
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");
-        std::process::exit(1);
+        // A rank that found its group gone tells its launcher not to start it again.
+        let gone = e.chain().any(|c| matches!(c.downcast_ref(), Some(shardline_worker::WorkerError::GroupGone(_))));
+        std::process::exit(if gone { shardline_launcher::EXIT_GROUP_GONE } else { 1 });
     }
 }

@@ -183,14 +183,15 @@ fn batch_args(layout: &[&str], extra: &[&str]) -> Vec<String> {
     base.iter().chain(layout).chain(extra).map(|s| s.to_string()).collect()
 }
 
-/// A batch run on `layout` whose worker `victim` (by spawn order) gets `signal` once the group is
-/// ready, and again (its replacement) each time the group re-forms, `times` times in all.
-/// Returns the exit status, the JSON lines and rank 0's log.
+/// A batch run on `layout` one of whose workers gets `signal` once the group is ready, and again
+/// (its replacement) each time the group re-forms, `times` times in all. Victims are the first
+/// of `workers(run's pid)` not hit yet. Returns the exit status, the JSON lines and rank 0's log.
 fn run_batch_disturbed(
     layout: &[&str],
     extra: &[&str],
     signal: libc::c_int,
     times: usize,
+    workers: impl Fn(u32) -> Vec<u32>,
 ) -> (std::process::ExitStatus, Vec<serde_json::Value>, String) {
     let mut run =
         shardline().args(batch_args(layout, extra)).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
@@ -215,8 +216,7 @@ fn run_batch_disturbed(
     let mut victims = Vec::new();
     for _ in 0..times {
         std::thread::sleep(Duration::from_millis(700)); // mid-generation
-        let workers = children_of(run.id());
-        let victim = *workers.iter().find(|w| !victims.contains(*w)).unwrap();
+        let victim = *workers(run.id()).iter().find(|w| !victims.contains(*w)).unwrap();
         victims.push(victim);
         // SAFETY: a signal to our grandchild, a worker of this test's group.
         unsafe { libc::kill(victim as libc::pid_t, signal) };
@@ -243,7 +243,7 @@ fn assert_same_tokens(got: &[serde_json::Value], want: &[serde_json::Value], wha
 fn a_killed_worker_is_replaced_and_every_request_finishes_unchanged() {
     let layout = ["--tp", "2", "--pp", "2"];
     let want = run_batch(&layout, &[]);
-    let (status, got, log) = run_batch_disturbed(&layout, &[], libc::SIGKILL, 1);
+    let (status, got, log) = run_batch_disturbed(&layout, &[], libc::SIGKILL, 1, children_of);
     assert!(status.success(), "{log}");
     assert!(log.contains("starting it again") && log.contains("formed again in"), "{log}");
     assert_same_tokens(&got, &want, "2x2, a worker killed");
@@ -253,15 +253,45 @@ fn a_killed_worker_is_replaced_and_every_request_finishes_unchanged() {
 fn a_stopped_worker_is_killed_replaced_and_every_request_finishes_unchanged() {
     let layout = ["--tp", "2"];
     let want = run_batch(&layout, &[]);
-    let (status, got, log) = run_batch_disturbed(&layout, &["--heartbeat-timeout", "1"], libc::SIGSTOP, 1);
+    let (status, got, log) = run_batch_disturbed(&layout, &["--heartbeat-timeout", "1"], libc::SIGSTOP, 1, children_of);
     assert!(status.success(), "{log}");
     assert!(log.contains("has sent nothing") && log.contains("killing rank 1"), "{log}");
     assert_same_tokens(&got, &want, "tp 2, a worker stopped");
 }
 
 #[test]
+fn a_killed_rank_on_another_node_is_restarted_by_its_launcher_and_outputs_are_unchanged() {
+    const SECRET: &str = "two-launchers-recovery-secret";
+    let layout = ["--tp", "2", "--pp", "2"];
+    let want = run_batch(&layout, &[]);
+    let port = free_port().to_string();
+    let node1 = shardline()
+        .args(["launch", "--tp", "2", "--pp", "2", "--nnodes", "2", "--node-rank", "1", "--master-port", &port])
+        .env("SHARDLINE_GROUP_SECRET", SECRET)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let node1_pid = node1.id();
+    let dir = tempfile::tempdir().unwrap();
+    let secret_file = dir.path().join("group-secret");
+    std::fs::write(&secret_file, SECRET).unwrap();
+    let node0 =
+        ["--nnodes", "2", "--node-rank", "0", "--master-port", &port, "--secret-file", secret_file.to_str().unwrap()];
+    // Node 1 hosts ranks 2 and 3 (stage 1); one of them is killed.
+    let (status, got, log) = run_batch_disturbed(&layout, &node0, libc::SIGKILL, 1, |_| children_of(node1_pid));
+    assert!(status.success(), "{log}");
+    assert!(log.contains("own launcher restarts it") && log.contains("formed again in"), "{log}");
+    assert_same_tokens(&got, &want, "2 nodes x (tp 2, pp 2), a rank of node 1 killed");
+    let out = wait_bounded(node1, Duration::from_secs(20));
+    let node1_log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "node 1 launcher: {node1_log}");
+    assert!(node1_log.contains("starting it again"), "{node1_log}");
+}
+
+#[test]
 fn past_max_restarts_the_group_fails_as_without_recovery() {
-    let (status, _, log) = run_batch_disturbed(&["--pp", "2"], &["--max-restarts", "1"], libc::SIGKILL, 2);
+    let (status, _, log) = run_batch_disturbed(&["--pp", "2"], &["--max-restarts", "1"], libc::SIGKILL, 2, children_of);
     assert!(!status.success(), "{log}");
     assert!(log.contains("formed again in") && log.contains("rank 1 was killed by signal 9"), "{log}");
 }

@@ -10,4 +10,6 @@ pub mod process;
 mod supervisor;
 
 pub use plan::{LaunchPlan, PlanError};
-pub use supervisor::{RankCommand, RankKiller, Restart, RestartPolicy, Supervisor, SupervisorError, Watch};
+pub use supervisor::{
+    RankCommand, RankKiller, Restart, RestartPolicy, Supervisor, SupervisorError, Watch, EXIT_GROUP_GONE,
+};

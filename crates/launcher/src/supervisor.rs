@@ -42,9 +42,15 @@ pub struct RankCommand {
 struct Slot {
     rank: usize,
     child: Option<Child>,
+    /// How the last process of this rank ended.
+    child_status: Option<ExitStatus>,
     /// What it runs, to start it again.
     command: RankCommand,
 }
+
+/// The exit status of a rank that could not (re)join its group because rank 0 is gone:
+/// starting it again would only wait out another rendezvous.
+pub const EXIT_GROUP_GONE: i32 = 3;
 
 /// When a failed worker rank is started again instead of the group being taken down: at most
 /// `max_restarts` restarts within any `window` (all ranks together). Rank 0 is never restarted.
@@ -158,7 +164,7 @@ impl Supervisor {
         let expected_ready = commands.iter().filter(|c| !c.raw_stdout).count();
         for rc in commands {
             let child = start_rank(plan, &rc, &ready, &mut pumps)?;
-            slots.push(Slot { rank: rc.rank, child: Some(child), command: rc });
+            slots.push(Slot { rank: rc.rank, child: Some(child), child_status: None, command: rc });
         }
         Ok(Supervisor {
             slots: Arc::new(Mutex::new(slots)),
@@ -192,6 +198,7 @@ impl Supervisor {
             let Some(child) = slot.child.as_mut() else { continue };
             let Ok(Some(status)) = child.try_wait() else { continue };
             slot.child = None;
+            slot.child_status = Some(status);
             if status.success() {
                 continue;
             }
@@ -217,8 +224,10 @@ impl Supervisor {
     fn restart(&self, slot: &mut Slot, cause: &str) -> Result<bool, SupervisorError> {
         let Some(restarts) = &self.restarts else { return Ok(false) };
         let mut restarts = restarts.lock().expect("restarts lock");
-        // Rank 0 (and a rank-0 job) holds the engine: nothing to rejoin, so never restarted.
-        if slot.rank == 0 || slot.command.raw_stdout || !restarts.take() {
+        // Rank 0 (and a rank-0 job) holds the engine: nothing to rejoin, so never restarted;
+        // nor is a rank that found the group gone.
+        let gone = slot.child_status.is_some_and(|s| s.code() == Some(EXIT_GROUP_GONE));
+        if slot.rank == 0 || slot.command.raw_stdout || gone || !restarts.take() {
             return Ok(false);
         }
         let p = restarts.policy;

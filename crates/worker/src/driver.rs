@@ -94,7 +94,11 @@ impl GroupExecutor {
             _ => None,
         };
         let replaced = replacer.replace_failed(silent).map_err(WorkerError::Protocol)?;
-        eprintln!("recovery: {cause}; rank(s) {replaced:?} restarted, forming the group again");
+        let who = match replaced.as_slice() {
+            [] => "the failed rank's own launcher restarts it".to_string(),
+            ranks => format!("rank(s) {ranks:?} restarted"),
+        };
+        eprintln!("recovery: {cause}; {who}; forming the group again");
         // Every survivor sees rank 0's links close, leaves its broken mesh and rejoins.
         self.comm.abort();
         self.in_flight.clear();
@@ -114,7 +118,7 @@ impl GroupExecutor {
         while local.results.try_recv().is_ok() {}
         self.comm = comm;
         let seconds = start.elapsed().as_secs_f64();
-        let what = format!("{cause}; rank(s) {replaced:?} replaced and the group formed again in {seconds:.1} s");
+        let what = format!("{cause}; {who}; the group formed again in {seconds:.1} s");
         Ok(Reset { what, ranks_replaced: replaced.len(), seconds })
     }
 

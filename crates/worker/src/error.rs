@@ -28,6 +28,10 @@ pub enum WorkerError {
     Silent { rank: usize, silent: std::time::Duration, timeout: std::time::Duration },
     #[error("protocol error: {0}")]
     Protocol(String),
+    /// This rank could not (re)join the group: rank 0 is gone, or never came. A launcher should
+    /// not start the rank again.
+    #[error("the group is gone: {0}")]
+    GroupGone(Box<shardline_comm::CommError>),
     #[error("{0}")]
     Device(String),
 }

@@ -188,7 +188,11 @@ fn next_control(comm: &Comm, heartbeat_timeout: Duration) -> Result<Vec<u8>> {
 /// the broken mesh and rejoins the group rank 0 forms again, keeping its weights; otherwise it
 /// returns the error (the process should exit non-zero).
 pub fn run_worker(env: &RankEnv, timeout: Duration) -> Result<()> {
-    let mut comm = Arc::new(rendezvous(&rendezvous_config(env, timeout, Vec::new())?)?);
+    let join = || -> Result<Arc<Comm>> {
+        let cfg = rendezvous_config(env, timeout, Vec::new())?;
+        Ok(Arc::new(rendezvous(&cfg).map_err(|e| WorkerError::GroupGone(Box::new(e)))?))
+    };
+    let mut comm = join()?;
     let config = GroupConfig::from_proto(&GroupSpec::decode(comm.group_blob())?)?;
     heartbeat::start(&comm, vec![0], config.heartbeat_timeout)?;
     let mut shard = match WorkerShard::load(env, &config, Arc::clone(&comm)) {
@@ -215,7 +219,7 @@ pub fn run_worker(env: &RankEnv, timeout: Duration) -> Result<()> {
                 eprintln!("rank {}: {e}; rejoining the group", env.rank);
                 // Closing every link tells the peers still waiting on this rank at once.
                 comm.abort();
-                comm = Arc::new(rendezvous(&rendezvous_config(env, timeout, Vec::new())?)?);
+                comm = join()?;
                 heartbeat::start(&comm, vec![0], config.heartbeat_timeout)?;
                 shard.rejoin(Arc::clone(&comm))?;
             }
