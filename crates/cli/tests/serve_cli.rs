@@ -1,7 +1,8 @@
 //! `shardline serve` / `launch` as users start them, on SmolLM2-135M (resolved like `--model
 //! smollm2-135m`): 32 concurrent greedy requests of mixed lengths return what each returns
 //! alone, in one process and as a TP 2 × PP 2 group; `generate` speaks to it; a rank killed
-//! while a stream is open gives the client an error and takes the whole group down.
+//! while streams are open is replaced and every stream goes on with the undisturbed tokens, or
+//! with --max-restarts 0 gives the client an error and takes the whole group down.
 
 mod common;
 
@@ -107,9 +108,10 @@ fn smollm2_concurrent_requests_match_each_alone_in_one_process_and_tp2_pp2() {
 }
 
 #[test]
-fn a_killed_rank_fails_open_streams_and_takes_the_group_down() {
+fn without_restarts_a_killed_rank_fails_open_streams_and_takes_the_group_down() {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    let mut group = Server::start(&["launch", "--tp", "2", "--grpc-addr", "127.0.0.1:0", "--http-addr", "off"]);
+    let flags = ["launch", "--tp", "2", "--max-restarts", "0", "--grpc-addr", "127.0.0.1:0", "--http-addr", "off"];
+    let mut group = Server::start(&flags);
     let ranks = children_of(group.child.id());
     assert_eq!(ranks.len(), 2, "launcher runs rank 0 and rank 1");
     let (addr, victim) = (group.grpc.clone(), ranks[1]);
@@ -132,5 +134,77 @@ fn a_killed_rank_fails_open_streams_and_takes_the_group_down() {
     eprintln!("client saw: {err:?}");
     let status = wait_bounded(&mut group.child, Duration::from_secs(15));
     assert!(!status.success(), "the launcher reports the failure");
+    assert_no_leftovers(&ranks);
+}
+
+/// Eight streams open on a 2×2 group started by `launch`, one worker killed once each has its
+/// first token: every stream finishes with exactly the tokens it gets undisturbed, and the gap
+/// the kill puts between tokens is printed (and bounded).
+#[test]
+fn eight_streams_survive_a_killed_rank_with_the_undisturbed_tokens() {
+    const TOKENS: u32 = 40;
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let flags = ["--grpc-addr", "127.0.0.1:0", "--http-addr", "off"];
+    let group = Server::start(&[&["launch", "--tp", "2", "--pp", "2", "--"], &["serve"][..], &flags].concat());
+    let addr = group.grpc.clone();
+    let want: Vec<Vec<u32>> = rt.block_on(async {
+        let mut c = GenerationClient::connect(addr.clone()).await.unwrap();
+        let mut out = Vec::new();
+        for p in PROMPTS {
+            out.push(c.generate(request(p, TOKENS)).await.unwrap().into_inner().token_ids);
+        }
+        out
+    });
+    let ranks = children_of(group.child.id());
+    let victim = ranks[2]; // a worker: rank 0 is the serve job, started first
+    let (got, gaps) = rt.block_on(async move {
+        let (first_tx, mut first_rx) = tokio::sync::mpsc::channel::<()>(8);
+        let killed_at = std::sync::Arc::new(std::sync::OnceLock::<Instant>::new());
+        let streams: Vec<_> = PROMPTS
+            .iter()
+            .map(|p| {
+                let (addr, req, first_tx, killed_at) =
+                    (addr.clone(), request(p, TOKENS), first_tx.clone(), killed_at.clone());
+                tokio::spawn(async move {
+                    let mut c = GenerationClient::connect(addr).await.unwrap();
+                    let mut s = c.generate_stream(req).await.unwrap().into_inner();
+                    let (mut tokens, mut gap_after_kill) = (Vec::new(), None);
+                    while let Some(m) = s.message().await.expect("no client error") {
+                        if tokens.is_empty() {
+                            first_tx.send(()).await.unwrap();
+                        }
+                        if let (None, Some(t)) = (gap_after_kill, killed_at.get()) {
+                            gap_after_kill = Some(t.elapsed());
+                        }
+                        tokens.extend(m.token_ids);
+                    }
+                    (tokens, gap_after_kill)
+                })
+            })
+            .collect();
+        for _ in 0..PROMPTS.len() {
+            first_rx.recv().await.unwrap();
+        }
+        // SAFETY: SIGKILL to a worker rank of this test's group.
+        unsafe { libc::kill(victim as libc::pid_t, libc::SIGKILL) };
+        killed_at.set(Instant::now()).unwrap();
+        let mut got = Vec::new();
+        let mut gaps = Vec::new();
+        for s in streams {
+            let (tokens, gap) = s.await.unwrap();
+            got.push(tokens);
+            gaps.extend(gap);
+        }
+        (got, gaps)
+    });
+    for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+        assert_eq!(g, w, "stream {i}: the undisturbed tokens, none repeated or lost");
+    }
+    let worst = gaps.iter().max().copied().unwrap_or_default();
+    eprintln!("kill to next token: {:?} at worst over {} streams", worst, gaps.len());
+    assert!(worst < Duration::from_secs(30), "recovery took {worst:?}");
+    let ranks = children_of(group.child.id()); // the replacement included
+    assert_eq!(ranks.len(), 4);
+    assert_eq!(group.stop().code(), Some(130), "the group served on and stops cleanly");
     assert_no_leftovers(&ranks);
 }
