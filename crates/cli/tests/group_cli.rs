@@ -49,25 +49,41 @@ fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
-#[test]
-fn two_launchers_on_loopback_form_one_group() {
-    const SECRET: &str = "two-launchers-shared-secret";
-    let want = run_json(&[]);
+/// A 2×2 group over two "nodes" on loopback: node 1's launcher is running (reading the group's
+/// secret from the environment); node 0 joins with `node0_args` (reading it from a file).
+struct TwoNodes {
+    node1: Child,
+    node0_args: Vec<String>,
+    _secret_dir: tempfile::TempDir,
+}
+
+fn two_nodes(secret: &str) -> TwoNodes {
     let port = free_port().to_string();
-    // Node 1 reads the group's secret from the environment, node 0 from a file.
     let node1 = shardline()
         .args(["launch", "--tp", "2", "--pp", "2", "--nnodes", "2", "--node-rank", "1", "--master-port", &port])
-        .env("SHARDLINE_GROUP_SECRET", SECRET)
+        .env("SHARDLINE_GROUP_SECRET", secret)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let secret_file = dir.path().join("group-secret");
-    std::fs::write(&secret_file, format!("{SECRET}\n")).unwrap();
-    let secret_file = secret_file.to_str().unwrap();
-    let node0 = ["--tp", "2", "--pp", "2", "--nnodes", "2", "--node-rank", "0", "--master-port", &port];
-    let got = run_json(&[node0.as_slice(), &["--secret-file", secret_file]].concat());
+    std::fs::write(&secret_file, format!("{secret}\n")).unwrap();
+    let node0_args = ["--nnodes", "2", "--node-rank", "0", "--master-port", &port, "--secret-file"]
+        .into_iter()
+        .map(String::from)
+        .chain([secret_file.to_str().unwrap().to_string()])
+        .collect();
+    TwoNodes { node1, node0_args, _secret_dir: dir }
+}
+
+#[test]
+fn two_launchers_on_loopback_form_one_group() {
+    let want = run_json(&[]);
+    let TwoNodes { node1, node0_args, _secret_dir } = two_nodes("two-launchers-shared-secret");
+    let node0: Vec<&str> =
+        ["--tp", "2", "--pp", "2"].into_iter().chain(node0_args.iter().map(String::as_str)).collect();
+    let got = run_json(&node0);
     assert_same_generation(&got, &want, "2 nodes × (tp 2, pp 2)");
     let out = wait_bounded(node1, Duration::from_secs(20));
     assert!(out.status.success(), "node 1 launcher: {}", String::from_utf8_lossy(&out.stderr));
@@ -261,23 +277,11 @@ fn a_stopped_worker_is_killed_replaced_and_every_request_finishes_unchanged() {
 
 #[test]
 fn a_killed_rank_on_another_node_is_restarted_by_its_launcher_and_outputs_are_unchanged() {
-    const SECRET: &str = "two-launchers-recovery-secret";
     let layout = ["--tp", "2", "--pp", "2"];
     let want = run_batch(&layout, &[]);
-    let port = free_port().to_string();
-    let node1 = shardline()
-        .args(["launch", "--tp", "2", "--pp", "2", "--nnodes", "2", "--node-rank", "1", "--master-port", &port])
-        .env("SHARDLINE_GROUP_SECRET", SECRET)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let TwoNodes { node1, node0_args, _secret_dir } = two_nodes("two-launchers-recovery-secret");
     let node1_pid = node1.id();
-    let dir = tempfile::tempdir().unwrap();
-    let secret_file = dir.path().join("group-secret");
-    std::fs::write(&secret_file, SECRET).unwrap();
-    let node0 =
-        ["--nnodes", "2", "--node-rank", "0", "--master-port", &port, "--secret-file", secret_file.to_str().unwrap()];
+    let node0: Vec<&str> = node0_args.iter().map(String::as_str).collect();
     // Node 1 hosts ranks 2 and 3 (stage 1); one of them is killed.
     let (status, got, log) = run_batch_disturbed(&layout, &node0, libc::SIGKILL, 1, |_| children_of(node1_pid));
     assert!(status.success(), "{log}");
