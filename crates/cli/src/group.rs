@@ -3,13 +3,13 @@
 //! rank spawned) and `worker` (one rank, started by `launch`, torchrun, mpirun or srun).
 
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::Args;
 use std::sync::mpsc::{self, Receiver};
 
-use shardline_launcher::{LaunchPlan, RankCommand, RankKiller, Restart, RestartPolicy, Supervisor, Watch};
+use shardline_launcher::{LaunchPlan, RankCommand, RankKiller, RestartBudget, RestartPolicy, Supervisor, Watch};
 use shardline_worker::{group_secret, GroupSecret, RankEnv, RankReplacer, DEFAULT_MASTER_PORT};
 
 /// Where the group's ranks run and how they find each other.
@@ -158,7 +158,7 @@ pub fn worker_command(rank: usize, launch: &LaunchArgs, secret: &GroupSecret) ->
 pub struct LocalWorkers {
     pub watch: Watch,
     /// Failed ranks started again (`--max-restarts` > 0): rank 0 re-forms the group with them.
-    pub restarts: Option<Receiver<Restart>>,
+    pub restarts: Option<Receiver<usize>>,
     /// The ranks this process supervises.
     pub ranks: Vec<usize>,
 }
@@ -195,10 +195,9 @@ pub struct Replacer {
     /// The ranks this process supervises, the handle that kills them and their restarts.
     pub local: Vec<usize>,
     pub killer: Option<RankKiller>,
-    pub restarts: Option<Receiver<Restart>>,
+    pub restarts: Option<Receiver<usize>>,
     pub world_size: usize,
-    pub policy: RestartPolicy,
-    recoveries: Vec<Instant>,
+    recoveries: RestartBudget,
 }
 
 impl Replacer {
@@ -207,7 +206,7 @@ impl Replacer {
             Some(w) => (w.ranks.clone(), Some(w.watch.killer()), w.restarts.take()),
             None => (Vec::new(), None, None),
         };
-        Replacer { local, killer, restarts, world_size, policy, recoveries: Vec::new() }
+        Replacer { local, killer, restarts, world_size, recoveries: RestartBudget::new(policy) }
     }
 }
 
@@ -217,16 +216,13 @@ const EXIT_SEEN_WITHIN: Duration = Duration::from_secs(3);
 
 impl RankReplacer for Replacer {
     fn replace_failed(&mut self, silent: Option<usize>) -> Result<Vec<usize>, String> {
-        let now = Instant::now();
-        self.recoveries.retain(|&t| now.duration_since(t) < self.policy.window);
-        if self.recoveries.len() >= self.policy.max_restarts {
+        if !self.recoveries.take() {
             return Err(format!(
                 "{} recoveries within {} s already (--max-restarts)",
-                self.recoveries.len(),
-                self.policy.window.as_secs()
+                self.recoveries.taken(),
+                self.recoveries.policy.window.as_secs()
             ));
         }
-        self.recoveries.push(now);
         if let Some(rank) = silent {
             match &self.killer {
                 Some(killer) if self.local.contains(&rank) => {
@@ -244,12 +240,10 @@ impl RankReplacer for Replacer {
             // With every rank here a failure must show up as an exit; with other nodes it may
             // be theirs, and their launchers restart it.
             let first_within = if all_local { EXIT_SEEN_WITHIN } else { Duration::from_secs(1) };
-            if let Ok(r) = restarts.recv_timeout(first_within) {
-                ranks.push(r.rank);
+            if let Ok(rank) = restarts.recv_timeout(first_within) {
+                ranks.push(rank);
                 // Ranks that died together (a node's worth) are replaced together.
-                while let Ok(r) = restarts.recv_timeout(Duration::from_millis(200)) {
-                    ranks.push(r.rank);
-                }
+                ranks.extend(std::iter::from_fn(|| restarts.recv_timeout(Duration::from_millis(200)).ok()));
             }
         }
         if ranks.is_empty() && all_local {

@@ -11,5 +11,5 @@ mod supervisor;
 
 pub use plan::{LaunchPlan, PlanError};
 pub use supervisor::{
-    RankCommand, RankKiller, Restart, RestartPolicy, Supervisor, SupervisorError, Watch, EXIT_GROUP_GONE,
+    RankCommand, RankKiller, RestartBudget, RestartPolicy, Supervisor, SupervisorError, Watch, EXIT_GROUP_GONE,
 };

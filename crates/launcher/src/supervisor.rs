@@ -42,8 +42,6 @@ pub struct RankCommand {
 struct Slot {
     rank: usize,
     child: Option<Child>,
-    /// How the last process of this rank ended.
-    child_status: Option<ExitStatus>,
     /// What it runs, to start it again.
     command: RankCommand,
 }
@@ -60,31 +58,39 @@ pub struct RestartPolicy {
     pub window: Duration,
 }
 
-/// A rank the supervisor started again, and why it had to.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Restart {
-    pub rank: usize,
-    pub cause: String,
+/// What a [`RestartPolicy`] still allows: the restarts taken within the last window.
+#[derive(Clone, Debug)]
+pub struct RestartBudget {
+    pub policy: RestartPolicy,
+    taken: Vec<Instant>,
 }
 
-/// Restarting ranks: the policy, when each restart happened, and who hears of them.
-struct Restarts {
-    policy: RestartPolicy,
-    at: Vec<Instant>,
-    events: std::sync::mpsc::Sender<Restart>,
-}
+impl RestartBudget {
+    pub fn new(policy: RestartPolicy) -> Self {
+        RestartBudget { policy, taken: Vec::new() }
+    }
 
-impl Restarts {
     /// Takes one restart if the window has room for it.
-    fn take(&mut self) -> bool {
+    pub fn take(&mut self) -> bool {
         let now = Instant::now();
-        self.at.retain(|&t| now.duration_since(t) < self.policy.window);
-        if self.at.len() >= self.policy.max_restarts {
+        self.taken.retain(|&t| now.duration_since(t) < self.policy.window);
+        if self.taken.len() >= self.policy.max_restarts {
             return false;
         }
-        self.at.push(now);
+        self.taken.push(now);
         true
     }
+
+    /// Restarts taken within the current window.
+    pub fn taken(&self) -> usize {
+        self.taken.len()
+    }
+}
+
+/// Restarting ranks: what the policy still allows, and who hears of each restart (by rank).
+struct Restarts {
+    budget: RestartBudget,
+    events: std::sync::mpsc::Sender<usize>,
 }
 
 pub struct Supervisor {
@@ -164,7 +170,7 @@ impl Supervisor {
         let expected_ready = commands.iter().filter(|c| !c.raw_stdout).count();
         for rc in commands {
             let child = start_rank(plan, &rc, &ready, &mut pumps)?;
-            slots.push(Slot { rank: rc.rank, child: Some(child), child_status: None, command: rc });
+            slots.push(Slot { rank: rc.rank, child: Some(child), command: rc });
         }
         Ok(Supervisor {
             slots: Arc::new(Mutex::new(slots)),
@@ -178,8 +184,8 @@ impl Supervisor {
 
     /// Starts failed worker ranks again under `policy`, telling `events` of each restart,
     /// instead of taking the group down at the first failure.
-    pub fn restart_failed(mut self, policy: RestartPolicy, events: std::sync::mpsc::Sender<Restart>) -> Self {
-        self.restarts = Some(Mutex::new(Restarts { policy, at: Vec::new(), events }));
+    pub fn restart_failed(mut self, policy: RestartPolicy, events: std::sync::mpsc::Sender<usize>) -> Self {
+        self.restarts = Some(Mutex::new(Restarts { budget: RestartBudget::new(policy), events }));
         self
     }
 
@@ -198,12 +204,11 @@ impl Supervisor {
             let Some(child) = slot.child.as_mut() else { continue };
             let Ok(Some(status)) = child.try_wait() else { continue };
             slot.child = None;
-            slot.child_status = Some(status);
             if status.success() {
                 continue;
             }
             let cause = describe(slot.rank, status);
-            match self.restart(slot, &cause) {
+            match self.restart(slot, status, &cause) {
                 Ok(true) => {}
                 Ok(false) => {
                     failure.get_or_insert(cause);
@@ -221,25 +226,25 @@ impl Supervisor {
     }
 
     /// Starts a failed rank again if the policy allows; false when it does not.
-    fn restart(&self, slot: &mut Slot, cause: &str) -> Result<bool, SupervisorError> {
+    fn restart(&self, slot: &mut Slot, status: ExitStatus, cause: &str) -> Result<bool, SupervisorError> {
         let Some(restarts) = &self.restarts else { return Ok(false) };
         let mut restarts = restarts.lock().expect("restarts lock");
         // Rank 0 (and a rank-0 job) holds the engine: nothing to rejoin, so never restarted;
         // nor is a rank that found the group gone.
-        let gone = slot.child_status.is_some_and(|s| s.code() == Some(EXIT_GROUP_GONE));
-        if slot.rank == 0 || slot.command.raw_stdout || gone || !restarts.take() {
+        let gone = status.code() == Some(EXIT_GROUP_GONE);
+        if slot.rank == 0 || slot.command.raw_stdout || gone || !restarts.budget.take() {
             return Ok(false);
         }
-        let p = restarts.policy;
+        let p = restarts.budget.policy;
         eprintln!(
             "launcher: {cause}; starting it again (restart {} of at most {} within {} s)",
-            restarts.at.len(),
+            restarts.budget.taken(),
             p.max_restarts,
             p.window.as_secs()
         );
         let child = start_rank(&self.plan, &slot.command, &self.ready, &mut self.pumps.lock().expect("pumps lock"))?;
         slot.child = Some(child);
-        let _ = restarts.events.send(Restart { rank: slot.rank, cause: cause.to_string() });
+        let _ = restarts.events.send(slot.rank);
         Ok(true)
     }
 
@@ -391,5 +396,22 @@ impl SignalFlags {
         } else {
             None
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_restart_budget_allows_at_most_its_restarts_per_window() {
+        let mut short = RestartBudget::new(RestartPolicy { max_restarts: 2, window: Duration::from_millis(200) });
+        assert!(short.take() && short.take());
+        assert!(!short.take(), "a third within the window is refused");
+        assert_eq!(short.taken(), 2);
+        std::thread::sleep(Duration::from_millis(250));
+        assert!(short.take(), "the window moved on");
+        let mut none = RestartBudget::new(RestartPolicy { max_restarts: 0, window: Duration::from_secs(60) });
+        assert!(!none.take());
     }
 }

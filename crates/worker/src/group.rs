@@ -30,7 +30,7 @@ pub struct GroupReady {
     pub(crate) reform: Reform,
 }
 
-/// What rank 0 needs to form the group again after a rank was replaced.
+/// What rank 0 needs to form the group: at start, and again after a rank was replaced.
 pub(crate) struct Reform {
     pub env: RankEnv,
     pub timeout: Duration,
@@ -40,8 +40,8 @@ pub(crate) struct Reform {
 }
 
 impl Reform {
-    /// Rank 0's side of forming the group again: the rendezvous (survivors rejoin, replacements
-    /// join), heartbeats on the new mesh.
+    /// Rank 0's side of forming the group (again, after a lost rank: survivors rejoin and
+    /// replacements join): the rendezvous, then heartbeats on the new mesh.
     pub fn rendezvous(&self, heartbeat_timeout: Duration) -> Result<Arc<Comm>> {
         let comm = Arc::new(rendezvous(&rendezvous_config(&self.env, self.timeout, self.blob.clone())?)?);
         heartbeat::start(&comm, (1..self.env.world_size).collect(), heartbeat_timeout)?;
@@ -108,8 +108,9 @@ pub fn start_group(
             env.world_size
         )));
     }
-    let comm = Arc::new(rendezvous(&rendezvous_config(env, timeout, config.to_proto().encode_to_vec())?)?);
-    heartbeat::start(&comm, (1..env.world_size).collect(), config.heartbeat_timeout)?;
+    // The first rendezvous and every re-forming after a lost rank take the same path.
+    let reform = Reform { env: env.clone(), timeout, load_timeout, blob: config.to_proto().encode_to_vec() };
+    let comm = reform.rendezvous(config.heartbeat_timeout)?;
     let (step_tx, step_rx) = mpsc::channel::<LocalCommand>();
     let (res_tx, res_rx) = mpsc::channel();
     let (boot_tx, boot_rx) = mpsc::channel::<Result<(Ready, ModelConfig)>>();
@@ -153,7 +154,6 @@ pub fn start_group(
         boot_rx.recv().map_err(|_| WorkerError::Protocol("rank 0's shard thread ended while loading".into()))??;
     let ready = [vec![ready0], workers_ready(&comm, load_timeout)?].concat();
     let local = LocalShard { steps: step_tx, results: res_rx, thread };
-    let reform = Reform { env: env.clone(), timeout, load_timeout, blob: config.to_proto().encode_to_vec() };
     Ok(GroupReady { comm, config, model_config, ready, local, reform })
 }
 
