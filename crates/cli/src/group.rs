@@ -42,8 +42,9 @@ pub struct LaunchArgs {
     #[arg(long, env = "SHARDLINE_DEVICES", value_delimiter = ',')]
     pub devices: Vec<usize>,
     /// Times a failed worker rank is started again, within --restart-window, before the group
-    /// fails instead (0: fail at the first rank lost). Groups whose ranks this process starts
-    /// (`run`/`serve --tp/--pp` on one node) recover: in-flight requests are recomputed.
+    /// fails instead (0: fail at the first rank lost). Each launcher restarts its own ranks and
+    /// rank 0 forms the group again, recomputing every request in flight; give every node the
+    /// same value.
     #[arg(long, env = "SHARDLINE_MAX_RESTARTS", default_value_t = 3)]
     pub max_restarts: usize,
     /// Seconds over which --max-restarts counts restarts.
