@@ -1,8 +1,9 @@
 //! `shardline serve` / `launch` as users start them, on SmolLM2-135M (resolved like `--model
 //! smollm2-135m`): 32 concurrent greedy requests of mixed lengths return what each returns
-//! alone, in one process and as a TP 2 × PP 2 group; `generate` speaks to it; a rank killed
-//! while streams are open is replaced and every stream goes on with the undisturbed tokens, or
-//! with --max-restarts 0 gives the client an error and takes the whole group down.
+//! alone, in one process and as a TP 2 × PP 2 group; `generate` speaks to it; a worker killed
+//! while streams are open (TP 2, PP 2, 2×2) is replaced and every stream goes on with the
+//! undisturbed tokens, or with --max-restarts 0 gives the client an error and takes the whole
+//! group down, as a killed rank 0 always does.
 
 mod common;
 
@@ -107,45 +108,16 @@ fn smollm2_concurrent_requests_match_each_alone_in_one_process_and_tp2_pp2() {
     assert_no_leftovers(&ranks);
 }
 
-#[test]
-fn without_restarts_a_killed_rank_fails_open_streams_and_takes_the_group_down() {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    let flags = ["launch", "--tp", "2", "--max-restarts", "0", "--grpc-addr", "127.0.0.1:0", "--http-addr", "off"];
-    let mut group = Server::start(&flags);
-    let ranks = children_of(group.child.id());
-    assert_eq!(ranks.len(), 2, "launcher runs rank 0 and rank 1");
-    let (addr, victim) = (group.grpc.clone(), ranks[1]);
-    let err = rt.block_on(async move {
-        let mut c = GenerationClient::connect(addr).await.unwrap();
-        let mut s = c.generate_stream(request(PROMPTS[7], 5000)).await.unwrap().into_inner();
-        s.message().await.unwrap().expect("a first token");
-        // SAFETY: SIGKILL to a worker rank of this test's group.
-        unsafe { libc::kill(victim as libc::pid_t, libc::SIGKILL) };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            assert!(Instant::now() < deadline, "the stream kept going after a rank died");
-            match s.message().await {
-                Ok(Some(_)) => continue,
-                Ok(None) => panic!("the stream ended cleanly despite a dead rank"),
-                Err(e) => break e,
-            }
-        }
-    });
-    eprintln!("client saw: {err:?}");
-    let status = wait_bounded(&mut group.child, Duration::from_secs(15));
-    assert!(!status.success(), "the launcher reports the failure");
-    assert_no_leftovers(&ranks);
-}
-
-/// Eight streams open on a 2×2 group started by `launch`, one worker killed once each has its
-/// first token: every stream finishes with exactly the tokens it gets undisturbed, and the gap
-/// the kill puts between tokens is printed (and bounded).
-#[test]
-fn eight_streams_survive_a_killed_rank_with_the_undisturbed_tokens() {
+/// Eight greedy streams open on a group started by `launch --LAYOUT -- serve`, one worker
+/// (`victim`, an index into the launcher's children: rank 0 is the serve job, started first)
+/// killed once each has its first token: every stream finishes with exactly the tokens it gets
+/// undisturbed, and the gap the kill puts between tokens is printed (and bounded).
+fn eight_streams_survive_a_killed_worker(layout: &[&str], victim: usize) {
     const TOKENS: u32 = 40;
+    let what = layout.join(" ");
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let flags = ["--grpc-addr", "127.0.0.1:0", "--http-addr", "off"];
-    let group = Server::start(&[&["launch", "--tp", "2", "--pp", "2", "--"], &["serve"][..], &flags].concat());
+    let group = Server::start(&[&["launch"], layout, &["--", "serve"], &flags].concat());
     let addr = group.grpc.clone();
     let want: Vec<Vec<u32>> = rt.block_on(async {
         let mut c = GenerationClient::connect(addr.clone()).await.unwrap();
@@ -156,7 +128,7 @@ fn eight_streams_survive_a_killed_rank_with_the_undisturbed_tokens() {
         out
     });
     let ranks = children_of(group.child.id());
-    let victim = ranks[2]; // a worker: rank 0 is the serve job, started first
+    let victim = ranks[victim];
     let (got, gaps) = rt.block_on(async move {
         let (first_tx, mut first_rx) = tokio::sync::mpsc::channel::<()>(8);
         let killed_at = std::sync::Arc::new(std::sync::OnceLock::<Instant>::new());
@@ -198,13 +170,73 @@ fn eight_streams_survive_a_killed_rank_with_the_undisturbed_tokens() {
         (got, gaps)
     });
     for (i, (g, w)) in got.iter().zip(&want).enumerate() {
-        assert_eq!(g, w, "stream {i}: the undisturbed tokens, none repeated or lost");
+        assert_eq!(g, w, "{what}: stream {i}: the undisturbed tokens, none repeated or lost");
     }
     let worst = gaps.iter().max().copied().unwrap_or_default();
-    eprintln!("kill to next token: {:?} at worst over {} streams", worst, gaps.len());
-    assert!(worst < Duration::from_secs(30), "recovery took {worst:?}");
-    let ranks = children_of(group.child.id()); // the replacement included
-    assert_eq!(ranks.len(), 4);
-    assert_eq!(group.stop().code(), Some(130), "the group served on and stops cleanly");
+    eprintln!("{what}: kill to next token: {:?} at worst over {} streams", worst, gaps.len());
+    assert!(worst < Duration::from_secs(30), "{what}: recovery took {worst:?}");
+    let after = children_of(group.child.id()); // the replacement included
+    assert_eq!(after.len(), ranks.len(), "{what}");
+    assert_eq!(group.stop().code(), Some(130), "{what}: the group served on and stops cleanly");
+    assert_no_leftovers(&[ranks, after].concat());
+}
+
+#[test]
+fn eight_streams_survive_a_killed_rank_on_tp2() {
+    eight_streams_survive_a_killed_worker(&["--tp", "2"], 1);
+}
+
+#[test]
+fn eight_streams_survive_a_killed_rank_on_pp2() {
+    // Rank 1 is the last stage: the one that samples.
+    eight_streams_survive_a_killed_worker(&["--pp", "2"], 1);
+}
+
+#[test]
+fn eight_streams_survive_a_killed_rank_on_tp2_pp2() {
+    eight_streams_survive_a_killed_worker(&["--tp", "2", "--pp", "2"], 2);
+}
+
+/// A TP 2 group started by `launch` with `--max-restarts N`, one stream open, the launcher's
+/// child `victim` (0: rank 0, the serve job; 1: the worker) killed: the stream fails, the
+/// launcher exits non-zero and no rank is left.
+fn a_killed_rank_fails_the_stream_and_the_group(max_restarts: &str, victim: usize) {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let flags =
+        ["launch", "--tp", "2", "--max-restarts", max_restarts, "--grpc-addr", "127.0.0.1:0", "--http-addr", "off"];
+    let mut group = Server::start(&flags);
+    let ranks = children_of(group.child.id());
+    assert_eq!(ranks.len(), 2, "launcher runs rank 0 and rank 1");
+    let (addr, victim) = (group.grpc.clone(), ranks[victim]);
+    let err = rt.block_on(async move {
+        let mut c = GenerationClient::connect(addr).await.unwrap();
+        let mut s = c.generate_stream(request(PROMPTS[7], 5000)).await.unwrap().into_inner();
+        s.message().await.unwrap().expect("a first token");
+        // SAFETY: SIGKILL to a rank of this test's group.
+        unsafe { libc::kill(victim as libc::pid_t, libc::SIGKILL) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            assert!(Instant::now() < deadline, "the stream kept going after a rank died");
+            match s.message().await {
+                Ok(Some(_)) => continue,
+                Ok(None) => panic!("the stream ended cleanly despite a dead rank"),
+                Err(e) => break e,
+            }
+        }
+    });
+    eprintln!("client saw: {err:?}");
+    let status = wait_bounded(&mut group.child, Duration::from_secs(15));
+    assert!(!status.success(), "the launcher reports the failure");
     assert_no_leftovers(&ranks);
+}
+
+#[test]
+fn without_restarts_a_killed_worker_fails_open_streams_and_takes_the_group_down() {
+    a_killed_rank_fails_the_stream_and_the_group("0", 1);
+}
+
+/// Rank 0 holds the engine and every request: its death is never recovered from.
+#[test]
+fn a_killed_rank_0_takes_the_group_down_even_with_restarts_allowed() {
+    a_killed_rank_fails_the_stream_and_the_group("3", 0);
 }
