@@ -1,7 +1,9 @@
 //! TP × PP groups as users start them: `run --tp --pp` (rank 0 in process, workers spawned),
-//! two launchers forming one group over loopback, and the failure paths (a worker killed
-//! mid-generation, a rank that never starts). SmolLM2-135M is resolved like `--model
-//! smollm2-135m` (fetched into $SHARDLINE_CACHE on first use).
+//! two launchers forming one group over loopback, and the failure paths: a worker killed or
+//! stopped mid-generation (replaced, outputs unchanged; or fail-stop without restarts, past
+//! --max-restarts, or when its replacement cannot load), strays at the rendezvous port, a rank
+//! that never starts. SmolLM2-135M is resolved like `--model smollm2-135m` (fetched into
+//! $SHARDLINE_CACHE on first use).
 
 mod common;
 
@@ -10,6 +12,7 @@ use std::process::{Child, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{assert_no_leftovers, children_of, shardline};
+use shardline_comm::{rendezvous, GroupSecret, RendezvousConfig};
 
 const PROMPT: &str = "The capital of France is";
 
@@ -265,14 +268,17 @@ fn a_killed_worker_is_replaced_and_every_request_finishes_unchanged() {
     assert_same_tokens(&got, &want, "2x2, a worker killed");
 }
 
+/// Seeded sampling resumes deterministically: each draw depends on (seed, position) only.
 #[test]
-fn a_stopped_worker_is_killed_replaced_and_every_request_finishes_unchanged() {
+fn a_stopped_worker_is_killed_replaced_and_every_seeded_request_finishes_unchanged() {
     let layout = ["--tp", "2"];
-    let want = run_batch(&layout, &[]);
-    let (status, got, log) = run_batch_disturbed(&layout, &["--heartbeat-timeout", "1"], libc::SIGSTOP, 1, children_of);
+    let seeded = ["--temperature", "0.8", "--seed", "7"];
+    let want = run_batch(&layout, &seeded);
+    let extra = [&seeded[..], &["--heartbeat-timeout", "1"]].concat();
+    let (status, got, log) = run_batch_disturbed(&layout, &extra, libc::SIGSTOP, 1, children_of);
     assert!(status.success(), "{log}");
     assert!(log.contains("has sent nothing") && log.contains("killing rank 1"), "{log}");
-    assert_same_tokens(&got, &want, "tp 2, a worker stopped");
+    assert_same_tokens(&got, &want, "tp 2 seeded at temperature 0.8, a worker stopped");
 }
 
 #[test]
@@ -293,11 +299,30 @@ fn a_killed_rank_on_another_node_is_restarted_by_its_launcher_and_outputs_are_un
     assert!(node1_log.contains("starting it again"), "{node1_log}");
 }
 
+/// Remembers every process `children_of(pid)` returned, to check none is left at the end.
+#[derive(Default)]
+struct SeenRanks(std::sync::Mutex<Vec<u32>>);
+
+impl SeenRanks {
+    fn children_of(&self, pid: u32) -> Vec<u32> {
+        let ranks = children_of(pid);
+        self.0.lock().unwrap().extend(&ranks);
+        ranks
+    }
+
+    fn assert_none_left(self) {
+        assert_no_leftovers(&self.0.into_inner().unwrap());
+    }
+}
+
 #[test]
 fn past_max_restarts_the_group_fails_as_without_recovery() {
-    let (status, _, log) = run_batch_disturbed(&["--pp", "2"], &["--max-restarts", "1"], libc::SIGKILL, 2, children_of);
+    let seen = SeenRanks::default();
+    let (status, _, log) =
+        run_batch_disturbed(&["--pp", "2"], &["--max-restarts", "1"], libc::SIGKILL, 2, |pid| seen.children_of(pid));
     assert!(!status.success(), "{log}");
     assert!(log.contains("formed again in") && log.contains("rank 1 was killed by signal 9"), "{log}");
+    seen.assert_none_left();
 }
 
 #[test]
@@ -329,4 +354,137 @@ fn a_rank_that_never_starts_is_a_rendezvous_timeout() {
     let out = worker().output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("no group secret: set SHARDLINE_GROUP_SECRET"), "{err}");
+}
+
+#[test]
+fn a_replacement_that_cannot_load_its_shard_is_a_failed_restart_and_the_group_fails() {
+    // The model behind a link removed once the group serves: the killed worker's replacement
+    // joins the re-formed group but finds no model to load.
+    let dir = tempfile::tempdir().unwrap();
+    let link = dir.path().join("model.gguf");
+    std::os::unix::fs::symlink(shardline_weights::resolve_model(shardline_weights::SMOLLM2_ALIAS).unwrap(), &link)
+        .unwrap();
+    let seen = SeenRanks::default();
+    let workers = |run: u32| {
+        std::fs::remove_file(&link).unwrap();
+        seen.children_of(run)
+    };
+    let start = Instant::now();
+    let (status, _, log) =
+        run_batch_disturbed(&["--tp", "2"], &["--model", link.to_str().unwrap()], libc::SIGKILL, 1, workers);
+    assert!(!status.success(), "{log}");
+    assert!(log.contains("starting it again") && log.contains("recovery failed"), "{log}");
+    assert!(log.contains("unknown model"), "the load error is named: {log}");
+    assert!(start.elapsed() < Duration::from_secs(60));
+    seen.assert_none_left();
+}
+
+/// Knocks on the rendezvous port until `stop`, one kind of stray per thread: garbage after the
+/// challenge, a member's answer to another challenge replayed, and a would-be rank with the
+/// wrong secret. Returns how often that one was told it was refused.
+fn knock_until(port: u16, replayed: &[u8], stop: &std::sync::atomic::AtomicBool) -> usize {
+    use std::io::{Read, Write};
+    use std::sync::atomic::Ordering;
+    // Sends `answer` once rank 0's challenge arrives; a closed port (rank 0 is not forming the
+    // group) is the common case.
+    let answer_challenge = |answer: &[u8]| {
+        let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else { return };
+        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        let mut challenge = [0u8; 9 + 40];
+        if s.read_exact(&mut challenge).is_ok() {
+            let _ = s.write_all(answer);
+            let _ = s.read_to_end(&mut Vec::new());
+        }
+    };
+    let replay = [[0u8].as_slice(), &(replayed.len() as u64).to_le_bytes(), replayed].concat();
+    let wrong = RendezvousConfig {
+        master_addr: "127.0.0.1".into(),
+        master_port: port,
+        rank: 1,
+        world_size: 2,
+        timeout: Duration::from_secs(2),
+        group_blob: Vec::new(),
+        secret: GroupSecret::from_text("not-this-groups-secret").unwrap(),
+    };
+    let garbage = || answer_challenge(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+    let replay = || answer_challenge(&replay);
+    // Waits (2 s at most) for the port to open, then is refused.
+    let refused = std::sync::atomic::AtomicUsize::new(0);
+    let wrong_secret = || {
+        if rendezvous(&wrong).is_err_and(|e| e.to_string().contains("refused this rank")) {
+            refused.fetch_add(1, Ordering::SeqCst);
+        }
+    };
+    let knocks: [&(dyn Fn() + Sync); 3] = [&garbage, &replay, &wrong_secret];
+    std::thread::scope(|s| {
+        for knock in knocks {
+            s.spawn(move || {
+                while !stop.load(Ordering::SeqCst) {
+                    knock();
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            });
+        }
+    });
+    refused.into_inner()
+}
+
+/// A member's answer to one challenge, recorded by a listener posing as rank 0.
+fn recorded_answer(secret: &str) -> Vec<u8> {
+    use std::io::{Read, Write};
+    let decoy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = decoy.local_addr().unwrap().port();
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let member = RendezvousConfig {
+                master_addr: "127.0.0.1".into(),
+                master_port: port,
+                rank: 1,
+                world_size: 2,
+                timeout: Duration::from_secs(5),
+                group_blob: Vec::new(),
+                secret: GroupSecret::from_text(secret).unwrap(),
+            };
+            assert!(rendezvous(&member).is_err(), "the decoy never proves the secret");
+        });
+        let (mut c, _) = decoy.accept().unwrap();
+        let challenge = [b"SHRDLN01".as_slice(), &[7u8; 32]].concat();
+        c.write_all(&[[0u8].as_slice(), &(challenge.len() as u64).to_le_bytes(), &challenge].concat()).unwrap();
+        let mut head = [0u8; 9];
+        c.read_exact(&mut head).unwrap();
+        let mut answer = vec![0u8; u64::from_le_bytes(head[1..].try_into().unwrap()) as usize];
+        c.read_exact(&mut answer).unwrap();
+        answer
+    })
+}
+
+#[test]
+fn strays_at_the_rendezvous_port_at_start_and_during_a_recovery_are_dropped() {
+    const SECRET: &str = "strays-test-group-secret";
+    let layout = ["--tp", "2"];
+    let want = run_batch(&layout, &[]);
+    let dir = tempfile::tempdir().unwrap();
+    let secret_file = dir.path().join("group-secret");
+    std::fs::write(&secret_file, SECRET).unwrap();
+    let port = free_port();
+    let extra = ["--master-port", &port.to_string(), "--secret-file", secret_file.to_str().unwrap()].map(String::from);
+    let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+    let replayed = recorded_answer(SECRET);
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let ((status, got, log), refused) = std::thread::scope(|s| {
+        let knocks = s.spawn(|| knock_until(port, &replayed, &stop));
+        let out = run_batch_disturbed(&layout, &extra, libc::SIGKILL, 1, children_of);
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        (out, knocks.join().unwrap())
+    });
+    assert!(status.success(), "{log}");
+    assert_same_tokens(&got, &want, "tp 2 with strays, a worker killed");
+    let (_, recovery) = log.split_once("forming the group again").expect("a recovery");
+    let (recovery, _) = recovery.split_once("formed again in").expect("the group formed again");
+    let dropped = |log: &str| log.lines().filter(|l| l.contains("rendezvous: dropped a connection")).count();
+    eprintln!("strays dropped: {} during the recovery, {} in all", dropped(recovery), dropped(&log));
+    assert!(dropped(recovery) > 0, "the re-opened rendezvous met strays: {log}");
+    assert!(log.contains("reading its answer"), "garbage is dropped: {log}");
+    assert!(log.contains("wrong proof"), "a replayed answer or a wrong secret is dropped: {log}");
+    assert!(refused > 0, "the rank with the wrong secret learns it was refused");
 }
