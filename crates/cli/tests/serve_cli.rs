@@ -108,6 +108,28 @@ fn smollm2_concurrent_requests_match_each_alone_in_one_process_and_tp2_pp2() {
     assert_no_leftovers(&ranks);
 }
 
+/// The body of `GET path` from `base` (`http://ADDR`).
+fn http_get(base: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(base.trim_start_matches("http://")).unwrap();
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: test\r\n\r\n").as_bytes()).unwrap();
+    let mut response = String::new();
+    s.read_to_string(&mut response).unwrap();
+    response.split_once("\r\n\r\n").map(|(_, body)| body.to_string()).unwrap_or_default()
+}
+
+/// The value of a metric (with whatever labels) in Prometheus text.
+fn metric(text: &str, name: &str) -> Option<f64> {
+    text.lines().find_map(|l| {
+        let rest = l.strip_prefix(name)?;
+        let value = match rest.strip_prefix('{') {
+            Some(labelled) => labelled.split_once("} ")?.1,
+            None => rest.strip_prefix(' ')?,
+        };
+        value.trim().parse().ok()
+    })
+}
+
 /// Eight greedy streams open on a group started by `launch --LAYOUT -- serve`, one worker
 /// (`victim`, an index into the launcher's children: rank 0 is the serve job, started first)
 /// killed once each has its first token: every stream finishes with exactly the tokens it gets
@@ -116,7 +138,7 @@ fn eight_streams_survive_a_killed_worker(layout: &[&str], victim: usize) {
     const TOKENS: u32 = 40;
     let what = layout.join(" ");
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    let flags = ["--grpc-addr", "127.0.0.1:0", "--http-addr", "off"];
+    let flags = ["--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"];
     let group = Server::start(&[&["launch"], layout, &["--", "serve"], &flags].concat());
     let addr = group.grpc.clone();
     let want: Vec<Vec<u32>> = rt.block_on(async {
@@ -175,6 +197,11 @@ fn eight_streams_survive_a_killed_worker(layout: &[&str], victim: usize) {
     let worst = gaps.iter().max().copied().unwrap_or_default();
     eprintln!("{what}: kill to next token: {:?} at worst over {} streams", worst, gaps.len());
     assert!(worst < Duration::from_secs(30), "{what}: recovery took {worst:?}");
+    // Rank 0 counts the new process even though the launcher, not rank 0, started it.
+    let metrics = http_get(&group.http, "/metrics");
+    for (name, want) in [("recoveries_total", 1.0), ("rank_restarts_total", 1.0)] {
+        assert_eq!(metric(&metrics, &format!("shardline:{name}")), Some(want), "{what}: {metrics}");
+    }
     let after = children_of(group.child.id()); // the replacement included
     assert_eq!(after.len(), ranks.len(), "{what}");
     assert_eq!(group.stop().code(), Some(130), "{what}: the group served on and stops cleanly");

@@ -113,13 +113,15 @@ impl GroupExecutor {
         ack_rx
             .recv_timeout(self.reform.load_timeout)
             .map_err(|_| WorkerError::Protocol("rank 0's shard did not rejoin".into()))??;
-        workers_ready(&comm, self.reform.load_timeout)?;
+        let ready = workers_ready(&comm, self.reform.load_timeout)?;
         // Results of the steps that failed, sent before the shard rejoined.
         while local.results.try_recv().is_ok() {}
         self.comm = comm;
+        // Counted from the ranks themselves: another node's launcher restarts its ranks unseen.
+        let new: Vec<u32> = ready.iter().filter(|r| !r.rejoined).map(|r| r.rank).collect();
         let seconds = start.elapsed().as_secs_f64();
-        let what = format!("{cause}; {who}; the group formed again in {seconds:.1} s");
-        Ok(Reset { what, ranks_replaced: replaced.len(), seconds })
+        let what = format!("{cause}; {who}; the group formed again in {seconds:.1} s with new rank(s) {new:?}");
+        Ok(Reset { what, ranks_replaced: new.len(), seconds })
     }
 
     fn local(&self) -> Result<&LocalShard> {

@@ -38,6 +38,8 @@ pub struct WorkerShard {
     #[cfg(feature = "cuda")]
     device_comms: Option<crate::nccl::DeviceComms>,
     stats: StepStats,
+    /// This shard served an earlier form of the group (see `rejoin`).
+    rejoined: bool,
 }
 
 /// Where a rank's step time goes.
@@ -84,6 +86,7 @@ impl WorkerShard {
             #[cfg(feature = "cuda")]
             device_comms,
             stats: StepStats::default(),
+            rejoined: false,
         })
     }
 
@@ -108,6 +111,7 @@ impl WorkerShard {
         }
         self.comm = comm;
         self.runner.forget_all();
+        self.rejoined = true;
         Ok(())
     }
 
@@ -118,6 +122,7 @@ impl WorkerShard {
             kv_cache_bytes: self.runner.cache().bytes() as u64,
             peak_rss_bytes: peak_rss_bytes(),
             error: String::new(),
+            rejoined: self.rejoined,
         }
     }
 
