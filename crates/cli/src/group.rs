@@ -9,7 +9,7 @@ use anyhow::{bail, Context};
 use clap::Args;
 use std::sync::mpsc::{self, Receiver};
 
-use shardline_launcher::{LaunchPlan, RankCommand, RankKiller, RestartBudget, RestartPolicy, Supervisor, Watch};
+use shardline_launcher::{LaunchPlan, RankCommand, RestartBudget, RestartPolicy, Supervisor, Watch};
 use shardline_worker::{group_secret, GroupSecret, RankEnv, RankReplacer, DEFAULT_MASTER_PORT};
 
 /// Where the group's ranks run and how they find each other.
@@ -98,9 +98,12 @@ impl LaunchArgs {
         })
     }
 
-    /// The restart settings, for a rank-0 job this process starts (so it recovers alike).
-    pub fn restart_env(&self) -> Vec<(String, String)> {
+    /// The timeouts and restart settings, for a rank-0 job this process starts (rank 0 decides
+    /// them for the whole group).
+    pub fn rank0_job_env(&self) -> Vec<(String, String)> {
         vec![
+            ("SHARDLINE_COMM_TIMEOUT".into(), self.comm_timeout.to_string()),
+            ("SHARDLINE_HEARTBEAT_TIMEOUT".into(), self.heartbeat_timeout.to_string()),
             ("SHARDLINE_MAX_RESTARTS".into(), self.max_restarts.to_string()),
             ("SHARDLINE_RESTART_WINDOW".into(), self.restart_window.to_string()),
         ]
@@ -188,14 +191,13 @@ pub fn spawn_local_workers(
     Ok(LocalWorkers { watch, restarts, ranks })
 }
 
-/// Rank 0's side of replacing failed ranks. Ranks this process supervises are killed when
-/// silent and their restarts awaited; ranks on other nodes are restarted by their own launchers,
-/// which rank 0 cannot ask or hear, so it trusts them (a silent one there cannot be replaced).
-/// Recoveries are bounded like restarts, as this process may not see other nodes' restarts.
+/// Rank 0's side of replacing failed ranks: restarts of the ranks this process supervises are
+/// awaited; ranks on other nodes (or started by a sibling launcher) are restarted by their own
+/// launchers, which rank 0 cannot ask or hear, so it trusts them. Recoveries are bounded like
+/// restarts, as this process may not see other launchers' restarts.
 pub struct Replacer {
-    /// The ranks this process supervises, the handle that kills them and their restarts.
+    /// The ranks this process supervises and their restarts.
     pub local: Vec<usize>,
-    pub killer: Option<RankKiller>,
     pub restarts: Option<Receiver<usize>>,
     pub world_size: usize,
     recoveries: RestartBudget,
@@ -203,11 +205,11 @@ pub struct Replacer {
 
 impl Replacer {
     pub fn new(workers: Option<&mut LocalWorkers>, world_size: usize, policy: RestartPolicy) -> Self {
-        let (local, killer, restarts) = match workers {
-            Some(w) => (w.ranks.clone(), Some(w.watch.killer()), w.restarts.take()),
-            None => (Vec::new(), None, None),
+        let (local, restarts) = match workers {
+            Some(w) => (w.ranks.clone(), w.restarts.take()),
+            None => (Vec::new(), None),
         };
-        Replacer { local, killer, restarts, world_size, recoveries: RestartBudget::new(policy) }
+        Replacer { local, restarts, world_size, recoveries: RestartBudget::new(policy) }
     }
 }
 
@@ -216,24 +218,13 @@ impl Replacer {
 const EXIT_SEEN_WITHIN: Duration = Duration::from_secs(3);
 
 impl RankReplacer for Replacer {
-    fn replace_failed(&mut self, silent: Option<usize>) -> Result<Vec<usize>, String> {
+    fn replace_failed(&mut self) -> Result<Vec<usize>, String> {
         if !self.recoveries.take() {
             return Err(format!(
                 "{} recoveries within {} s already (--max-restarts)",
                 self.recoveries.taken(),
                 self.recoveries.policy.window.as_secs()
             ));
-        }
-        if let Some(rank) = silent {
-            match &self.killer {
-                Some(killer) if self.local.contains(&rank) => {
-                    eprintln!("recovery: killing rank {rank}, which stopped answering");
-                    killer.kill(rank);
-                }
-                _ => {
-                    return Err(format!("rank {rank} stopped answering, and its launcher cannot be told to replace it"))
-                }
-            }
         }
         let all_local = self.local.len() + 1 == self.world_size;
         let mut ranks = Vec::new();

@@ -59,12 +59,11 @@ pub fn launch(args: LaunchCmdArgs) -> anyhow::Result<()> {
                 env: [
                     ("SHARDLINE_TP".to_string(), args.tp.to_string()),
                     ("SHARDLINE_PP".to_string(), args.pp.to_string()),
-                    ("SHARDLINE_COMM_TIMEOUT".to_string(), args.launch.comm_timeout.to_string()),
                 ]
                 .into_iter()
                 .chain(args.engine.to_env())
                 .chain(args.launch.devices_env())
-                .chain(args.launch.restart_env())
+                .chain(args.launch.rank0_job_env())
                 .chain([secret_env(&secret)])
                 .collect(),
                 raw_stdout: true,

@@ -130,11 +130,11 @@ fn metric(text: &str, name: &str) -> Option<f64> {
     })
 }
 
-/// Eight greedy streams open on a group started by `launch --LAYOUT -- serve`, one worker
-/// (`victim`, an index into the launcher's children: rank 0 is the serve job, started first)
-/// killed once each has its first token: every stream finishes with exactly the tokens it gets
-/// undisturbed, and the gap the kill puts between tokens is printed (and bounded).
-fn eight_streams_survive_a_killed_worker(layout: &[&str], victim: usize) {
+/// Eight greedy streams open on a group started by `launch --LAYOUT -- serve`, `signal` sent to
+/// one worker (`victim`, an index into the launcher's children: rank 0 is the serve job,
+/// started first) once each has its first token: every stream finishes with exactly the tokens
+/// it gets undisturbed, and the gap the signal puts between tokens is printed (and bounded).
+fn eight_streams_survive_a_lost_worker(layout: &[&str], victim: usize, signal: libc::c_int) {
     const TOKENS: u32 = 40;
     let what = layout.join(" ");
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
@@ -179,8 +179,8 @@ fn eight_streams_survive_a_killed_worker(layout: &[&str], victim: usize) {
         for _ in 0..PROMPTS.len() {
             first_rx.recv().await.unwrap();
         }
-        // SAFETY: SIGKILL to a worker rank of this test's group.
-        unsafe { libc::kill(victim as libc::pid_t, libc::SIGKILL) };
+        // SAFETY: a signal to a worker rank of this test's group.
+        unsafe { libc::kill(victim as libc::pid_t, signal) };
         killed_at.set(Instant::now()).unwrap();
         let mut got = Vec::new();
         let mut gaps = Vec::new();
@@ -210,18 +210,25 @@ fn eight_streams_survive_a_killed_worker(layout: &[&str], victim: usize) {
 
 #[test]
 fn eight_streams_survive_a_killed_rank_on_tp2() {
-    eight_streams_survive_a_killed_worker(&["--tp", "2"], 1);
+    eight_streams_survive_a_lost_worker(&["--tp", "2"], 1, libc::SIGKILL);
 }
 
 #[test]
 fn eight_streams_survive_a_killed_rank_on_pp2() {
     // Rank 1 is the last stage: the one that samples.
-    eight_streams_survive_a_killed_worker(&["--pp", "2"], 1);
+    eight_streams_survive_a_lost_worker(&["--pp", "2"], 1, libc::SIGKILL);
 }
 
 #[test]
 fn eight_streams_survive_a_killed_rank_on_tp2_pp2() {
-    eight_streams_survive_a_killed_worker(&["--tp", "2", "--pp", "2"], 2);
+    eight_streams_survive_a_lost_worker(&["--tp", "2", "--pp", "2"], 2, libc::SIGKILL);
+}
+
+/// A stopped worker keeps its sockets open: its silence gives it away, rank 0 (a sibling of
+/// the worker under `launch`) kills it, and the launcher starts it again.
+#[test]
+fn eight_streams_survive_a_stopped_rank_on_tp2() {
+    eight_streams_survive_a_lost_worker(&["--tp", "2", "--heartbeat-timeout", "1"], 1, libc::SIGSTOP);
 }
 
 /// A TP 2 group started by `launch` with `--max-restarts N`, one stream open, the launcher's

@@ -10,6 +10,4 @@ pub mod process;
 mod supervisor;
 
 pub use plan::{LaunchPlan, PlanError};
-pub use supervisor::{
-    RankCommand, RankKiller, RestartBudget, RestartPolicy, Supervisor, SupervisorError, Watch, EXIT_GROUP_GONE,
-};
+pub use supervisor::{RankCommand, RestartBudget, RestartPolicy, Supervisor, SupervisorError, Watch, EXIT_GROUP_GONE};

@@ -305,13 +305,6 @@ impl Watch {
             let _ = t.join();
         }
     }
-}
-
-impl Watch {
-    /// A handle that kills single ranks, for whoever finds one stopped or hung.
-    pub fn killer(&self) -> RankKiller {
-        RankKiller(Arc::clone(&self.slots))
-    }
 
     /// Takes the ranks down now (SIGTERM, the grace period, SIGKILL), for when rank 0 failed
     /// and they may be stuck waiting on it or on a dead peer.
@@ -342,21 +335,6 @@ impl Watch {
         drop(slots);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
-        }
-    }
-}
-
-/// Kills single ranks of a supervised group.
-#[derive(Clone)]
-pub struct RankKiller(Arc<Mutex<Vec<Slot>>>);
-
-impl RankKiller {
-    /// Kills `rank` at once (SIGKILL) if it is running: one found stopped or hung. With a
-    /// restart policy the supervisor then starts it again.
-    pub fn kill(&self, rank: usize) {
-        let mut slots = self.0.lock().expect("slots lock");
-        if let Some(child) = slots.iter_mut().find(|s| s.rank == rank).and_then(|s| s.child.as_mut()) {
-            let _ = child.kill();
         }
     }
 }

@@ -3,7 +3,7 @@
 //! wait, so several steps can be in flight and every pipeline stage works at once.
 //!
 //! Recovery (with a [`RankReplacer`]): when a step fails, the launcher is asked to replace the
-//! rank that died (killing it first if it is only silent: stopped or hung). Rank 0 then drops
+//! rank that died (rank 0 kills it first if it is only silent: stopped or hung). Rank 0 then drops
 //! the broken mesh, which every survivor notices and answers by rejoining; it forms the group
 //! again at the same address (the replacement joins and loads its shard; survivors keep theirs)
 //! and reports `ExecutorError::Reset`, on which the engine recomputes every request from its
@@ -24,6 +24,7 @@ use crate::error::{Result, WorkerError};
 use crate::group::{workers_ready, GroupReady, LocalCommand, LocalShard, Reform};
 use crate::heartbeat;
 use crate::layout::GroupLayout;
+use crate::process_id;
 use crate::wire::{output_from_proto, step_to_proto};
 
 /// How often rank 0 checks its own shard while waiting for the sampling rank's result.
@@ -42,17 +43,19 @@ pub struct GroupExecutor {
     heartbeat_timeout: Duration,
     reform: Reform,
     replacer: Option<Box<dyn RankReplacer>>,
+    /// By rank, the pid of each rank this process can kill (see `process_id`).
+    pids: Vec<Option<u32>>,
     /// Raised while `recover` runs.
     recovering: Arc<AtomicBool>,
 }
 
 /// The launcher's part in replacing a failed rank, as rank 0's executor sees it.
 pub trait RankReplacer: Send {
-    /// After the group failed: kills `silent` (a rank that stopped answering) if it still runs,
-    /// then waits (bounded) until the launcher has started a successor for every rank that
-    /// exited, and returns them. An error when none exited (the failure was not a death) or the
-    /// launcher gave up.
-    fn replace_failed(&mut self, silent: Option<usize>) -> std::result::Result<Vec<usize>, String>;
+    /// After the group failed (a silent rank already killed): waits (bounded) until the
+    /// launcher has started a successor for every rank that exited, and returns them (empty when
+    /// other launchers do it). An error when none exited (the failure was not a death) or the
+    /// recovery budget is spent.
+    fn replace_failed(&mut self) -> std::result::Result<Vec<usize>, String>;
 }
 
 impl GroupExecutor {
@@ -66,6 +69,7 @@ impl GroupExecutor {
             heartbeat_timeout: group.config.heartbeat_timeout,
             reform: group.reform,
             replacer: None,
+            pids: process_id::signalable(&group.ready),
             recovering: Arc::new(AtomicBool::new(false)),
             comm: group.comm,
             local: Some(group.local),
@@ -88,12 +92,18 @@ impl GroupExecutor {
     /// Replaces the failed rank and forms the group again.
     fn recover(&mut self, cause: &WorkerError) -> Result<Reset> {
         let start = Instant::now();
+        // A silent rank (stopped, hung) still runs: killed, its launcher starts it again.
+        if let WorkerError::Silent { rank, .. } = cause {
+            let Some(pid) = self.pids.get(*rank).copied().flatten() else {
+                return Err(WorkerError::Protocol(format!(
+                    "rank {rank} stopped answering on another host, where rank 0 cannot kill it to have it replaced"
+                )));
+            };
+            eprintln!("recovery: killing rank {rank} (pid {pid}), which stopped answering");
+            process_id::kill(pid).map_err(|e| WorkerError::Protocol(format!("killing rank {rank}: {e}")))?;
+        }
         let replacer = self.replacer.as_mut().expect("recover is called with a replacer");
-        let silent = match cause {
-            WorkerError::Silent { rank, .. } => Some(*rank),
-            _ => None,
-        };
-        let replaced = replacer.replace_failed(silent).map_err(WorkerError::Protocol)?;
+        let replaced = replacer.replace_failed().map_err(WorkerError::Protocol)?;
         let who = match replaced.as_slice() {
             [] => "the failed rank's own launcher restarts it".to_string(),
             ranks => format!("rank(s) {ranks:?} restarted"),
@@ -110,13 +120,14 @@ impl GroupExecutor {
             .send(LocalCommand::Rejoin(Arc::clone(&comm), ack_tx))
             .map_err(|_| WorkerError::Protocol("rank 0's shard thread has stopped".into()))?;
         // Rank 0's shard joins alongside the others (GPU communicators need every rank).
-        ack_rx
+        let rank0 = ack_rx
             .recv_timeout(self.reform.load_timeout)
             .map_err(|_| WorkerError::Protocol("rank 0's shard did not rejoin".into()))??;
-        let ready = workers_ready(&comm, self.reform.load_timeout)?;
+        let ready = [vec![rank0], workers_ready(&comm, self.reform.load_timeout)?].concat();
         // Results of the steps that failed, sent before the shard rejoined.
         while local.results.try_recv().is_ok() {}
         self.comm = comm;
+        self.pids = process_id::signalable(&ready);
         // Counted from the ranks themselves: another node's launcher restarts its ranks unseen.
         let new: Vec<u32> = ready.iter().filter(|r| !r.rejoined).map(|r| r.rank).collect();
         let seconds = start.elapsed().as_secs_f64();

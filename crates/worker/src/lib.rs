@@ -18,6 +18,7 @@ mod links;
 mod local;
 #[cfg(feature = "cuda")]
 mod nccl;
+mod process_id;
 mod requests;
 mod runner;
 mod shard;

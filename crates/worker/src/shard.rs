@@ -123,6 +123,8 @@ impl WorkerShard {
             peak_rss_bytes: peak_rss_bytes(),
             error: String::new(),
             rejoined: self.rejoined,
+            pid: std::process::id(),
+            pid_namespace: crate::process_id::pid_namespace(),
         }
     }
 
