@@ -5,7 +5,10 @@
 
 use std::time::Instant;
 
-use shardline_ops::{matmul_nt, paged_attention, rms_norm, rope_rotate_half, silu_mul, KvLayout, SeqSpan};
+use shardline_ops::{
+    matmul_nt, matmul_nt_quant, paged_attention, rms_norm, rope_rotate_half, silu_mul, KvLayout, QuantMatrix,
+    QuantType, SeqSpan,
+};
 
 /// Seconds on the clock the bench reads: wall time, or with `SHARDLINE_BENCH_CLOCK=cpu` this
 /// process's CPU time, which a busy machine disturbs far less (run it with
@@ -67,6 +70,27 @@ fn bench_matmul(m: usize, n: usize, k: usize, label: &str, copies: usize) {
     report(&what, m, n, k, s);
 }
 
+/// A block-format matmul; GB/s counts the quantized weight bytes (what decode streams).
+fn bench_quant(ty: QuantType, m: usize, n: usize, k: usize, label: &str, copies: usize) {
+    let what = format!("{label} {ty}{}", if copies > 1 { " cold" } else { "" });
+    if !wanted(&what) {
+        return;
+    }
+    let x: Vec<f32> = (0..m * k).map(|i| (i % 7) as f32 * 0.1 - 0.3).collect();
+    let w: Vec<f32> = (0..n * k).map(|i| ((i * 31 % 97) as f32 - 48.0) * 0.01).collect();
+    let q = QuantMatrix::quantize(ty, n, k, &w).unwrap();
+    let ws: Vec<[QuantMatrix; 1]> = (0..copies).map(|_| [q.clone()]).collect();
+    let mut out = vec![0.0f32; m * n];
+    let mut next = 0;
+    let s = time(|| {
+        matmul_nt_quant(&x, m, k, &ws[next], &mut out);
+        next = (next + 1) % copies;
+    });
+    let gbs = q.bytes().len() as f64 / s / 1e9;
+    let gflops = (2 * m * n * k) as f64 / s / 1e9;
+    println!("qmatmul {what:20} m={m:3} n={n:5} k={k:4}: {:8.1} us  {gbs:6.1} GB/s  {gflops:6.1} GFLOP/s", s * 1e6);
+}
+
 /// The cheap kernels at prefill (512 rows) and batched-decode (8 rows) sizes; GB/s counts
 /// bytes read and written once.
 fn bench_rowwise(t: usize) {
@@ -106,6 +130,16 @@ fn main() {
     bench_matmul(512, 1536, 576, "mlp_up", 1);
     bench_matmul(512, 576, 1536, "mlp_down", 1);
     bench_matmul(512, 49152, 576, "lm_head", 1);
+    // The default model's formats (Q4_1 layers, Q8_0 embeddings), then K-quants at k = 1536.
+    for m in [1, 8, 32, 512] {
+        for ty in [QuantType::Q4_1, QuantType::Q8_0] {
+            bench_quant(ty, m, 3072, 576, "gate_up", if m == 1 { 30 } else { 1 });
+        }
+        bench_quant(QuantType::Q8_0, m, 49152, 576, "lm_head", 1);
+        for ty in [QuantType::Q4_0, QuantType::Q4K, QuantType::Q5K, QuantType::Q6K] {
+            bench_quant(ty, m, 576, 1536, "down", if m == 1 { 30 } else { 1 });
+        }
+    }
 
     if wanted("rowwise") {
         bench_rowwise(512);

@@ -9,9 +9,11 @@ mod attn_kernels;
 mod elementwise;
 mod matmul;
 mod out_ptr;
+pub mod quant;
 pub mod reference;
 mod simd;
 
 pub use attention::{paged_attention, write_kv, KvLayout, SeqSpan};
 pub use elementwise::{add_bias, add_inplace, rms_norm, rope_rotate_half, silu_mul};
 pub use matmul::matmul_nt;
+pub use quant::{matmul_nt_quant, QuantMatrix, QuantType};

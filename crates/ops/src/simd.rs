@@ -13,6 +13,18 @@ pub(crate) fn has_avx2_fma() -> bool {
     }
 }
 
+/// Whether this CPU can also convert f16 in registers (every AVX2 CPU can; checked anyway).
+pub(crate) fn has_avx2_fma_f16c() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        has_avx2_fma() && std::is_x86_feature_detected!("f16c")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod avx2 {
     use std::arch::x86_64::*;

@@ -137,3 +137,72 @@ fn paged_attention_model_shapes_with_arbitrary_head_map() {
     let want = reference::paged_attention(&q, heads, &head_map, &spans, &layout, &kc, &vc, 0.125);
     assert_close(&out, &want, 1e-5, "paged_attention");
 }
+
+/// Quantized matmul against dequantize-then-f32: the only difference is the activations'
+/// 8-bit rounding (half a step of max|x|/127 per element at most), bounded here by 1% of
+/// Σ|w|·max|x| per output.
+#[test]
+fn quantized_matmul_matches_dequantize_then_f32_for_every_format() {
+    use shardline_ops::{matmul_nt_quant, QuantMatrix, QuantType};
+    let mut rng = Rng(7);
+    for ty in QuantType::ALL {
+        let b = ty.block_elems();
+        for k in [b, 2 * b, 3 * b] {
+            for m in [1, 2, 5, 33] {
+                let n = 37;
+                let (x, w) = (rng.vec(m * k), rng.vec(n * k));
+                let q = QuantMatrix::quantize(ty, n, k, &w).unwrap();
+                let deq = q.dequantize();
+                let want = reference::matmul_nt(&x, m, k, &deq, n);
+                let mut got = vec![f32::NAN; m * n];
+                matmul_nt_quant(&x, m, k, std::slice::from_ref(&q), &mut got);
+                let xmax = x.iter().fold(0.0f32, |a, v| a.max(v.abs()));
+                for i in 0..m {
+                    for j in 0..n {
+                        let scale: f32 = deq[j * k..(j + 1) * k].iter().map(|v| v.abs()).sum::<f32>() * xmax;
+                        let (g, wv) = (got[i * n + j], want[i * n + j]);
+                        assert!((g - wv).abs() <= 0.01 * scale, "{ty} k={k} m={m} [{i},{j}]: {g} vs {wv}");
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A fused projection (parts of different formats) equals its parts run one by one, side by
+/// side; and a row's outputs do not depend on the rows batched with it.
+#[test]
+fn quantized_parts_fuse_and_rows_are_batch_invariant() {
+    use shardline_ops::{matmul_nt_quant, QuantMatrix, QuantType};
+    let mut rng = Rng(11);
+    let k = 512;
+    let parts: Vec<QuantMatrix> = [(QuantType::Q4K, 20), (QuantType::Q6K, 9), (QuantType::Q4_1, 13)]
+        .iter()
+        .map(|&(ty, rows)| QuantMatrix::quantize(ty, rows, k, &rng.vec(rows * k)).unwrap())
+        .collect();
+    let n: usize = parts.iter().map(QuantMatrix::rows).sum();
+    let m = 6;
+    let x = rng.vec(m * k);
+    let mut fused = vec![0.0; m * n];
+    matmul_nt_quant(&x, m, k, &parts, &mut fused);
+    let mut col = 0;
+    for p in &parts {
+        let mut alone = vec![0.0; m * p.rows()];
+        matmul_nt_quant(&x, m, k, std::slice::from_ref(p), &mut alone);
+        for i in 0..m {
+            assert_eq!(&fused[i * n + col..i * n + col + p.rows()], &alone[i * p.rows()..(i + 1) * p.rows()]);
+        }
+        col += p.rows();
+    }
+    let mut first = vec![0.0; n];
+    matmul_nt_quant(&x[..k], 1, k, &parts, &mut first);
+    assert_eq!(first, fused[..n], "row 0 alone equals row 0 of the batch of {m}");
+}
+
+#[test]
+fn block_formats_reject_rows_that_are_not_whole_blocks() {
+    use shardline_ops::{QuantMatrix, QuantType};
+    let err = QuantMatrix::quantize(QuantType::Q4K, 2, 576, &vec![0.0; 2 * 576]).unwrap_err();
+    assert!(err.to_string().contains("not whole Q4_K blocks of 256"), "{err}");
+    assert!(QuantMatrix::from_bytes(QuantType::Q8_0, 2, 64, &[0u8; 10]).is_err());
+}

@@ -71,8 +71,26 @@ pub trait WeightSource: Send + Sync {
     /// the slice needs, so a rank's resident memory is roughly its share of the model.
     fn load(&self, name: &str, full_shape: &[usize], slice: &Slice, dtype: DType, device: &Device) -> Result<Tensor>;
 
+    /// `name`'s `slice` in the block format the file stores it in (GGUF's quantized types), for
+    /// running it as it is: `None` when it is stored unquantized, or when the slice does not
+    /// cut whole blocks (then `load` dequantizes it). Rows come in HF order.
+    fn load_blocks(&self, name: &str, full_shape: &[usize], slice: &Slice) -> Result<Option<RawBlocks>> {
+        let _ = (name, full_shape, slice);
+        Ok(None)
+    }
+
     /// Human-readable origin for messages ("/path/model.safetensors", "x.gguf", "dummy").
     fn describe(&self) -> String;
+}
+
+/// A 2-D tensor (or a slice of one) as its file stores it: rows × cols values in GGUF blocks,
+/// each row `cols / block_size` whole blocks.
+#[derive(Clone, Debug)]
+pub struct RawBlocks {
+    pub dtype: candle_core::quantized::GgmlDType,
+    pub rows: usize,
+    pub cols: usize,
+    pub bytes: Vec<u8>,
 }
 
 /// Returns `ShapeMismatch` unless `found == expected`.

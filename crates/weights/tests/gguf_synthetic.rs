@@ -241,3 +241,47 @@ fn unsupported_ggml_dtype_is_named() {
     let msg = err.to_string();
     assert!(msg.contains("up_proj") && msg.contains("Q8_1") && msg.contains("q81.gguf"), "{msg}");
 }
+
+/// Blocks kept as stored decode to exactly what `load` dequantizes, for whole tensors, row
+/// slices (q rows un-permuted) and block-aligned column slices; unaligned or unquantized ones
+/// are not offered.
+#[test]
+fn raw_blocks_equal_dequantized_loads() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("blocks.gguf");
+    let q_file = llama_cpp_permute(&hf_matrix(N_HEAD * HEAD_DIM, HIDDEN), N_HEAD);
+    let down = (hf_matrix(HIDDEN, FFN).sin().unwrap() * 0.5).unwrap();
+    let tensors = vec![
+        ("token_embd.weight", QTensor::quantize(&hf_matrix(16, HIDDEN), GgmlDType::F32).unwrap()),
+        (
+            "output_norm.weight",
+            QTensor::quantize(&Tensor::ones(HIDDEN, DType::F32, &Device::Cpu).unwrap(), GgmlDType::F32).unwrap(),
+        ),
+        ("blk.0.attn_q.weight", QTensor::quantize(&q_file, GgmlDType::Q8_0).unwrap()),
+        ("blk.0.ffn_down.weight", QTensor::quantize(&down, GgmlDType::Q4_1).unwrap()),
+    ];
+    write_gguf(&path, "llama", &tensors, false);
+    let src = open(&path).unwrap();
+    let decode = |b: &shardline_weights::RawBlocks| {
+        candle_core::quantized::ggml_file::qtensor_from_ggml(b.dtype, &b.bytes, vec![b.rows, b.cols], &Device::Cpu)
+            .unwrap()
+            .dequantize(&Device::Cpu)
+            .unwrap()
+            .to_vec2::<f32>()
+            .unwrap()
+    };
+    let q = "model.layers.0.self_attn.q_proj.weight";
+    for slice in [Slice::Full, Slice::Rows(HEAD_DIM..3 * HEAD_DIM)] {
+        let blocks = src.load_blocks(q, &[HIDDEN, HIDDEN], &slice).unwrap().expect("Q8_0 rows are offered");
+        assert_eq!(blocks.dtype, GgmlDType::Q8_0);
+        assert_eq!(decode(&blocks), load2(src.as_ref(), q, &[HIDDEN, HIDDEN], slice.clone()), "{slice}");
+    }
+    let d = "model.layers.0.mlp.down_proj.weight";
+    for slice in [Slice::Full, Slice::Rows(5..17), Slice::Cols(32..64)] {
+        let blocks = src.load_blocks(d, &[HIDDEN, FFN], &slice).unwrap().expect("whole Q4_1 blocks");
+        assert_eq!(decode(&blocks), load2(src.as_ref(), d, &[HIDDEN, FFN], slice.clone()), "{slice}");
+    }
+    assert!(src.load_blocks(d, &[HIDDEN, FFN], &Slice::Cols(16..48)).unwrap().is_none(), "splits a block");
+    assert!(src.load_blocks(q, &[HIDDEN, HIDDEN], &Slice::Rows(4..12)).unwrap().is_none(), "splits a head");
+    assert!(src.load_blocks("model.embed_tokens.weight", &[16, HIDDEN], &Slice::Full).unwrap().is_none(), "F32");
+}

@@ -16,7 +16,7 @@ use candle_core::{DType, Device, Tensor};
 use memmap2::Mmap;
 
 use crate::error::{Result, WeightsError};
-use crate::source::{check_shape, Slice, WeightSource};
+use crate::source::{check_shape, RawBlocks, Slice, WeightSource};
 use names::{hf_to_gguf, RopeProj};
 
 /// One tensor's location and format inside the mapping.
@@ -232,6 +232,51 @@ impl WeightSource for GgufSource {
             }
         };
         t.to_device(device).and_then(|t| t.to_dtype(dtype)).map_err(cerr)
+    }
+
+    fn load_blocks(&self, name: &str, full_shape: &[usize], slice: &Slice) -> Result<Option<RawBlocks>> {
+        let file = self.file();
+        let Some(info) = hf_to_gguf(name).and_then(|g| self.tensors.get(&g.name).map(|i| (g, i))) else {
+            return Ok(None); // `load` names what is missing
+        };
+        let (gname, info) = info;
+        check_shape(name, &file, full_shape, &info.dims)?;
+        slice.output_shape(&info.dims, name, &file)?;
+        let quantized = !matches!(info.dtype, GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16);
+        if !quantized || info.dims.len() != 2 || !supported(info.dtype) {
+            return Ok(None);
+        }
+        let (n_rows, n_cols) = (info.dims[0], info.dims[1]);
+        let (bs, ts) = (info.dtype.block_size(), info.dtype.type_size());
+        let row_bytes = n_cols / bs * ts;
+        let (rows, cols) = match slice {
+            Slice::Full => (0..n_rows, 0..n_cols),
+            Slice::Rows(r) => (r.clone(), 0..n_cols),
+            Slice::Cols(c) => (0..n_rows, c.clone()),
+        };
+        if !cols.start.is_multiple_of(bs) || !cols.end.is_multiple_of(bs) {
+            return Ok(None);
+        }
+        // GGUF rows in the order HF rows come from them (llama.cpp permutes q/k within heads).
+        let order: Vec<usize> = match (self.rope_permuted, gname.rope) {
+            (true, Some(p)) => {
+                let heads = if p == RopeProj::Q { self.n_head } else { self.n_kv_head };
+                let hd = self.head_dim(name, n_rows, heads)?;
+                if !rows.start.is_multiple_of(hd) || !rows.len().is_multiple_of(hd) {
+                    return Ok(None);
+                }
+                let index = permute::unpermute_index(n_rows, hd);
+                rows.map(|r| index[r] as usize).collect()
+            }
+            _ => rows.collect(),
+        };
+        let sub = cols.start / bs * ts..cols.end / bs * ts;
+        let mut bytes = Vec::with_capacity(order.len() * sub.len());
+        for r in &order {
+            let base = info.start + r * row_bytes;
+            bytes.extend_from_slice(&self.mmap[base + sub.start..base + sub.end]);
+        }
+        Ok(Some(RawBlocks { dtype: info.dtype, rows: order.len(), cols: cols.len(), bytes }))
     }
 
     fn describe(&self) -> String {

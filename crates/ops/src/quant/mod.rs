@@ -1,0 +1,378 @@
+//! Matmuls over weights kept in GGUF's block formats (Q8_0, Q4_0, Q4_1, Q4_K, Q5_K, Q6_K), as
+//! llama.cpp runs them: each activation row is quantized once to the 8-bit blocks its weight
+//! format pairs with (Q8_0, Q8_1 or Q8_K), and every output is an integer dot product of one
+//! weight row with one activation row, scaled per block. Decode reads 4–8× fewer weight bytes
+//! than f32, which is what bounds it.
+//!
+//! The K-quant block layouts and dot products are candle's (`k_quants`, AVX2 picked at run time).
+//! The default model's formats have their own kernels: Q4_1 ([`q4_1`]), which candle only has in
+//! scalar form, and Q8_0 ([`q8_0`]), whose candle dot spends as long converting f16 scales as
+//! multiplying; both unpack a weight block once for several activation rows. Threads own
+//! contiguous ranges of weight rows, as in the f32 streaming kernel. A row's outputs depend on
+//! that row alone, so results do not change with the batch.
+
+pub mod q4_1;
+pub mod q8_0;
+
+use std::marker::PhantomData;
+
+use candle_core::quantized::k_quants::{BlockQ4K, BlockQ4_0, BlockQ5K, BlockQ6K, GgmlType};
+use candle_core::quantized::GgmlDType;
+use rayon::prelude::*;
+
+use crate::out_ptr::OutPtr;
+
+/// The block formats kept as they are.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum QuantType {
+    Q8_0,
+    Q4_0,
+    Q4_1,
+    Q4K,
+    Q5K,
+    Q6K,
+}
+
+impl QuantType {
+    pub const ALL: [QuantType; 6] =
+        [QuantType::Q8_0, QuantType::Q4_0, QuantType::Q4_1, QuantType::Q4K, QuantType::Q5K, QuantType::Q6K];
+
+    /// The format of a GGUF tensor type, if it is one kept as it is.
+    pub fn from_ggml(t: GgmlDType) -> Option<QuantType> {
+        Some(match t {
+            GgmlDType::Q8_0 => QuantType::Q8_0,
+            GgmlDType::Q4_0 => QuantType::Q4_0,
+            GgmlDType::Q4_1 => QuantType::Q4_1,
+            GgmlDType::Q4K => QuantType::Q4K,
+            GgmlDType::Q5K => QuantType::Q5K,
+            GgmlDType::Q6K => QuantType::Q6K,
+            _ => return None,
+        })
+    }
+
+    /// Weights per block.
+    pub fn block_elems(self) -> usize {
+        match self {
+            QuantType::Q8_0 | QuantType::Q4_0 | QuantType::Q4_1 => 32,
+            QuantType::Q4K | QuantType::Q5K | QuantType::Q6K => 256,
+        }
+    }
+
+    /// Bytes per block.
+    pub fn block_bytes(self) -> usize {
+        match self {
+            QuantType::Q8_0 => std::mem::size_of::<q8_0::BlockQ8_0>(),
+            QuantType::Q4_0 => std::mem::size_of::<BlockQ4_0>(),
+            QuantType::Q4_1 => std::mem::size_of::<q4_1::BlockQ4_1>(),
+            QuantType::Q4K => std::mem::size_of::<BlockQ4K>(),
+            QuantType::Q5K => std::mem::size_of::<BlockQ5K>(),
+            QuantType::Q6K => std::mem::size_of::<BlockQ6K>(),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            QuantType::Q8_0 => "Q8_0",
+            QuantType::Q4_0 => "Q4_0",
+            QuantType::Q4_1 => "Q4_1",
+            QuantType::Q4K => "Q4_K",
+            QuantType::Q5K => "Q5_K",
+            QuantType::Q6K => "Q6_K",
+        }
+    }
+}
+
+impl std::fmt::Display for QuantType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Why a matrix cannot be kept in a block format.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NotBlockAligned(pub String);
+
+impl std::fmt::Display for NotBlockAligned {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A [rows × cols] weight matrix in one block format; each row is cols / block_elems blocks.
+#[derive(Clone, Debug)]
+pub struct QuantMatrix {
+    ty: QuantType,
+    rows: usize,
+    cols: usize,
+    /// The blocks, in u32 words so that every block format's fields are aligned.
+    words: Vec<u32>,
+}
+
+impl QuantMatrix {
+    /// Takes `bytes` (rows × cols/block blocks, GGUF's layout) as they are.
+    pub fn from_bytes(ty: QuantType, rows: usize, cols: usize, bytes: &[u8]) -> Result<QuantMatrix, NotBlockAligned> {
+        let row_bytes = Self::row_bytes_of(ty, cols)?;
+        if bytes.len() != rows * row_bytes {
+            return Err(NotBlockAligned(format!(
+                "{rows}×{cols} {ty} needs {} bytes, got {}",
+                rows * row_bytes,
+                bytes.len()
+            )));
+        }
+        let mut words = vec![0u32; bytes.len().div_ceil(4)];
+        as_bytes_mut(&mut words)[..bytes.len()].copy_from_slice(bytes);
+        Ok(QuantMatrix { ty, rows, cols, words })
+    }
+
+    /// Quantizes row-major f32 weights (in-situ quantization of a dense checkpoint).
+    pub fn quantize(ty: QuantType, rows: usize, cols: usize, w: &[f32]) -> Result<QuantMatrix, NotBlockAligned> {
+        assert_eq!(w.len(), rows * cols, "quantize: shape");
+        let row_bytes = Self::row_bytes_of(ty, cols)?;
+        let mut words = vec![0u32; (rows * row_bytes).div_ceil(4)];
+        let bytes = &mut as_bytes_mut(&mut words)[..rows * row_bytes];
+        fn encode<T: GgmlType>(w: &[f32], out: &mut [u8]) {
+            T::from_float(w, blocks_mut::<T>(out))
+        }
+        match ty {
+            QuantType::Q8_0 => q8_0::quantize(w, blocks_mut(bytes)),
+            QuantType::Q4_0 => encode::<BlockQ4_0>(w, bytes),
+            QuantType::Q4_1 => q4_1::quantize_q4_1(w, blocks_mut(bytes)),
+            QuantType::Q4K => encode::<BlockQ4K>(w, bytes),
+            QuantType::Q5K => encode::<BlockQ5K>(w, bytes),
+            QuantType::Q6K => encode::<BlockQ6K>(w, bytes),
+        }
+        Ok(QuantMatrix { ty, rows, cols, words })
+    }
+
+    fn row_bytes_of(ty: QuantType, cols: usize) -> Result<usize, NotBlockAligned> {
+        if cols == 0 || !cols.is_multiple_of(ty.block_elems()) {
+            return Err(NotBlockAligned(format!(
+                "rows of {cols} weights are not whole {ty} blocks of {}",
+                ty.block_elems()
+            )));
+        }
+        Ok(cols / ty.block_elems() * ty.block_bytes())
+    }
+
+    pub fn ty(&self) -> QuantType {
+        self.ty
+    }
+
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    /// Bytes of one row.
+    pub fn row_bytes(&self) -> usize {
+        self.cols / self.ty.block_elems() * self.ty.block_bytes()
+    }
+
+    /// The blocks as stored (GGUF's layout).
+    pub fn bytes(&self) -> &[u8] {
+        &as_bytes(&self.words)[..self.rows * self.row_bytes()]
+    }
+
+    /// The rows in `order` (e.g. undoing llama.cpp's q/k row permutation).
+    pub fn select_rows(&self, order: &[usize]) -> QuantMatrix {
+        let rb = self.row_bytes();
+        let bytes: Vec<u8> = order.iter().flat_map(|&r| &self.bytes()[r * rb..(r + 1) * rb]).copied().collect();
+        QuantMatrix::from_bytes(self.ty, order.len(), self.cols, &bytes).expect("same format")
+    }
+
+    /// Row-major f32 values.
+    pub fn dequantize(&self) -> Vec<f32> {
+        let mut out = vec![0.0f32; self.rows * self.cols];
+        fn decode<T: GgmlType>(bytes: &[u8], out: &mut [f32]) {
+            T::to_float(blocks::<T>(bytes), out)
+        }
+        let bytes = self.bytes();
+        match self.ty {
+            QuantType::Q8_0 => q8_0::dequantize(blocks(bytes), &mut out),
+            QuantType::Q4_0 => decode::<BlockQ4_0>(bytes, &mut out),
+            QuantType::Q4_1 => q4_1::dequantize_q4_1(blocks(bytes), &mut out),
+            QuantType::Q4K => decode::<BlockQ4K>(bytes, &mut out),
+            QuantType::Q5K => decode::<BlockQ5K>(bytes, &mut out),
+            QuantType::Q6K => decode::<BlockQ6K>(bytes, &mut out),
+        }
+        out
+    }
+}
+
+fn as_bytes(words: &[u32]) -> &[u8] {
+    // SAFETY: u8 has no alignment or validity requirements; same allocation and byte length.
+    unsafe { std::slice::from_raw_parts(words.as_ptr().cast(), std::mem::size_of_val(words)) }
+}
+
+fn as_bytes_mut(words: &mut [u32]) -> &mut [u8] {
+    // SAFETY: as above.
+    unsafe { std::slice::from_raw_parts_mut(words.as_mut_ptr().cast(), std::mem::size_of_val(words)) }
+}
+
+/// Views block bytes as blocks. Every block type here is plain data (f16, f32, integer arrays:
+/// any bit pattern is valid) with alignment at most 4, which the u32 backing provides.
+fn blocks<T>(bytes: &[u8]) -> &[T] {
+    let size = std::mem::size_of::<T>();
+    assert!(bytes.len().is_multiple_of(size) && (bytes.as_ptr() as usize).is_multiple_of(std::mem::align_of::<T>()));
+    // SAFETY: checked length and alignment; see above for validity.
+    unsafe { std::slice::from_raw_parts(bytes.as_ptr().cast(), bytes.len() / size) }
+}
+
+fn blocks_mut<T>(bytes: &mut [u8]) -> &mut [T] {
+    let size = std::mem::size_of::<T>();
+    assert!(bytes.len().is_multiple_of(size) && (bytes.as_ptr() as usize).is_multiple_of(std::mem::align_of::<T>()));
+    // SAFETY: as `blocks`.
+    unsafe { std::slice::from_raw_parts_mut(bytes.as_mut_ptr().cast(), bytes.len() / size) }
+}
+
+/// A weight block format with its activation format and dot product.
+trait Format: Sync {
+    type W: Sync;
+    type A: Clone + Send + Sync;
+    const ELEMS: usize;
+    /// Activation rows `dot_rows` takes at once.
+    const TILE: usize = 1;
+    fn zero() -> Self::A;
+    fn quantize_x(x: &[f32], out: &mut [Self::A]);
+    /// out[r] = w · xs[r] for up to TILE rows (each k values long).
+    fn dot_rows(k: usize, w: &[Self::W], xs: &[&[Self::A]], out: &mut [f32]);
+}
+
+/// A candle block format, with candle's dot product.
+struct Candle<T>(PhantomData<T>);
+
+impl<T: GgmlType> Format for Candle<T> {
+    type W = T;
+    type A = T::VecDotType;
+    const ELEMS: usize = T::BLCK_SIZE;
+    fn zero() -> Self::A {
+        T::VecDotType::zeros()
+    }
+    fn quantize_x(x: &[f32], out: &mut [Self::A]) {
+        T::VecDotType::from_float(x, out)
+    }
+    fn dot_rows(k: usize, w: &[T], xs: &[&[Self::A]], out: &mut [f32]) {
+        for (o, x) in out.iter_mut().zip(xs) {
+            *o = T::vec_dot(k, w, x);
+        }
+    }
+}
+
+/// Our own kernels: AVX2 where the CPU has it, else the portable dot.
+macro_rules! own_format {
+    ($name:ident, $module:ident, $w:ty, $a:ty, $quantize:path) => {
+        struct $name;
+
+        impl Format for $name {
+            type W = $w;
+            type A = $a;
+            const ELEMS: usize = $module::BLOCK;
+            const TILE: usize = $module::TILE;
+            fn zero() -> Self::A {
+                <$a>::ZERO
+            }
+            fn quantize_x(x: &[f32], out: &mut [Self::A]) {
+                $quantize(x, out)
+            }
+            fn dot_rows(_k: usize, w: &[Self::W], xs: &[&[Self::A]], out: &mut [f32]) {
+                #[cfg(target_arch = "x86_64")]
+                if crate::simd::has_avx2_fma_f16c() {
+                    // SAFETY: the features were just detected; `run` passes at most TILE rows.
+                    return unsafe { $module::dot_rows_avx2(w, xs, out) };
+                }
+                for (o, x) in out.iter_mut().zip(xs) {
+                    *o = $module::dot_portable(w, x);
+                }
+            }
+        }
+    };
+}
+
+own_format!(Q4_1, q4_1, q4_1::BlockQ4_1, q4_1::BlockQ8_1, q4_1::quantize_q8_1);
+own_format!(Q8_0, q8_0, q8_0::BlockQ8_0, q8_0::BlockQ8_0, q8_0::quantize);
+
+/// out[m×n] = x[m×k] · wᵀ for the rows of `parts` stacked in order (n = Σ rows, each with k
+/// columns): a fused projection (q|k|v, gate|up) whose parts may differ in format.
+///
+/// # Panics
+/// If a shape does not match.
+pub fn matmul_nt_quant(x: &[f32], m: usize, k: usize, parts: &[QuantMatrix], out: &mut [f32]) {
+    let n: usize = parts.iter().map(QuantMatrix::rows).sum();
+    assert!(x.len() == m * k && out.len() == m * n, "matmul_nt_quant: shapes");
+    assert!(parts.iter().all(|p| p.cols == k), "matmul_nt_quant: every part has k columns");
+    if m == 0 || n == 0 {
+        return;
+    }
+    // SAFETY: each part writes its own columns; within a part each task its own rows of w.
+    let dst = unsafe { OutPtr::new(out) };
+    let mut col0 = 0;
+    for p in parts {
+        let run = match p.ty {
+            QuantType::Q8_0 => run::<Q8_0>,
+            QuantType::Q4_0 => run::<Candle<BlockQ4_0>>,
+            QuantType::Q4_1 => run::<Q4_1>,
+            QuantType::Q4K => run::<Candle<BlockQ4K>>,
+            QuantType::Q5K => run::<Candle<BlockQ5K>>,
+            QuantType::Q6K => run::<Candle<BlockQ6K>>,
+        };
+        run(x, m, k, p, dst, n, col0);
+        col0 += p.rows;
+    }
+}
+
+/// Writes out[i·stride + col0 + j] = x_i · w_j for every row i of x and j of `w`.
+fn run<F: Format>(x: &[f32], m: usize, k: usize, w: &QuantMatrix, dst: OutPtr, stride: usize, col0: usize) {
+    let blocks_per_row = k / F::ELEMS;
+    let mut xq = vec![F::zero(); m * blocks_per_row];
+    for (xr, qr) in x.chunks_exact(k).zip(xq.chunks_exact_mut(blocks_per_row)) {
+        F::quantize_x(xr, qr);
+    }
+    let wb: &[F::W] = blocks(w.bytes());
+    let threads = rayon::current_num_threads().max(1);
+    // A few chunks per thread balance load; each is one contiguous stretch of w.
+    let chunk = w.rows.div_ceil(threads * 4).max(4);
+    let x_rows: Vec<&[F::A]> = xq.chunks_exact(blocks_per_row).collect();
+    wb.par_chunks(chunk * blocks_per_row).enumerate().for_each(|(c, w_chunk)| {
+        let mut dots = [0.0f32; 8];
+        for (jj, w_row) in w_chunk.chunks_exact(blocks_per_row).enumerate() {
+            let j = col0 + c * chunk + jj;
+            for (t, tile) in x_rows.chunks(F::TILE).enumerate() {
+                F::dot_rows(k, w_row, tile, &mut dots[..tile.len()]);
+                for (r, &v) in dots[..tile.len()].iter().enumerate() {
+                    // SAFETY: (row, j) is inside out and j belongs to this task alone.
+                    unsafe { *dst.get().add((t * F::TILE + r) * stride + j) = v };
+                }
+            }
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    //! candle's formats pick their SIMD dot product at run time; each is checked here against
+    //! its portable one (`vec_dot_unopt`). Q4_1's kernels are checked in `q4_1`.
+    use super::*;
+
+    fn check<T: GgmlType>(ty: QuantType) {
+        let k = 3 * ty.block_elems();
+        let w: Vec<f32> = (0..k).map(|i| ((i * 37 % 101) as f32 - 50.0) * 0.013).collect();
+        let x: Vec<f32> = (0..k).map(|i| ((i * 53 % 97) as f32 - 48.0) * 0.021).collect();
+        let q = QuantMatrix::quantize(ty, 1, k, &w).unwrap();
+        let mut xq = vec![T::VecDotType::zeros(); k / T::BLCK_SIZE];
+        T::VecDotType::from_float(&x, &mut xq);
+        let wb: &[T] = blocks(q.bytes());
+        let (fast, portable) = (T::vec_dot(k, wb, &xq), T::vec_dot_unopt(k, wb, &xq));
+        assert!((fast - portable).abs() <= 1e-4 * portable.abs().max(1.0), "{ty}: {fast} vs {portable}");
+    }
+
+    #[test]
+    fn simd_dots_match_the_portable_ones() {
+        check::<BlockQ4_0>(QuantType::Q4_0);
+        check::<BlockQ4K>(QuantType::Q4K);
+        check::<BlockQ5K>(QuantType::Q5K);
+        check::<BlockQ6K>(QuantType::Q6K);
+    }
+}

@@ -1,0 +1,190 @@
+//! GGUF's Q4_1 weights (the default model's format) against Q8_1 activations, as llama.cpp
+//! pairs them. candle's Q4_1 dot product is scalar only, so this one has its own AVX2 kernel
+//! beside the portable one (which is also its reference for bit-level agreement).
+//!
+//! Q4_1 block (20 bytes, 32 weights): scale d and minimum m (f16), then 16 bytes of nibbles:
+//! byte j holds weight j (low nibble) and weight j + 16 (high nibble); w = d·q + m.
+//! Q8_1 block (36 bytes, 32 activations): scale d, s = d·Σq (f16), 32 signed bytes; x ≈ d·q.
+//! So one block's dot is d_w·d_x·Σ q_w·q_x + m_w·s.
+
+use half::f16;
+
+pub const BLOCK: usize = 32;
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+#[repr(C)]
+pub struct BlockQ4_1 {
+    pub d: f16,
+    pub m: f16,
+    pub qs: [u8; BLOCK / 2],
+}
+const _: () = assert!(std::mem::size_of::<BlockQ4_1>() == 20);
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+#[repr(C)]
+pub struct BlockQ8_1 {
+    pub d: f16,
+    pub s: f16,
+    pub qs: [i8; BLOCK],
+}
+const _: () = assert!(std::mem::size_of::<BlockQ8_1>() == 36);
+
+impl BlockQ8_1 {
+    pub const ZERO: BlockQ8_1 = BlockQ8_1 { d: f16::ZERO, s: f16::ZERO, qs: [0; BLOCK] };
+}
+
+/// Quantizes activations `x` (a multiple of 32 long) into `out`, as ggml's quantize_row_q8_1.
+pub fn quantize_q8_1(x: &[f32], out: &mut [BlockQ8_1]) {
+    for (xs, b) in x.chunks_exact(BLOCK).zip(out) {
+        let amax = xs.iter().fold(0.0f32, |a, &v| a.max(v.abs()));
+        let d = amax / 127.0;
+        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+        let mut sum = 0i32;
+        for (q, &v) in b.qs.iter_mut().zip(xs) {
+            *q = (v * id).round() as i8;
+            sum += *q as i32;
+        }
+        b.d = f16::from_f32(d);
+        b.s = f16::from_f32(sum as f32 * d);
+    }
+}
+
+/// Quantizes weights `w` (a multiple of 32 long) to Q4_1, as ggml's quantize_row_q4_1.
+pub fn quantize_q4_1(w: &[f32], out: &mut [BlockQ4_1]) {
+    for (ws, b) in w.chunks_exact(BLOCK).zip(out) {
+        let (min, max) = ws.iter().fold((f32::MAX, f32::MIN), |(lo, hi), &v| (lo.min(v), hi.max(v)));
+        let d = (max - min) / 15.0;
+        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+        b.d = f16::from_f32(d);
+        b.m = f16::from_f32(min);
+        for j in 0..BLOCK / 2 {
+            let lo = (((ws[j] - min) * id + 0.5) as u8).min(15);
+            let hi = (((ws[j + BLOCK / 2] - min) * id + 0.5) as u8).min(15);
+            b.qs[j] = lo | (hi << 4);
+        }
+    }
+}
+
+pub fn dequantize_q4_1(w: &[BlockQ4_1], out: &mut [f32]) {
+    for (b, o) in w.iter().zip(out.chunks_exact_mut(BLOCK)) {
+        let (d, m) = (b.d.to_f32(), b.m.to_f32());
+        for j in 0..BLOCK / 2 {
+            o[j] = d * (b.qs[j] & 0x0F) as f32 + m;
+            o[j + BLOCK / 2] = d * (b.qs[j] >> 4) as f32 + m;
+        }
+    }
+}
+
+/// Σ over blocks of w·x, portable.
+pub fn dot_portable(w: &[BlockQ4_1], x: &[BlockQ8_1]) -> f32 {
+    let mut sum = 0.0f32;
+    for (bw, bx) in w.iter().zip(x) {
+        let mut acc = 0i32;
+        for j in 0..BLOCK / 2 {
+            acc += (bw.qs[j] & 0x0F) as i32 * bx.qs[j] as i32;
+            acc += (bw.qs[j] >> 4) as i32 * bx.qs[j + BLOCK / 2] as i32;
+        }
+        sum += bw.d.to_f32() * bx.d.to_f32() * acc as f32 + bw.m.to_f32() * bx.s.to_f32();
+    }
+    sum
+}
+
+/// out[r] = w · x_r for up to [`TILE`] activation rows with AVX2: each weight block's nibbles
+/// are unpacked once for all rows, and each row takes 32 products in two instructions
+/// (maddubs, madd) accumulated in f32 lanes. Scales convert with F16C in registers.
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C; `xs.len()` ≤ TILE = `out.len()`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn dot_rows_avx2(w: &[BlockQ4_1], xs: &[&[BlockQ8_1]], out: &mut [f32]) {
+    use std::arch::x86_64::*;
+    debug_assert!(xs.len() <= TILE && out.len() == xs.len());
+    let low = _mm256_set1_epi8(0x0F);
+    let ones = _mm256_set1_epi16(1);
+    let mut acc = [_mm256_setzero_ps(); TILE];
+    // Lane 1 of each accumulates m_w · s_x.
+    let mut mins = [_mm_setzero_ps(); TILE];
+    for (b, bw) in w.iter().enumerate() {
+        let packed = _mm_loadu_si128(bw.qs.as_ptr().cast());
+        // Low nibbles are weights 0..16, high nibbles 16..32: the halves of one 256-bit vector.
+        let q = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(packed, 4), packed), low);
+        // (d_w, m_w) as f32 lanes 0 and 1.
+        let dm = _mm_cvtph_ps(_mm_cvtsi32_si128(std::ptr::read_unaligned((bw as *const BlockQ4_1).cast::<i32>())));
+        for r in 0..xs.len() {
+            let bx = &xs[r][b];
+            let ds = _mm_cvtph_ps(_mm_cvtsi32_si128(std::ptr::read_unaligned((bx as *const BlockQ8_1).cast::<i32>())));
+            let scales = _mm_mul_ps(dm, ds); // (d_w·d_x, m_w·s_x)
+            let y = _mm256_loadu_si256(bx.qs.as_ptr().cast());
+            let quads = _mm256_madd_epi16(_mm256_maddubs_epi16(q, y), ones);
+            acc[r] = _mm256_fmadd_ps(_mm256_broadcastss_ps(scales), _mm256_cvtepi32_ps(quads), acc[r]);
+            mins[r] = _mm_add_ps(mins[r], scales);
+        }
+    }
+    for r in 0..xs.len() {
+        let mut lanes = [0.0f32; 4];
+        _mm_storeu_ps(lanes.as_mut_ptr(), mins[r]);
+        out[r] = crate::simd::avx2::hsum(acc[r]) + lanes[1];
+    }
+}
+
+/// Activation rows one weight row is multiplied with at once.
+pub const TILE: usize = 4;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn values(n: usize, seed: u32) -> Vec<f32> {
+        let mut s = seed;
+        (0..n)
+            .map(|_| {
+                s = s.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                (s >> 8) as f32 / (1u32 << 23) as f32 - 1.0
+            })
+            .collect()
+    }
+
+    #[test]
+    fn quantizing_round_trips_within_half_a_step() {
+        let w = values(4 * BLOCK, 1);
+        let mut q = vec![BlockQ4_1 { d: f16::ZERO, m: f16::ZERO, qs: [0; 16] }; 4];
+        quantize_q4_1(&w, &mut q);
+        let mut back = vec![0.0; w.len()];
+        dequantize_q4_1(&q, &mut back);
+        for (b, blk) in q.iter().enumerate() {
+            let step = blk.d.to_f32();
+            for i in b * BLOCK..(b + 1) * BLOCK {
+                assert!((back[i] - w[i]).abs() <= step * 0.5 + 2e-3, "{i}: {} vs {}", back[i], w[i]);
+            }
+        }
+    }
+
+    #[test]
+    fn the_avx2_dot_matches_the_portable_one() {
+        if !crate::simd::has_avx2_fma_f16c() {
+            eprintln!("SKIP: this CPU has no AVX2+FMA+F16C");
+            return;
+        }
+        for blocks in [1, 2, 5, 18, 48] {
+            let (w, x) = (values(blocks * BLOCK, 7), values(blocks * BLOCK, 9));
+            let mut qw = vec![BlockQ4_1 { d: f16::ZERO, m: f16::ZERO, qs: [0; 16] }; blocks];
+            let mut qx = vec![BlockQ8_1::ZERO; blocks];
+            quantize_q4_1(&w, &mut qw);
+            quantize_q8_1(&x, &mut qx);
+            let want = dot_portable(&qw, &qx);
+            for rows in 1..=TILE {
+                let xs = vec![qx.as_slice(); rows];
+                let mut got = vec![f32::NAN; rows];
+                // SAFETY: features checked above; rows ≤ TILE.
+                unsafe { dot_rows_avx2(&qw, &xs, &mut got) };
+                for g in got {
+                    assert!(
+                        (g - want).abs() <= 1e-5 * want.abs().max(1.0),
+                        "{blocks} blocks, {rows} rows: {g} vs {want}"
+                    );
+                }
+            }
+        }
+    }
+}
