@@ -5,7 +5,7 @@ use candle_core::DType;
 use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::Args;
 use shardline_engine::{EngineConfig, SchedulerPolicy};
-use shardline_model::{DeviceKind, LoadFormat};
+use shardline_model::{DeviceKind, LoadFormat, Quantization};
 use shardline_sampling::SamplingParams;
 use strum::VariantNames;
 
@@ -32,6 +32,12 @@ pub struct ModelArgs {
     /// (`dummy`, for benchmarking shapes you have not downloaded).
     #[arg(long, env = "SHARDLINE_LOAD_FORMAT", default_value = "auto", value_parser = named::<LoadFormat>(LoadFormat::VARIANTS))]
     pub load_format: LoadFormat,
+    /// Weight precision: `auto` keeps a GGUF's block formats (Q8_0, Q4_0, Q4_1, Q4_K, Q5_K,
+    /// Q6_K) and runs them natively with 8-bit activations, as llama.cpp; `none` dequantizes
+    /// every weight to --dtype; `q8_0`/`q4_k` also quantize unquantized (f32/f16/bf16) weights
+    /// on load. Block formats run on the CPU with f32 activations only.
+    #[arg(long, env = "SHARDLINE_QUANTIZATION", default_value = "auto", value_parser = named::<Quantization>(Quantization::VARIANTS))]
+    pub quantization: Quantization,
     /// CPU threads for the kernels (0: one per core).
     #[arg(long, env = "SHARDLINE_THREADS", default_value_t = 0)]
     pub threads: usize,

@@ -89,6 +89,7 @@ pub fn build(
 fn model_spec(model: &ModelArgs, parallel: &ParallelArgs) -> anyhow::Result<ModelSpec> {
     let mut spec = ModelSpec::cpu(&model.model, model.dtype(parallel.device));
     spec.load_format = model.load_format;
+    spec.options.quantization = model.quantization;
     spec.options.progress = true;
     spec.options.device = shardline_worker::device_for(parallel.device, 0, &parallel.launch.devices)?;
     Ok(spec)
@@ -111,6 +112,12 @@ fn local_backend(
     init_threads(model.threads)?;
     let spec = model_spec(model, parallel)?;
     let llama = spec.load().with_context(|| format!("loading model `{}`", spec.model))?;
+    eprintln!(
+        "loaded: weights {:.1} MiB ({}) | peak RSS {:.1} MiB",
+        llama.weight_bytes() as f64 / 1048576.0,
+        llama.weight_formats(),
+        shardline_worker::peak_rss_bytes() as f64 / 1048576.0
+    );
     let cfg = llama.config().clone();
     let num_blocks = engine.num_blocks(default_kv_tokens(cfg.max_position_embeddings))?;
     let exec = LocalExecutor::new(llama, num_blocks, engine.block_size)?;
@@ -162,6 +169,7 @@ fn group_backend(
     let config = GroupConfig {
         model: model.model.clone(),
         load_format: model.load_format,
+        quantization: model.quantization,
         dtype: model.dtype(parallel.device),
         device: parallel.device,
         layout: layout.clone(),
@@ -174,11 +182,12 @@ fn group_backend(
     let ready = start_group(config, &env, parallel.launch.timeout(), LOAD_TIMEOUT)?;
     for r in &ready.ready {
         eprintln!(
-            "rank {} ready: stage {} tp {} | weights {:.1} MiB | kv cache {:.1} MiB | peak RSS {:.1} MiB",
+            "rank {} ready: stage {} tp {} | weights {:.1} MiB ({}) | kv cache {:.1} MiB | peak RSS {:.1} MiB",
             r.rank,
             layout.stage_of(r.rank as usize),
             layout.tp_rank_of(r.rank as usize),
             r.weight_bytes as f64 / 1048576.0,
+            r.weight_formats,
             r.kv_cache_bytes as f64 / 1048576.0,
             r.peak_rss_bytes as f64 / 1048576.0
         );

@@ -38,13 +38,16 @@ fn assert_same_generation(got: &serde_json::Value, want: &serde_json::Value, wha
     }
 }
 
+/// In the GGUF's own block formats (the default) and dequantized to f32.
 #[test]
 fn smollm2_every_layout_matches_the_single_process() {
-    let want = run_json(&[]);
-    for (tp, pp) in [(2, 1), (3, 1), (4, 1), (1, 2), (1, 3), (2, 2)] {
-        let (tp_s, pp_s) = (tp.to_string(), pp.to_string());
-        let got = run_json(&["--tp", &tp_s, "--pp", &pp_s]);
-        assert_same_generation(&got, &want, &format!("tp {tp} pp {pp}"));
+    for quantization in ["auto", "none"] {
+        let want = run_json(&["--quantization", quantization]);
+        for (tp, pp) in [(2, 1), (3, 1), (4, 1), (1, 2), (1, 3), (2, 2)] {
+            let (tp_s, pp_s) = (tp.to_string(), pp.to_string());
+            let got = run_json(&["--tp", &tp_s, "--pp", &pp_s, "--quantization", quantization]);
+            assert_same_generation(&got, &want, &format!("{quantization}: tp {tp} pp {pp}"));
+        }
     }
 }
 

@@ -23,6 +23,11 @@ pub(crate) fn f32s(bytes: &[u8]) -> Vec<f32> {
     bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
 }
 
+/// An element type all-reduce sums.
+trait Summand: bytemuck::Pod + std::ops::AddAssign {}
+impl Summand for f32 {}
+impl Summand for f64 {}
+
 impl Group {
     pub fn new(mut ranks: Vec<usize>) -> Self {
         ranks.sort_unstable();
@@ -59,28 +64,39 @@ impl Group {
 
     /// Element-wise sum over the group, summed in rank order on every rank.
     pub fn all_reduce_sum(&self, comm: &Comm, data: &mut [f32]) -> Result<()> {
+        self.all_reduce_sum_of(comm, data)
+    }
+
+    /// `all_reduce_sum` in f64 (exact partial sums whose total is rounded once, by the caller).
+    pub fn all_reduce_sum_f64(&self, comm: &Comm, data: &mut [f64]) -> Result<()> {
+        self.all_reduce_sum_of(comm, data)
+    }
+
+    fn all_reduce_sum_of<T: Summand>(&self, comm: &Comm, data: &mut [T]) -> Result<()> {
         self.check_member(comm)?;
         if self.size() == 1 {
             return Ok(());
         }
         self.send_to_others(comm, bytemuck::cast_slice(data))?;
         let mine = data.to_vec();
-        data.fill(0.0);
+        data.fill(T::zeroed());
+        let width = std::mem::size_of::<T>();
         for &r in &self.ranks {
             if r == comm.rank() {
-                data.iter_mut().zip(&mine).for_each(|(d, m)| *d += m);
+                data.iter_mut().zip(&mine).for_each(|(d, &m)| *d += m);
                 continue;
             }
             let bytes = comm.recv(r, Tag::Collective)?;
-            if bytes.len() != data.len() * 4 {
+            if bytes.len() != data.len() * width {
                 return Err(CommError::Protocol(format!(
                     "all-reduce: rank {r} sent {} values, expected {}",
-                    bytes.len() / 4,
+                    bytes.len() / width,
                     data.len()
                 )));
             }
-            for (d, c) in data.iter_mut().zip(bytes.chunks_exact(4)) {
-                *d += f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+            // Read unaligned: the received buffer need not be aligned for T.
+            for (d, c) in data.iter_mut().zip(bytes.chunks_exact(width)) {
+                *d += bytemuck::pod_read_unaligned::<T>(c);
             }
         }
         Ok(())

@@ -1,4 +1,5 @@
-//! Parity with HF transformers on SmolLM2-135M-Instruct (the Q4_1 GGUF, dequantized to f32):
+//! Parity with HF transformers on SmolLM2-135M-Instruct (the Q4_1 GGUF dequantized to f32, as
+//! HF loads it: `--quantization none`):
 //! greedy token ids must be identical and top-5 logprobs within 1e-3 of the golden file made by
 //! `scripts/hf_golden.py`. The model is resolved like `--model smollm2-135m` (fetched into
 //! $SHARDLINE_CACHE on first use).
@@ -8,7 +9,7 @@ use std::sync::Arc;
 use candle_core::DType;
 use serde_json::Value;
 use shardline_engine::{Engine, EngineConfig};
-use shardline_model::ModelSpec;
+use shardline_model::{ModelSpec, Quantization};
 use shardline_sampling::SamplingParams;
 use shardline_tokenizer::{ChatMessage, Prompt, Tokenizer};
 use shardline_worker::LocalExecutor;
@@ -33,7 +34,9 @@ fn prompt_of(case: &Value) -> Prompt {
 fn greedy_tokens_and_logprobs_match_hf_transformers() {
     let golden: Value = serde_json::from_str(include_str!("data/hf_golden_smollm2.json")).unwrap();
     let steps = golden["meta"]["max_new_tokens"].as_u64().unwrap() as usize;
-    let model = ModelSpec::cpu("smollm2-135m", DType::F32).load().unwrap();
+    let mut spec = ModelSpec::cpu("smollm2-135m", DType::F32);
+    spec.options.quantization = Quantization::None;
+    let model = spec.load().unwrap();
     let path = shardline_weights::resolve_model("smollm2-135m").unwrap();
     let tokenizer = Arc::new(Tokenizer::from_path(&path).unwrap());
     let eos = model.config().eos_token_ids.clone();

@@ -19,6 +19,7 @@ mod rope;
 mod shard;
 mod step_meta;
 pub mod testing;
+mod weight;
 
 pub use batch::{BatchInput, SeqInput};
 pub use collective::{Collective, SingleRank};
@@ -31,3 +32,4 @@ pub use llama::{Llama, LoadOptions};
 pub use load::{DeviceKind, LoadFormat, ModelSpec};
 pub use shard::{even_split, ShardPlan};
 pub use step_meta::StepMetadata;
+pub use weight::{Quantization, Weight};

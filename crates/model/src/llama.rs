@@ -7,7 +7,7 @@
 use std::ops::Range;
 
 use candle_core::{DType, Device, Tensor};
-use shardline_ops::KvLayout;
+use shardline_ops::{KvLayout, QuantMatrix, QuantType};
 use shardline_weights::{LoadProgress, Slice, WeightSource};
 
 use crate::batch::BatchInput;
@@ -18,6 +18,7 @@ use crate::kv::{KvCache, KvKind};
 use crate::ops::{self, QkvDims};
 use crate::rope::RopeTable;
 use crate::shard::ShardPlan;
+use crate::weight::{FormatCounts, Quantization, Weight};
 
 /// How to load a model.
 #[derive(Clone, Debug)]
@@ -30,31 +31,42 @@ pub struct LoadOptions {
     pub layers: Option<Range<usize>>,
     /// Draw a progress bar on a terminal.
     pub progress: bool,
+    /// Which weights stay in (or are quantized to) block formats.
+    pub quantization: Quantization,
 }
 
 impl LoadOptions {
     pub fn cpu(dtype: DType) -> Self {
-        LoadOptions { dtype, device: Device::Cpu, plan: None, layers: None, progress: false }
+        LoadOptions {
+            dtype,
+            device: Device::Cpu,
+            plan: None,
+            layers: None,
+            progress: false,
+            quantization: Quantization::default(),
+        }
     }
 }
 
 pub(crate) struct Layer {
     pub input_norm: Tensor,
-    pub qkv: Tensor,
+    pub qkv: Weight,
     pub qkv_bias: Option<Tensor>,
-    pub o_proj: Tensor,
+    pub o_proj: Weight,
     pub post_norm: Tensor,
-    pub gate_up: Tensor,
-    pub down: Tensor,
+    pub gate_up: Weight,
+    pub down: Weight,
 }
 
 pub struct Llama {
     cfg: ModelConfig,
     plan: ShardPlan,
-    embed: Option<Tensor>,
+    embed: Option<Weight>,
     layers: Vec<Layer>,
     norm: Option<Tensor>,
-    lm_head: Option<Tensor>,
+    lm_head: Option<Weight>,
+    /// Matrices per format, for the READY line.
+    formats: FormatCounts,
     rope: RopeTable,
     kv_head_of_q: Vec<usize>,
     dims: QkvDims,
@@ -71,6 +83,8 @@ struct Loader<'a> {
     src: &'a dyn WeightSource,
     opts: &'a LoadOptions,
     bar: LoadProgress,
+    /// Why matrices were dequantized after all, each reason logged once.
+    dequantized: std::cell::RefCell<std::collections::BTreeSet<String>>,
 }
 
 impl Loader<'_> {
@@ -78,6 +92,50 @@ impl Loader<'_> {
         let t = self.src.load(name, shape, &slice, self.opts.dtype, &self.opts.device)?;
         self.bar.inc(1);
         Ok(t)
+    }
+
+    /// A matrix a matmul runs: in its stored block format when the options and the slice
+    /// allow, quantized on load when asked, else dense.
+    fn linear(&self, name: &str, shape: &[usize], slice: Slice) -> Result<Weight> {
+        let q = self.opts.quantization;
+        // The block matmul runs on the CPU with f32 activations.
+        if q == Quantization::None || !self.opts.device.is_cpu() || self.opts.dtype != DType::F32 {
+            return Ok(Weight::Dense(self.get(name, shape, slice)?));
+        }
+        if let Some(raw) = self.src.load_blocks(name, shape, &slice)? {
+            match QuantType::from_ggml(raw.dtype) {
+                Some(ty) => {
+                    let m = QuantMatrix::from_bytes(ty, raw.rows, raw.cols, &raw.bytes)
+                        .map_err(|e| ModelError::Shard(format!("{name}: {e}")))?;
+                    self.bar.inc(1);
+                    return Ok(Weight::blocks(m));
+                }
+                None => self.note(format!("{:?} has no block kernel", raw.dtype)),
+            }
+        } else if slice != Slice::Full && self.src.load_blocks(name, shape, &Slice::Rows(0..0))?.is_some() {
+            self.note("a tensor-parallel slice cuts through blocks".into());
+        }
+        let dense = self.get(name, shape, slice)?;
+        let Some(mut ty) = q.in_situ() else { return Ok(Weight::Dense(dense)) };
+        let (rows, cols) = dense.dims2()?;
+        if cols % ty.block_elems() != 0 {
+            self.note(format!("rows of {cols} are not whole {ty} blocks; Q8_0 instead"));
+            ty = QuantType::Q8_0;
+        }
+        match QuantMatrix::quantize(ty, rows, cols, &dense.flatten_all()?.to_vec1::<f32>()?) {
+            Ok(m) => Ok(Weight::blocks(m)),
+            Err(e) => {
+                self.note(e.to_string());
+                Ok(Weight::Dense(dense))
+            }
+        }
+    }
+
+    /// Logs (once per reason) why a matrix is kept dense rather than in blocks.
+    fn note(&self, why: String) {
+        if self.dequantized.borrow_mut().insert(why.clone()) {
+            tracing::info!("some weights load dequantized to f32: {why}");
+        }
     }
 }
 
@@ -104,13 +162,13 @@ impl Llama {
         } else {
             LoadProgress::hidden(total as u64)
         };
-        let ld = Loader { src, opts, bar };
+        let ld = Loader { src, opts, bar, dequantized: Default::default() };
         let (h, hd) = (cfg.hidden_size, cfg.head_dim);
         let rows = |r: &Range<usize>, scale: usize| Slice::Rows(r.start * scale..r.end * scale);
         let cols = |r: &Range<usize>, scale: usize| Slice::Cols(r.start * scale..r.end * scale);
         // Vocab-parallel: each TP rank holds its vocab rows (the whole table when alone).
         let embed = if first || (last && cfg.tie_word_embeddings) {
-            Some(ld.get("model.embed_tokens.weight", &[cfg.vocab_size, h], rows(&plan.vocab, 1))?)
+            Some(ld.linear("model.embed_tokens.weight", &[cfg.vocab_size, h], rows(&plan.vocab, 1))?)
         } else {
             None
         };
@@ -118,7 +176,7 @@ impl Llama {
         for i in layer_range.clone() {
             let p = format!("model.layers.{i}");
             let attn = |w: &str, n: usize, r: &Range<usize>| {
-                ld.get(&format!("{p}.self_attn.{w}.weight"), &[n * hd, h], rows(r, hd))
+                ld.linear(&format!("{p}.self_attn.{w}.weight"), &[n * hd, h], rows(r, hd))
             };
             let q = attn("q_proj", cfg.num_heads, &plan.q_heads)?;
             let k = attn("k_proj", cfg.num_kv_heads, &plan.kv_heads)?;
@@ -137,17 +195,21 @@ impl Llama {
                 None
             };
             let mlp = |w: &str| {
-                ld.get(&format!("{p}.mlp.{w}.weight"), &[cfg.intermediate_size, h], rows(&plan.intermediate, 1))
+                ld.linear(&format!("{p}.mlp.{w}.weight"), &[cfg.intermediate_size, h], rows(&plan.intermediate, 1))
             };
             let (gate, up) = (mlp("gate_proj")?, mlp("up_proj")?);
             layers.push(Layer {
                 input_norm: ld.get(&format!("{p}.input_layernorm.weight"), &[h], Slice::Full)?,
-                qkv: Tensor::cat(&[q, k, v], 0)?,
+                qkv: Weight::stack(vec![q, k, v], opts.dtype, &opts.device)?,
                 qkv_bias,
-                o_proj: ld.get(&format!("{p}.self_attn.o_proj.weight"), &[h, cfg.q_dim()], cols(&plan.q_heads, hd))?,
+                o_proj: ld.linear(
+                    &format!("{p}.self_attn.o_proj.weight"),
+                    &[h, cfg.q_dim()],
+                    cols(&plan.q_heads, hd),
+                )?,
                 post_norm: ld.get(&format!("{p}.post_attention_layernorm.weight"), &[h], Slice::Full)?,
-                gate_up: Tensor::cat(&[gate, up], 0)?,
-                down: ld.get(
+                gate_up: Weight::stack(vec![gate, up], opts.dtype, &opts.device)?,
+                down: ld.linear(
                     &format!("{p}.mlp.down_proj.weight"),
                     &[h, cfg.intermediate_size],
                     cols(&plan.intermediate, 1),
@@ -159,14 +221,21 @@ impl Llama {
             let tied = cfg.tie_word_embeddings || !src.contains("lm_head.weight");
             let head = match (&embed, tied) {
                 (Some(e), true) => e.clone(),
-                (None, true) => ld.get("model.embed_tokens.weight", &[cfg.vocab_size, h], rows(&plan.vocab, 1))?,
-                (_, false) => ld.get("lm_head.weight", &[cfg.vocab_size, h], rows(&plan.vocab, 1))?,
+                (None, true) => ld.linear("model.embed_tokens.weight", &[cfg.vocab_size, h], rows(&plan.vocab, 1))?,
+                (_, false) => ld.linear("lm_head.weight", &[cfg.vocab_size, h], rows(&plan.vocab, 1))?,
             };
             (Some(norm), Some(head))
         } else {
             (None, None)
         };
         ld.bar.finish();
+        let mut formats = FormatCounts::default();
+        for l in &layers {
+            [&l.qkv, &l.o_proj, &l.gate_up, &l.down].into_iter().for_each(|w| formats.add(w));
+        }
+        for w in embed.iter().chain(lm_head.iter().filter(|h| !embed.as_ref().is_some_and(|e| e.same_as(h)))) {
+            formats.add(w);
+        }
         let rope = RopeTable::new(&cfg);
         let kv_head_of_q = plan.local_kv_of_q(&cfg);
         let dims = QkvDims { q_heads: plan.num_q_heads(), kv_heads: plan.num_kv_heads(), head_dim: hd };
@@ -198,7 +267,13 @@ impl Llama {
             layers,
             norm,
             lm_head,
+            formats,
         })
+    }
+
+    /// Matrices per format this rank holds ("210 Q4_1, 1 Q8_0").
+    pub fn weight_formats(&self) -> String {
+        self.formats.to_string()
     }
 
     pub fn config(&self) -> &ModelConfig {
@@ -261,34 +336,29 @@ impl Llama {
         }
         let vocab = &self.plan.vocab;
         if vocab.len() == self.cfg.vocab_size {
-            let ids = Tensor::from_slice(tokens, tokens.len(), &self.device)?;
-            return Ok(embed.index_select(&ids, 0)?);
+            return embed.lookup(tokens, &self.device);
         }
         let local: Vec<u32> =
             tokens.iter().map(|&t| if vocab.contains(&(t as usize)) { t - vocab.start as u32 } else { 0 }).collect();
         let mask: Vec<f32> = tokens.iter().map(|&t| if vocab.contains(&(t as usize)) { 1.0 } else { 0.0 }).collect();
-        let ids = Tensor::from_vec(local, tokens.len(), &self.device)?;
         let mask = Tensor::from_vec(mask, (tokens.len(), 1), &self.device)?.to_dtype(self.dtype)?;
-        let partial = embed.index_select(&ids, 0)?.broadcast_mul(&mask)?;
+        let partial = embed.lookup(&local, &self.device)?.broadcast_mul(&mask)?;
         comm.all_reduce_sum_owned(partial)
     }
 
     /// Bytes of weights this rank and stage hold.
     pub fn weight_bytes(&self) -> usize {
         let size = |t: &Tensor| t.elem_count() * t.dtype().size_in_bytes();
-        let mut n: usize = self.embed.iter().chain(&self.norm).map(size).sum();
-        if let (Some(h), Some(e)) = (&self.lm_head, &self.embed) {
-            if h.id() != e.id() {
-                n += size(h);
+        let mut n: usize =
+            self.embed.iter().map(Weight::bytes).sum::<usize>() + self.norm.iter().map(size).sum::<usize>();
+        if let Some(h) = &self.lm_head {
+            if !self.embed.as_ref().is_some_and(|e| e.same_as(h)) {
+                n += h.bytes();
             }
-        } else if let Some(h) = &self.lm_head {
-            n += size(h);
         }
         for l in &self.layers {
-            n += [&l.input_norm, &l.qkv, &l.o_proj, &l.post_norm, &l.gate_up, &l.down]
-                .into_iter()
-                .map(size)
-                .sum::<usize>();
+            n += [&l.qkv, &l.o_proj, &l.gate_up, &l.down].into_iter().map(Weight::bytes).sum::<usize>();
+            n += [&l.input_norm, &l.post_norm].into_iter().map(size).sum::<usize>();
             n += l.qkv_bias.as_ref().map_or(0, size);
         }
         n
@@ -317,21 +387,24 @@ impl Llama {
             let qkv = ops::linear(&h, &l.qkv, l.qkv_bias.as_ref())?;
             let (q, k, v) = ops::split_qkv_rope(&qkv, &self.dims, &cos, &sin)?;
             let a = ops::attention(&q, &k, &v, cache, li, batch, &self.dims, &self.kv_head_of_q)?;
-            let mut o = ops::linear(&a, &l.o_proj, None)?;
-            if comm.size() > 1 {
-                o = comm.all_reduce_sum_owned(o)?;
-            }
+            let o = self.row_parallel(&a, &l.o_proj, comm)?;
             x = ops::add(&x, &o)?;
             let h = ops::rms_norm(&x, &l.post_norm, eps)?;
             let gu = ops::linear(&h, &l.gate_up, None)?;
             let m = ops::silu_mul(&gu, self.inter)?;
-            let mut d = ops::linear(&m, &l.down, None)?;
-            if comm.size() > 1 {
-                d = comm.all_reduce_sum_owned(d)?;
-            }
+            let d = self.row_parallel(&m, &l.down, comm)?;
             x = ops::add(&x, &d)?;
         }
         Ok(x)
+    }
+
+    /// x · wᵀ for a row-parallel layer (o_proj, down): under TP each rank multiplies its slice
+    /// of x's columns and the group sums the partial results.
+    fn row_parallel(&self, x: &Tensor, w: &Weight, comm: &dyn Collective) -> Result<Tensor> {
+        if comm.size() == 1 {
+            return ops::linear(x, w, None);
+        }
+        Ok(comm.all_reduce_sum_owned(ops::linear_partial(x, w)?)?.to_dtype(self.dtype)?)
     }
 
     /// f32 logits [rows.len(), vocab] of the chosen rows of the last stage's output.

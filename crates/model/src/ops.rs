@@ -3,11 +3,12 @@
 //! Both follow transformers' Llama code, so they agree to rounding.
 
 use candle_core::{CpuStorage, DType, Device, Storage, Tensor, D};
-use shardline_ops as k;
+use shardline_ops::{self as k, QuantMatrix};
 
 use crate::batch::BatchInput;
 use crate::error::Result;
 use crate::kv::{KvCache, LayerKv};
+use crate::weight::Weight;
 
 /// Runs `f` on the tensor's data if it is a contiguous f32 CPU tensor.
 fn with_host_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Option<R> {
@@ -31,7 +32,11 @@ fn from_vec(v: Vec<f32>, rows: usize, cols: usize) -> Result<Tensor> {
 }
 
 /// x [T, k] · wᵀ (w [n, k], a torch Linear weight) + b.
-pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
+pub fn linear(x: &Tensor, w: &Weight, b: Option<&Tensor>) -> Result<Tensor> {
+    let w = match w {
+        Weight::Dense(t) => t,
+        Weight::Blocks(parts) => return linear_blocks(x, parts, b),
+    };
     let (m, kdim) = x.dims2()?;
     let n = w.dim(0)?;
     if host_f32(x) && host_f32(w) {
@@ -47,6 +52,33 @@ pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
         Some(b) => y.broadcast_add(b)?,
         None => y,
     })
+}
+
+/// x · wᵀ as one tensor-parallel rank's share of a row-parallel layer, to be summed over the
+/// group: f64 partial sums for block weights (their sum then rounds to the single process's
+/// f32 result exactly), `linear` otherwise.
+pub fn linear_partial(x: &Tensor, w: &Weight) -> Result<Tensor> {
+    let Weight::Blocks(parts) = w else { return linear(x, w, None) };
+    let (m, kdim) = x.dims2()?;
+    let n: usize = parts.iter().map(QuantMatrix::rows).sum();
+    let x = x.to_device(&Device::Cpu)?.to_dtype(DType::F32)?.contiguous()?;
+    let mut out = vec![0.0f64; m * n];
+    with_host_f32(&x, |xs| k::matmul_nt_quant_f64(xs, m, kdim, parts, &mut out));
+    Ok(Tensor::from_vec(out, (m, n), &Device::Cpu)?)
+}
+
+/// The block-format matmul (weights in GGUF blocks, f32 activations on the host).
+fn linear_blocks(x: &Tensor, parts: &[QuantMatrix], b: Option<&Tensor>) -> Result<Tensor> {
+    let (m, kdim) = x.dims2()?;
+    let n: usize = parts.iter().map(QuantMatrix::rows).sum();
+    let x = x.to_device(&Device::Cpu)?.to_dtype(DType::F32)?.contiguous()?;
+    let mut out = vec![0.0f32; m * n];
+    with_host_f32(&x, |xs| k::matmul_nt_quant(xs, m, kdim, parts, &mut out));
+    if let Some(b) = b {
+        let b = b.to_dtype(DType::F32)?;
+        with_host_f32(&b, |bs| k::add_bias(&mut out, bs));
+    }
+    from_vec(out, m, n)
 }
 
 /// LlamaRMSNorm: x · rsqrt(mean(x²) + eps) in f32, cast back, times the weight.

@@ -16,4 +16,4 @@ mod simd;
 pub use attention::{paged_attention, write_kv, KvLayout, SeqSpan};
 pub use elementwise::{add_bias, add_inplace, rms_norm, rope_rotate_half, silu_mul};
 pub use matmul::matmul_nt;
-pub use quant::{matmul_nt_quant, QuantMatrix, QuantType};
+pub use quant::{matmul_nt_quant, matmul_nt_quant_f64, QuantMatrix, QuantType};

@@ -37,6 +37,21 @@ pub(crate) mod avx2 {
         _mm_cvtss_f32(_mm_add_ss(s, _mm_shuffle_ps(s, s, 0x55)))
     }
 
+    /// The sum of 4 f64 lanes.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    pub(crate) fn hsum_pd(v: __m256d) -> f64 {
+        let s = _mm_add_pd(_mm256_castpd256_pd128(v), _mm256_extractf128_pd(v, 1));
+        _mm_cvtsd_f64(_mm_add_sd(s, _mm_unpackhi_pd(s, s)))
+    }
+
+    /// 8 i32 lanes summed pairwise (exactly, as integers) into 4 f64 lanes.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    pub(crate) fn i32x8_to_f64x4(v: __m256i) -> __m256d {
+        _mm256_cvtepi32_pd(_mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1)))
+    }
+
     /// exp for 8 lanes (Cephes expf: range reduction by ln 2, degree-5 polynomial); relative
     /// error ~1e-7; clamps to ±88.38, so very negative inputs give ~0 and +inf stays finite.
     #[inline]

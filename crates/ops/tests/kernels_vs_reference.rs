@@ -206,3 +206,33 @@ fn block_formats_reject_rows_that_are_not_whole_blocks() {
     assert!(err.to_string().contains("not whole Q4_K blocks of 256"), "{err}");
     assert!(QuantMatrix::from_bytes(QuantType::Q8_0, 2, 64, &[0u8; 10]).is_err());
 }
+
+/// What tensor parallelism relies on: a row-parallel layer split over ranks at block
+/// boundaries (unevenly too), each rank's f64 partial sums added in f64 and rounded once, gives
+/// the single process's f32 outputs bit for bit (Q8_0 and Q4_1, whose block terms are exact).
+#[test]
+fn split_k_partial_sums_in_f64_round_to_the_whole_sum() {
+    use shardline_ops::{matmul_nt_quant, matmul_nt_quant_f64, QuantMatrix, QuantType};
+    let mut rng = Rng(13);
+    let (m, n, k) = (3, 29, 576);
+    for ty in [QuantType::Q8_0, QuantType::Q4_1] {
+        let (x, w) = (rng.vec(m * k), rng.vec(n * k));
+        let mut whole = vec![0.0f32; m * n];
+        matmul_nt_quant(&x, m, k, &[QuantMatrix::quantize(ty, n, k, &w).unwrap()], &mut whole);
+        for splits in [vec![0, 320, 576], vec![0, 192, 320, 448, 576]] {
+            let mut sum = vec![0.0f64; m * n];
+            for r in splits.windows(2) {
+                let kr = r[1] - r[0];
+                let cols = |v: &[f32], rows: usize| -> Vec<f32> {
+                    (0..rows).flat_map(|i| v[i * k + r[0]..i * k + r[1]].to_vec()).collect()
+                };
+                let part = QuantMatrix::quantize(ty, n, kr, &cols(&w, n)).unwrap();
+                let mut partial = vec![0.0f64; m * n];
+                matmul_nt_quant_f64(&cols(&x, m), m, kr, &[part], &mut partial);
+                sum.iter_mut().zip(&partial).for_each(|(s, p)| *s += p);
+            }
+            let rounded: Vec<f32> = sum.iter().map(|&v| v as f32).collect();
+            assert_eq!(rounded, whole, "{ty} split at {splits:?}");
+        }
+    }
+}

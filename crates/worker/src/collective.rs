@@ -116,6 +116,12 @@ impl Collective for TpCollective {
 impl TpCollective {
     /// The all-reduce over the TCP mesh: through the host in f32, whatever the device.
     fn tcp_all_reduce_sum(&self, t: &Tensor) -> shardline_model::Result<Tensor> {
+        if t.dtype() == DType::F64 {
+            // Exact partial sums (see `Llama::row_parallel`): summed in f64, never rounded here.
+            let mut data = t.flatten_all()?.to_vec1::<f64>()?;
+            self.timed(|| self.group.all_reduce_sum_f64(&self.comm, &mut data)).map_err(err)?;
+            return Ok(Tensor::from_vec(data, t.shape(), t.device())?);
+        }
         let mut data = t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
         self.timed(|| self.group.all_reduce_sum(&self.comm, &mut data)).map_err(err)?;
         Ok(Tensor::from_vec(data, t.shape(), t.device())?.to_dtype(t.dtype())?)

@@ -206,9 +206,10 @@ pub fn run_worker(env: &RankEnv, timeout: Duration) -> Result<()> {
     loop {
         let ready = shard.ready();
         eprintln!(
-            "READY rank={} weights={:.1}MiB kv_cache={:.1}MiB peak_rss={:.1}MiB",
+            "READY rank={} weights={:.1}MiB ({}) kv_cache={:.1}MiB peak_rss={:.1}MiB",
             env.rank,
             ready.weight_bytes as f64 / 1048576.0,
+            ready.weight_formats,
             ready.kv_cache_bytes as f64 / 1048576.0,
             ready.peak_rss_bytes as f64 / 1048576.0
         );

@@ -61,6 +61,7 @@ impl WorkerShard {
         let stage = layout.stage_of(rank);
         let mut spec = ModelSpec::cpu(&cfg.model, cfg.dtype);
         spec.load_format = cfg.load_format;
+        spec.options.quantization = cfg.quantization;
         spec.options.device = device_for(cfg.device, env.local_rank, &env.devices)?;
         let model_cfg = spec.read_config()?;
         spec.options.plan = Some(ShardPlan::new(&model_cfg, layout.tp_rank_of(rank), layout.tp)?);
@@ -125,6 +126,7 @@ impl WorkerShard {
             rejoined: self.rejoined,
             pid: std::process::id(),
             pid_namespace: crate::process_id::pid_namespace(),
+            weight_formats: self.runner.model().weight_formats(),
         }
     }
 

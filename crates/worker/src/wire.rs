@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use candle_core::DType;
 use shardline_exec::{NewRequest, Sampled, ScheduledRequest, StepOutput, StepPlan};
-use shardline_model::{DeviceKind, LoadFormat};
+use shardline_model::{DeviceKind, LoadFormat, Quantization};
 use shardline_proto::worker::v1 as pb;
 use shardline_sampling::{SampledToken, SamplerSettings, TokenLogprob};
 
@@ -19,6 +19,7 @@ pub struct GroupConfig {
     /// Model path or alias, resolved (and fetched if needed) on each rank.
     pub model: String,
     pub load_format: LoadFormat,
+    pub quantization: Quantization,
     pub dtype: DType,
     pub device: DeviceKind,
     pub layout: GroupLayout,
@@ -58,6 +59,7 @@ impl GroupConfig {
             } as i32,
             heartbeat_timeout_ms: u32::try_from(self.heartbeat_timeout.as_millis()).unwrap_or(u32::MAX),
             recover: self.recover,
+            quantization: self.quantization.to_string(),
         }
     }
 
@@ -87,9 +89,13 @@ impl GroupConfig {
         if layout.tp == 0 || layout.pp != layout.stage_layers.len() {
             return Err(WorkerError::Protocol(format!("the group spec's layout is inconsistent: {layout:?}")));
         }
+        let quantization = spec.quantization.parse().map_err(|_| {
+            WorkerError::Protocol(format!("the group spec's quantization `{}` is unknown", spec.quantization))
+        })?;
         Ok(GroupConfig {
             model: spec.model.clone(),
             load_format,
+            quantization,
             dtype,
             device,
             layout,
@@ -230,6 +236,7 @@ mod tests {
         let cfg = GroupConfig {
             model: "m".into(),
             load_format: LoadFormat::Dummy,
+            quantization: Quantization::Q4K,
             dtype: DType::BF16,
             device: DeviceKind::Cuda,
             layout: GroupLayout::new(2, 2, 30, None).unwrap(),

@@ -11,7 +11,7 @@ use candle_core::DType;
 use shardline_comm::GroupSecret;
 use shardline_engine::{Engine, EngineConfig, Executor, GenerationOutput};
 use shardline_exec::{NewRequest, ScheduledRequest, StepPlan};
-use shardline_model::{DeviceKind, LoadFormat, ModelSpec};
+use shardline_model::{DeviceKind, LoadFormat, ModelSpec, Quantization};
 use shardline_sampling::SamplingParams;
 use shardline_tokenizer::Tokenizer;
 use shardline_worker::{run_worker, start_group, GroupConfig, GroupExecutor, GroupLayout, LocalExecutor, RankEnv};
@@ -55,6 +55,7 @@ fn group_config(dir: &tempfile::TempDir, tp: usize, pp: usize, num_blocks: usize
     GroupConfig {
         model: dir.path().to_str().unwrap().to_string(),
         load_format: LoadFormat::Auto,
+        quantization: Quantization::Auto,
         dtype: DType::F32,
         device: DeviceKind::Cpu,
         layout: GroupLayout::new(tp, pp, 4, None).unwrap(),

@@ -20,8 +20,6 @@ use candle_core::quantized::k_quants::{BlockQ4K, BlockQ4_0, BlockQ5K, BlockQ6K, 
 use candle_core::quantized::GgmlDType;
 use rayon::prelude::*;
 
-use crate::out_ptr::OutPtr;
-
 /// The block formats kept as they are.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum QuantType {
@@ -186,19 +184,28 @@ impl QuantMatrix {
     /// Row-major f32 values.
     pub fn dequantize(&self) -> Vec<f32> {
         let mut out = vec![0.0f32; self.rows * self.cols];
+        self.decode(self.bytes(), &mut out);
+        out
+    }
+
+    /// Row `r`'s values into `out` (cols long): an embedding lookup.
+    pub fn dequantize_row(&self, r: usize, out: &mut [f32]) {
+        let rb = self.row_bytes();
+        self.decode(&self.bytes()[r * rb..(r + 1) * rb], out);
+    }
+
+    fn decode(&self, bytes: &[u8], out: &mut [f32]) {
         fn decode<T: GgmlType>(bytes: &[u8], out: &mut [f32]) {
             T::to_float(blocks::<T>(bytes), out)
         }
-        let bytes = self.bytes();
         match self.ty {
-            QuantType::Q8_0 => q8_0::dequantize(blocks(bytes), &mut out),
-            QuantType::Q4_0 => decode::<BlockQ4_0>(bytes, &mut out),
-            QuantType::Q4_1 => q4_1::dequantize_q4_1(blocks(bytes), &mut out),
-            QuantType::Q4K => decode::<BlockQ4K>(bytes, &mut out),
-            QuantType::Q5K => decode::<BlockQ5K>(bytes, &mut out),
-            QuantType::Q6K => decode::<BlockQ6K>(bytes, &mut out),
+            QuantType::Q8_0 => q8_0::dequantize(blocks(bytes), out),
+            QuantType::Q4_0 => decode::<BlockQ4_0>(bytes, out),
+            QuantType::Q4_1 => q4_1::dequantize_q4_1(blocks(bytes), out),
+            QuantType::Q4K => decode::<BlockQ4K>(bytes, out),
+            QuantType::Q5K => decode::<BlockQ5K>(bytes, out),
+            QuantType::Q6K => decode::<BlockQ6K>(bytes, out),
         }
-        out
     }
 }
 
@@ -238,7 +245,7 @@ trait Format: Sync {
     fn zero() -> Self::A;
     fn quantize_x(x: &[f32], out: &mut [Self::A]);
     /// out[r] = w · xs[r] for up to TILE rows (each k values long).
-    fn dot_rows(k: usize, w: &[Self::W], xs: &[&[Self::A]], out: &mut [f32]);
+    fn dot_rows(k: usize, w: &[Self::W], xs: &[&[Self::A]], out: &mut [f64]);
 }
 
 /// A candle block format, with candle's dot product.
@@ -254,9 +261,9 @@ impl<T: GgmlType> Format for Candle<T> {
     fn quantize_x(x: &[f32], out: &mut [Self::A]) {
         T::VecDotType::from_float(x, out)
     }
-    fn dot_rows(k: usize, w: &[T], xs: &[&[Self::A]], out: &mut [f32]) {
+    fn dot_rows(k: usize, w: &[T], xs: &[&[Self::A]], out: &mut [f64]) {
         for (o, x) in out.iter_mut().zip(xs) {
-            *o = T::vec_dot(k, w, x);
+            *o = T::vec_dot(k, w, x) as f64;
         }
     }
 }
@@ -277,7 +284,7 @@ macro_rules! own_format {
             fn quantize_x(x: &[f32], out: &mut [Self::A]) {
                 $quantize(x, out)
             }
-            fn dot_rows(_k: usize, w: &[Self::W], xs: &[&[Self::A]], out: &mut [f32]) {
+            fn dot_rows(_k: usize, w: &[Self::W], xs: &[&[Self::A]], out: &mut [f64]) {
                 #[cfg(target_arch = "x86_64")]
                 if crate::simd::has_avx2_fma_f16c() {
                     // SAFETY: the features were just detected; `run` passes at most TILE rows.
@@ -300,23 +307,68 @@ own_format!(Q8_0, q8_0, q8_0::BlockQ8_0, q8_0::BlockQ8_0, q8_0::quantize);
 /// # Panics
 /// If a shape does not match.
 pub fn matmul_nt_quant(x: &[f32], m: usize, k: usize, parts: &[QuantMatrix], out: &mut [f32]) {
+    matmul(x, m, k, parts, out)
+}
+
+/// [`matmul_nt_quant`] in f64: a tensor-parallel rank's partial sums of a row-parallel layer.
+/// Every block's term is exact in f64 and so, in practice, is their sum (Q8_0 and Q4_1; the
+/// K-quants' dots are candle's, in f32): summed over ranks in f64 and rounded to f32 once, the
+/// result is the single process's bit for bit. That matters because activations are rounded
+/// to 8 bits per block, a step function a last-bit difference can move.
+pub fn matmul_nt_quant_f64(x: &[f32], m: usize, k: usize, parts: &[QuantMatrix], out: &mut [f64]) {
+    matmul(x, m, k, parts, out)
+}
+
+/// An output element: f32, or f64 for partial sums.
+trait Out: Copy + Send + Sync + 'static {
+    fn from_f64(v: f64) -> Self;
+}
+
+impl Out for f32 {
+    fn from_f64(v: f64) -> Self {
+        v as f32
+    }
+}
+
+impl Out for f64 {
+    fn from_f64(v: f64) -> Self {
+        v
+    }
+}
+
+/// The output's base pointer, shared by tasks writing disjoint elements.
+#[derive(Clone, Copy)]
+struct Dst<O>(*mut O);
+// SAFETY: only made in `matmul`, whose tasks write disjoint elements before it returns.
+unsafe impl<O: Send> Send for Dst<O> {}
+unsafe impl<O: Send> Sync for Dst<O> {}
+
+impl<O> Dst<O> {
+    /// Through a method, so closures capture the whole (Send) wrapper, not the raw field.
+    fn at(self, i: usize) -> *mut O {
+        // SAFETY: callers index inside the output.
+        unsafe { self.0.add(i) }
+    }
+}
+
+fn matmul<O: Out>(x: &[f32], m: usize, k: usize, parts: &[QuantMatrix], out: &mut [O]) {
     let n: usize = parts.iter().map(QuantMatrix::rows).sum();
     assert!(x.len() == m * k && out.len() == m * n, "matmul_nt_quant: shapes");
     assert!(parts.iter().all(|p| p.cols == k), "matmul_nt_quant: every part has k columns");
     if m == 0 || n == 0 {
         return;
     }
-    // SAFETY: each part writes its own columns; within a part each task its own rows of w.
-    let dst = unsafe { OutPtr::new(out) };
+    // Each part writes its own columns; within a part each task its own rows of w.
+    let dst = Dst(out.as_mut_ptr());
     let mut col0 = 0;
     for p in parts {
         let run = match p.ty {
-            QuantType::Q8_0 => run::<Q8_0>,
-            QuantType::Q4_0 => run::<Candle<BlockQ4_0>>,
-            QuantType::Q4_1 => run::<Q4_1>,
-            QuantType::Q4K => run::<Candle<BlockQ4K>>,
-            QuantType::Q5K => run::<Candle<BlockQ5K>>,
-            QuantType::Q6K => run::<Candle<BlockQ6K>>,
+            QuantType::Q8_0 => run::<Q8_0, O>,
+            QuantType::Q4_0 => run::<Candle<BlockQ4_0>, O>,
+            QuantType::Q4_1 => run::<Q4_1, O>,
+            QuantType::Q4K => run::<Candle<BlockQ4K>, O>,
+            QuantType::Q5K => run::<Candle<BlockQ5K>, O>,
+            QuantType::Q6K => run::<Candle<BlockQ6K>, O>,
         };
         run(x, m, k, p, dst, n, col0);
         col0 += p.rows;
@@ -324,7 +376,7 @@ pub fn matmul_nt_quant(x: &[f32], m: usize, k: usize, parts: &[QuantMatrix], out
 }
 
 /// Writes out[i·stride + col0 + j] = x_i · w_j for every row i of x and j of `w`.
-fn run<F: Format>(x: &[f32], m: usize, k: usize, w: &QuantMatrix, dst: OutPtr, stride: usize, col0: usize) {
+fn run<F: Format, O: Out>(x: &[f32], m: usize, k: usize, w: &QuantMatrix, dst: Dst<O>, stride: usize, col0: usize) {
     let blocks_per_row = k / F::ELEMS;
     let mut xq = vec![F::zero(); m * blocks_per_row];
     for (xr, qr) in x.chunks_exact(k).zip(xq.chunks_exact_mut(blocks_per_row)) {
@@ -336,14 +388,14 @@ fn run<F: Format>(x: &[f32], m: usize, k: usize, w: &QuantMatrix, dst: OutPtr, s
     let chunk = w.rows.div_ceil(threads * 4).max(4);
     let x_rows: Vec<&[F::A]> = xq.chunks_exact(blocks_per_row).collect();
     wb.par_chunks(chunk * blocks_per_row).enumerate().for_each(|(c, w_chunk)| {
-        let mut dots = [0.0f32; 8];
+        let mut dots = [0.0f64; 8];
         for (jj, w_row) in w_chunk.chunks_exact(blocks_per_row).enumerate() {
             let j = col0 + c * chunk + jj;
             for (t, tile) in x_rows.chunks(F::TILE).enumerate() {
                 F::dot_rows(k, w_row, tile, &mut dots[..tile.len()]);
                 for (r, &v) in dots[..tile.len()].iter().enumerate() {
                     // SAFETY: (row, j) is inside out and j belongs to this task alone.
-                    unsafe { *dst.get().add((t * F::TILE + r) * stride + j) = v };
+                    unsafe { *dst.at((t * F::TILE + r) * stride + j) = O::from_f64(v) };
                 }
             }
         }

@@ -75,61 +75,121 @@ pub fn dequantize_q4_1(w: &[BlockQ4_1], out: &mut [f32]) {
     }
 }
 
-/// Σ over blocks of w·x, portable.
-pub fn dot_portable(w: &[BlockQ4_1], x: &[BlockQ8_1]) -> f32 {
-    let mut sum = 0.0f32;
+/// Σ over blocks of w·x, portable. Each block's term is exact in f64 (f16 scales, integer
+/// dot), and the sum is kept in f64: see the module `quant` on why.
+pub fn dot_portable(w: &[BlockQ4_1], x: &[BlockQ8_1]) -> f64 {
+    let mut sum = 0.0f64;
     for (bw, bx) in w.iter().zip(x) {
         let mut acc = 0i32;
         for j in 0..BLOCK / 2 {
             acc += (bw.qs[j] & 0x0F) as i32 * bx.qs[j] as i32;
             acc += (bw.qs[j] >> 4) as i32 * bx.qs[j + BLOCK / 2] as i32;
         }
-        sum += bw.d.to_f32() * bx.d.to_f32() * acc as f32 + bw.m.to_f32() * bx.s.to_f32();
+        sum += (bw.d.to_f32() * bx.d.to_f32()) as f64 * acc as f64 + (bw.m.to_f32() * bx.s.to_f32()) as f64;
     }
     sum
 }
 
+/// Activation rows one weight row is multiplied with at once.
+pub const TILE: usize = 4;
+
 /// out[r] = w · x_r for up to [`TILE`] activation rows with AVX2: each weight block's nibbles
-/// are unpacked once for all rows, and each row takes 32 products in two instructions
-/// (maddubs, madd) accumulated in f32 lanes. Scales convert with F16C in registers.
+/// are unpacked once for all rows; each row takes 32 products in two instructions (maddubs,
+/// madd), and the block's integer sum times its scales joins an f64 accumulator. Scales
+/// convert with F16C in registers.
 ///
 /// # Safety
 /// The CPU must support AVX2, FMA and F16C; `xs.len()` ≤ TILE = `out.len()`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn dot_rows_avx2(w: &[BlockQ4_1], xs: &[&[BlockQ8_1]], out: &mut [f32]) {
-    use std::arch::x86_64::*;
-    debug_assert!(xs.len() <= TILE && out.len() == xs.len());
-    let low = _mm256_set1_epi8(0x0F);
-    let ones = _mm256_set1_epi16(1);
-    let mut acc = [_mm256_setzero_ps(); TILE];
-    // Lane 1 of each accumulates m_w · s_x.
-    let mut mins = [_mm_setzero_ps(); TILE];
-    for (b, bw) in w.iter().enumerate() {
-        let packed = _mm_loadu_si128(bw.qs.as_ptr().cast());
-        // Low nibbles are weights 0..16, high nibbles 16..32: the halves of one 256-bit vector.
-        let q = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(packed, 4), packed), low);
-        // (d_w, m_w) as f32 lanes 0 and 1.
-        let dm = _mm_cvtph_ps(_mm_cvtsi32_si128(std::ptr::read_unaligned((bw as *const BlockQ4_1).cast::<i32>())));
-        for r in 0..xs.len() {
-            let bx = &xs[r][b];
-            let ds = _mm_cvtph_ps(_mm_cvtsi32_si128(std::ptr::read_unaligned((bx as *const BlockQ8_1).cast::<i32>())));
-            let scales = _mm_mul_ps(dm, ds); // (d_w·d_x, m_w·s_x)
-            let y = _mm256_loadu_si256(bx.qs.as_ptr().cast());
-            let quads = _mm256_madd_epi16(_mm256_maddubs_epi16(q, y), ones);
-            acc[r] = _mm256_fmadd_ps(_mm256_broadcastss_ps(scales), _mm256_cvtepi32_ps(quads), acc[r]);
-            mins[r] = _mm_add_ps(mins[r], scales);
-        }
-    }
-    for r in 0..xs.len() {
-        let mut lanes = [0.0f32; 4];
-        _mm_storeu_ps(lanes.as_mut_ptr(), mins[r]);
-        out[r] = crate::simd::avx2::hsum(acc[r]) + lanes[1];
+pub unsafe fn dot_rows_avx2(w: &[BlockQ4_1], xs: &[&[BlockQ8_1]], out: &mut [f64]) {
+    // The row count is a constant in each instance, so the accumulators stay in registers.
+    match xs.len() {
+        1 => dot_tile_avx2::<1>(w, xs, out),
+        2 => dot_tile_avx2::<2>(w, xs, out),
+        3 => dot_tile_avx2::<3>(w, xs, out),
+        _ => dot_tile_avx2::<4>(w, xs, out),
     }
 }
 
-/// Activation rows one weight row is multiplied with at once.
-pub const TILE: usize = 4;
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use std::arch::x86_64::*;
+
+    use super::{BlockQ4_1, BlockQ8_1};
+
+    /// A block's 32 weights as bytes 0..15: low nibbles are weights 0..16, high nibbles
+    /// 16..32, the halves of one 256-bit vector.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) fn unpack(bw: &BlockQ4_1) -> __m256i {
+        // SAFETY: qs is 16 bytes.
+        let packed = unsafe { _mm_loadu_si128(bw.qs.as_ptr().cast()) };
+        _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(packed, 4), packed), _mm256_set1_epi8(0x0F))
+    }
+
+    /// The two f16 at the start of a block, as f32 lanes 0 and 1 ((d, m) or (d, s)).
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) fn scales<T>(block: &T) -> __m128 {
+        // SAFETY: both block types start with two f16.
+        let bits = unsafe { std::ptr::read_unaligned((block as *const T).cast::<i32>()) };
+        _mm_cvtph_ps(_mm_cvtsi32_si128(bits))
+    }
+
+    /// Σ q_w·q_x over one block, as 4 f64 lanes (exact integers).
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) fn products(q: __m256i, bx: &BlockQ8_1) -> __m256d {
+        // SAFETY: qs is 32 bytes.
+        let y = unsafe { _mm256_loadu_si256(bx.qs.as_ptr().cast()) };
+        crate::simd::avx2::i32x8_to_f64x4(_mm256_madd_epi16(_mm256_maddubs_epi16(q, y), _mm256_set1_epi16(1)))
+    }
+}
+
+/// R activation rows sharing each unpacked weight block. Blocks go in pairs whose two terms
+/// are summed before joining the row's accumulator, which halves the chain of dependent adds;
+/// every row takes the same steps whatever R, so results do not depend on the batch.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn dot_tile_avx2<const R: usize>(w: &[BlockQ4_1], xs: &[&[BlockQ8_1]], out: &mut [f64]) {
+    use std::arch::x86_64::*;
+    let xs: &[&[BlockQ8_1]; R] = xs.try_into().expect("R rows");
+    let mut acc = [_mm256_setzero_pd(); R];
+    // Lane 1 accumulates m_w·s_x.
+    let mut mins = [_mm_setzero_pd(); R];
+    // (d_w·d_x, m_w·s_x): products of two f16, exact in f32.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn scales(dm: __m128, bx: &BlockQ8_1) -> __m128d {
+        _mm_cvtps_pd(_mm_mul_ps(dm, avx2::scales(bx)))
+    }
+    let pairs = w.len() / 2;
+    for p in 0..pairs {
+        let (b0, b1) = (2 * p, 2 * p + 1);
+        let (q0, q1) = (avx2::unpack(&w[b0]), avx2::unpack(&w[b1]));
+        let (dm0, dm1) = (avx2::scales(&w[b0]), avx2::scales(&w[b1]));
+        for r in 0..R {
+            let (s0, s1) = (scales(dm0, &xs[r][b0]), scales(dm1, &xs[r][b1]));
+            let t1 = _mm256_mul_pd(_mm256_broadcastsd_pd(s1), avx2::products(q1, &xs[r][b1]));
+            let t = _mm256_fmadd_pd(_mm256_broadcastsd_pd(s0), avx2::products(q0, &xs[r][b0]), t1);
+            acc[r] = _mm256_add_pd(acc[r], t);
+            mins[r] = _mm_add_pd(mins[r], _mm_add_pd(s0, s1));
+        }
+    }
+    if w.len() % 2 == 1 {
+        let b = w.len() - 1;
+        let (q, dm) = (avx2::unpack(&w[b]), avx2::scales(&w[b]));
+        for r in 0..R {
+            let s = scales(dm, &xs[r][b]);
+            acc[r] = _mm256_add_pd(acc[r], _mm256_mul_pd(_mm256_broadcastsd_pd(s), avx2::products(q, &xs[r][b])));
+            mins[r] = _mm_add_pd(mins[r], s);
+        }
+    }
+    for r in 0..R {
+        out[r] = crate::simd::avx2::hsum_pd(acc[r]) + _mm_cvtsd_f64(_mm_unpackhi_pd(mins[r], mins[r]));
+    }
+}
 
 #[cfg(test)]
 mod tests {
@@ -175,12 +235,12 @@ mod tests {
             let want = dot_portable(&qw, &qx);
             for rows in 1..=TILE {
                 let xs = vec![qx.as_slice(); rows];
-                let mut got = vec![f32::NAN; rows];
+                let mut got = vec![f64::NAN; rows];
                 // SAFETY: features checked above; rows ≤ TILE.
                 unsafe { dot_rows_avx2(&qw, &xs, &mut got) };
                 for g in got {
                     assert!(
-                        (g - want).abs() <= 1e-5 * want.abs().max(1.0),
+                        (g - want).abs() <= 1e-12 * want.abs().max(1.0),
                         "{blocks} blocks, {rows} rows: {g} vs {want}"
                     );
                 }

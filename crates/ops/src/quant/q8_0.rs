@@ -43,13 +43,13 @@ pub fn dequantize(w: &[BlockQ8_0], out: &mut [f32]) {
     }
 }
 
-/// Σ over blocks of w·x, portable.
-pub fn dot_portable(w: &[BlockQ8_0], x: &[BlockQ8_0]) -> f32 {
+/// Σ over blocks of w·x, portable; each block's term is exact in f64, the sum kept in f64.
+pub fn dot_portable(w: &[BlockQ8_0], x: &[BlockQ8_0]) -> f64 {
     w.iter()
         .zip(x)
         .map(|(bw, bx)| {
             let acc: i32 = bw.qs.iter().zip(&bx.qs).map(|(&a, &b)| a as i32 * b as i32).sum();
-            bw.d.to_f32() * bx.d.to_f32() * acc as f32
+            (bw.d.to_f32() * bx.d.to_f32()) as f64 * acc as f64
         })
         .sum()
 }
@@ -58,31 +58,88 @@ pub fn dot_portable(w: &[BlockQ8_0], x: &[BlockQ8_0]) -> f32 {
 pub const TILE: usize = 4;
 
 /// out[r] = w · x_r for up to [`TILE`] rows with AVX2. maddubs multiplies unsigned by signed
-/// bytes, so each product is taken as |w|·(x with w's sign), as ggml does.
+/// bytes, so each product is taken as |w|·(x with w's sign), as ggml does; block sums join f64
+/// accumulators.
 ///
 /// # Safety
 /// The CPU must support AVX2, FMA and F16C; `xs.len()` ≤ TILE = `out.len()`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn dot_rows_avx2(w: &[BlockQ8_0], xs: &[&[BlockQ8_0]], out: &mut [f32]) {
+pub unsafe fn dot_rows_avx2(w: &[BlockQ8_0], xs: &[&[BlockQ8_0]], out: &mut [f64]) {
+    // The row count is a constant in each instance, so the accumulators stay in registers.
+    match xs.len() {
+        1 => dot_tile_avx2::<1>(w, xs, out),
+        2 => dot_tile_avx2::<2>(w, xs, out),
+        3 => dot_tile_avx2::<3>(w, xs, out),
+        _ => dot_tile_avx2::<4>(w, xs, out),
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
     use std::arch::x86_64::*;
-    debug_assert!(xs.len() <= TILE && out.len() == xs.len());
-    let ones = _mm256_set1_epi16(1);
-    let mut acc = [_mm256_setzero_ps(); TILE];
-    for (b, bw) in w.iter().enumerate() {
-        let q = _mm256_loadu_si256(bw.qs.as_ptr().cast());
-        let abs_q = _mm256_sign_epi8(q, q);
-        let dw = _mm_cvtph_ps(_mm_cvtsi32_si128(bw.d.to_bits() as i32));
-        for r in 0..xs.len() {
-            let bx = &xs[r][b];
-            let y = _mm256_sign_epi8(_mm256_loadu_si256(bx.qs.as_ptr().cast()), q);
-            let quads = _mm256_madd_epi16(_mm256_maddubs_epi16(abs_q, y), ones);
-            let scale = _mm_mul_ss(dw, _mm_cvtph_ps(_mm_cvtsi32_si128(bx.d.to_bits() as i32)));
-            acc[r] = _mm256_fmadd_ps(_mm256_broadcastss_ps(scale), _mm256_cvtepi32_ps(quads), acc[r]);
+
+    use super::BlockQ8_0;
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) fn scale(b: &BlockQ8_0) -> __m128 {
+        _mm_cvtph_ps(_mm_cvtsi32_si128(b.d.to_bits() as i32))
+    }
+
+    /// (|w|, w) of a block, for the sign trick.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) fn load(b: &BlockQ8_0) -> (__m256i, __m256i) {
+        // SAFETY: qs is 32 bytes.
+        let q = unsafe { _mm256_loadu_si256(b.qs.as_ptr().cast()) };
+        (_mm256_sign_epi8(q, q), q)
+    }
+
+    /// Σ q_w·q_x over one block, as 4 f64 lanes (exact integers).
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) fn products((abs_q, q): (__m256i, __m256i), bx: &BlockQ8_0) -> __m256d {
+        // SAFETY: qs is 32 bytes.
+        let y = _mm256_sign_epi8(unsafe { _mm256_loadu_si256(bx.qs.as_ptr().cast()) }, q);
+        crate::simd::avx2::i32x8_to_f64x4(_mm256_madd_epi16(_mm256_maddubs_epi16(abs_q, y), _mm256_set1_epi16(1)))
+    }
+
+    /// d_w·d_x (exact in f32) broadcast to 4 f64 lanes.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) fn scales(dw: __m128, bx: &BlockQ8_0) -> __m256d {
+        _mm256_broadcastsd_pd(_mm_cvtps_pd(_mm_mul_ss(dw, scale(bx))))
+    }
+}
+
+/// R activation rows sharing each weight block; blocks in pairs summed before joining the
+/// row's accumulator (half the chain of dependent adds), the same steps for every R.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn dot_tile_avx2<const R: usize>(w: &[BlockQ8_0], xs: &[&[BlockQ8_0]], out: &mut [f64]) {
+    use std::arch::x86_64::*;
+    let xs: &[&[BlockQ8_0]; R] = xs.try_into().expect("R rows");
+    let mut acc = [_mm256_setzero_pd(); R];
+    for p in 0..w.len() / 2 {
+        let (b0, b1) = (2 * p, 2 * p + 1);
+        let (q0, q1) = (avx2::load(&w[b0]), avx2::load(&w[b1]));
+        let (d0, d1) = (avx2::scale(&w[b0]), avx2::scale(&w[b1]));
+        for r in 0..R {
+            let t1 = _mm256_mul_pd(avx2::scales(d1, &xs[r][b1]), avx2::products(q1, &xs[r][b1]));
+            let t = _mm256_fmadd_pd(avx2::scales(d0, &xs[r][b0]), avx2::products(q0, &xs[r][b0]), t1);
+            acc[r] = _mm256_add_pd(acc[r], t);
         }
     }
-    for r in 0..xs.len() {
-        out[r] = crate::simd::avx2::hsum(acc[r]);
+    if w.len() % 2 == 1 {
+        let b = w.len() - 1;
+        let (q, d) = (avx2::load(&w[b]), avx2::scale(&w[b]));
+        for r in 0..R {
+            acc[r] = _mm256_add_pd(acc[r], _mm256_mul_pd(avx2::scales(d, &xs[r][b]), avx2::products(q, &xs[r][b])));
+        }
+    }
+    for r in 0..R {
+        out[r] = crate::simd::avx2::hsum_pd(acc[r]);
     }
 }
 
@@ -108,11 +165,11 @@ mod tests {
             let want = dot_portable(&qw, &qx);
             for rows in 1..=TILE {
                 let xs = vec![qx.as_slice(); rows];
-                let mut got = vec![f32::NAN; rows];
+                let mut got = vec![f64::NAN; rows];
                 // SAFETY: features checked above; rows ≤ TILE.
                 unsafe { dot_rows_avx2(&qw, &xs, &mut got) };
                 for g in got {
-                    assert!((g - want).abs() <= 1e-5 * want.abs().max(1.0), "{blocks} blocks: {g} vs {want}");
+                    assert!((g - want).abs() <= 1e-12 * want.abs().max(1.0), "{blocks} blocks: {g} vs {want}");
                 }
             }
         }
