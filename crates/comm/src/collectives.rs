@@ -87,7 +87,7 @@ impl Group {
                 continue;
             }
             let bytes = comm.recv(r, Tag::Collective)?;
-            if bytes.len() != data.len() * width {
+            if bytes.len() != std::mem::size_of_val(data) {
                 return Err(CommError::Protocol(format!(
                     "all-reduce: rank {r} sent {} values, expected {}",
                     bytes.len() / width,
