@@ -33,12 +33,18 @@ import numpy as np
 class LlamaCpp:
     """One llama.cpp context able to hold `max_seqs` sequences."""
 
-    def __init__(self, path, threads, max_seqs, n_ctx=8192):
+    def __init__(self, path, threads, max_seqs, n_ctx=8192, extra_bufts=False):
         llama_cpp.llama_backend_init()
-        self.model = llama_cpp.llama_model_load_from_file(path.encode(), llama_cpp.llama_model_default_params())
+        params = llama_cpp.llama_model_default_params()
+        # Extra buffer types repack weights for AMX and similar kernels; in llama-cpp-python
+        # 0.3.36 the AMX repack of Q4_1 crashes the first decode on Sapphire Rapids Xeons.
+        params.use_extra_bufts = extra_bufts
+        self.model = llama_cpp.llama_model_load_from_file(path.encode(), params)
         params = llama_cpp.llama_context_default_params()
         params.n_ctx, params.n_batch, params.n_ubatch = n_ctx, 512, 512
         params.n_seq_max, params.n_threads, params.n_threads_batch = max_seqs, threads, threads
+        # One KV pool for all sequences (else each gets n_ctx / n_seq_max cells).
+        params.kv_unified = True
         self.ctx = llama_cpp.llama_init_from_model(self.model, params)
         self.n_vocab = llama_cpp.llama_vocab_n_tokens(llama_cpp.llama_model_get_vocab(self.model))
         self.batch = llama_cpp.llama_batch_init(512, 0, max_seqs)
@@ -63,6 +69,26 @@ class LlamaCpp:
                 ptr = llama_cpp.llama_get_logits_ith(self.ctx, i)
                 out.append(int(np.argmax(np.ctypeslib.as_array(ptr, shape=(self.n_vocab,)))))
         return out
+
+    def log_probs(self, tokens):
+        """Log-softmax of the next-token logits after every prefix of `tokens` (one sequence)."""
+        self.clear()
+        rows = []
+        for i in range(0, len(tokens), 512):
+            chunk = [(t, i + j, 0, True) for j, t in enumerate(tokens[i : i + 512])]
+            b = self.batch
+            b.n_tokens = len(chunk)
+            for k, (tok, pos, seq, _) in enumerate(chunk):
+                b.token[k], b.pos[k], b.n_seq_id[k], b.logits[k] = tok, pos, 1, 1
+                b.seq_id[k][0] = seq
+            if llama_cpp.llama_decode(self.ctx, b) != 0:
+                raise RuntimeError("llama_decode failed")
+            for k in range(len(chunk)):
+                ptr = llama_cpp.llama_get_logits_ith(self.ctx, k)
+                rows.append(np.ctypeslib.as_array(ptr, shape=(self.n_vocab,)).astype(np.float64))
+        logits = np.stack(rows)
+        logits -= logits.max(axis=1, keepdims=True)
+        return logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
 
     def prefill(self, prompts):
         """Prefills each prompt as its own sequence; returns the first sampled token of each."""
@@ -112,10 +138,10 @@ def shardline_figures(binary, gguf, threads, batches, extra):
     out, _ = shardline(binary, gguf, threads, "--random-prompt-tokens", "512", "--max-tokens", "1", "--output", "json", *extra)
     figures["prefill 512"] = json.loads(out)["metrics"]["prefill_tokens_per_s"]
     for b in batches:
-        _, err = shardline(
+        out, err = shardline(
             binary, gguf, threads, "--random-prompt-tokens", "32", "--max-tokens", "64", "--batch", str(b), *extra
         )
-        figures[f"batch {b}"] = float(re.search(r"aggregate decode ([0-9.]+) tok/s", err).group(1))
+        figures[f"batch {b}"] = float(re.search(r"aggregate decode ([0-9.]+) tok/s", out + err).group(1))
     return figures
 
 
@@ -138,10 +164,11 @@ def main():
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--batches", default="8,32")
     ap.add_argument("--shardline-args", default="", help="extra `shardline run` flags, e.g. '--quantization none'")
+    ap.add_argument("--llamacpp-extra-bufts", action="store_true", help="let llama.cpp repack weights (AMX, ...)")
     args = ap.parse_args()
     batches = [int(b) for b in args.batches.split(",") if b]
     rng = random.Random(0)
-    llm = LlamaCpp(args.gguf, args.threads, max(batches + [1]))
+    llm = LlamaCpp(args.gguf, args.threads, max(batches + [1]), extra_bufts=args.llamacpp_extra_bufts)
     runs = {"llama.cpp": [], "shardline": []}
     for _ in range(args.runs):
         runs["llama.cpp"].append(llamacpp_figures(llm, batches, rng))

@@ -13,21 +13,16 @@ greedy agreement and KL(p_f32 || p_quantized) per position.
 
 import argparse
 import json
+import os
 
-import llama_cpp
 import numpy as np
+
+from llamacpp_compare import LlamaCpp
 
 
 def all_log_probs(path, sequences):
-    llm = llama_cpp.Llama(path, n_ctx=1024, n_batch=1024, n_ubatch=1024, logits_all=True, verbose=False)
-    out = []
-    for tokens in sequences:
-        llm.reset()
-        llm.eval(tokens)
-        logits = np.array(llm.scores[: len(tokens)], dtype=np.float64)
-        logits -= logits.max(axis=1, keepdims=True)
-        out.append(logits - np.log(np.exp(logits).sum(axis=1, keepdims=True)))
-    return out
+    llm = LlamaCpp(path, threads=os.cpu_count(), max_seqs=1, n_ctx=1024)
+    return [llm.log_probs(tokens) for tokens in sequences]
 
 
 def main():

@@ -399,12 +399,12 @@ impl Llama {
     }
 
     /// x · wᵀ for a row-parallel layer (o_proj, down): under TP each rank multiplies its slice
-    /// of x's columns and the group sums the partial results.
+    /// of x's columns and the group sums the partial results. Block weights take the exact f64
+    /// path on every layout, a group of one included, so that all round the same sum.
     fn row_parallel(&self, x: &Tensor, w: &Weight, comm: &dyn Collective) -> Result<Tensor> {
-        if comm.size() == 1 {
-            return ops::linear(x, w, None);
-        }
-        Ok(comm.all_reduce_sum_owned(ops::linear_partial(x, w)?)?.to_dtype(self.dtype)?)
+        let partial = ops::linear_partial(x, w)?;
+        let summed = if comm.size() > 1 { comm.all_reduce_sum_owned(partial)? } else { partial };
+        Ok(summed.to_dtype(self.dtype)?)
     }
 
     /// f32 logits [rows.len(), vocab] of the chosen rows of the last stage's output.

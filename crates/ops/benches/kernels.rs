@@ -114,8 +114,25 @@ fn bench_rowwise(t: usize) {
     );
 }
 
+/// The machine's streaming bandwidth, to read the matmuls' GB/s against: a 256 MiB copy split
+/// over the threads (bytes read; as many are written).
+fn bench_memcpy() {
+    let n = 64 << 20; // f32s: 256 MiB each way
+    let src = vec![1.0f32; n];
+    let mut dst = vec![0.0f32; n];
+    let chunk = n / rayon::current_num_threads().max(1);
+    let s = time(|| {
+        use rayon::prelude::*;
+        dst.par_chunks_mut(chunk).zip(src.par_chunks(chunk)).for_each(|(d, s)| d.copy_from_slice(s));
+    });
+    println!("memcpy 256 MiB: {:8.1} us  {:6.1} GB/s read (+ as much written)", s * 1e6, (n * 4) as f64 / s / 1e9);
+}
+
 fn main() {
     println!("threads: {}", rayon::current_num_threads());
+    if wanted("memcpy") {
+        bench_memcpy();
+    }
     for &m in &[1, 8] {
         bench_matmul(m, 1536, 576, "mlp_up", 1);
         bench_matmul(m, 1536, 576, "mlp_up", 30);

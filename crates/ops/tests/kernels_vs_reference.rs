@@ -208,17 +208,19 @@ fn block_formats_reject_rows_that_are_not_whole_blocks() {
 }
 
 /// What tensor parallelism relies on: a row-parallel layer split over ranks at block
-/// boundaries (unevenly too), each rank's f64 partial sums added in f64 and rounded once, gives
-/// the single process's f32 outputs bit for bit (Q8_0 and Q4_1, whose block terms are exact).
+/// boundaries (unevenly too), each rank's exact f64 partial sums added in f64 and rounded once,
+/// gives the single process's rounded exact sum bit for bit (Q8_0 and Q4_1, whose block terms
+/// are exact).
 #[test]
 fn split_k_partial_sums_in_f64_round_to_the_whole_sum() {
-    use shardline_ops::{matmul_nt_quant, matmul_nt_quant_f64, QuantMatrix, QuantType};
+    use shardline_ops::{matmul_nt_quant_f64, QuantMatrix, QuantType};
     let mut rng = Rng(13);
     let (m, n, k) = (3, 29, 576);
     for ty in [QuantType::Q8_0, QuantType::Q4_1] {
         let (x, w) = (rng.vec(m * k), rng.vec(n * k));
-        let mut whole = vec![0.0f32; m * n];
-        matmul_nt_quant(&x, m, k, &[QuantMatrix::quantize(ty, n, k, &w).unwrap()], &mut whole);
+        let mut whole = vec![0.0f64; m * n];
+        matmul_nt_quant_f64(&x, m, k, &[QuantMatrix::quantize(ty, n, k, &w).unwrap()], &mut whole);
+        let whole: Vec<f32> = whole.iter().map(|&v| v as f32).collect();
         for splits in [vec![0, 320, 576], vec![0, 192, 320, 448, 576]] {
             let mut sum = vec![0.0f64; m * n];
             for r in splits.windows(2) {

@@ -245,7 +245,9 @@ trait Format: Sync {
     fn zero() -> Self::A;
     fn quantize_x(x: &[f32], out: &mut [Self::A]);
     /// out[r] = w · xs[r] for up to TILE rows (each k values long).
-    fn dot_rows(k: usize, w: &[Self::W], xs: &[&[Self::A]], out: &mut [f64]);
+    fn dot_rows(k: usize, w: &[Self::W], xs: &[&[Self::A]], out: &mut [f32]);
+    /// `dot_rows` in f64, every block's term exact (see `matmul_nt_quant_f64`).
+    fn dot_rows_exact(k: usize, w: &[Self::W], xs: &[&[Self::A]], out: &mut [f64]);
 }
 
 /// A candle block format, with candle's dot product.
@@ -261,7 +263,13 @@ impl<T: GgmlType> Format for Candle<T> {
     fn quantize_x(x: &[f32], out: &mut [Self::A]) {
         T::VecDotType::from_float(x, out)
     }
-    fn dot_rows(k: usize, w: &[T], xs: &[&[Self::A]], out: &mut [f64]) {
+    fn dot_rows(k: usize, w: &[T], xs: &[&[Self::A]], out: &mut [f32]) {
+        for (o, x) in out.iter_mut().zip(xs) {
+            *o = T::vec_dot(k, w, x);
+        }
+    }
+    fn dot_rows_exact(k: usize, w: &[T], xs: &[&[Self::A]], out: &mut [f64]) {
+        // candle's dots are f32: not exact, which K-quant files under TP live with.
         for (o, x) in out.iter_mut().zip(xs) {
             *o = T::vec_dot(k, w, x) as f64;
         }
@@ -284,11 +292,21 @@ macro_rules! own_format {
             fn quantize_x(x: &[f32], out: &mut [Self::A]) {
                 $quantize(x, out)
             }
-            fn dot_rows(_k: usize, w: &[Self::W], xs: &[&[Self::A]], out: &mut [f64]) {
+            fn dot_rows(_k: usize, w: &[Self::W], xs: &[&[Self::A]], out: &mut [f32]) {
                 #[cfg(target_arch = "x86_64")]
                 if crate::simd::has_avx2_fma_f16c() {
                     // SAFETY: the features were just detected; `run` passes at most TILE rows.
                     return unsafe { $module::dot_rows_avx2(w, xs, out) };
+                }
+                for (o, x) in out.iter_mut().zip(xs) {
+                    *o = $module::dot_portable(w, x) as f32;
+                }
+            }
+            fn dot_rows_exact(_k: usize, w: &[Self::W], xs: &[&[Self::A]], out: &mut [f64]) {
+                #[cfg(target_arch = "x86_64")]
+                if crate::simd::has_avx2_fma_f16c() {
+                    // SAFETY: as above.
+                    return unsafe { $module::dot_rows_exact_avx2(w, xs, out) };
                 }
                 for (o, x) in out.iter_mut().zip(xs) {
                     *o = $module::dot_portable(w, x);
@@ -310,29 +328,31 @@ pub fn matmul_nt_quant(x: &[f32], m: usize, k: usize, parts: &[QuantMatrix], out
     matmul(x, m, k, parts, out)
 }
 
-/// [`matmul_nt_quant`] in f64: a tensor-parallel rank's partial sums of a row-parallel layer.
-/// Every block's term is exact in f64 and so, in practice, is their sum (Q8_0 and Q4_1; the
-/// K-quants' dots are candle's, in f32): summed over ranks in f64 and rounded to f32 once, the
-/// result is the single process's bit for bit. That matters because activations are rounded
-/// to 8 bits per block, a step function a last-bit difference can move.
+/// [`matmul_nt_quant`] in f64 with every block's term exact (Q8_0 and Q4_1; the K-quants' dots
+/// are candle's, in f32), and so, in practice, their sum: a row-parallel layer's outputs, which
+/// summed over tensor-parallel ranks in f64 and rounded to f32 once equal the single process's
+/// bit for bit (it rounds the same exact sum). That matters because the next layer rounds
+/// activations to 8 bits per block, a step function a last-bit difference can move. About
+/// half the speed of the f32 path.
 pub fn matmul_nt_quant_f64(x: &[f32], m: usize, k: usize, parts: &[QuantMatrix], out: &mut [f64]) {
     matmul(x, m, k, parts, out)
 }
 
-/// An output element: f32, or f64 for partial sums.
-trait Out: Copy + Send + Sync + 'static {
-    fn from_f64(v: f64) -> Self;
+/// An output element: f32 (fast f32 accumulation), or f64 (exact block terms, for sums that
+/// must not depend on how the work was split).
+trait Out: Copy + Default + Send + Sync + 'static {
+    fn dot_rows<F: Format>(k: usize, w: &[F::W], xs: &[&[F::A]], out: &mut [Self]);
 }
 
 impl Out for f32 {
-    fn from_f64(v: f64) -> Self {
-        v as f32
+    fn dot_rows<F: Format>(k: usize, w: &[F::W], xs: &[&[F::A]], out: &mut [f32]) {
+        F::dot_rows(k, w, xs, out)
     }
 }
 
 impl Out for f64 {
-    fn from_f64(v: f64) -> Self {
-        v
+    fn dot_rows<F: Format>(k: usize, w: &[F::W], xs: &[&[F::A]], out: &mut [f64]) {
+        F::dot_rows_exact(k, w, xs, out)
     }
 }
 
@@ -388,14 +408,14 @@ fn run<F: Format, O: Out>(x: &[f32], m: usize, k: usize, w: &QuantMatrix, dst: D
     let chunk = w.rows.div_ceil(threads * 4).max(4);
     let x_rows: Vec<&[F::A]> = xq.chunks_exact(blocks_per_row).collect();
     wb.par_chunks(chunk * blocks_per_row).enumerate().for_each(|(c, w_chunk)| {
-        let mut dots = [0.0f64; 8];
+        let mut dots = [O::default(); 8];
         for (jj, w_row) in w_chunk.chunks_exact(blocks_per_row).enumerate() {
             let j = col0 + c * chunk + jj;
             for (t, tile) in x_rows.chunks(F::TILE).enumerate() {
-                F::dot_rows(k, w_row, tile, &mut dots[..tile.len()]);
+                O::dot_rows::<F>(k, w_row, tile, &mut dots[..tile.len()]);
                 for (r, &v) in dots[..tile.len()].iter().enumerate() {
                     // SAFETY: (row, j) is inside out and j belongs to this task alone.
-                    unsafe { *dst.at((t * F::TILE + r) * stride + j) = O::from_f64(v) };
+                    unsafe { *dst.at((t * F::TILE + r) * stride + j) = v };
                 }
             }
         }
