@@ -65,12 +65,13 @@ impl ModelRunner {
 
     /// This stage's layers over `x`, writing the batch's K/V.
     pub fn forward_layers(&mut self, x: Tensor, batch: &Batch, comm: &dyn Collective) -> Result<Tensor> {
-        Ok(self.model.forward_layers(x, &batch.input, &mut self.cache, comm)?)
+        let (model, cache) = (&self.model, &mut self.cache);
+        Ok(in_pool(|| model.forward_layers(x, &batch.input, cache, comm))?)
     }
 
     /// Logits of the sampled rows (last stage), gathered over the tensor-parallel group.
     pub fn logits(&self, x: &Tensor, batch: &Batch, comm: &dyn Collective) -> Result<Tensor> {
-        Ok(self.model.logits(x, &batch.input.logit_rows, comm)?)
+        Ok(in_pool(|| self.model.logits(x, &batch.input.logit_rows, comm))?)
     }
 
     /// One token per sampled row, the rows in parallel: each request's draw depends on its seed
@@ -133,4 +134,12 @@ impl ModelRunner {
         }
         Ok(StepOutput { sampled })
     }
+}
+
+/// Runs `f` on a thread of rayon's pool, where the kernels' parallel loops share the work with
+/// the pool's other threads directly. Called from outside, every loop would wake the pool and
+/// put this thread to sleep until it is done: a decode step runs ~120 loops of tens of
+/// microseconds, and the wake-ups cost as much as the work.
+fn in_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    rayon::scope(|_| f())
 }
