@@ -11,6 +11,20 @@
 //! contiguous ranges of weight rows, as in the f32 streaming kernel. A row's outputs depend on
 //! that row alone, so results do not change with the batch.
 
+/// Calls `$tile::<R>(w, xs, out)` with R = xs.len() (1 to 4): the row count is a constant in
+/// each instance, so a tile kernel's accumulators stay in registers.
+macro_rules! dispatch_tile {
+    ($tile:ident, $w:expr, $xs:expr, $out:expr) => {
+        match $xs.len() {
+            1 => $tile::<1>($w, $xs, $out),
+            2 => $tile::<2>($w, $xs, $out),
+            3 => $tile::<3>($w, $xs, $out),
+            _ => $tile::<4>($w, $xs, $out),
+        }
+    };
+}
+pub(crate) use dispatch_tile;
+
 pub mod q4_1;
 pub mod q8_0;
 

@@ -66,13 +66,7 @@ pub const TILE: usize = 4;
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn dot_rows_avx2(w: &[BlockQ8_0], xs: &[&[BlockQ8_0]], out: &mut [f32]) {
-    // The row count is a constant in each instance, so the accumulators stay in registers.
-    match xs.len() {
-        1 => dot_tile_avx2::<1>(w, xs, out),
-        2 => dot_tile_avx2::<2>(w, xs, out),
-        3 => dot_tile_avx2::<3>(w, xs, out),
-        _ => dot_tile_avx2::<4>(w, xs, out),
-    }
+    crate::quant::dispatch_tile!(dot_tile_avx2, w, xs, out)
 }
 
 /// [`dot_rows_avx2`] with f64 accumulators, in which every block's term is exact.
@@ -82,12 +76,7 @@ pub unsafe fn dot_rows_avx2(w: &[BlockQ8_0], xs: &[&[BlockQ8_0]], out: &mut [f32
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn dot_rows_exact_avx2(w: &[BlockQ8_0], xs: &[&[BlockQ8_0]], out: &mut [f64]) {
-    match xs.len() {
-        1 => dot_tile_exact_avx2::<1>(w, xs, out),
-        2 => dot_tile_exact_avx2::<2>(w, xs, out),
-        3 => dot_tile_exact_avx2::<3>(w, xs, out),
-        _ => dot_tile_exact_avx2::<4>(w, xs, out),
-    }
+    crate::quant::dispatch_tile!(dot_tile_exact_avx2, w, xs, out)
 }
 
 #[cfg(target_arch = "x86_64")]
