@@ -18,6 +18,11 @@ pub struct ModelRunner {
     model: Llama,
     cache: KvCache,
     requests: RequestTable,
+    /// Where a step's layers run: on a pool thread the kernels' parallel loops share the work
+    /// with the pool's other threads directly. Called from outside, every loop would wake the
+    /// pool and put the caller to sleep until it is done: a decode step runs ~120 loops of
+    /// tens of microseconds, and the wake-ups cost as much as the work.
+    pool: rayon::ThreadPool,
 }
 
 /// A step ready to run: the flattened batch and the requests whose rows are sampled, in the
@@ -31,7 +36,15 @@ impl ModelRunner {
     /// `model` with a KV cache of `num_blocks` × `block_size` tokens.
     pub fn new(model: Llama, num_blocks: usize, block_size: usize) -> Result<Self> {
         let cache = model.new_cache(num_blocks, block_size)?;
-        Ok(ModelRunner { model, cache, requests: RequestTable::default() })
+        // As many threads as the global pool (--threads); the runner's own, so that ranks
+        // sharing a process (tests run them as threads) never wait on each other's pool
+        // threads while one blocks in a collective.
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(rayon::current_num_threads())
+            .thread_name(|i| format!("kernels-{i}"))
+            .build()
+            .map_err(|e| crate::error::WorkerError::Protocol(format!("starting the kernel threads: {e}")))?;
+        Ok(ModelRunner { model, cache, requests: RequestTable::default(), pool })
     }
 
     pub fn model(&self) -> &Llama {
@@ -66,12 +79,12 @@ impl ModelRunner {
     /// This stage's layers over `x`, writing the batch's K/V.
     pub fn forward_layers(&mut self, x: Tensor, batch: &Batch, comm: &dyn Collective) -> Result<Tensor> {
         let (model, cache) = (&self.model, &mut self.cache);
-        Ok(in_pool(|| model.forward_layers(x, &batch.input, cache, comm))?)
+        Ok(self.pool.install(|| model.forward_layers(x, &batch.input, cache, comm))?)
     }
 
     /// Logits of the sampled rows (last stage), gathered over the tensor-parallel group.
     pub fn logits(&self, x: &Tensor, batch: &Batch, comm: &dyn Collective) -> Result<Tensor> {
-        Ok(in_pool(|| self.model.logits(x, &batch.input.logit_rows, comm))?)
+        Ok(self.pool.install(|| self.model.logits(x, &batch.input.logit_rows, comm))?)
     }
 
     /// One token per sampled row, the rows in parallel: each request's draw depends on its seed
@@ -134,12 +147,4 @@ impl ModelRunner {
         }
         Ok(StepOutput { sampled })
     }
-}
-
-/// Runs `f` on a thread of rayon's pool, where the kernels' parallel loops share the work with
-/// the pool's other threads directly. Called from outside, every loop would wake the pool and
-/// put this thread to sleep until it is done: a decode step runs ~120 loops of tens of
-/// microseconds, and the wake-ups cost as much as the work.
-fn in_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
-    rayon::scope(|_| f())
 }
