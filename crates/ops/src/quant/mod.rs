@@ -290,6 +290,15 @@ impl<T: GgmlType> Format for Candle<T> {
     }
 }
 
+/// Whether our own block kernels run their AVX2 forms, detected once (a dot product is called
+/// per weight row, too often to ask the CPU each time). An AVX-512 VNNI form of the Q4_1 tile,
+/// two blocks per vector, measured no faster here: its shuffles, not the multiplies, set the
+/// pace (`cargo bench -p shardline-ops -- gate_up`, 2-core Xeon).
+fn avx2() -> bool {
+    static AVX2: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *AVX2.get_or_init(crate::simd::has_avx2_fma_f16c)
+}
+
 /// Our own kernels: AVX2 where the CPU has it, else the portable dot.
 macro_rules! own_format {
     ($name:ident, $module:ident, $w:ty, $a:ty, $quantize:path) => {
@@ -308,8 +317,8 @@ macro_rules! own_format {
             }
             fn dot_rows(_k: usize, w: &[Self::W], xs: &[&[Self::A]], out: &mut [f32]) {
                 #[cfg(target_arch = "x86_64")]
-                if crate::simd::has_avx2_fma_f16c() {
-                    // SAFETY: the features were just detected; `run` passes at most TILE rows.
+                if avx2() {
+                    // SAFETY: the features were detected; `run` passes at most TILE rows.
                     return unsafe { $module::dot_rows_avx2(w, xs, out) };
                 }
                 for (o, x) in out.iter_mut().zip(xs) {
@@ -318,7 +327,7 @@ macro_rules! own_format {
             }
             fn dot_rows_exact(_k: usize, w: &[Self::W], xs: &[&[Self::A]], out: &mut [f64]) {
                 #[cfg(target_arch = "x86_64")]
-                if crate::simd::has_avx2_fma_f16c() {
+                if avx2() {
                     // SAFETY: as above.
                     return unsafe { $module::dot_rows_exact_avx2(w, xs, out) };
                 }
