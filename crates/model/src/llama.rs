@@ -8,7 +8,7 @@ use std::ops::Range;
 
 use candle_core::{DType, Device, Tensor};
 use shardline_ops::{KvLayout, QuantMatrix, QuantType};
-use shardline_weights::{LoadProgress, Slice, WeightSource};
+use shardline_weights::{BlockBytes, LoadProgress, Slice, WeightSource};
 
 use crate::batch::BatchInput;
 use crate::collective::Collective;
@@ -105,8 +105,11 @@ impl Loader<'_> {
         if let Some(raw) = self.src.load_blocks(name, shape, &slice)? {
             match QuantType::from_ggml(raw.dtype) {
                 Some(ty) => {
-                    let m = QuantMatrix::from_bytes(ty, raw.rows, raw.cols, &raw.bytes)
-                        .map_err(|e| ModelError::Shard(format!("{name}: {e}")))?;
+                    let m = match raw.bytes {
+                        BlockBytes::Mapped { file, range } => QuantMatrix::mapped(ty, raw.rows, raw.cols, file, range),
+                        BlockBytes::Owned(bytes) => QuantMatrix::from_bytes(ty, raw.rows, raw.cols, &bytes),
+                    }
+                    .map_err(|e| ModelError::Shard(format!("{name}: {e}")))?;
                     self.bar.inc(1);
                     return Ok(Weight::blocks(m));
                 }

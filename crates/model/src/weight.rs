@@ -133,17 +133,24 @@ impl Weight {
     }
 }
 
-/// What a rank's weights were loaded as, for its READY line: matrices per format.
+/// What a rank's weights were loaded as, for its READY line: matrices per format, and the
+/// bytes used in place in the memory-mapped file.
 #[derive(Clone, Debug, Default)]
-pub struct FormatCounts(BTreeMap<String, usize>);
+pub struct FormatCounts {
+    matrices: BTreeMap<String, usize>,
+    mapped_bytes: usize,
+}
 
 impl FormatCounts {
     pub fn add(&mut self, w: &Weight) {
         match w {
-            Weight::Dense(t) => *self.0.entry(format!("{:?}", t.dtype()).to_lowercase()).or_default() += 1,
+            Weight::Dense(t) => *self.matrices.entry(format!("{:?}", t.dtype()).to_lowercase()).or_default() += 1,
             Weight::Blocks(parts) => {
                 for p in parts.iter() {
-                    *self.0.entry(p.ty().to_string()).or_default() += 1;
+                    *self.matrices.entry(p.ty().to_string()).or_default() += 1;
+                    if p.is_mapped() {
+                        self.mapped_bytes += p.bytes().len();
+                    }
                 }
             }
         }
@@ -152,7 +159,11 @@ impl FormatCounts {
 
 impl std::fmt::Display for FormatCounts {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let parts: Vec<String> = self.0.iter().map(|(k, n)| format!("{n} {k}")).collect();
-        f.write_str(&parts.join(", "))
+        let parts: Vec<String> = self.matrices.iter().map(|(k, n)| format!("{n} {k}")).collect();
+        f.write_str(&parts.join(", "))?;
+        if self.mapped_bytes > 0 {
+            write!(f, "; {:.1} MiB in place in the file", self.mapped_bytes as f64 / 1048576.0)?;
+        }
+        Ok(())
     }
 }

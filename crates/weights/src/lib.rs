@@ -18,7 +18,7 @@ pub use gguf::GgufSource;
 pub use progress::LoadProgress;
 pub use resolve::{cache_dir, resolve_model, SMOLLM2_ALIAS};
 pub use safetensors_dir::SafetensorsDir;
-pub use source::{RawBlocks, Slice, WeightSource};
+pub use source::{BlockBytes, RawBlocks, Slice, WeightSource};
 
 /// Opens `path`: a directory with `config.json` and `model.safetensors` (or a sharded set with
 /// `model.safetensors.index.json`), or a `*.gguf` file. Everything is memory-mapped.

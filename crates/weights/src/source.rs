@@ -90,7 +90,33 @@ pub struct RawBlocks {
     pub dtype: candle_core::quantized::GgmlDType,
     pub rows: usize,
     pub cols: usize,
-    pub bytes: Vec<u8>,
+    pub bytes: BlockBytes,
+}
+
+/// Where a tensor's blocks are: in place in the memory-mapped file (whole rows in file order,
+/// shared by every process mapping it), or copied out (column slices, reordered rows).
+#[derive(Clone)]
+pub enum BlockBytes {
+    Mapped { file: std::sync::Arc<memmap2::Mmap>, range: std::ops::Range<usize> },
+    Owned(Vec<u8>),
+}
+
+impl BlockBytes {
+    pub fn as_slice(&self) -> &[u8] {
+        match self {
+            BlockBytes::Mapped { file, range } => &file[range.clone()],
+            BlockBytes::Owned(v) => v,
+        }
+    }
+}
+
+impl std::fmt::Debug for BlockBytes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BlockBytes::Mapped { range, .. } => write!(f, "Mapped({range:?})"),
+            BlockBytes::Owned(v) => write!(f, "Owned({} bytes)", v.len()),
+        }
+    }
 }
 
 /// Returns `ShapeMismatch` unless `found == expected`.

@@ -263,23 +263,32 @@ fn raw_blocks_equal_dequantized_loads() {
     write_gguf(&path, "llama", &tensors, false);
     let src = open(&path).unwrap();
     let decode = |b: &shardline_weights::RawBlocks| {
-        candle_core::quantized::ggml_file::qtensor_from_ggml(b.dtype, &b.bytes, vec![b.rows, b.cols], &Device::Cpu)
-            .unwrap()
-            .dequantize(&Device::Cpu)
-            .unwrap()
-            .to_vec2::<f32>()
-            .unwrap()
+        candle_core::quantized::ggml_file::qtensor_from_ggml(
+            b.dtype,
+            &b.bytes.as_slice().to_vec(),
+            vec![b.rows, b.cols],
+            &Device::Cpu,
+        )
+        .unwrap()
+        .dequantize(&Device::Cpu)
+        .unwrap()
+        .to_vec2::<f32>()
+        .unwrap()
     };
     let q = "model.layers.0.self_attn.q_proj.weight";
     for slice in [Slice::Full, Slice::Rows(HEAD_DIM..3 * HEAD_DIM)] {
         let blocks = src.load_blocks(q, &[HIDDEN, HIDDEN], &slice).unwrap().expect("Q8_0 rows are offered");
         assert_eq!(blocks.dtype, GgmlDType::Q8_0);
+        assert!(matches!(blocks.bytes, shardline_weights::BlockBytes::Owned(_)), "un-permuted rows are copies");
         assert_eq!(decode(&blocks), load2(src.as_ref(), q, &[HIDDEN, HIDDEN], slice.clone()), "{slice}");
     }
     let d = "model.layers.0.mlp.down_proj.weight";
     for slice in [Slice::Full, Slice::Rows(5..17), Slice::Cols(32..64)] {
         let blocks = src.load_blocks(d, &[HIDDEN, FFN], &slice).unwrap().expect("whole Q4_1 blocks");
         assert_eq!(decode(&blocks), load2(src.as_ref(), d, &[HIDDEN, FFN], slice.clone()), "{slice}");
+        // Whole rows in file order stay in the mapping; column slices are gathered.
+        let mapped = matches!(blocks.bytes, shardline_weights::BlockBytes::Mapped { .. });
+        assert_eq!(mapped, !matches!(slice, Slice::Cols(_)), "{slice}");
     }
     assert!(src.load_blocks(d, &[HIDDEN, FFN], &Slice::Cols(16..48)).unwrap().is_none(), "splits a block");
     assert!(src.load_blocks(q, &[HIDDEN, HIDDEN], &Slice::Rows(4..12)).unwrap().is_none(), "splits a head");

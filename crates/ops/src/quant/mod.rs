@@ -110,14 +110,32 @@ impl std::fmt::Display for NotBlockAligned {
     }
 }
 
+/// Bytes a matrix may borrow for as long as it lives: a memory-mapped file, shared with every
+/// process mapping it.
+pub type SharedBytes = std::sync::Arc<dyn AsRef<[u8]> + Send + Sync>;
+
 /// A [rows × cols] weight matrix in one block format; each row is cols / block_elems blocks.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct QuantMatrix {
     ty: QuantType,
     rows: usize,
     cols: usize,
-    /// The blocks, in u32 words so that every block format's fields are aligned.
-    words: Vec<u32>,
+    blocks: Blocks,
+}
+
+#[derive(Clone)]
+enum Blocks {
+    /// In u32 words, so that every block format's fields are aligned.
+    Owned(Vec<u32>),
+    /// A range of shared bytes (checked aligned).
+    Shared(SharedBytes, std::ops::Range<usize>),
+}
+
+impl std::fmt::Debug for QuantMatrix {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let place = if matches!(self.blocks, Blocks::Shared(..)) { "mapped" } else { "owned" };
+        write!(f, "QuantMatrix({}×{} {}, {place})", self.rows, self.cols, self.ty)
+    }
 }
 
 impl QuantMatrix {
@@ -133,7 +151,36 @@ impl QuantMatrix {
         }
         let mut words = vec![0u32; bytes.len().div_ceil(4)];
         as_bytes_mut(&mut words)[..bytes.len()].copy_from_slice(bytes);
-        Ok(QuantMatrix { ty, rows, cols, words })
+        Ok(QuantMatrix { ty, rows, cols, blocks: Blocks::Owned(words) })
+    }
+
+    /// Uses `range` of `shared` (GGUF's layout) in place, without copying, when it is aligned
+    /// for the block format (else copies it).
+    pub fn mapped(
+        ty: QuantType,
+        rows: usize,
+        cols: usize,
+        shared: SharedBytes,
+        range: std::ops::Range<usize>,
+    ) -> Result<QuantMatrix, NotBlockAligned> {
+        let bytes = &(*shared).as_ref()[range.clone()];
+        if !(bytes.as_ptr() as usize).is_multiple_of(4) {
+            return Self::from_bytes(ty, rows, cols, bytes);
+        }
+        let row_bytes = Self::row_bytes_of(ty, cols)?;
+        if bytes.len() != rows * row_bytes {
+            return Err(NotBlockAligned(format!(
+                "{rows}×{cols} {ty} needs {} bytes, got {}",
+                rows * row_bytes,
+                bytes.len()
+            )));
+        }
+        Ok(QuantMatrix { ty, rows, cols, blocks: Blocks::Shared(shared, range) })
+    }
+
+    /// Whether the blocks are borrowed in place (see [`QuantMatrix::mapped`]).
+    pub fn is_mapped(&self) -> bool {
+        matches!(self.blocks, Blocks::Shared(..))
     }
 
     /// Quantizes row-major f32 weights (in-situ quantization of a dense checkpoint).
@@ -153,7 +200,7 @@ impl QuantMatrix {
             QuantType::Q5K => encode::<BlockQ5K>(w, bytes),
             QuantType::Q6K => encode::<BlockQ6K>(w, bytes),
         }
-        Ok(QuantMatrix { ty, rows, cols, words })
+        Ok(QuantMatrix { ty, rows, cols, blocks: Blocks::Owned(words) })
     }
 
     fn row_bytes_of(ty: QuantType, cols: usize) -> Result<usize, NotBlockAligned> {
@@ -185,14 +232,10 @@ impl QuantMatrix {
 
     /// The blocks as stored (GGUF's layout).
     pub fn bytes(&self) -> &[u8] {
-        &as_bytes(&self.words)[..self.rows * self.row_bytes()]
-    }
-
-    /// The rows in `order` (e.g. undoing llama.cpp's q/k row permutation).
-    pub fn select_rows(&self, order: &[usize]) -> QuantMatrix {
-        let rb = self.row_bytes();
-        let bytes: Vec<u8> = order.iter().flat_map(|&r| &self.bytes()[r * rb..(r + 1) * rb]).copied().collect();
-        QuantMatrix::from_bytes(self.ty, order.len(), self.cols, &bytes).expect("same format")
+        match &self.blocks {
+            Blocks::Owned(words) => &as_bytes(words)[..self.rows * self.row_bytes()],
+            Blocks::Shared(shared, range) => &(**shared).as_ref()[range.clone()],
+        }
     }
 
     /// Row-major f32 values.

@@ -16,7 +16,7 @@ use candle_core::{DType, Device, Tensor};
 use memmap2::Mmap;
 
 use crate::error::{Result, WeightsError};
-use crate::source::{check_shape, RawBlocks, Slice, WeightSource};
+use crate::source::{check_shape, BlockBytes, RawBlocks, Slice, WeightSource};
 use names::{hf_to_gguf, RopeProj};
 
 /// One tensor's location and format inside the mapping.
@@ -31,7 +31,7 @@ struct Info {
 /// A weight source backed by one memory-mapped GGUF file.
 pub struct GgufSource {
     path: PathBuf,
-    mmap: Mmap,
+    mmap: std::sync::Arc<Mmap>,
     config: serde_json::Value,
     tensors: HashMap<String, Info>,
     rope_permuted: bool,
@@ -86,7 +86,7 @@ impl GgufSource {
         tracing::debug!(file = %path.display(), arch = %arch.name, tensors = tensors.len(), "opened GGUF");
         Ok(GgufSource {
             path: path.to_path_buf(),
-            mmap,
+            mmap: std::sync::Arc::new(mmap),
             config,
             tensors,
             rope_permuted: arch.rope_permuted,
@@ -271,11 +271,22 @@ impl WeightSource for GgufSource {
             _ => rows.collect(),
         };
         let sub = cols.start / bs * ts..cols.end / bs * ts;
-        let mut bytes = Vec::with_capacity(order.len() * sub.len());
-        for r in &order {
-            let base = info.start + r * row_bytes;
-            bytes.extend_from_slice(&self.mmap[base + sub.start..base + sub.end]);
-        }
+        let in_file_order = order.windows(2).all(|w| w[1] == w[0] + 1);
+        let bytes = if sub.len() == row_bytes && in_file_order {
+            // Whole rows, consecutive: used where they lie in the mapping.
+            let start = info.start + order.first().map_or(0, |&r| r * row_bytes);
+            BlockBytes::Mapped {
+                file: std::sync::Arc::clone(&self.mmap),
+                range: start..start + order.len() * row_bytes,
+            }
+        } else {
+            let mut bytes = Vec::with_capacity(order.len() * sub.len());
+            for r in &order {
+                let base = info.start + r * row_bytes;
+                bytes.extend_from_slice(&self.mmap[base + sub.start..base + sub.end]);
+            }
+            BlockBytes::Owned(bytes)
+        };
         Ok(Some(RawBlocks { dtype: info.dtype, rows: order.len(), cols: cols.len(), bytes }))
     }
 
