@@ -263,17 +263,15 @@ fn raw_blocks_equal_dequantized_loads() {
     write_gguf(&path, "llama", &tensors, false);
     let src = open(&path).unwrap();
     let decode = |b: &shardline_weights::RawBlocks| {
-        candle_core::quantized::ggml_file::qtensor_from_ggml(
-            b.dtype,
-            &b.bytes.as_slice().to_vec(),
-            vec![b.rows, b.cols],
-            &Device::Cpu,
-        )
-        .unwrap()
-        .dequantize(&Device::Cpu)
-        .unwrap()
-        .to_vec2::<f32>()
-        .unwrap()
+        // A fresh allocation: candle reads the bytes as blocks, which a slice of the mapping
+        // need not be aligned for.
+        let bytes = b.bytes.as_slice().to_vec();
+        candle_core::quantized::ggml_file::qtensor_from_ggml(b.dtype, &bytes, vec![b.rows, b.cols], &Device::Cpu)
+            .unwrap()
+            .dequantize(&Device::Cpu)
+            .unwrap()
+            .to_vec2::<f32>()
+            .unwrap()
     };
     let q = "model.layers.0.self_attn.q_proj.weight";
     for slice in [Slice::Full, Slice::Rows(HEAD_DIM..3 * HEAD_DIM)] {
