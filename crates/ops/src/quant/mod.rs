@@ -141,14 +141,7 @@ impl std::fmt::Debug for QuantMatrix {
 impl QuantMatrix {
     /// Takes `bytes` (rows × cols/block blocks, GGUF's layout) as they are.
     pub fn from_bytes(ty: QuantType, rows: usize, cols: usize, bytes: &[u8]) -> Result<QuantMatrix, NotBlockAligned> {
-        let row_bytes = Self::row_bytes_of(ty, cols)?;
-        if bytes.len() != rows * row_bytes {
-            return Err(NotBlockAligned(format!(
-                "{rows}×{cols} {ty} needs {} bytes, got {}",
-                rows * row_bytes,
-                bytes.len()
-            )));
-        }
+        Self::check_len(ty, rows, cols, bytes.len())?;
         let mut words = vec![0u32; bytes.len().div_ceil(4)];
         as_bytes_mut(&mut words)[..bytes.len()].copy_from_slice(bytes);
         Ok(QuantMatrix { ty, rows, cols, blocks: Blocks::Owned(words) })
@@ -167,15 +160,17 @@ impl QuantMatrix {
         if !(bytes.as_ptr() as usize).is_multiple_of(4) {
             return Self::from_bytes(ty, rows, cols, bytes);
         }
-        let row_bytes = Self::row_bytes_of(ty, cols)?;
-        if bytes.len() != rows * row_bytes {
-            return Err(NotBlockAligned(format!(
-                "{rows}×{cols} {ty} needs {} bytes, got {}",
-                rows * row_bytes,
-                bytes.len()
-            )));
-        }
+        Self::check_len(ty, rows, cols, bytes.len())?;
         Ok(QuantMatrix { ty, rows, cols, blocks: Blocks::Shared(shared, range) })
+    }
+
+    /// Whether `len` bytes are exactly rows × cols in `ty`'s whole blocks.
+    fn check_len(ty: QuantType, rows: usize, cols: usize, len: usize) -> Result<(), NotBlockAligned> {
+        let want = rows * Self::row_bytes_of(ty, cols)?;
+        if len != want {
+            return Err(NotBlockAligned(format!("{rows}×{cols} {ty} needs {want} bytes, got {len}")));
+        }
+        Ok(())
     }
 
     /// Whether the blocks are borrowed in place (see [`QuantMatrix::mapped`]).
