@@ -59,26 +59,33 @@ pub fn linear(x: &Tensor, w: &Weight, b: Option<&Tensor>) -> Result<Tensor> {
 /// f32 result exactly), `linear` otherwise.
 pub fn linear_partial(x: &Tensor, w: &Weight) -> Result<Tensor> {
     let Weight::Blocks(parts) = w else { return linear(x, w, None) };
-    let (m, kdim) = x.dims2()?;
-    let n: usize = parts.iter().map(QuantMatrix::rows).sum();
-    let x = x.to_device(&Device::Cpu)?.to_dtype(DType::F32)?.contiguous()?;
-    let mut out = vec![0.0f64; m * n];
-    with_host_f32(&x, |xs| k::matmul_nt_quant_f64(xs, m, kdim, parts, &mut out));
+    let (out, m, n) = blocks_matmul(x, parts, k::matmul_nt_quant_f64)?;
     Ok(Tensor::from_vec(out, (m, n), &Device::Cpu)?)
 }
 
 /// The block-format matmul (weights in GGUF blocks, f32 activations on the host).
 fn linear_blocks(x: &Tensor, parts: &[QuantMatrix], b: Option<&Tensor>) -> Result<Tensor> {
-    let (m, kdim) = x.dims2()?;
-    let n: usize = parts.iter().map(QuantMatrix::rows).sum();
-    let x = x.to_device(&Device::Cpu)?.to_dtype(DType::F32)?.contiguous()?;
-    let mut out = vec![0.0f32; m * n];
-    with_host_f32(&x, |xs| k::matmul_nt_quant(xs, m, kdim, parts, &mut out));
+    let (mut out, m, n) = blocks_matmul(x, parts, k::matmul_nt_quant)?;
     if let Some(b) = b {
         let b = b.to_dtype(DType::F32)?;
         with_host_f32(&b, |bs| k::add_bias(&mut out, bs));
     }
     from_vec(out, m, n)
+}
+
+/// x [m, k] · wᵀ over the stacked block `parts` through `matmul` (f32 outputs, or exact f64
+/// ones), with x as f32 on the host; returns the row-major output and its shape.
+fn blocks_matmul<T: Clone + Default>(
+    x: &Tensor,
+    parts: &[QuantMatrix],
+    matmul: fn(&[f32], usize, usize, &[QuantMatrix], &mut [T]),
+) -> Result<(Vec<T>, usize, usize)> {
+    let (m, kdim) = x.dims2()?;
+    let n: usize = parts.iter().map(QuantMatrix::rows).sum();
+    let x = x.to_device(&Device::Cpu)?.to_dtype(DType::F32)?.contiguous()?;
+    let mut out = vec![T::default(); m * n];
+    with_host_f32(&x, |xs| matmul(xs, m, kdim, parts, &mut out));
+    Ok((out, m, n))
 }
 
 /// LlamaRMSNorm: x · rsqrt(mean(x²) + eps) in f32, cast back, times the weight.

@@ -55,13 +55,6 @@ impl Weight {
         Weight::Blocks(Arc::from(vec![m]))
     }
 
-    pub fn rows(&self) -> Result<usize> {
-        Ok(match self {
-            Weight::Dense(t) => t.dim(0)?,
-            Weight::Blocks(parts) => parts.iter().map(QuantMatrix::rows).sum(),
-        })
-    }
-
     /// Bytes held.
     pub fn bytes(&self) -> usize {
         match self {
