@@ -148,8 +148,8 @@ fn quantized_matmul_matches_dequantize_then_f32_for_every_format() {
     for ty in QuantType::ALL {
         let b = ty.block_elems();
         for k in [b, 2 * b, 3 * b] {
-            for m in [1, 2, 5, 33] {
-                let n = 37;
+            // 37 rows keep GGUF's layout; Q4_1's 48 are interleaved in groups of 16.
+            for (m, n) in [(1, 37), (2, 37), (5, 37), (33, 37), (1, 48), (5, 48)] {
                 let (x, w) = (rng.vec(m * k), rng.vec(n * k));
                 let q = QuantMatrix::quantize(ty, n, k, &w).unwrap();
                 let deq = q.dequantize();
@@ -176,10 +176,11 @@ fn quantized_parts_fuse_and_rows_are_batch_invariant() {
     use shardline_ops::{matmul_nt_quant, QuantMatrix, QuantType};
     let mut rng = Rng(11);
     let k = 512;
-    let parts: Vec<QuantMatrix> = [(QuantType::Q4K, 20), (QuantType::Q6K, 9), (QuantType::Q4_1, 13)]
-        .iter()
-        .map(|&(ty, rows)| QuantMatrix::quantize(ty, rows, k, &rng.vec(rows * k)).unwrap())
-        .collect();
+    let parts: Vec<QuantMatrix> =
+        [(QuantType::Q4K, 20), (QuantType::Q6K, 9), (QuantType::Q4_1, 13), (QuantType::Q4_1, 32)]
+            .iter()
+            .map(|&(ty, rows)| QuantMatrix::quantize(ty, rows, k, &rng.vec(rows * k)).unwrap())
+            .collect();
     let n: usize = parts.iter().map(QuantMatrix::rows).sum();
     let m = 6;
     let x = rng.vec(m * k);
@@ -215,8 +216,9 @@ fn block_formats_reject_rows_that_are_not_whole_blocks() {
 fn split_k_partial_sums_in_f64_round_to_the_whole_sum() {
     use shardline_ops::{matmul_nt_quant_f64, QuantMatrix, QuantType};
     let mut rng = Rng(13);
-    let (m, n, k) = (3, 29, 576);
-    for ty in [QuantType::Q8_0, QuantType::Q4_1] {
+    let (m, k) = (3, 576);
+    // Q4_1's 32 rows run the interleaved kernels, its 29 the row-at-a-time ones.
+    for (ty, n) in [(QuantType::Q8_0, 29), (QuantType::Q4_1, 29), (QuantType::Q4_1, 32)] {
         let (x, w) = (rng.vec(m * k), rng.vec(n * k));
         let mut whole = vec![0.0f64; m * n];
         matmul_nt_quant_f64(&x, m, k, &[QuantMatrix::quantize(ty, n, k, &w).unwrap()], &mut whole);
