@@ -148,7 +148,7 @@ fn quantized_matmul_matches_dequantize_then_f32_for_every_format() {
     for ty in QuantType::ALL {
         let b = ty.block_elems();
         for k in [b, 2 * b, 3 * b] {
-            // 37 rows keep GGUF's layout; Q4_1's 48 are interleaved in groups of 16.
+            // 37 rows keep GGUF's layout; Q4_1's and Q8_0's 48 are interleaved in groups of 16.
             for (m, n) in [(1, 37), (2, 37), (5, 37), (33, 37), (1, 48), (5, 48)] {
                 let (x, w) = (rng.vec(m * k), rng.vec(n * k));
                 let q = QuantMatrix::quantize(ty, n, k, &w).unwrap();
@@ -217,8 +217,8 @@ fn split_k_partial_sums_in_f64_round_to_the_whole_sum() {
     use shardline_ops::{matmul_nt_quant_f64, QuantMatrix, QuantType};
     let mut rng = Rng(13);
     let (m, k) = (3, 576);
-    // Q4_1's 32 rows run the interleaved kernels, its 29 the row-at-a-time ones.
-    for (ty, n) in [(QuantType::Q8_0, 29), (QuantType::Q4_1, 29), (QuantType::Q4_1, 32)] {
+    // 32 rows run the interleaved kernels, 29 the row-at-a-time ones.
+    for (ty, n) in [(QuantType::Q8_0, 29), (QuantType::Q8_0, 32), (QuantType::Q4_1, 29), (QuantType::Q4_1, 32)] {
         let (x, w) = (rng.vec(m * k), rng.vec(n * k));
         let mut whole = vec![0.0f64; m * n];
         matmul_nt_quant_f64(&x, m, k, &[QuantMatrix::quantize(ty, n, k, &w).unwrap()], &mut whole);

@@ -27,9 +27,11 @@ macro_rules! dispatch_tile {
 }
 pub(crate) use dispatch_tile;
 
+pub mod lanes;
 pub mod q4_1;
 pub mod q4_1x16;
 pub mod q8_0;
+pub mod q8_0x16;
 
 use std::marker::PhantomData;
 
@@ -134,6 +136,8 @@ enum Blocks {
     Shared(SharedBytes, std::ops::Range<usize>),
     /// Q4_1 with 16 rows interleaved ([`q4_1x16`]), the layout its fast kernels read.
     Q4_1x16(Vec<q4_1x16::BlockQ4_1x16>),
+    /// Q8_0 likewise ([`q8_0x16`]).
+    Q8_0x16(Vec<q8_0x16::BlockQ8_0x16>),
 }
 
 impl std::fmt::Debug for QuantMatrix {
@@ -141,7 +145,7 @@ impl std::fmt::Debug for QuantMatrix {
         let place = match self.blocks {
             Blocks::Owned(_) => "owned",
             Blocks::Shared(..) => "mapped",
-            Blocks::Q4_1x16(_) => "owned, 16 rows interleaved",
+            Blocks::Q4_1x16(_) | Blocks::Q8_0x16(_) => "owned, 16 rows interleaved",
         };
         write!(f, "QuantMatrix({}×{} {}, {place})", self.rows, self.cols, self.ty)
     }
@@ -207,22 +211,34 @@ impl QuantMatrix {
         Ok(QuantMatrix { ty, rows, cols, blocks: Blocks::Owned(words) }.in_kernel_layout())
     }
 
-    /// Whether a matrix is regrouped for its kernels: Q4_1 in whole groups of 16 rows. (The
-    /// interleaved kernels are several times faster than the row-at-a-time ones on the file's
-    /// layout, which then serves only odd row counts.)
+    /// Whether a matrix is regrouped for its kernels: Q4_1 and Q8_0 in whole groups of 16 rows.
+    /// (The interleaved kernels are several times faster than the row-at-a-time ones on the
+    /// file's layout, which then serve only odd row counts.)
     fn interleaves(ty: QuantType, rows: usize) -> bool {
-        ty == QuantType::Q4_1 && rows.is_multiple_of(q4_1x16::ROWS)
+        matches!(ty, QuantType::Q4_1 | QuantType::Q8_0) && rows.is_multiple_of(16)
     }
 
     fn in_kernel_layout(self) -> QuantMatrix {
-        if !Self::interleaves(self.ty, self.rows) || matches!(self.blocks, Blocks::Q4_1x16(_)) {
+        if !Self::interleaves(self.ty, self.rows) || !matches!(self.blocks, Blocks::Owned(_) | Blocks::Shared(..)) {
             return self;
         }
-        let per_row = self.cols / q4_1::BLOCK;
-        let zero = q4_1x16::BlockQ4_1x16 { d: [half::f16::ZERO; 16], m: [half::f16::ZERO; 16], qs: [[0; 64]; 4] };
-        let mut groups = vec![zero; self.rows * per_row / q4_1x16::ROWS];
-        q4_1x16::interleave(blocks(self.bytes()), self.rows, per_row, &mut groups);
-        QuantMatrix { blocks: Blocks::Q4_1x16(groups), ..self }
+        let per_row = self.cols / self.ty.block_elems();
+        let groups = self.rows * per_row / 16;
+        let blocks = match self.ty {
+            QuantType::Q4_1 => {
+                let zero =
+                    q4_1x16::BlockQ4_1x16 { d: [half::f16::ZERO; 16], m: [half::f16::ZERO; 16], qs: [[0; 64]; 4] };
+                let mut out = vec![zero; groups];
+                q4_1x16::interleave(blocks(self.bytes()), self.rows, per_row, &mut out);
+                Blocks::Q4_1x16(out)
+            }
+            _ => {
+                let mut out = vec![q8_0x16::BlockQ8_0x16::ZERO; groups];
+                q8_0x16::interleave(blocks(self.bytes()), self.rows, per_row, &mut out);
+                Blocks::Q8_0x16(out)
+            }
+        };
+        QuantMatrix { blocks, ..self }
     }
 
     fn row_bytes_of(ty: QuantType, cols: usize) -> Result<usize, NotBlockAligned> {
@@ -257,10 +273,8 @@ impl QuantMatrix {
         match &self.blocks {
             Blocks::Owned(words) => &as_bytes(words)[..self.rows * self.row_bytes()],
             Blocks::Shared(shared, range) => &(**shared).as_ref()[range.clone()],
-            // SAFETY: plain data (f16 and bytes) viewed as its bytes, same allocation.
-            Blocks::Q4_1x16(groups) => unsafe {
-                std::slice::from_raw_parts(groups.as_ptr().cast(), std::mem::size_of_val(groups.as_slice()))
-            },
+            Blocks::Q4_1x16(groups) => plain_bytes(groups),
+            Blocks::Q8_0x16(groups) => plain_bytes(groups),
         }
     }
 
@@ -275,12 +289,20 @@ impl QuantMatrix {
 
     /// Row `r`'s values into `out` (cols long): an embedding lookup.
     pub fn dequantize_row(&self, r: usize, out: &mut [f32]) {
-        if let Blocks::Q4_1x16(groups) = &self.blocks {
-            let per_row = self.cols / q4_1::BLOCK;
-            let (g, j) = (r / q4_1x16::ROWS, r % q4_1x16::ROWS);
-            let row: Vec<q4_1::BlockQ4_1> =
-                groups[g * per_row..(g + 1) * per_row].iter().map(|b| q4_1x16::row_block(b, j)).collect();
-            return q4_1::dequantize_q4_1(&row, out);
+        let per_row = self.cols / self.ty.block_elems();
+        let (g, j) = (r / 16, r % 16);
+        match &self.blocks {
+            Blocks::Q4_1x16(groups) => {
+                let row: Vec<_> =
+                    groups[g * per_row..(g + 1) * per_row].iter().map(|b| q4_1x16::row_block(b, j)).collect();
+                return q4_1::dequantize_q4_1(&row, out);
+            }
+            Blocks::Q8_0x16(groups) => {
+                let row: Vec<_> =
+                    groups[g * per_row..(g + 1) * per_row].iter().map(|b| q8_0x16::row_block(b, j)).collect();
+                return q8_0::dequantize(&row, out);
+            }
+            Blocks::Owned(_) | Blocks::Shared(..) => {}
         }
         let rb = self.row_bytes();
         self.decode(&self.bytes()[r * rb..(r + 1) * rb], out);
@@ -299,6 +321,12 @@ impl QuantMatrix {
             QuantType::Q6K => decode::<BlockQ6K>(bytes, out),
         }
     }
+}
+
+/// The bytes of plain-data blocks (f16 and integer fields, no padding).
+fn plain_bytes<T: Copy>(v: &[T]) -> &[u8] {
+    // SAFETY: callers pass block types of f16 and byte arrays only; same allocation and length.
+    unsafe { std::slice::from_raw_parts(v.as_ptr().cast(), std::mem::size_of_val(v)) }
 }
 
 fn as_bytes(words: &[u32]) -> &[u8] {
@@ -422,28 +450,35 @@ macro_rules! own_format {
 own_format!(Q4_1, q4_1, q4_1::BlockQ4_1, q4_1::BlockQ8_1, q4_1::quantize_q8_1);
 own_format!(Q8_0, q8_0, q8_0::BlockQ8_0, q8_0::BlockQ8_0, q8_0::quantize);
 
-/// Q4_1 in groups of 16 interleaved rows.
-struct Q4_1x16;
+/// A row-interleaved format: `$module`'s kernels at the CPU's level.
+macro_rules! interleaved_format {
+    ($name:ident, $module:ident, $w:ty, $a:ty, $quantize:path) => {
+        struct $name;
 
-impl Format for Q4_1x16 {
-    type W = q4_1x16::BlockQ4_1x16;
-    type A = q4_1x16::BlockQ8_1F;
-    const ELEMS: usize = q4_1::BLOCK;
-    const TILE: usize = q4_1x16::TILE;
-    const ROWS: usize = q4_1x16::ROWS;
-    fn zero() -> Self::A {
-        q4_1x16::BlockQ8_1F::ZERO
-    }
-    fn quantize_x(x: &[f32], out: &mut [Self::A]) {
-        q4_1x16::quantize_q8_1f(x, out)
-    }
-    fn dot_rows(_k: usize, w: &[Self::W], xs: &[&[Self::A]], out: &mut [f32]) {
-        q4_1x16::dot_rows(q4_1x16::Level::detect(), w, xs, out)
-    }
-    fn dot_rows_exact(_k: usize, w: &[Self::W], xs: &[&[Self::A]], out: &mut [f64]) {
-        q4_1x16::dot_rows_exact(q4_1x16::Level::detect(), w, xs, out)
-    }
+        impl Format for $name {
+            type W = $w;
+            type A = $a;
+            const ELEMS: usize = 32;
+            const TILE: usize = $module::TILE;
+            const ROWS: usize = $module::ROWS;
+            fn zero() -> Self::A {
+                <$a>::ZERO
+            }
+            fn quantize_x(x: &[f32], out: &mut [Self::A]) {
+                $quantize(x, out)
+            }
+            fn dot_rows(_k: usize, w: &[Self::W], xs: &[&[Self::A]], out: &mut [f32]) {
+                $module::dot_rows(lanes::Level::detect(), w, xs, out)
+            }
+            fn dot_rows_exact(_k: usize, w: &[Self::W], xs: &[&[Self::A]], out: &mut [f64]) {
+                $module::dot_rows_exact(lanes::Level::detect(), w, xs, out)
+            }
+        }
+    };
 }
+
+interleaved_format!(Q4_1x16, q4_1x16, q4_1x16::BlockQ4_1x16, q4_1x16::BlockQ8_1F, q4_1x16::quantize_q8_1f);
+interleaved_format!(Q8_0x16, q8_0x16, q8_0x16::BlockQ8_0x16, q8_0x16::BlockQ8_0F, q8_0x16::quantize_q8_0f);
 
 /// out[m×n] = x[m×k] · wᵀ for the rows of `parts` stacked in order (n = Σ rows, each with k
 /// columns): a fused projection (q|k|v, gate|up) whose parts may differ in format.
@@ -509,6 +544,7 @@ fn matmul<O: Out>(x: &[f32], m: usize, k: usize, parts: &[QuantMatrix], out: &mu
     let mut col0 = 0;
     for p in parts {
         let run = match p.ty {
+            QuantType::Q8_0 if matches!(p.blocks, Blocks::Q8_0x16(_)) => run::<Q8_0x16, O>,
             QuantType::Q8_0 => run::<Q8_0, O>,
             QuantType::Q4_0 => run::<Candle<BlockQ4_0>, O>,
             QuantType::Q4_1 if matches!(p.blocks, Blocks::Q4_1x16(_)) => run::<Q4_1x16, O>,

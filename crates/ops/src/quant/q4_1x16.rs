@@ -13,6 +13,7 @@
 
 use half::f16;
 
+use super::lanes::{by_rows, Level};
 use super::q4_1::{BlockQ4_1, BLOCK};
 
 /// Rows interleaved in one group.
@@ -129,61 +130,6 @@ pub fn dot_portable_exact(w: &[BlockQ4_1x16], x: &[BlockQ8_1F], out: &mut [f64])
     }
 }
 
-/// Which kernel this CPU runs, detected once.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Level {
-    Portable,
-    Avx2,
-    Avx512Vnni,
-}
-
-impl Level {
-    pub fn detect() -> Level {
-        static LEVEL: std::sync::OnceLock<Level> = std::sync::OnceLock::new();
-        *LEVEL.get_or_init(|| {
-            #[cfg(target_arch = "x86_64")]
-            {
-                if std::is_x86_feature_detected!("avx512f")
-                    && std::is_x86_feature_detected!("avx512bw")
-                    && std::is_x86_feature_detected!("avx512vnni")
-                    && crate::simd::has_avx2_fma_f16c()
-                {
-                    return Level::Avx512Vnni;
-                }
-                if crate::simd::has_avx2_fma_f16c() {
-                    return Level::Avx2;
-                }
-            }
-            Level::Portable
-        })
-    }
-
-    /// The levels this CPU can run, for tests and benchmarks.
-    pub fn available() -> Vec<Level> {
-        let mut levels = vec![Level::Portable];
-        if crate::simd::has_avx2_fma_f16c() {
-            levels.push(Level::Avx2);
-        }
-        if Level::detect() == Level::Avx512Vnni {
-            levels.push(Level::Avx512Vnni);
-        }
-        levels
-    }
-}
-
-/// Calls `$level::tile::<A, R>(w, xs, out)` with R = xs.len() (1 to 4), a constant per instance so
-/// that the accumulators stay in registers.
-macro_rules! by_rows {
-    ($level:ident, $acc:ty, $w:expr, $xs:expr, $out:expr) => {
-        match $xs.len() {
-            1 => $level::tile::<$acc, 1>($w, $xs, $out),
-            2 => $level::tile::<$acc, 2>($w, $xs, $out),
-            3 => $level::tile::<$acc, 3>($w, $xs, $out),
-            _ => $level::tile::<$acc, 4>($w, $xs, $out),
-        }
-    };
-}
-
 /// out[r·16 + j] = row j of the group · xs[r], for up to [`TILE`] activation rows, in f32.
 pub fn dot_rows(level: Level, w: &[BlockQ4_1x16], xs: &[&[BlockQ8_1F]], out: &mut [f32]) {
     assert!(!xs.is_empty() && xs.len() <= TILE && out.len() >= xs.len() * ROWS);
@@ -222,78 +168,20 @@ pub fn dot_rows_exact(level: Level, w: &[BlockQ4_1x16], xs: &[&[BlockQ8_1F]], ou
     }
 }
 
-/// The 4 activation bytes at `i` as one i32, for a broadcast.
-#[cfg(target_arch = "x86_64")]
-#[inline(always)]
-fn x4(x: &BlockQ8_1F, i: usize) -> i32 {
-    i32::from_le_bytes([x.qs[i] as u8, x.qs[i + 1] as u8, x.qs[i + 2] as u8, x.qs[i + 3] as u8])
-}
-
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
     use std::arch::x86_64::*;
 
-    use super::{x4, BlockQ4_1x16, BlockQ8_1F, ROWS};
-
-    /// The accumulator of one activation row's 16 lanes: f32, or f64 in two halves.
-    pub(super) trait Acc: Copy {
-        type V: Copy;
-        fn zero() -> Self::V;
-        /// acc + d·Σq + m·s, in the order the portable loop takes.
-        unsafe fn add(acc: Self::V, d: __m512, isum: __m512i, m: __m512, s: __m512) -> Self::V;
-        unsafe fn store(acc: Self::V, out: &mut [Self]);
-    }
-
-    impl Acc for f32 {
-        type V = __m512;
-        fn zero() -> __m512 {
-            // SAFETY: avx512f is in every caller's features.
-            unsafe { _mm512_setzero_ps() }
-        }
-        #[inline(always)]
-        unsafe fn add(acc: __m512, d: __m512, isum: __m512i, m: __m512, s: __m512) -> __m512 {
-            _mm512_fmadd_ps(m, s, _mm512_fmadd_ps(d, _mm512_cvtepi32_ps(isum), acc))
-        }
-        #[inline(always)]
-        unsafe fn store(acc: __m512, out: &mut [f32]) {
-            _mm512_storeu_ps(out.as_mut_ptr(), acc)
-        }
-    }
-
-    impl Acc for f64 {
-        type V = [__m512d; 2];
-        fn zero() -> [__m512d; 2] {
-            // SAFETY: avx512f is in every caller's features.
-            unsafe { [_mm512_setzero_pd(); 2] }
-        }
-        #[inline(always)]
-        unsafe fn add(acc: [__m512d; 2], d: __m512, isum: __m512i, m: __m512, s: __m512) -> [__m512d; 2] {
-            let ms = _mm512_mul_ps(m, s);
-            let half = |v: __m512, h: i32| {
-                let bits = _mm512_castps_si512(v);
-                let lanes = if h == 0 { _mm512_castsi512_si256(bits) } else { _mm512_extracti64x4_epi64(bits, 1) };
-                _mm512_cvtps_pd(_mm256_castsi256_ps(lanes))
-            };
-            let ints = |h: i32| {
-                let lanes = if h == 0 { _mm512_castsi512_si256(isum) } else { _mm512_extracti64x4_epi64(isum, 1) };
-                _mm512_cvtepi32_pd(lanes)
-            };
-            [
-                _mm512_add_pd(acc[0], _mm512_fmadd_pd(half(d, 0), ints(0), half(ms, 0))),
-                _mm512_add_pd(acc[1], _mm512_fmadd_pd(half(d, 1), ints(1), half(ms, 1))),
-            ]
-        }
-        #[inline(always)]
-        unsafe fn store(acc: [__m512d; 2], out: &mut [f64]) {
-            _mm512_storeu_pd(out.as_mut_ptr(), acc[0]);
-            _mm512_storeu_pd(out.as_mut_ptr().add(8), acc[1]);
-        }
-    }
-
+    use super::{BlockQ4_1x16, BlockQ8_1F, ROWS};
+    use crate::quant::lanes::x4;
     /// R activation rows against one group: per block, 4 lines of weights, each unpacked once
     /// into low and high nibbles and multiplied by every row's 4 broadcast activation bytes.
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni,f16c")]
-    pub(super) unsafe fn tile<A: Acc, const R: usize>(w: &[BlockQ4_1x16], xs: &[&[BlockQ8_1F]], out: &mut [A]) {
+    pub(super) unsafe fn tile<A: crate::quant::lanes::avx512::Acc, const R: usize>(
+        w: &[BlockQ4_1x16],
+        xs: &[&[BlockQ8_1F]],
+        out: &mut [A],
+    ) {
         let xs: &[&[BlockQ8_1F]; R] = xs.try_into().expect("R rows");
         let nibble = _mm512_set1_epi8(0x0F);
         let mut acc = [A::zero(); R];
@@ -306,8 +194,8 @@ mod avx512 {
                 let (ql, qh) = (_mm512_and_si512(v, nibble), _mm512_and_si512(_mm512_srli_epi16(v, 4), nibble));
                 for r in 0..R {
                     let x = &xs[r][b];
-                    lo[r] = _mm512_dpbusd_epi32(lo[r], ql, _mm512_set1_epi32(x4(x, 4 * s)));
-                    hi[r] = _mm512_dpbusd_epi32(hi[r], qh, _mm512_set1_epi32(x4(x, 16 + 4 * s)));
+                    lo[r] = _mm512_dpbusd_epi32(lo[r], ql, _mm512_set1_epi32(x4(&x.qs, 4 * s)));
+                    hi[r] = _mm512_dpbusd_epi32(hi[r], qh, _mm512_set1_epi32(x4(&x.qs, 16 + 4 * s)));
                 }
             }
             let dw = _mm512_cvtph_ps(_mm256_load_si256(blk.d.as_ptr().cast()));
@@ -315,7 +203,7 @@ mod avx512 {
             for r in 0..R {
                 let x = &xs[r][b];
                 let d = _mm512_mul_ps(dw, _mm512_set1_ps(x.d));
-                acc[r] = A::add(acc[r], d, _mm512_add_epi32(lo[r], hi[r]), mw, _mm512_set1_ps(x.s));
+                acc[r] = A::add_with_min(acc[r], d, _mm512_add_epi32(lo[r], hi[r]), mw, _mm512_set1_ps(x.s));
             }
         }
         for r in 0..R {
@@ -328,60 +216,18 @@ mod avx512 {
 mod avx2 {
     use std::arch::x86_64::*;
 
-    use super::{x4, BlockQ4_1x16, BlockQ8_1F, ROWS};
-
-    /// As avx512's, on two 8-lane halves.
-    pub(super) trait Acc: Copy {
-        type V: Copy;
-        fn zero() -> Self::V;
-        unsafe fn add(acc: Self::V, d: __m256, isum: __m256i, m: __m256, s: __m256) -> Self::V;
-        unsafe fn store(acc: Self::V, out: &mut [Self]);
-    }
-
-    impl Acc for f32 {
-        type V = __m256;
-        fn zero() -> __m256 {
-            // SAFETY: avx is in every caller's features.
-            unsafe { _mm256_setzero_ps() }
-        }
-        #[inline(always)]
-        unsafe fn add(acc: __m256, d: __m256, isum: __m256i, m: __m256, s: __m256) -> __m256 {
-            _mm256_fmadd_ps(m, s, _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(isum), acc))
-        }
-        #[inline(always)]
-        unsafe fn store(acc: __m256, out: &mut [f32]) {
-            _mm256_storeu_ps(out.as_mut_ptr(), acc)
-        }
-    }
-
-    impl Acc for f64 {
-        type V = [__m256d; 2];
-        fn zero() -> [__m256d; 2] {
-            // SAFETY: avx is in every caller's features.
-            unsafe { [_mm256_setzero_pd(); 2] }
-        }
-        #[inline(always)]
-        unsafe fn add(acc: [__m256d; 2], d: __m256, isum: __m256i, m: __m256, s: __m256) -> [__m256d; 2] {
-            let ms = _mm256_mul_ps(m, s);
-            let (d0, d1) = (_mm256_cvtps_pd(_mm256_castps256_ps128(d)), _mm256_cvtps_pd(_mm256_extractf128_ps(d, 1)));
-            let (m0, m1) = (_mm256_cvtps_pd(_mm256_castps256_ps128(ms)), _mm256_cvtps_pd(_mm256_extractf128_ps(ms, 1)));
-            let i0 = _mm256_cvtepi32_pd(_mm256_castsi256_si128(isum));
-            let i1 = _mm256_cvtepi32_pd(_mm256_extracti128_si256(isum, 1));
-            [_mm256_add_pd(acc[0], _mm256_fmadd_pd(d0, i0, m0)), _mm256_add_pd(acc[1], _mm256_fmadd_pd(d1, i1, m1))]
-        }
-        #[inline(always)]
-        unsafe fn store(acc: [__m256d; 2], out: &mut [f64]) {
-            _mm256_storeu_pd(out.as_mut_ptr(), acc[0]);
-            _mm256_storeu_pd(out.as_mut_ptr().add(4), acc[1]);
-        }
-    }
-
+    use super::{BlockQ4_1x16, BlockQ8_1F, ROWS};
+    use crate::quant::lanes::x4;
     /// As avx512's tile, each line in two halves of 8 rows. maddubs sums two products into an
     /// i16; the 8 of a block per lane stay below 8·2·15·127 = 30480, so i16 holds them and one
     /// madd per block widens to i32.
     #[target_feature(enable = "avx2,fma,f16c")]
     #[allow(clippy::needless_range_loop)] // indices over register arrays read as the math does
-    pub(super) unsafe fn tile<A: Acc, const R: usize>(w: &[BlockQ4_1x16], xs: &[&[BlockQ8_1F]], out: &mut [A]) {
+    pub(super) unsafe fn tile<A: crate::quant::lanes::avx2::Acc, const R: usize>(
+        w: &[BlockQ4_1x16],
+        xs: &[&[BlockQ8_1F]],
+        out: &mut [A],
+    ) {
         let xs: &[&[BlockQ8_1F]; R] = xs.try_into().expect("R rows");
         let (nibble, ones) = (_mm256_set1_epi8(0x0F), _mm256_set1_epi16(1));
         let mut acc = [[A::zero(); 2]; R];
@@ -393,8 +239,8 @@ mod avx2 {
                     let (ql, qh) = (_mm256_and_si256(v, nibble), _mm256_and_si256(_mm256_srli_epi16(v, 4), nibble));
                     for r in 0..R {
                         let x = &xs[r][b];
-                        let pl = _mm256_maddubs_epi16(ql, _mm256_set1_epi32(x4(x, 4 * s)));
-                        let ph = _mm256_maddubs_epi16(qh, _mm256_set1_epi32(x4(x, 16 + 4 * s)));
+                        let pl = _mm256_maddubs_epi16(ql, _mm256_set1_epi32(x4(&x.qs, 4 * s)));
+                        let ph = _mm256_maddubs_epi16(qh, _mm256_set1_epi32(x4(&x.qs, 16 + 4 * s)));
                         sums[r][h] = _mm256_add_epi16(sums[r][h], _mm256_add_epi16(pl, ph));
                     }
                 }
@@ -406,7 +252,7 @@ mod avx2 {
                     let x = &xs[r][b];
                     let d = _mm256_mul_ps(dw, _mm256_set1_ps(x.d));
                     let isum = _mm256_madd_epi16(sums[r][h], ones);
-                    acc[r][h] = A::add(acc[r][h], d, isum, mw, _mm256_set1_ps(x.s));
+                    acc[r][h] = A::add_with_min(acc[r][h], d, isum, mw, _mm256_set1_ps(x.s));
                 }
             }
         }
