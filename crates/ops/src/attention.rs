@@ -123,6 +123,11 @@ pub fn paged_attention(
     run(&Ctx { kern: Portable, q, q_width, kv_head_of_q, layout, k_cache, v_cache, scale, out }, spans);
 }
 
+thread_local! {
+    /// A thread's scores buffer for `attend_rows`, reused across items and steps.
+    static SCORES: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 /// Splits the batch into independent (span, head[, row chunk]) items across rayon's pool.
 fn run<K: AttnKernels>(c: &Ctx<K>, spans: &[SeqSpan]) {
     let heads = c.kv_head_of_q.len();
@@ -146,9 +151,12 @@ fn run<K: AttnKernels>(c: &Ctx<K>, spans: &[SeqSpan]) {
         // SAFETY: this item alone writes head h of rows r0..r1 of the span.
         unsafe { attend_gemm(c, &spans[si], h, r0, r1, scratch) };
     });
-    short.par_iter().for_each_init(Vec::new, |scores, &(si, h, r0, r1)| {
-        // SAFETY: this item alone writes head h of rows r0..r1 of the span.
-        unsafe { attend_rows(c, &spans[si], h, r0, r1, scores) };
+    crate::team::for_each(short.len(), |i| {
+        let (si, h, r0, r1) = short[i];
+        SCORES.with_borrow_mut(|scores| {
+            // SAFETY: this item alone writes head h of rows r0..r1 of the span.
+            unsafe { attend_rows(c, &spans[si], h, r0, r1, scores) };
+        });
     });
 }
 

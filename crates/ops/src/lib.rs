@@ -2,7 +2,8 @@
 //! reference in [`reference`] that tests compare against, and `benches/kernels.rs` measures it
 //! (llm.c's habit: a kernel is done when it has a reference and a number).
 //!
-//! Parallelism uses rayon's global pool, so `--threads` sizes every kernel at once.
+//! Parallelism uses rayon's pool, so `--threads` sizes every kernel at once, and for the short
+//! loops of a decode step a spinning [`team::Team`] when the caller entered one.
 
 mod attention;
 mod attn_kernels;
@@ -12,6 +13,7 @@ mod out_ptr;
 pub mod quant;
 pub mod reference;
 mod simd;
+pub mod team;
 
 pub use attention::{paged_attention, write_kv, KvLayout, SeqSpan};
 pub use elementwise::{add_bias, add_inplace, rms_norm, rope_rotate_half, silu_mul};

@@ -23,6 +23,8 @@ pub struct ModelRunner {
     /// pool and put the caller to sleep until it is done: a decode step runs ~120 loops of
     /// tens of microseconds, and the wake-ups cost as much as the work.
     pool: rayon::ThreadPool,
+    /// Spinning threads for a step's short loops (see `shardline_ops::team`).
+    team: shardline_ops::team::Team,
 }
 
 /// A step ready to run: the flattened batch and the requests whose rows are sampled, in the
@@ -44,7 +46,9 @@ impl ModelRunner {
             .thread_name(|i| format!("kernels-{i}"))
             .build()
             .map_err(|e| crate::error::WorkerError::Protocol(format!("starting the kernel threads: {e}")))?;
-        Ok(ModelRunner { model, cache, requests: RequestTable::default(), pool })
+        let team = shardline_ops::team::Team::new(rayon::current_num_threads())
+            .map_err(|e| crate::error::WorkerError::Protocol(format!("starting the kernel team: {e}")))?;
+        Ok(ModelRunner { model, cache, requests: RequestTable::default(), pool, team })
     }
 
     pub fn model(&self) -> &Llama {
@@ -79,12 +83,12 @@ impl ModelRunner {
     /// This stage's layers over `x`, writing the batch's K/V.
     pub fn forward_layers(&mut self, x: Tensor, batch: &Batch, comm: &dyn Collective) -> Result<Tensor> {
         let (model, cache) = (&self.model, &mut self.cache);
-        Ok(self.pool.install(|| model.forward_layers(x, &batch.input, cache, comm))?)
+        Ok(self.pool.install(|| self.team.enter(|| model.forward_layers(x, &batch.input, cache, comm)))?)
     }
 
     /// Logits of the sampled rows (last stage), gathered over the tensor-parallel group.
     pub fn logits(&self, x: &Tensor, batch: &Batch, comm: &dyn Collective) -> Result<Tensor> {
-        Ok(self.pool.install(|| self.model.logits(x, &batch.input.logit_rows, comm))?)
+        Ok(self.pool.install(|| self.team.enter(|| self.model.logits(x, &batch.input.logit_rows, comm)))?)
     }
 
     /// One token per sampled row, the rows in parallel: each request's draw depends on its seed

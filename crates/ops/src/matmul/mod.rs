@@ -11,8 +11,6 @@ mod avx2;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
 
-use rayon::prelude::*;
-
 use crate::out_ptr::OutPtr;
 use crate::simd::has_avx2_fma;
 
@@ -137,7 +135,8 @@ fn stream(x: &[f32], m: usize, k: usize, w: &[f32], n: usize, out: &mut [f32]) {
         isa => isa,
     };
     let (x_rows, w_step) = (isa.x_rows(), if m <= NARROW_MAX_M { 1 } else { W_ROWS });
-    w.par_chunks(chunk * k).enumerate().for_each(|(c, w_chunk)| {
+    crate::team::for_each(n.div_ceil(chunk), |c| {
+        let w_chunk = &w[c * chunk * k..((c + 1) * chunk * k).min(w.len())];
         let j0 = c * chunk;
         let rows_here = w_chunk.len() / k;
         let mut tile: Tile = [[0.0; W_ROWS]; X_ROWS_MAX];

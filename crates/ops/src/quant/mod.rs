@@ -37,7 +37,6 @@ use std::marker::PhantomData;
 
 use candle_core::quantized::k_quants::{BlockQ4K, BlockQ4_0, BlockQ5K, BlockQ6K, GgmlType};
 use candle_core::quantized::GgmlDType;
-use rayon::prelude::*;
 
 /// The block formats kept as they are.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -571,7 +570,9 @@ fn run<F: Format, O: Out>(x: &[f32], m: usize, k: usize, w: &QuantMatrix, dst: D
     // A few chunks per thread balance load; each is one contiguous stretch of w.
     let chunk = units.div_ceil(threads * 4).max(4usize.div_ceil(F::ROWS));
     let x_rows: Vec<&[F::A]> = xq.chunks_exact(blocks_per_row).collect();
-    wb.par_chunks(chunk * blocks_per_row).enumerate().for_each(|(c, w_chunk)| {
+    let chunk_blocks = chunk * blocks_per_row;
+    crate::team::for_each(wb.len().div_ceil(chunk_blocks), |c| {
+        let w_chunk = &wb[c * chunk_blocks..((c + 1) * chunk_blocks).min(wb.len())];
         let mut dots = [O::default(); MAX_TILE_OUTPUTS];
         for (u, w_unit) in w_chunk.chunks_exact(blocks_per_row).enumerate() {
             let j0 = col0 + (c * chunk + u) * F::ROWS;
