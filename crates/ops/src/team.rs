@@ -188,7 +188,7 @@ pub fn for_each(n: usize, f: impl Fn(usize) + Sync) {
     if n > 1 && !team.is_null() && unsafe { &*team }.try_run(n, &f) {
         return;
     }
-    (0..n).into_par_iter().for_each(|i| f(i));
+    (0..n).into_par_iter().for_each(&f);
 }
 
 #[cfg(test)]
