@@ -62,6 +62,33 @@ macro_rules! by_rows {
 }
 pub(crate) use by_rows;
 
+/// Defines a format's `$name(level, w, xs, out)`: out[r·16 + j] = row j of the group · xs[r]
+/// for up to TILE activation rows, accumulated in `$acc`, at `level` (the module's `avx512`
+/// and `avx2` tiles, or `$portable` per activation row).
+macro_rules! level_dots {
+    ($(#[$doc:meta])* $name:ident, $acc:ty, $portable:ident, $w:ty, $a:ty) => {
+        $(#[$doc])*
+        pub fn $name(level: Level, w: &[$w], xs: &[&[$a]], out: &mut [$acc]) {
+            assert!(!xs.is_empty() && xs.len() <= TILE && out.len() >= xs.len() * ROWS);
+            assert!(xs.iter().all(|x| x.len() == w.len()));
+            match level {
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: `Level::detect` found the features; shapes checked above.
+                Level::Avx512Vnni => unsafe { by_rows!(avx512, $acc, w, xs, out) },
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: as above.
+                Level::Avx2 => unsafe { by_rows!(avx2, $acc, w, xs, out) },
+                _ => {
+                    for (r, x) in xs.iter().enumerate() {
+                        $portable(w, x, &mut out[r * ROWS..(r + 1) * ROWS]);
+                    }
+                }
+            }
+        }
+    };
+}
+pub(crate) use level_dots;
+
 /// The 4 activation bytes at `qs[i..]` as one i32, for a broadcast.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]

@@ -322,6 +322,32 @@ impl QuantMatrix {
     }
 }
 
+/// One block of 32 activations to 8 bits, as ggml's quantize_row_q8_0/q8_1: scale
+/// d = max|x|/127 and q = round(x/d). Returns d (unrounded) and Σq.
+pub(crate) fn quantize_block_8bit(xs: &[f32], qs: &mut [i8; 32]) -> (f32, i32) {
+    let amax = xs.iter().fold(0.0f32, |a, &v| a.max(v.abs()));
+    let d = amax / 127.0;
+    let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+    let mut sum = 0i32;
+    for (q, &v) in qs.iter_mut().zip(xs) {
+        *q = (v * id).round() as i8;
+        sum += *q as i32;
+    }
+    (d, sum)
+}
+
+/// Deterministic pseudo-random values in [-1, 1) for the kernels' tests.
+#[cfg(test)]
+pub(crate) fn test_values(n: usize, seed: u32) -> Vec<f32> {
+    let mut s = seed;
+    (0..n)
+        .map(|_| {
+            s = s.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            (s >> 8) as f32 / (1u32 << 23) as f32 - 1.0
+        })
+        .collect()
+}
+
 /// The bytes of plain-data blocks (f16 and integer fields, no padding).
 fn plain_bytes<T: Copy>(v: &[T]) -> &[u8] {
     // SAFETY: callers pass block types of f16 and byte arrays only; same allocation and length.

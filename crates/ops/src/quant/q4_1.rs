@@ -36,14 +36,7 @@ impl BlockQ8_1 {
 /// Quantizes activations `x` (a multiple of 32 long) into `out`, as ggml's quantize_row_q8_1.
 pub fn quantize_q8_1(x: &[f32], out: &mut [BlockQ8_1]) {
     for (xs, b) in x.chunks_exact(BLOCK).zip(out) {
-        let amax = xs.iter().fold(0.0f32, |a, &v| a.max(v.abs()));
-        let d = amax / 127.0;
-        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
-        let mut sum = 0i32;
-        for (q, &v) in b.qs.iter_mut().zip(xs) {
-            *q = (v * id).round() as i8;
-            sum += *q as i32;
-        }
+        let (d, sum) = crate::quant::quantize_block_8bit(xs, &mut b.qs);
         b.d = f16::from_f32(d);
         b.s = f16::from_f32(sum as f32 * d);
     }
@@ -246,15 +239,7 @@ fn dot_tile_exact_avx2<const R: usize>(w: &[BlockQ4_1], xs: &[&[BlockQ8_1]], out
 mod tests {
     use super::*;
 
-    fn values(n: usize, seed: u32) -> Vec<f32> {
-        let mut s = seed;
-        (0..n)
-            .map(|_| {
-                s = s.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
-                (s >> 8) as f32 / (1u32 << 23) as f32 - 1.0
-            })
-            .collect()
-    }
+    use crate::quant::test_values as values;
 
     #[test]
     fn quantizing_round_trips_within_half_a_step() {

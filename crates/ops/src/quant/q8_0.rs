@@ -24,12 +24,7 @@ impl BlockQ8_0 {
 /// Quantizes `x` (a multiple of 32 long), as ggml's quantize_row_q8_0.
 pub fn quantize(x: &[f32], out: &mut [BlockQ8_0]) {
     for (xs, b) in x.chunks_exact(BLOCK).zip(out) {
-        let amax = xs.iter().fold(0.0f32, |a, &v| a.max(v.abs()));
-        let d = amax / 127.0;
-        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
-        for (q, &v) in b.qs.iter_mut().zip(xs) {
-            *q = (v * id).round() as i8;
-        }
+        let (d, _) = crate::quant::quantize_block_8bit(xs, &mut b.qs);
         b.d = f16::from_f32(d);
     }
 }

@@ -9,7 +9,7 @@
 
 use half::f16;
 
-use super::lanes::{by_rows, Level};
+use super::lanes::{by_rows, level_dots, Level};
 use super::q8_0::{BlockQ8_0, BLOCK};
 
 /// Rows interleaved in one group.
@@ -49,14 +49,7 @@ impl BlockQ8_0F {
 /// Quantizes activations as ggml's quantize_row_q8_0 (see [`super::q8_0::quantize`]).
 pub fn quantize_q8_0f(x: &[f32], out: &mut [BlockQ8_0F]) {
     for (xs, b) in x.chunks_exact(BLOCK).zip(out) {
-        let amax = xs.iter().fold(0.0f32, |a, &v| a.max(v.abs()));
-        let d = amax / 127.0;
-        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
-        let mut sum = 0i32;
-        for (q, &v) in b.qs.iter_mut().zip(xs) {
-            *q = (v * id).round() as i8;
-            sum += *q as i32;
-        }
+        let (d, sum) = crate::quant::quantize_block_8bit(xs, &mut b.qs);
         b.d = f16::from_f32(d).to_f32();
         b.bias = 128 * sum;
     }
@@ -114,43 +107,14 @@ pub fn dot_portable_exact(w: &[BlockQ8_0x16], x: &[BlockQ8_0F], out: &mut [f64])
     }
 }
 
-/// out[r·16 + j] = row j of the group · xs[r], for up to [`TILE`] activation rows, in f32.
-pub fn dot_rows(level: Level, w: &[BlockQ8_0x16], xs: &[&[BlockQ8_0F]], out: &mut [f32]) {
-    assert!(!xs.is_empty() && xs.len() <= TILE && out.len() >= xs.len() * ROWS);
-    assert!(xs.iter().all(|x| x.len() == w.len()));
-    match level {
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: `Level::detect` found the features; shapes checked above.
-        Level::Avx512Vnni => unsafe { by_rows!(avx512, f32, w, xs, out) },
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: as above.
-        Level::Avx2 => unsafe { by_rows!(avx2, f32, w, xs, out) },
-        _ => {
-            for (r, x) in xs.iter().enumerate() {
-                dot_portable(w, x, &mut out[r * ROWS..(r + 1) * ROWS]);
-            }
-        }
-    }
-}
-
-/// [`dot_rows`] in f64, every block's term exact.
-pub fn dot_rows_exact(level: Level, w: &[BlockQ8_0x16], xs: &[&[BlockQ8_0F]], out: &mut [f64]) {
-    assert!(!xs.is_empty() && xs.len() <= TILE && out.len() >= xs.len() * ROWS);
-    assert!(xs.iter().all(|x| x.len() == w.len()));
-    match level {
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: as in `dot_rows`.
-        Level::Avx512Vnni => unsafe { by_rows!(avx512, f64, w, xs, out) },
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: as above.
-        Level::Avx2 => unsafe { by_rows!(avx2, f64, w, xs, out) },
-        _ => {
-            for (r, x) in xs.iter().enumerate() {
-                dot_portable_exact(w, x, &mut out[r * ROWS..(r + 1) * ROWS]);
-            }
-        }
-    }
-}
+level_dots!(
+    /// out[r·16 + j] = row j of the group · xs[r], for up to [`TILE`] activation rows, in f32.
+    dot_rows, f32, dot_portable, BlockQ8_0x16, BlockQ8_0F
+);
+level_dots!(
+    /// [`dot_rows`] in f64, every block's term exact.
+    dot_rows_exact, f64, dot_portable_exact, BlockQ8_0x16, BlockQ8_0F
+);
 
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
@@ -241,15 +205,7 @@ mod tests {
     use super::*;
     use crate::quant::q8_0::{dot_portable as gguf_dot, quantize};
 
-    fn values(n: usize, seed: u32) -> Vec<f32> {
-        let mut s = seed;
-        (0..n)
-            .map(|_| {
-                s = s.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
-                (s >> 8) as f32 / (1u32 << 23) as f32 - 1.0
-            })
-            .collect()
-    }
+    use crate::quant::test_values as values;
 
     #[test]
     fn every_level_matches_the_gguf_reference_and_the_others_bit_for_bit() {
