@@ -105,11 +105,17 @@ impl Loader<'_> {
         if let Some(raw) = self.src.load_blocks(name, shape, &slice)? {
             match QuantType::from_ggml(raw.dtype) {
                 Some(ty) => {
-                    let m = match raw.bytes {
-                        BlockBytes::Mapped { file, range } => QuantMatrix::mapped(ty, raw.rows, raw.cols, file, range),
-                        BlockBytes::Owned(bytes) => QuantMatrix::from_bytes(ty, raw.rows, raw.cols, &bytes),
+                    let m = match &raw.bytes {
+                        BlockBytes::Mapped { file, range } => {
+                            QuantMatrix::mapped(ty, raw.rows, raw.cols, file.clone(), range.clone())
+                        }
+                        BlockBytes::Owned(bytes) => QuantMatrix::from_bytes(ty, raw.rows, raw.cols, bytes),
                     }
                     .map_err(|e| ModelError::Shard(format!("{name}: {e}")))?;
+                    if !m.is_mapped() {
+                        // Regrouped for its kernels: the file's pages are not read again.
+                        raw.bytes.release();
+                    }
                     self.bar.inc(1);
                     return Ok(Weight::blocks(m));
                 }

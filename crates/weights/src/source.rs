@@ -108,6 +108,32 @@ impl BlockBytes {
             BlockBytes::Owned(v) => v,
         }
     }
+
+    /// For mapped bytes a caller copied (and will not read here again): drops their pages from
+    /// this process's resident set, so that a copy does not count twice (see [`release_pages`]).
+    pub fn release(&self) {
+        if let BlockBytes::Mapped { file, range } = self {
+            release_pages(file, range.clone());
+        }
+    }
+}
+
+/// Drops the whole pages inside `range` of a read-only file mapping from this process's
+/// resident set (madvise DONTNEED). They stay in the page cache, and a later read maps them
+/// again with the same bytes, so this only lowers RSS. Best effort: an error changes nothing.
+pub fn release_pages(file: &memmap2::Mmap, range: std::ops::Range<usize>) {
+    #[cfg(unix)]
+    {
+        const PAGE: usize = 4096;
+        let base = file.as_ptr() as usize;
+        let start = (base + range.start).next_multiple_of(PAGE) - base;
+        let end = ((base + range.end) / PAGE * PAGE).saturating_sub(base);
+        if end > start {
+            // SAFETY: a read-only shared file mapping: DONTNEED discards no data (the file
+            // holds it) and every reference into the range stays valid, reading the same bytes.
+            let _ = unsafe { file.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, end - start) };
+        }
+    }
 }
 
 impl std::fmt::Debug for BlockBytes {

@@ -16,7 +16,7 @@ use candle_core::{DType, Device, Tensor};
 use memmap2::Mmap;
 
 use crate::error::{Result, WeightsError};
-use crate::source::{check_shape, BlockBytes, RawBlocks, Slice, WeightSource};
+use crate::source::{check_shape, release_pages, BlockBytes, RawBlocks, Slice, WeightSource};
 use names::{hf_to_gguf, RopeProj};
 
 /// One tensor's location and format inside the mapping.
@@ -284,6 +284,9 @@ impl WeightSource for GgufSource {
             for r in &order {
                 let base = info.start + r * row_bytes;
                 bytes.extend_from_slice(&self.mmap[base + sub.start..base + sub.end]);
+            }
+            if let (Some(lo), Some(hi)) = (order.iter().min(), order.iter().max()) {
+                release_pages(&self.mmap, info.start + lo * row_bytes..info.start + (hi + 1) * row_bytes);
             }
             BlockBytes::Owned(bytes)
         };
