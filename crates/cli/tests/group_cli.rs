@@ -200,8 +200,14 @@ fn run_batch(layout: &[&str], extra: &[&str]) -> Vec<serde_json::Value> {
     String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect()
 }
 
+/// Long enough that generation is still running when `run_batch_disturbed` strikes (700 ms
+/// after the group is ready, twice with a recovery between), and that the recomputed spans are
+/// 32+ rows long.
+const BATCH_TOKENS: &str = "200";
+
 fn batch_args(layout: &[&str], extra: &[&str]) -> Vec<String> {
-    let base = ["run", "--prompt", PROMPT, "--max-tokens", "48", "--ignore-eos", "--batch", "4", "--output", "json"];
+    let base =
+        ["run", "--prompt", PROMPT, "--max-tokens", BATCH_TOKENS, "--ignore-eos", "--batch", "4", "--output", "json"];
     base.iter().chain(layout).chain(extra).map(|s| s.to_string()).collect()
 }
 

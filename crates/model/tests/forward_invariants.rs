@@ -4,7 +4,7 @@
 
 use candle_core::DType;
 use shardline_model::testing::{tiny_config, write_tiny_model};
-use shardline_model::{BatchInput, KvCache, Llama, LoadOptions, ModelError, SeqInput, SingleRank};
+use shardline_model::{BatchInput, KvCache, Llama, LoadOptions, ModelError, Quantization, SeqInput, SingleRank};
 
 const BLOCK: usize = 4;
 const BLOCKS: usize = 64;
@@ -74,6 +74,30 @@ fn cached_decode_equals_recompute_llama() {
 #[test]
 fn cached_decode_equals_recompute_qwen2_bias_tied() {
     check_cached_decode_matches_recompute("Qwen2ForCausalLM", true);
+}
+
+/// With block weights every kernel treats each row alone, so a sequence recomputed from scratch
+/// (as after a preemption or a rank's recovery) gives the logits cached decoding gave, bit for
+/// bit, including spans of 32+ rows; seeded sampling relies on it to resume unchanged.
+#[test]
+fn block_weights_make_cached_decode_and_recompute_bit_identical() {
+    let dir = tempfile::tempdir().unwrap();
+    write_tiny_model(dir.path(), &tiny_config("LlamaForCausalLM", 300, false), 7).unwrap();
+    let src = shardline_weights::open(dir.path()).unwrap();
+    let opts = LoadOptions { quantization: Quantization::Q8_0, ..LoadOptions::cpu(DType::F32) };
+    let model = Llama::load(src.as_ref(), &opts).unwrap();
+    assert!(model.weight_formats().contains("Q8_0"), "{}", model.weight_formats());
+    let toks = tokens(40, 3);
+    let mut cache = model.new_cache(BLOCKS, BLOCK).unwrap();
+    let mut decoded = vec![step(&model, &mut cache, vec![seq(toks[..3].to_vec(), 0, table(0, 12))]).remove(0)];
+    for (i, &t) in toks.iter().enumerate().skip(3) {
+        decoded.push(step(&model, &mut cache, vec![seq(vec![t], i, table(0, 12))]).remove(0));
+    }
+    for n in [3, 20, 33, 40] {
+        let mut fresh = model.new_cache(BLOCKS, BLOCK).unwrap();
+        let again = step(&model, &mut fresh, vec![seq(toks[..n].to_vec(), 0, table(1, 12))]).remove(0);
+        assert_eq!(again, decoded[n - 3], "{n} tokens recomputed");
+    }
 }
 
 #[test]

@@ -5,12 +5,13 @@
 //! a sequence lives in block `block_table[p / block_size]` at offset `p % block_size`, i.e. in
 //! slot `block * block_size + offset`.
 //!
-//! Work items are (span, q head, chunk of query rows), spread over rayon's pool. Decodes and
-//! short chunks go row by row over each block's run of slots (the inner loops live in
-//! `attn_kernels`); spans of 32+ rows gather K/V into contiguous matrices and use two GEMMs per
-//! chunk, multiplying only by the keys the chunk's last row can see.
-
-use rayon::prelude::*;
+//! Work items are (span, q head, chunk of query rows), spread over the threads. Every query row
+//! goes the same way, row by row over each block's run of slots (the inner loops live in
+//! `attn_kernels`), whether it is a decode or one of a prompt's rows. So a row's output does not
+//! depend on the step it was computed in: recomputing a sequence after a preemption or a rank's
+//! recovery rebuilds its KV cache bit for bit, and seeded sampling resumes unchanged. (Prompts of
+//! 32+ rows used to take two GEMMs per chunk of rows: 4% faster prefill at 512 tokens, but their
+//! sums were ordered differently, so a recomputed generated row drifted in the last bits.)
 
 #[cfg(target_arch = "x86_64")]
 use crate::attn_kernels::Avx2;
@@ -68,12 +69,6 @@ pub fn write_kv(k: &[f32], v: &[f32], slots: &[u32], layout: &KvLayout, k_cache:
 
 /// Query rows per work item: enough to amortize scheduling, few enough to balance a prefill.
 const ROWS_PER_ITEM: usize = 16;
-/// Spans with at least this many query rows use the GEMM formulation.
-const GEMM_MIN_ROWS: usize = 32;
-/// Query rows per GEMM item. Smaller chunks skip more of the masked upper triangle (each
-/// chunk multiplies only by the keys its last row sees) and give the pool more items; larger
-/// ones make better GEMMs. 512 rows in chunks of 128 do 62% of the unchunked work.
-const GEMM_CHUNK_ROWS: usize = 128;
 
 /// Everything a work item reads, plus the inner-loop implementation.
 struct Ctx<'a, K> {
@@ -128,31 +123,19 @@ thread_local! {
     static SCORES: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// Splits the batch into independent (span, head[, row chunk]) items across rayon's pool.
+/// Splits the batch into independent (span, head, row chunk) items across the threads.
 fn run<K: AttnKernels>(c: &Ctx<K>, spans: &[SeqSpan]) {
     let heads = c.kv_head_of_q.len();
-    // Long prefill spans run as two small GEMMs per head; the rest row by row.
-    let mut long = Vec::new();
-    let mut short = Vec::new();
+    let mut items = Vec::new();
     for (si, s) in spans.iter().enumerate() {
         for h in 0..heads {
-            if s.q_len >= GEMM_MIN_ROWS {
-                for r0 in (0..s.q_len).step_by(GEMM_CHUNK_ROWS) {
-                    long.push((si, h, r0, (r0 + GEMM_CHUNK_ROWS).min(s.q_len)));
-                }
-            } else {
-                for r0 in (0..s.q_len).step_by(ROWS_PER_ITEM) {
-                    short.push((si, h, r0, (r0 + ROWS_PER_ITEM).min(s.q_len)));
-                }
+            for r0 in (0..s.q_len).step_by(ROWS_PER_ITEM) {
+                items.push((si, h, r0, (r0 + ROWS_PER_ITEM).min(s.q_len)));
             }
         }
     }
-    long.par_iter().for_each_init(Scratch::default, |scratch, &(si, h, r0, r1)| {
-        // SAFETY: this item alone writes head h of rows r0..r1 of the span.
-        unsafe { attend_gemm(c, &spans[si], h, r0, r1, scratch) };
-    });
-    crate::team::for_each(short.len(), |i| {
-        let (si, h, r0, r1) = short[i];
+    crate::team::for_each(items.len(), |i| {
+        let (si, h, r0, r1) = items[i];
         SCORES.with_borrow_mut(|scores| {
             // SAFETY: this item alone writes head h of rows r0..r1 of the span.
             unsafe { attend_rows(c, &spans[si], h, r0, r1, scores) };
@@ -186,60 +169,4 @@ unsafe fn attend_rows<K: AttnKernels>(c: &Ctx<K>, s: &SeqSpan, h: usize, r0: usi
             c.kern.pv(&scores[p..p + n], &c.v_cache[slot * w + kv_off..], w, o);
         });
     }
-}
-
-#[derive(Default)]
-struct Scratch {
-    keys: Vec<f32>,
-    values: Vec<f32>,
-    scores: Vec<f32>,
-}
-
-/// Rows r0..r1 of a span for q head h as S = Q·Kᵀ (gemm), causal softmax, O = S·V (gemm,
-/// written in place), over the keys the last of these rows sees.
-///
-/// # Safety
-/// No other thread may touch head h of rows r0..r1 of the span in `c.out`.
-unsafe fn attend_gemm<K: AttnKernels>(c: &Ctx<K>, s: &SeqSpan, h: usize, r0: usize, r1: usize, scratch: &mut Scratch) {
-    let hd = c.layout.head_dim;
-    let rows = r1 - r0;
-    // Position of row r0 is first_pos; row r0 + i sees keys 0..first_pos + i + 1.
-    let first_pos = s.context_len - s.q_len + r0;
-    let ctx = first_pos + rows;
-    let w = c.layout.token_width();
-    let kv_off = c.kv_head_of_q[h] * hd;
-    // Gather this KV head's context into contiguous [ctx, hd] matrices.
-    for (buf, cache) in [(&mut scratch.keys, c.k_cache), (&mut scratch.values, c.v_cache)] {
-        buf.clear();
-        s.for_each_run(ctx, c.layout.block_size, |_, slot, n| {
-            for t in slot..slot + n {
-                buf.extend_from_slice(&cache[t * w + kv_off..][..hd]);
-            }
-        });
-    }
-    scratch.scores.clear();
-    scratch.scores.resize(rows * ctx, 0.0);
-    let row0 = (s.q_start + r0) * c.q_width + h * hd;
-    let q0 = c.q.as_ptr().add(row0);
-    #[rustfmt::skip]
-    gemm::gemm(
-        rows, ctx, hd,
-        scratch.scores.as_mut_ptr(), 1, ctx as isize, false,
-        q0, 1, c.q_width as isize,
-        scratch.keys.as_ptr(), hd as isize, 1,
-        0.0, c.scale, false, false, false, gemm::Parallelism::None,
-    );
-    for (r, row) in scratch.scores.chunks_mut(ctx).enumerate() {
-        let visible = first_pos + r + 1;
-        c.kern.softmax(&mut row[..visible]);
-        row[visible..].fill(0.0);
-    }
-    #[rustfmt::skip]
-    gemm::gemm(
-        rows, hd, ctx,
-        c.out.get().add(row0), 1, c.q_width as isize, false,
-        scratch.scores.as_ptr(), 1, ctx as isize,
-        scratch.values.as_ptr(), 1, hd as isize,
-        0.0, 1.0, false, false, false, gemm::Parallelism::None,
-    );
 }

@@ -23,6 +23,13 @@ use rayon::prelude::{IntoParallelIterator, ParallelIterator};
 /// rotary embedding: microseconds), shorter than an idle engine's pause.
 const SPIN: Duration = Duration::from_micros(200);
 
+fn spin_limit() -> Duration {
+    static V: std::sync::OnceLock<Duration> = std::sync::OnceLock::new();
+    *V.get_or_init(|| {
+        std::env::var("XSPIN").ok().and_then(|v| v.parse().ok()).map(Duration::from_micros).unwrap_or(SPIN)
+    })
+}
+
 /// How long a parked worker waits before checking whether the team is being dropped.
 const PARK: Duration = Duration::from_millis(100);
 
@@ -154,7 +161,7 @@ fn worker(s: &Shared) {
         while s.epoch.load(SeqCst) == seen && !s.stop.load(SeqCst) {
             std::hint::spin_loop();
             spins += 1;
-            if spins.is_multiple_of(64) && start.elapsed() > SPIN {
+            if spins.is_multiple_of(64) && start.elapsed() > spin_limit() {
                 let mut parked = s.parked.lock().unwrap_or_else(|e| e.into_inner());
                 *parked += 1;
                 while s.epoch.load(SeqCst) == seen && !s.stop.load(SeqCst) {
