@@ -94,6 +94,34 @@ impl Loader<'_> {
         Ok(t)
     }
 
+    /// A matrix stored as bf16 or f16, kept 16-bit (f32 accumulation): half the bytes of f32.
+    /// `None` for other dtypes, and for rows that are not whole 32-weight blocks (with a note).
+    fn linear_16bit(&self, name: &str, shape: &[usize], slice: &Slice) -> Result<Option<Weight>> {
+        let ty = match self.src.stored_dtype(name) {
+            Some(DType::BF16) => QuantType::BF16,
+            Some(DType::F16) => QuantType::F16,
+            _ => return Ok(None),
+        };
+        let stored = if ty == QuantType::BF16 { DType::BF16 } else { DType::F16 };
+        let t = self.src.load(name, shape, slice, stored, &self.opts.device)?;
+        let (rows, cols) = t.dims2()?;
+        let bits: Vec<u16> = match ty {
+            QuantType::BF16 => t.flatten_all()?.to_vec1::<half::bf16>()?.into_iter().map(half::bf16::to_bits).collect(),
+            _ => t.flatten_all()?.to_vec1::<half::f16>()?.into_iter().map(half::f16::to_bits).collect(),
+        };
+        let bytes: Vec<u8> = bits.iter().flat_map(|b| b.to_le_bytes()).collect();
+        match QuantMatrix::from_bytes(ty, rows, cols, &bytes) {
+            Ok(m) => {
+                self.bar.inc(1);
+                Ok(Some(Weight::blocks(m)))
+            }
+            Err(e) => {
+                self.note(format!("{e}; loaded at the activation dtype"));
+                Ok(None)
+            }
+        }
+    }
+
     /// A matrix a matmul runs: in its stored block format when the options and the slice
     /// allow, quantized on load when asked, else dense.
     fn linear(&self, name: &str, shape: &[usize], slice: Slice) -> Result<Weight> {
@@ -123,6 +151,11 @@ impl Loader<'_> {
             }
         } else if slice != Slice::Full && self.src.load_blocks(name, shape, &Slice::Rows(0..0))?.is_some() {
             self.note("a tensor-parallel slice cuts through blocks".into());
+        }
+        if q == Quantization::Auto {
+            if let Some(w) = self.linear_16bit(name, shape, &slice)? {
+                return Ok(w);
+            }
         }
         let dense = self.get(name, shape, slice)?;
         let Some(mut ty) = q.in_situ() else { return Ok(Weight::Dense(dense)) };

@@ -64,11 +64,16 @@ pub fn tensor_specs(cfg: &ModelConfig) -> Vec<(String, Vec<usize>)> {
 
 /// Writes `config.json` and `model.safetensors` (f32 random weights from `seed`) into `dir`.
 pub fn write_tiny_model(dir: &Path, config: &serde_json::Value, seed: u64) -> Result<()> {
+    write_tiny_model_as(dir, config, seed, DType::F32)
+}
+
+/// [`write_tiny_model`] with the tensors stored in `dtype` (an HF bf16 checkpoint, say).
+pub fn write_tiny_model_as(dir: &Path, config: &serde_json::Value, seed: u64, dtype: DType) -> Result<()> {
     let cfg = ModelConfig::from_json(config)?;
     let src = DummySource::new(config.clone(), seed);
     let mut tensors = HashMap::new();
     for (name, shape) in tensor_specs(&cfg) {
-        let t = src.load(&name, &shape, &Slice::Full, DType::F32, &Device::Cpu)?;
+        let t = src.load(&name, &shape, &Slice::Full, DType::F32, &Device::Cpu)?.to_dtype(dtype)?;
         tensors.insert(name, t);
     }
     std::fs::create_dir_all(dir).map_err(|e| crate::ModelError::Config(format!("{}: {e}", dir.display())))?;

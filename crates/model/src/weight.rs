@@ -15,8 +15,8 @@ use crate::error::Result;
 /// Which precision weights are kept in (`--quantization`); activations follow `--dtype`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Display, EnumString, IntoStaticStr, VariantNames)]
 pub enum Quantization {
-    /// Block formats a file stores stay as they are (GGUF Q8_0, Q4_0, Q4_1, Q4_K, Q5_K, Q6_K);
-    /// everything else loads in `--dtype`.
+    /// Block formats a file stores stay as they are (GGUF Q8_0, Q4_0, Q4_1, Q4_K, Q5_K, Q6_K),
+    /// and so do bf16/f16 matrices (f32 accumulation); everything else loads in `--dtype`.
     #[default]
     #[strum(serialize = "auto")]
     Auto,

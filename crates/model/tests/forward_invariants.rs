@@ -3,7 +3,7 @@
 //! candle path (f16/bf16) tracks the f32 kernel path.
 
 use candle_core::DType;
-use shardline_model::testing::{tiny_config, write_tiny_model};
+use shardline_model::testing::{tiny_config, write_tiny_model, write_tiny_model_as};
 use shardline_model::{BatchInput, KvCache, Llama, LoadOptions, ModelError, Quantization, SeqInput, SingleRank};
 
 const BLOCK: usize = 4;
@@ -97,6 +97,29 @@ fn block_weights_make_cached_decode_and_recompute_bit_identical() {
         let mut fresh = model.new_cache(BLOCKS, BLOCK).unwrap();
         let again = step(&model, &mut fresh, vec![seq(toks[..n].to_vec(), 0, table(1, 12))]).remove(0);
         assert_eq!(again, decoded[n - 3], "{n} tokens recomputed");
+    }
+}
+
+/// A bf16 or f16 checkpoint stays 16-bit by default (`--quantization auto`) and gives the
+/// logits of the same weights widened to f32 (`none`), up to the order of the sums.
+#[test]
+fn sixteen_bit_checkpoints_stay_sixteen_bit_and_match_f32() {
+    for (dtype, name) in [(DType::BF16, "bf16"), (DType::F16, "f16")] {
+        let dir = tempfile::tempdir().unwrap();
+        write_tiny_model_as(dir.path(), &tiny_config("LlamaForCausalLM", 300, false), 7, dtype).unwrap();
+        let src = shardline_weights::open(dir.path()).unwrap();
+        let kept = Llama::load(src.as_ref(), &LoadOptions::cpu(DType::F32)).unwrap();
+        let none = LoadOptions { quantization: Quantization::None, ..LoadOptions::cpu(DType::F32) };
+        let widened = Llama::load(src.as_ref(), &none).unwrap();
+        assert!(kept.weight_formats().contains(name), "{}", kept.weight_formats());
+        assert!(!widened.weight_formats().contains(name), "{}", widened.weight_formats());
+        let toks = tokens(9, 2);
+        let run = |m: &Llama| {
+            let mut cache = m.new_cache(BLOCKS, BLOCK).unwrap();
+            step(m, &mut cache, vec![seq(toks.clone(), 0, table(0, 4))]).remove(0)
+        };
+        let d = max_diff(&run(&kept), &run(&widened));
+        assert!(d < 1e-4, "{name}: {d}");
     }
 }
 

@@ -149,7 +149,7 @@ fn main() {
     bench_matmul(512, 49152, 576, "lm_head", 1);
     // The default model's formats (Q4_1 layers, Q8_0 embeddings), then K-quants at k = 1536.
     for m in [1, 8, 32, 512] {
-        for ty in [QuantType::Q4_1, QuantType::Q8_0] {
+        for ty in [QuantType::Q4_1, QuantType::Q8_0, QuantType::BF16] {
             bench_quant(ty, m, 3072, 576, "gate_up", if m == 1 { 30 } else { 1 });
         }
         bench_quant(QuantType::Q8_0, m, 49152, 576, "lm_head", 1);

@@ -252,6 +252,11 @@ impl WeightSource for SafetensorsDir {
             .map_err(|e| WeightsError::candle(name, &file, e))
     }
 
+    fn stored_dtype(&self, name: &str) -> Option<DType> {
+        let &i = self.locations.get(name)?;
+        candle_dtype(&self.shards[i].tensors.get(name)?.dtype)
+    }
+
     fn describe(&self) -> String {
         if self.shards.len() == 1 {
             self.shards[0].path.display().to_string()

@@ -79,6 +79,13 @@ pub trait WeightSource: Send + Sync {
         Ok(None)
     }
 
+    /// The dtype `name` is stored in when it is a plain float tensor (f32, f16, bf16): what
+    /// `load` converts from. `None` when unknown, missing, or stored in blocks.
+    fn stored_dtype(&self, name: &str) -> Option<DType> {
+        let _ = name;
+        None
+    }
+
     /// Human-readable origin for messages ("/path/model.safetensors", "x.gguf", "dummy").
     fn describe(&self) -> String;
 }

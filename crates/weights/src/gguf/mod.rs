@@ -293,6 +293,15 @@ impl WeightSource for GgufSource {
         Ok(Some(RawBlocks { dtype: info.dtype, rows: order.len(), cols: cols.len(), bytes }))
     }
 
+    fn stored_dtype(&self, name: &str) -> Option<DType> {
+        match self.tensors.get(&hf_to_gguf(name)?.name)?.dtype {
+            GgmlDType::F32 => Some(DType::F32),
+            GgmlDType::F16 => Some(DType::F16),
+            GgmlDType::BF16 => Some(DType::BF16),
+            _ => None,
+        }
+    }
+
     fn describe(&self) -> String {
         self.file()
     }
