@@ -11,7 +11,7 @@ use candle_core::{DType, Device, Tensor};
 use memmap2::Mmap;
 
 use crate::error::{Result, WeightsError};
-use crate::source::{check_shape, slice_bytes, Slice, WeightSource};
+use crate::source::{check_shape, release_pages, slice_bytes, Slice, WeightSource};
 
 pub(crate) const CONFIG_FILE: &str = "config.json";
 pub(crate) const SINGLE_FILE: &str = "model.safetensors";
@@ -247,9 +247,12 @@ impl WeightSource for SafetensorsDir {
         let bytes = slice_bytes(data, &entry.shape, stored.size_in_bytes(), slice);
         // Upload in the stored dtype and convert on the device: half the transfer for 16-bit
         // checkpoints and the conversion runs where the compute is.
-        Tensor::from_raw_buffer(&bytes, stored, &out_shape, device)
+        let t = Tensor::from_raw_buffer(&bytes, stored, &out_shape, device)
             .and_then(|t| t.to_dtype(dtype))
-            .map_err(|e| WeightsError::candle(name, &file, e))
+            .map_err(|e| WeightsError::candle(name, &file, e));
+        // The tensor is a copy: the file's pages need not stay resident as well.
+        release_pages(&shard.mmap, entry.start..entry.end);
+        t
     }
 
     fn stored_dtype(&self, name: &str) -> Option<DType> {
