@@ -9,6 +9,7 @@ mod batch;
 mod collective;
 mod config;
 mod error;
+pub mod footprint;
 #[cfg(feature = "cuda")]
 mod gpu;
 mod kv;

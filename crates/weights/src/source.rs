@@ -79,6 +79,13 @@ pub trait WeightSource: Send + Sync {
         Ok(None)
     }
 
+    /// The block format `name` is stored in when it is a quantized matrix `load_blocks` can
+    /// return (whole-block slices of it): what a loader would keep it as, without reading it.
+    fn block_type(&self, name: &str) -> Option<candle_core::quantized::GgmlDType> {
+        let _ = name;
+        None
+    }
+
     /// The dtype `name` is stored in when it is a plain float tensor (f32, f16, bf16): what
     /// `load` converts from. `None` when unknown, missing, or stored in blocks.
     fn stored_dtype(&self, name: &str) -> Option<DType> {

@@ -293,6 +293,12 @@ impl WeightSource for GgufSource {
         Ok(Some(RawBlocks { dtype: info.dtype, rows: order.len(), cols: cols.len(), bytes }))
     }
 
+    fn block_type(&self, name: &str) -> Option<GgmlDType> {
+        let info = self.tensors.get(&hf_to_gguf(name)?.name)?;
+        let quantized = !matches!(info.dtype, GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16);
+        (quantized && info.dims.len() == 2 && supported(info.dtype)).then_some(info.dtype)
+    }
+
     fn stored_dtype(&self, name: &str) -> Option<DType> {
         match self.tensors.get(&hf_to_gguf(name)?.name)?.dtype {
             GgmlDType::F32 => Some(DType::F32),
