@@ -9,6 +9,7 @@ mod export_tokenizer;
 mod generate;
 mod group;
 mod launch;
+mod plan;
 mod run;
 mod serve;
 mod worker;
@@ -51,6 +52,9 @@ enum Command {
     /// Run an experiment (launch/experiments/*.toml): each server layout in turn under the same
     /// bench sweep, then a report folder with tables, plots and costs.
     Experiment(experiment::ExperimentArgs),
+    /// Predict every TP × PP layout of a model on N GPUs (memory, TTFT, TPOT, throughput,
+    /// cost) and rank them; `--calibrate` measures this machine for `--hardware cpu`.
+    Plan(plan::PlanArgs),
     /// Write a model's tokenizer (HF directory, GGUF or alias) as a Hugging Face directory, for
     /// load tools that count tokens with transformers.
     ExportTokenizer(export_tokenizer::ExportTokenizerArgs),
@@ -85,6 +89,7 @@ fn main() {
         Command::Bench(args) => bench::bench(args),
         Command::Cost(args) => cost::cost(args),
         Command::Experiment(args) => experiment::experiment(args),
+        Command::Plan(args) => plan::plan(args),
         Command::ExportTokenizer(args) => export_tokenizer::export_tokenizer(args),
     };
     if let Err(e) = result {
