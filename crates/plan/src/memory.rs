@@ -1,11 +1,21 @@
-//! Memory per rank, vLLM's way: of `memory × memory_utilization`, the runtime's reserve, the
-//! weights and the activation workspace of the largest step come first; the rest holds KV
-//! blocks. A group holds as many KV tokens as its tightest rank allows (every rank keeps K/V
+//! Memory per rank: the runtime's reserve, the weights and the activation workspace of the
+//! largest step come first; KV blocks take the rest, by one of two rules. vLLM's (and
+//! Shardline's): everything up to `memory × memory_utilization`; TensorRT-LLM's: a fraction of
+//! what is free after the rest (`kv_cache_free_gpu_mem_fraction`, 0.9 by default). A group holds as many KV tokens as its tightest rank allows (every rank keeps K/V
 //! of every token for its own layers and heads), and a layout fits when that is at least one
 //! full request.
 
 use crate::hardware::Hardware;
 use crate::shape::{GroupShape, RankShape};
+
+/// How much of the memory left KV blocks take.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum KvRule {
+    /// Everything up to this fraction of the device's memory (`--gpu-memory-utilization`).
+    Utilization(f64),
+    /// This fraction of what is free after weights, activations and the reserve.
+    FreeFraction(f64),
+}
 
 /// The engine's limits (`serve`'s flags of the same names).
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -53,18 +63,28 @@ pub struct MemoryInputs<'a> {
     pub ranks_per_host: usize,
     /// Tokens one request needs (input + output).
     pub request_tokens: u64,
+    /// `None`: the hardware's `memory_utilization`.
+    pub rule: Option<KvRule>,
 }
 
 pub fn memory(shape: &GroupShape, m: &MemoryInputs) -> Memory {
     let capacity = m.hw.memory_bytes() / m.ranks_per_host as f64;
-    let usable = capacity * m.hw.memory_utilization - m.hw.reserved_bytes() / m.ranks_per_host as f64;
+    let rule = m.rule.unwrap_or(KvRule::Utilization(m.hw.memory_utilization));
+    let usable = match rule {
+        KvRule::Utilization(u) => capacity * u,
+        KvRule::FreeFraction(_) => capacity,
+    } - m.hw.reserved_bytes() / m.ranks_per_host as f64;
     let mut kv_tokens = u64::MAX;
     let mut short = None;
     let mut fixed = Vec::with_capacity(shape.ranks.len());
     for (i, rank) in shape.ranks.iter().enumerate() {
         let act = activation_bytes(rank, m.hidden, m.head_dim, m.activation_bytes, m.limits);
         let weights = rank.bytes.total();
-        let room = usable - (weights + act) as f64;
+        let free = usable - (weights + act) as f64;
+        let room = match rule {
+            KvRule::Utilization(_) => free,
+            KvRule::FreeFraction(f) => free * f,
+        };
         let per_token = kv_bytes_per_token(rank, m.head_dim, m.kv_bytes).max(1);
         if room <= 0.0 && short.is_none() {
             short = Some(format!(

@@ -6,7 +6,7 @@ use shardline_bench::cost::{run_cost, MeasuredRun, Prices};
 
 use crate::error::{PlanError, Result};
 use crate::hardware::{Hardware, Link};
-use crate::memory::{memory, EngineLimits, Memory, MemoryInputs};
+use crate::memory::{memory, EngineLimits, KvRule, Memory, MemoryInputs};
 use crate::model::{KvDtype, PlanModel, WeightsDtype};
 use crate::perf::{predict, Machine, Prediction};
 use crate::shape::GroupShape;
@@ -50,6 +50,8 @@ pub struct Question {
     pub slo: Slo,
     pub gpu_hour_usd: Option<f64>,
     pub limits: EngineLimits,
+    /// `None`: the hardware's `memory_utilization`.
+    pub kv_rule: Option<KvRule>,
 }
 
 /// One layout's answer.
@@ -146,6 +148,7 @@ pub fn plan(model: &PlanModel, hw: &Hardware, q: &Question) -> Result<Plan> {
                     limits: q.limits,
                     ranks_per_host,
                     request_tokens: (q.input_len + q.output_len) as u64,
+                    rule: q.kv_rule,
                 },
             );
             out.why = mem.short.clone();
@@ -221,6 +224,11 @@ fn check(hw: &Hardware, q: &Question) -> Result<()> {
     }
     if q.limits.max_num_seqs == 0 || q.limits.max_batch_tokens == 0 {
         return bad("--max-num-seqs and --max-batch-tokens must be at least 1".into());
+    }
+    if let Some(KvRule::Utilization(f) | KvRule::FreeFraction(f)) = q.kv_rule {
+        if !(f > 0.0 && f <= 1.0) {
+            return bad(format!("--gpu-memory-utilization and --kv-cache-free-fraction must be in (0, 1], not {f}"));
+        }
     }
     if let Some(p) = q.gpu_hour_usd {
         if !(p.is_finite() && p > 0.0) {

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{ArgGroup, Args, ValueEnum};
-use shardline_plan::memory::EngineLimits;
+use shardline_plan::memory::{EngineLimits, KvRule};
 use shardline_plan::{report, Hardware, KvDtype, Load, PlanModel, Question, Slo, WeightsDtype};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -60,6 +60,14 @@ pub struct PlanArgs {
     /// Price of one device-hour in $, for $ per 1M output tokens.
     #[arg(long)]
     gpu_hour_price: Option<f64>,
+    /// KV blocks take memory up to this fraction of each device's (vLLM's rule) [default:
+    /// the hardware profile's memory_utilization].
+    #[arg(long, conflicts_with = "kv_cache_free_fraction")]
+    gpu_memory_utilization: Option<f64>,
+    /// KV blocks take this fraction of the memory free after weights and activations
+    /// (TensorRT-LLM's rule, 0.9 by default there).
+    #[arg(long)]
+    kv_cache_free_fraction: Option<f64>,
     /// The engine's --max-num-seqs.
     #[arg(long, default_value_t = 64)]
     max_num_seqs: usize,
@@ -109,6 +117,11 @@ pub fn plan(args: PlanArgs) -> anyhow::Result<()> {
         slo: Slo { ttft_ms: args.slo_ttft_ms, tpot_ms: args.slo_tpot_ms },
         gpu_hour_usd: args.gpu_hour_price,
         limits: EngineLimits { max_num_seqs: args.max_num_seqs, max_batch_tokens: args.max_batch_tokens },
+        kv_rule: match (args.gpu_memory_utilization, args.kv_cache_free_fraction) {
+            (Some(u), _) => Some(KvRule::Utilization(u)),
+            (None, Some(f)) => Some(KvRule::FreeFraction(f)),
+            (None, None) => None,
+        },
     };
     let plan = shardline_plan::plan(&model, &hw, &question)?;
     match args.output {
