@@ -8,6 +8,10 @@ use crate::search::{LayoutPlan, Load, Plan};
 
 const GIB: f64 = 1024.0 * 1024.0 * 1024.0;
 
+fn plural(n: usize, what: &str) -> String {
+    format!("{n} {what}{}", if n == 1 { "" } else { "s" })
+}
+
 /// Why the first layout wins, in one paragraph.
 pub fn reason(plan: &Plan) -> String {
     let best = plan.best();
@@ -23,9 +27,9 @@ pub fn reason(plan: &Plan) -> String {
     }
     if let (Some(p), Some(m)) = (&best.prediction, &best.memory) {
         text += &format!(
-            ". At {} clients it runs {} requests per replica (TPOT {:.1} ms, TTFT {:.0} ms); its KV cache holds {} tokens per replica",
-            best.concurrency,
-            p.running,
+            ". At {} it runs {} per replica (TPOT {:.1} ms, TTFT {:.0} ms); its KV cache holds {} tokens per replica",
+            plural(best.concurrency, "client"),
+            plural(p.running, "request"),
             p.tpot_s * 1e3,
             p.ttft_s * 1e3,
             m.kv_tokens
@@ -43,7 +47,8 @@ pub fn reason(plan: &Plan) -> String {
     }
     let short = plan.layouts.len() - fitting.len();
     if short > 0 {
-        text += &format!(". {short} layout(s) do not fit or cannot be formed");
+        let verb = if short == 1 { "does" } else { "do" };
+        text += &format!(". {} {verb} not fit or cannot be formed", plural(short, "layout"));
     }
     text + "."
 }
@@ -51,7 +56,7 @@ pub fn reason(plan: &Plan) -> String {
 pub fn table(plan: &Plan) -> String {
     let q = &plan.question;
     let load = match q.load {
-        Load::Concurrency(c) => format!("{c} clients"),
+        Load::Concurrency(c) => plural(c, "client"),
         Load::MaxThroughput => "max throughput".to_string(),
     };
     let mut out = format!(
