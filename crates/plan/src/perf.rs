@@ -14,9 +14,10 @@
 //! - **Steady state** at R running requests of I prompt and O output tokens: over O rounds, R
 //!   prompts' R · I tokens are prefilled too, in chunks that fill each step's token budget
 //!   beside the decodes (one request's prompt at a time when requests are few). Output
-//!   tok/s = R · O / (time of those rounds); TPOT = that time / O; TTFT = the rounds a prompt
-//!   takes plus, when more clients than R wait (the KV cache or `max_num_seqs` is full), the
-//!   closed loop's queueing: each client waits C / R lifetimes per request (Little's law).
+//!   tok/s = R · O / (time of those rounds); TTFT = the rounds a prompt takes; TPOT = the rest
+//!   of that time over O − 1 tokens. When more clients than R wait (the KV cache or
+//!   `max_num_seqs` is full), TTFT adds the closed loop's queueing: each client waits C / R
+//!   lifetimes per request (Little's law).
 
 use crate::hardware::{AllReduce, Hardware, Link};
 use crate::memory::{kv_bytes_per_token, EngineLimits};
@@ -150,7 +151,10 @@ impl Machine<'_> {
         let hops: f64 = self.pp_links.iter().map(|l| l.seconds(hop_bytes)).sum();
         let through = stages.iter().sum::<f64>() + hops;
         let busiest = stages.iter().copied().fold(0.0, f64::max);
-        let round = f64::max(through, m * busiest) + self.hw.overhead.step_us * 1e-6;
+        // Rank 0 plans each microbatch in turn: a microbatch waits for its own plan, and a
+        // round for all m of them.
+        let step = self.hw.overhead.step_us * 1e-6;
+        let round = (through + step).max(m * busiest).max(m * step);
         let busy = m * stages.iter().sum::<f64>() / pp as f64;
         (round, (1.0 - busy / round).clamp(0.0, 1.0))
     }
@@ -194,9 +198,10 @@ pub fn predict(
     let (t_mixed, idle_mixed) = machine.round(shape, r, mixed);
     let (t_decode, idle_decode) = machine.round(shape, r, base);
     let cycle = prefill_rounds * t_mixed + (rounds - prefill_rounds) * t_decode;
-    let tpot = cycle / o;
     // A new prompt takes the whole room, first come first served.
     let ttft_service = (i / room).ceil() * t_mixed;
+    // Its other tokens take the rest of the cycle (other prompts' chunks included).
+    let tpot = if o > 1.0 { (cycle - ttft_service).max(0.0) / (o - 1.0) } else { cycle };
     let lifetime = ttft_service + (o - 1.0) * tpot;
     let waiting = if clients > running { lifetime * (clients as f64 / r - 1.0) } else { 0.0 };
     let idle = (prefill_rounds * t_mixed * idle_mixed + (rounds - prefill_rounds) * t_decode * idle_decode) / cycle;

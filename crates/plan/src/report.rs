@@ -60,7 +60,7 @@ pub fn table(plan: &Plan) -> String {
         Load::MaxThroughput => "max throughput".to_string(),
     };
     let mut out = format!(
-        "Plan for {} on {} × {}{} ({} weights), {} → {} tokens, {load}\n\n",
+        "Plan for {} on {} × {}{} (weights: {}), {} → {} tokens, {load}\n\n",
         plan.model,
         q.gpus,
         plan.hardware,
@@ -105,7 +105,7 @@ pub fn table(plan: &Plan) -> String {
             None => row.extend(["-".into(), "-".into(), "-".into(), "-".into()]),
         }
         if slo {
-            row.push(format!("{:.1}", l.goodput_tok_s));
+            row.push(if l.prediction.is_some() { format!("{:.1}", l.goodput_tok_s) } else { "-".into() });
         }
         row.push(l.cost_per_1m_output.map_or("-".into(), |c| format!("{c:.3}")));
         let note = match (&l.why, &l.prediction) {

@@ -186,7 +186,7 @@ pub fn plan(model: &PlanModel, hw: &Hardware, q: &Question) -> Result<Plan> {
         let reasons: Vec<String> =
             layouts.iter().map(|l| format!("  {}: {}", l.name(), l.why.as_deref().unwrap_or("?"))).collect();
         return Err(PlanError::FitsNowhere(format!(
-            "{} fits in no layout on {} × {} ({} weights):\n{}",
+            "{} fits in no layout on {} × {} (weights: {}):\n{}",
             model.name,
             q.gpus,
             hw.name,
