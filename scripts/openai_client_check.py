@@ -7,7 +7,7 @@ first failure.
 
 Not run in CI (needs the `openai` package). Usage:
     python3 -m venv .venv-dev && .venv-dev/bin/pip install openai
-    .venv-dev/bin/python scripts/openai_client_check.py http://127.0.0.1:8000 [--max-tokens 16]
+    .venv-dev/bin/python scripts/openai_client_check.py http://127.0.0.1:8000 [--max-tokens 16] [--api-key KEY]
 """
 
 import argparse
@@ -26,12 +26,13 @@ def main():
     ap.add_argument("url", help="server base URL, e.g. http://127.0.0.1:8000 (with or without /v1)")
     ap.add_argument("--max-tokens", type=int, default=16)
     ap.add_argument("--prompt", default="The capital of France is")
+    ap.add_argument("--api-key", default="x", help="the server's --api-key (any value when it has none)")
     args = ap.parse_args()
 
     base = args.url.rstrip("/")
     if not base.endswith("/v1"):
         base += "/v1"
-    client = OpenAI(base_url=base, api_key="x", max_retries=0, timeout=120)
+    client = OpenAI(base_url=base, api_key=args.api_key, max_retries=0, timeout=120)
 
     section("models")
     models = client.models.list()

@@ -50,6 +50,8 @@ pub struct BenchConfig {
     pub endpoint: String,
     /// Model name for OpenAI requests; None asks `/v1/models`.
     pub model: Option<String>,
+    /// The server's `--api-key`, sent with every request.
+    pub api_key: Option<String>,
     /// Random prompts' lengths (the unique suffix's with prefix repetition; unused when
     /// replaying a file).
     pub input_len: usize,
@@ -129,7 +131,9 @@ pub struct BenchReport {
 /// Runs the sweep against a live server.
 pub async fn run(config: &BenchConfig) -> anyhow::Result<BenchReport> {
     config.validate()?;
-    let client = Arc::new(Client::connect(config.backend, &config.endpoint, config.model.clone()).await?);
+    let client = Arc::new(
+        Client::connect(config.backend, &config.endpoint, config.model.clone(), config.api_key.as_deref()).await?,
+    );
     let vocab = config.vocab_size.or(client.vocab_size()).unwrap_or(DEFAULT_VOCAB);
     let spec = WorkloadSpec {
         input_len: config.input_len,

@@ -42,6 +42,10 @@ pub struct BenchArgs {
     /// Model name sent in OpenAI requests [default: the first of GET /v1/models].
     #[arg(long, env = "SHARDLINE_BENCH_MODEL")]
     model: Option<String>,
+    /// The server's API key, sent as `Authorization: Bearer KEY` (of a comma-separated list in
+    /// the environment, as `serve` takes it, the first).
+    #[arg(long, env = "SHARDLINE_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
     /// Where prompts come from.
     #[arg(long, env = "SHARDLINE_BENCH_DATASET", value_enum, default_value = "random")]
     dataset: DatasetKind,
@@ -146,6 +150,7 @@ impl BenchArgs {
             endpoint: self.endpoint.unwrap_or_else(|| self.backend.default_endpoint().to_string()),
             backend: self.backend,
             model: self.model,
+            api_key: self.api_key.map(|k| k.split(',').next().unwrap_or_default().trim().to_string()),
             input_len: self.input_len,
             output_len: self.output_len,
             random_range: self.random_range,

@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use clap::Args;
 use serde_json::json;
+use shardline_bench::backend::grpc::{bearer, with_key};
 use shardline_proto::v1 as pb;
 use shardline_proto::v1::generation_client::GenerationClient;
 use tonic::transport::Channel;
@@ -44,6 +45,10 @@ pub struct GenerateArgs {
     /// Wait up to this many seconds for the server to come up (connect and health).
     #[arg(long, env = "SHARDLINE_WAIT", default_value_t = 0)]
     wait: u64,
+    /// The server's API key, sent as `authorization: Bearer KEY` metadata (of a
+    /// comma-separated list in the environment, as `serve` takes it, the first).
+    #[arg(long, env = "SHARDLINE_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
 }
 
 fn request(args: &GenerateArgs) -> anyhow::Result<pb::GenerateRequest> {
@@ -85,13 +90,16 @@ fn request(args: &GenerateArgs) -> anyhow::Result<pb::GenerateRequest> {
     })
 }
 
+/// The `authorization` metadata of `--api-key`, if given.
+type Key = Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>;
+
 /// Connects, retrying until `wait` seconds have passed and the server reports healthy.
-async fn connect(addr: &str, wait: Duration) -> anyhow::Result<GenerationClient<Channel>> {
+async fn connect(addr: &str, wait: Duration, key: &Key) -> anyhow::Result<GenerationClient<Channel>> {
     let deadline = Instant::now() + wait;
     loop {
         let attempt = async {
             let mut c = GenerationClient::connect(addr.to_string()).await?;
-            c.health(pb::HealthRequest {}).await?;
+            c.health(with_key(pb::HealthRequest {}, key)).await?;
             anyhow::Ok(c)
         };
         match attempt.await {
@@ -111,14 +119,16 @@ struct Outcome {
 
 pub fn generate(args: GenerateArgs) -> anyhow::Result<()> {
     let req = request(&args)?;
+    let first_key = args.api_key.as_deref().map(|k| k.split(',').next().unwrap_or_default().trim());
+    let key = first_key.map(bearer).transpose()?;
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let outcome = runtime.block_on(async {
-        let mut client = connect(&args.addr, Duration::from_secs(args.wait)).await?;
+        let mut client = connect(&args.addr, Duration::from_secs(args.wait), &key).await?;
         if args.stream {
-            stream(&mut client, req, matches!(args.output, OutputFormat::Text)).await
+            stream(&mut client, with_key(req, &key), matches!(args.output, OutputFormat::Text)).await
         } else {
             let sent = Instant::now();
-            let response = client.generate(req).await.map_err(status_error)?.into_inner();
+            let response = client.generate(with_key(req, &key)).await.map_err(status_error)?.into_inner();
             Ok(Outcome { response, sent, arrivals: vec![Instant::now()] })
         }
     })?;
@@ -141,7 +151,7 @@ fn status_error(s: tonic::Status) -> anyhow::Error {
 
 async fn stream(
     client: &mut GenerationClient<Channel>,
-    req: pb::GenerateRequest,
+    req: tonic::Request<pb::GenerateRequest>,
     echo: bool,
 ) -> anyhow::Result<Outcome> {
     let sent = Instant::now();

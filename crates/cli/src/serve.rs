@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Args;
-use shardline_router::{CoreConfig, EngineCore, Metrics, ServeConfig, ServerInfo};
+use shardline_router::{ApiKeys, CoreConfig, EngineCore, Metrics, ServeConfig, ServerInfo};
 
 use crate::args::{EngineArgs, ModelArgs};
 use crate::backend::{self, Backend, ParallelArgs, Role};
@@ -31,6 +31,10 @@ pub struct ServeArgs {
     /// Requests waiting or running before new ones are refused (RESOURCE_EXHAUSTED / 429).
     #[arg(long, env = "SHARDLINE_MAX_QUEUE", default_value_t = 1024)]
     max_queue: usize,
+    /// Require `Authorization: Bearer KEY` on every /v1 route and gRPC call (repeatable; the
+    /// environment variable takes a comma-separated list). /health and /metrics stay open.
+    #[arg(long = "api-key", env = "SHARDLINE_API_KEY", value_delimiter = ',', hide_env_values = true)]
+    api_keys: Vec<String>,
     /// Threads for network I/O and tokenization (the model's kernels have their own pool).
     #[arg(long, env = "SHARDLINE_IO_THREADS", default_value_t = 2)]
     io_threads: usize,
@@ -45,6 +49,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
         "off" | "" => None,
         a => Some(a.parse::<SocketAddr>().with_context(|| format!("--http-addr `{a}` is not HOST:PORT or `off`"))?),
     };
+    let api_keys = ApiKeys::new(args.api_keys.clone()).map_err(|e| anyhow::anyhow!("--api-key: {e}"))?;
     let default_kv_tokens = |_max_len: usize| DEFAULT_KV_CACHE_TOKENS;
     let Backend { engine, workers } =
         backend::build(&args.model, &args.parallel, &args.engine, &default_kv_tokens, env)?;
@@ -68,7 +73,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
     );
     let core =
         EngineCore::start(engine, CoreConfig { max_queue: args.max_queue }, Arc::new(Metrics::new(&info.model_id)));
-    let cfg = ServeConfig { grpc_addr: args.grpc_addr, http_addr, io_threads: args.io_threads };
+    let cfg = ServeConfig { grpc_addr: args.grpc_addr, http_addr, io_threads: args.io_threads, api_keys };
     let result = shardline_router::serve(core, info, cfg);
     // The engine (and with it the group) is gone by now: workers got Shutdown or saw rank 0 go.
     match (workers, &result) {

@@ -315,6 +315,7 @@ impl ExperimentConfig {
             },
             endpoint,
             model: None,
+            api_key: None,
             input_len: b.input_len,
             output_len: b.output_len,
             random_range: b.random_range,

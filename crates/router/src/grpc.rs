@@ -9,8 +9,11 @@ use shardline_proto::v1::generation_server::{Generation, GenerationServer};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::Stream;
+use tonic::service::interceptor::InterceptedService;
+use tonic::service::Interceptor;
 use tonic::{Request, Response, Status};
 
+use crate::auth::ApiKeys;
 use crate::convert;
 use crate::engine_core::{CoreEvent, EngineHandle, Submitted};
 use crate::ServerInfo;
@@ -25,8 +28,27 @@ pub struct GenerationService {
 }
 
 /// The tonic server for `handle`, ready to add to a `Server` builder.
-pub fn service(handle: EngineHandle, info: Arc<ServerInfo>) -> GenerationServer<GenerationService> {
-    GenerationServer::new(GenerationService { handle, info, next_id: AtomicU64::new(0) })
+pub fn service(
+    handle: EngineHandle,
+    info: Arc<ServerInfo>,
+    keys: ApiKeys,
+) -> InterceptedService<GenerationServer<GenerationService>, RequireApiKey> {
+    let svc = GenerationServer::new(GenerationService { handle, info, next_id: AtomicU64::new(0) });
+    InterceptedService::new(svc, RequireApiKey(keys))
+}
+
+/// UNAUTHENTICATED unless the `authorization` metadata carries an accepted key.
+#[derive(Clone)]
+pub struct RequireApiKey(ApiKeys);
+
+impl Interceptor for RequireApiKey {
+    fn call(&mut self, request: Request<()>) -> Result<Request<()>, Status> {
+        let authorization = request.metadata().get("authorization").map(|v| v.as_bytes());
+        match self.0.allows(authorization) {
+            true => Ok(request),
+            false => Err(Status::unauthenticated(crate::auth::REFUSED)),
+        }
+    }
 }
 
 impl GenerationService {

@@ -4,6 +4,7 @@
 //! and tokenizes (on its own threads), then waits on per-request event channels and reports what
 //! the core measured; it schedules nothing.
 
+pub mod auth;
 pub mod convert;
 pub mod engine_core;
 mod error;
@@ -19,6 +20,7 @@ use shardline_engine::{Engine, EngineLimits};
 use shardline_tokenizer::{Prompt, Tokenizer};
 
 pub use crate::engine_core::{CoreConfig, CoreEvent, CoreStats, EngineCore, EngineHandle, Submitted};
+pub use auth::ApiKeys;
 pub use error::RouterError;
 pub use metrics::Metrics;
 pub use server::{serve, ServeConfig, ServeError};

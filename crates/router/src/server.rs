@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 
+use crate::auth::ApiKeys;
 use crate::engine_core::EngineCore;
 use crate::{grpc, http, ServerInfo};
 
@@ -20,6 +21,8 @@ pub struct ServeConfig {
     pub http_addr: Option<SocketAddr>,
     /// Threads of the async runtime (the model's kernels run on their own pool).
     pub io_threads: usize,
+    /// Keys the API requires (none: open).
+    pub api_keys: ApiKeys,
 }
 
 /// Why serving ended badly.
@@ -53,7 +56,7 @@ pub fn serve(core: EngineCore, info: Arc<ServerInfo>, cfg: ServeConfig) -> Resul
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let grpc_task = {
             let mut stop = stop_rx.clone();
-            let svc = grpc::service(handle.clone(), Arc::clone(&info));
+            let svc = grpc::service(handle.clone(), Arc::clone(&info), cfg.api_keys.clone());
             let incoming = tokio_stream::wrappers::TcpListenerStream::new(grpc_listener);
             tokio::spawn(async move {
                 tonic::transport::Server::builder()
@@ -66,7 +69,7 @@ pub fn serve(core: EngineCore, info: Arc<ServerInfo>, cfg: ServeConfig) -> Resul
         };
         let http_task = http_listener.map(|listener| {
             let mut stop = stop_rx.clone();
-            let app = http::router(handle.clone(), Arc::clone(&info));
+            let app = http::router(handle.clone(), Arc::clone(&info), cfg.api_keys.clone());
             tokio::spawn(async move {
                 axum::serve(listener, app)
                     .with_graceful_shutdown(async move {

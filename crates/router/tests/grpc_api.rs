@@ -41,7 +41,7 @@ fn start(num_blocks: usize, cfg: EngineConfig, max_queue: usize) -> Server {
     let info = Arc::new(ServerInfo::new("tiny".into(), &engine, 1, 1, "f32".into()));
     let core = EngineCore::start(engine, CoreConfig { max_queue }, Arc::new(Metrics::new("tiny")));
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    let svc = grpc::service(core.handle.clone(), info);
+    let svc = grpc::service(core.handle.clone(), info, shardline_router::ApiKeys::default());
     let client = rt.block_on(async {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();

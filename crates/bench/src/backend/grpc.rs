@@ -7,6 +7,7 @@
 use anyhow::Context;
 use shardline_proto::v1 as pb;
 use shardline_proto::v1::generation_client::GenerationClient;
+use tonic::metadata::{Ascii, MetadataValue};
 use tonic::transport::Channel;
 
 use super::{ServerUsage, Timeline};
@@ -15,21 +16,24 @@ use crate::workload::{Prompt, RequestSpec};
 
 pub struct GrpcBackend {
     client: GenerationClient<Channel>,
+    /// `authorization` metadata for a server's `--api-key`.
+    authorization: Option<MetadataValue<Ascii>>,
     pub model: String,
     pub vocab_size: u32,
 }
 
 impl GrpcBackend {
-    pub async fn connect(endpoint: &str) -> anyhow::Result<GrpcBackend> {
+    pub async fn connect(endpoint: &str, api_key: Option<&str>) -> anyhow::Result<GrpcBackend> {
+        let authorization = api_key.map(bearer).transpose()?;
         let url = if endpoint.contains("://") { endpoint.to_string() } else { format!("http://{endpoint}") };
         let mut client =
             GenerationClient::connect(url.clone()).await.with_context(|| format!("connecting to {url}"))?;
         let info = client
-            .model_info(pb::ModelInfoRequest {})
+            .model_info(with_key(pb::ModelInfoRequest {}, &authorization))
             .await
             .map_err(|s| anyhow::anyhow!("ModelInfo on {url} answered {:?}: {}", s.code(), s.message()))?
             .into_inner();
-        Ok(GrpcBackend { client, model: info.model_id, vocab_size: info.vocab_size })
+        Ok(GrpcBackend { client, authorization, model: info.model_id, vocab_size: info.vocab_size })
     }
 
     pub(crate) async fn send(&self, req: &RequestSpec, mut timeline: Timeline) -> RequestRecord {
@@ -47,7 +51,7 @@ impl GrpcBackend {
             }),
         };
         // Cloning a tonic client is cheap: it shares the channel.
-        let mut stream = match self.client.clone().generate_stream(request).await {
+        let mut stream = match self.client.clone().generate_stream(with_key(request, &self.authorization)).await {
             Ok(r) => r.into_inner(),
             Err(s) => return timeline.fail(status_kind(&s)),
         };
@@ -74,4 +78,18 @@ impl GrpcBackend {
 /// `grpc:<Code>`, e.g. `grpc:ResourceExhausted` when the server's queue is full.
 fn status_kind(s: &tonic::Status) -> String {
     format!("grpc:{:?}", s.code())
+}
+
+/// The `authorization` metadata value for a server's `--api-key`.
+pub fn bearer(api_key: &str) -> anyhow::Result<MetadataValue<Ascii>> {
+    format!("Bearer {api_key}").parse().context("the API key must be printable ASCII")
+}
+
+/// `message` as a request carrying the `authorization` metadata, if any.
+pub fn with_key<T>(message: T, authorization: &Option<MetadataValue<Ascii>>) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    if let Some(value) = authorization {
+        request.metadata_mut().insert("authorization", value.clone());
+    }
+    request
 }

@@ -19,6 +19,8 @@ pub struct Target {
     pub authority: String,
     /// Path prefix without a trailing slash (`""` or e.g. `/proxy`).
     pub prefix: String,
+    /// Sent as `Authorization: Bearer …` with every request (a server's `--api-key`).
+    pub bearer: Option<String>,
 }
 
 impl Target {
@@ -43,7 +45,7 @@ impl Target {
         };
         let prefix = path.trim_end_matches('/');
         let prefix = prefix.strip_suffix("/v1").unwrap_or(prefix).to_string();
-        Ok(Target { authority, prefix })
+        Ok(Target { authority, prefix, bearer: None })
     }
 
     /// Sends `method path` (prefixed) with an optional JSON body on a fresh connection.
@@ -65,6 +67,9 @@ impl Target {
             "{method} {}{path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nAccept: */*\r\n",
             self.prefix, self.authority
         );
+        if let Some(key) = &self.bearer {
+            head.push_str(&format!("Authorization: Bearer {key}\r\n"));
+        }
         if let Some(ct) = content_type {
             head.push_str(&format!("Content-Type: {ct}\r\n"));
         }
@@ -246,7 +251,7 @@ mod tests {
 
     #[test]
     fn targets_parse_with_defaults_and_prefixes() {
-        let t = |a: &str, p: &str| Ok(Target { authority: a.into(), prefix: p.into() });
+        let t = |a: &str, p: &str| Ok(Target { authority: a.into(), prefix: p.into(), bearer: None });
         assert_eq!(Target::parse("http://127.0.0.1:8000"), t("127.0.0.1:8000", ""));
         assert_eq!(Target::parse("http://127.0.0.1:8000/"), t("127.0.0.1:8000", ""));
         assert_eq!(Target::parse("http://localhost:8000/v1"), t("localhost:8000", ""));
@@ -272,7 +277,7 @@ mod tests {
                 tokio::time::sleep(std::time::Duration::from_millis(1)).await;
             }
         });
-        Target { authority: addr.to_string(), prefix: String::new() }
+        Target { authority: addr.to_string(), prefix: String::new(), bearer: None }
     }
 
     fn chunk(s: &str) -> String {

@@ -2,7 +2,7 @@
 //! OpenAI-compatible `/v1/completions` (vLLM, TGI, trtllm-serve, llama.cpp server, Shardline's
 //! own HTTP). Both stream, so every token's client-side arrival time is recorded.
 
-mod grpc;
+pub mod grpc;
 pub mod http;
 mod openai;
 
@@ -59,10 +59,16 @@ pub enum Client {
 impl Client {
     /// Connects and asks the server what it serves (gRPC `ModelInfo`, OpenAI `/v1/models`), so
     /// a wrong endpoint fails here rather than as N request errors.
-    pub async fn connect(kind: BackendKind, endpoint: &str, model: Option<String>) -> anyhow::Result<Client> {
+    /// `api_key` goes with every request as `Authorization: Bearer …`.
+    pub async fn connect(
+        kind: BackendKind,
+        endpoint: &str,
+        model: Option<String>,
+        api_key: Option<&str>,
+    ) -> anyhow::Result<Client> {
         Ok(match kind {
-            BackendKind::Grpc => Client::Grpc(grpc::GrpcBackend::connect(endpoint).await?),
-            BackendKind::OpenAi => Client::OpenAi(openai::OpenAiBackend::connect(endpoint, model).await?),
+            BackendKind::Grpc => Client::Grpc(grpc::GrpcBackend::connect(endpoint, api_key).await?),
+            BackendKind::OpenAi => Client::OpenAi(openai::OpenAiBackend::connect(endpoint, model, api_key).await?),
         })
     }
 

@@ -23,8 +23,13 @@ pub struct OpenAiBackend {
 
 impl OpenAiBackend {
     /// Checks the server answers `GET /v1/models`; without `model`, uses the first one listed.
-    pub async fn connect(endpoint: &str, model: Option<String>) -> anyhow::Result<OpenAiBackend> {
-        let target = Target::parse(endpoint).map_err(anyhow::Error::msg)?;
+    pub async fn connect(
+        endpoint: &str,
+        model: Option<String>,
+        api_key: Option<&str>,
+    ) -> anyhow::Result<OpenAiBackend> {
+        let target =
+            Target { bearer: api_key.map(String::from), ..Target::parse(endpoint).map_err(anyhow::Error::msg)? };
         let response =
             target.request("GET", "/v1/models", None).await.with_context(|| format!("connecting to {endpoint}"))?;
         let status = response.status;

@@ -21,12 +21,14 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, State};
-use axum::http::{header, StatusCode};
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 
+use crate::auth::ApiKeys;
 use crate::engine_core::EngineHandle;
 use crate::openai::{
     ChatChoice, ChatCompletionRequest, ChatCompletionResponse, ChatMessageOut, CompletionChoice, CompletionLogprobs,
@@ -66,19 +68,31 @@ impl AppState {
     }
 }
 
-/// The OpenAI-compatible API over `handle`.
-pub fn router(handle: EngineHandle, info: Arc<ServerInfo>) -> Router {
+/// The OpenAI-compatible API over `handle`; with `keys`, its `/v1` routes need one of them.
+pub fn router(handle: EngineHandle, info: Arc<ServerInfo>, keys: ApiKeys) -> Router {
     let state = Arc::new(AppState { handle, info, started: unix_now() });
-    Router::new()
+    let v1 = Router::new()
         .route("/v1/completions", post(completions))
         .route("/v1/chat/completions", post(chat_completions))
         .route("/v1/models", get(models))
-        .route("/health", get(health))
+        .route_layer(axum::middleware::from_fn_with_state(keys, require_api_key));
+    v1.route("/health", get(health))
         .route("/metrics", get(metrics))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
+}
+
+/// 401 with OpenAI's error body unless the request carries an accepted key.
+async fn require_api_key(State(keys): State<ApiKeys>, request: Request, next: Next) -> Response {
+    let authorization = request.headers().get(header::AUTHORIZATION).map(|v| v.as_bytes());
+    if keys.allows(authorization) {
+        return next.run(request).await;
+    }
+    let mut response = ApiError::new(StatusCode::UNAUTHORIZED, crate::auth::REFUSED).into_response();
+    response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    response
 }
 
 fn unix_now() -> u64 {

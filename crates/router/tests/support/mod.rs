@@ -85,7 +85,7 @@ pub async fn start_with(dir: tempfile::TempDir, engine: Engine) -> Server {
     let info = Arc::new(ServerInfo::new("tiny".into(), &engine, 1, 1, "f32".into()));
     let core = EngineCore::start(engine, CoreConfig { max_queue: 64 }, Arc::new(Metrics::new("tiny")));
     let handle = core.handle.clone();
-    let app = router(handle.clone(), info);
+    let app = router(handle.clone(), info, shardline_router::ApiKeys::default());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
