@@ -147,6 +147,17 @@ pub struct SamplingArgs {
     /// Penalize tokens already in the prompt or output (1: off).
     #[arg(long, env = "SHARDLINE_REPETITION_PENALTY", allow_negative_numbers = true, default_value_t = 1.0)]
     pub repetition_penalty: f32,
+    /// Subtract this once from the logit of every token already generated (OpenAI's, in
+    /// [-2, 2]; 0: off).
+    #[arg(long, env = "SHARDLINE_PRESENCE_PENALTY", allow_negative_numbers = true, default_value_t = 0.0)]
+    pub presence_penalty: f32,
+    /// Subtract this per earlier occurrence among the generated tokens (OpenAI's, in [-2, 2];
+    /// 0: off).
+    #[arg(long, env = "SHARDLINE_FREQUENCY_PENALTY", allow_negative_numbers = true, default_value_t = 0.0)]
+    pub frequency_penalty: f32,
+    /// Add BIAS to token ID's logit, as `ID=BIAS` (repeatable; BIAS in [-100, 100]).
+    #[arg(long, value_parser = parse_logit_bias, allow_negative_numbers = true)]
+    pub logit_bias: Vec<(u32, f32)>,
     /// Seed for reproducible sampling.
     #[arg(long, env = "SHARDLINE_SEED")]
     pub seed: Option<u64>,
@@ -172,6 +183,9 @@ impl SamplingArgs {
             top_p: self.top_p,
             min_p: self.min_p,
             repetition_penalty: self.repetition_penalty,
+            presence_penalty: self.presence_penalty,
+            frequency_penalty: self.frequency_penalty,
+            logit_bias: self.logit_bias.clone(),
             seed: self.seed,
             logprobs: self.logprobs,
             max_tokens: self.max_tokens,
@@ -180,6 +194,14 @@ impl SamplingArgs {
             ignore_eos: self.ignore_eos,
         }
     }
+}
+
+/// `ID=BIAS` of `--logit-bias`.
+fn parse_logit_bias(s: &str) -> Result<(u32, f32), String> {
+    let (id, bias) = s.split_once('=').ok_or_else(|| format!("`{s}` is not ID=BIAS"))?;
+    let id = id.trim().parse().map_err(|_| format!("`{id}` is not a token id"))?;
+    let bias = bias.trim().parse().map_err(|_| format!("`{bias}` is not a number"))?;
+    Ok((id, bias))
 }
 
 /// Sizes the global rayon pool the CPU kernels run on.

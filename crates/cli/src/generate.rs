@@ -86,6 +86,9 @@ fn request(args: &GenerateArgs) -> anyhow::Result<pb::GenerateRequest> {
             stop_token_ids: p.stop_token_ids,
             ignore_eos: p.ignore_eos,
             logprobs: p.logprobs.map(|k| k as u32),
+            presence_penalty: Some(p.presence_penalty),
+            frequency_penalty: Some(p.frequency_penalty),
+            logit_bias: p.logit_bias.into_iter().collect(),
         }),
     })
 }

@@ -161,7 +161,8 @@ impl Engine {
         self.next_id += 1;
         // An unseeded request still gets a seed of its own, so that its tokens do not change
         // when it is recomputed after a preemption.
-        let sampling = params.sampler_settings(rand::rng().random());
+        let mut sampling = params.sampler_settings(rand::rng().random());
+        sampling.prompt_len = prompt.len();
         self.outputs.add(id, &prompt, params, Instant::now());
         self.scheduler.add_request(id, prompt, sampling);
         Ok(id)

@@ -35,6 +35,13 @@ pub fn sampling(p: Option<pb::SamplingParameters>) -> SamplingParams {
         top_k: p.top_k.map_or(d.top_k, |k| k as usize),
         min_p: p.min_p.unwrap_or(d.min_p),
         repetition_penalty: p.repetition_penalty.unwrap_or(d.repetition_penalty),
+        presence_penalty: p.presence_penalty.unwrap_or(d.presence_penalty),
+        frequency_penalty: p.frequency_penalty.unwrap_or(d.frequency_penalty),
+        logit_bias: {
+            let mut bias: Vec<(u32, f32)> = p.logit_bias.into_iter().collect();
+            bias.sort_unstable_by_key(|b| b.0);
+            bias
+        },
         seed: p.seed.or(d.seed),
         max_tokens: p.max_tokens.map_or(d.max_tokens, |m| m as usize),
         stop: p.stop,

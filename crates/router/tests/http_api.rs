@@ -226,6 +226,12 @@ async fn bad_requests_are_400s_with_openai_errors_and_the_server_keeps_serving()
             ("/v1/completions", br#"{"prompt": [1, -2]}"#.to_vec(), 400, "non-negative"),
             ("/v1/completions", br#"{"prompt": "hi", "n": 2}"#.to_vec(), 400, "n = 2"),
             ("/v1/completions", br#"{"prompt": "hi", "echo": true}"#.to_vec(), 400, "echo"),
+            ("/v1/completions", br#"{"prompt": "hi", "presence_penalty": 2.5}"#.to_vec(), 400, "presence_penalty"),
+            ("/v1/completions", br#"{"prompt": "hi", "frequency_penalty": -3}"#.to_vec(), 400, "frequency_penalty"),
+            ("/v1/completions", br#"{"prompt": "hi", "logit_bias": {"abc": 1}}"#.to_vec(), 400, "token ids"),
+            ("/v1/completions", br#"{"prompt": "hi", "logit_bias": {"5": "x"}}"#.to_vec(), 400, "logit_bias[5]"),
+            ("/v1/completions", br#"{"prompt": "hi", "logit_bias": {"5": 101}}"#.to_vec(), 400, "[-100, 100]"),
+            ("/v1/completions", br#"{"prompt": "hi", "logit_bias": {"9999": 1}}"#.to_vec(), 400, "9999"),
             (
                 "/v1/completions",
                 br#"{"prompt": "hi", "stream_options": {"include_usage": true}}"#.to_vec(),
@@ -316,6 +322,39 @@ async fn bad_requests_are_400s_with_openai_errors_and_the_server_keeps_serving()
         // Still serving.
         let v = post_ok(addr, "/v1/completions", &json!({"prompt": "hi", "max_tokens": 3, "ignore_eos": true})).await;
         assert_eq!(v["usage"]["completion_tokens"], 3);
+    })
+    .await;
+}
+
+/// OpenAI's penalties and logit_bias reach the sampler: a +100 bias makes every greedy token
+/// the biased one (chat and completions), and penalties change a sampled output.
+#[tokio::test]
+async fn logit_bias_and_penalties_shape_the_output() {
+    let server = start().await;
+    let addr = server.addr;
+    bounded(async {
+        let tokenizer = shardline_tokenizer::Tokenizer::from_dir(server.dir.path()).unwrap();
+        let forced = tokenizer.decode(&[42; 6], false).unwrap();
+        let body = json!({"prompt": "hello", "max_tokens": 6, "temperature": 0, "logit_bias": {"42": 100}});
+        let v = post_ok(addr, "/v1/completions", &body).await;
+        assert_eq!(v["choices"][0]["text"], forced.as_str(), "{v}");
+        let chat = json!({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 6, "temperature": 0,
+            "logit_bias": {"42": 100}});
+        let v = post_ok(addr, "/v1/chat/completions", &chat).await;
+        assert_eq!(v["choices"][0]["message"]["content"], forced.as_str(), "{v}");
+        let sampled = |extra: Value| {
+            let mut body = json!({"prompt": "hello", "max_tokens": 24, "temperature": 0.9, "seed": 7,
+                "ignore_eos": true, "logprobs": 0});
+            body.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+            body
+        };
+        let plain = post_ok(addr, "/v1/completions", &sampled(json!({}))).await;
+        let penalized =
+            post_ok(addr, "/v1/completions", &sampled(json!({"presence_penalty": 2, "frequency_penalty": 2}))).await;
+        let tokens = |v: &Value| v["choices"][0]["logprobs"]["token_logprobs"].clone();
+        assert_ne!(tokens(&plain), tokens(&penalized));
+        let again = post_ok(addr, "/v1/completions", &sampled(json!({}))).await;
+        assert_eq!(tokens(&plain), tokens(&again), "seeded outputs repeat");
     })
     .await;
 }

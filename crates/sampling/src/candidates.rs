@@ -44,7 +44,7 @@ impl SamplerSettings {
     /// whole row, or `None` when it needs the row itself.
     pub fn candidates_needed(&self) -> Option<usize> {
         let top = self.logprobs.unwrap_or(0);
-        let needed = if self.repetition_penalty != 1.0 {
+        let needed = if self.processes_logits() {
             return None;
         } else if self.is_greedy() {
             1
@@ -64,7 +64,7 @@ impl Sampler {
     /// gives on the whole row, or `None` when the candidates cannot decide it.
     pub fn sample_candidates(&mut self, c: &Candidates, position: usize) -> Option<SampledToken> {
         assert!(c.values.len() == c.ids.len() && !c.values.is_empty(), "candidates: values and ids");
-        let p = *self.settings();
+        let p = self.settings().clone();
         p.candidates_needed()?;
         let token_id = if p.is_greedy() { c.ids[0] } else { self.choose_among(c, position)? };
         let Some(k) = p.logprobs else {
@@ -79,7 +79,7 @@ impl Sampler {
     }
 
     fn choose_among(&mut self, c: &Candidates, position: usize) -> Option<u32> {
-        let p = *self.settings();
+        let p = self.settings().clone();
         let max = key(c.values[0]);
         if max == f64::NEG_INFINITY {
             return None; // every logit masked: the whole row decides

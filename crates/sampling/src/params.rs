@@ -23,6 +23,12 @@ pub struct SamplingParams {
     pub min_p: f32,
     /// 1 = off.
     pub repetition_penalty: f32,
+    /// OpenAI's: subtracted once from the logit of every token already generated. 0 = off.
+    pub presence_penalty: f32,
+    /// OpenAI's: subtracted per occurrence among the generated tokens. 0 = off.
+    pub frequency_penalty: f32,
+    /// Added to the logits of these token ids (OpenAI's `logit_bias`, in [-100, 100]).
+    pub logit_bias: Vec<(u32, f32)>,
     pub seed: Option<u64>,
     /// Top logprobs per generated token (`Some(0)`: only the chosen token's).
     pub logprobs: Option<usize>,
@@ -40,6 +46,9 @@ impl Default for SamplingParams {
             top_p: 1.0,
             min_p: 0.0,
             repetition_penalty: 1.0,
+            presence_penalty: 0.0,
+            frequency_penalty: 0.0,
+            logit_bias: Vec::new(),
             seed: None,
             logprobs: None,
             max_tokens: 256,
@@ -65,6 +74,10 @@ impl SamplingParams {
             top_p: self.top_p,
             min_p: self.min_p,
             repetition_penalty: self.repetition_penalty,
+            presence_penalty: self.presence_penalty,
+            frequency_penalty: self.frequency_penalty,
+            logit_bias: self.logit_bias.clone(),
+            prompt_len: 0,
             seed: self.seed.unwrap_or(seed),
             logprobs: self.logprobs,
         }
@@ -84,6 +97,17 @@ impl SamplingParams {
         }
         if !(self.repetition_penalty > 0.0 && self.repetition_penalty.is_finite()) {
             return bad("repetition_penalty", "> 0", self.repetition_penalty.to_string());
+        }
+        for (field, v) in [("presence_penalty", self.presence_penalty), ("frequency_penalty", self.frequency_penalty)] {
+            if !(-2.0..=2.0).contains(&v) {
+                return bad(field, "in [-2, 2]", v.to_string());
+            }
+        }
+        if let Some(&(id, b)) = self.logit_bias.iter().find(|&&(_, b)| !(-100.0..=100.0).contains(&b)) {
+            return bad("logit_bias", "values in [-100, 100]", format!("{b} for token {id}"));
+        }
+        if let Some(&(id, _)) = self.logit_bias.iter().find(|&&(id, _)| id as usize >= vocab_size) {
+            return bad("logit_bias", "token ids inside the vocabulary", format!("{id} (vocabulary {vocab_size})"));
         }
         if let Some(k) = self.logprobs.filter(|&k| k > MAX_LOGPROBS) {
             return bad("logprobs", "at most 20 (MAX_LOGPROBS)", k.to_string());

@@ -37,7 +37,7 @@ pub struct SampledToken {
 
 /// What the sampler needs of a request: its processors, seed and logprobs, none of the stop
 /// rules. This is what travels to the rank that holds the logits.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct SamplerSettings {
     /// Below 1e-5 sampling is greedy.
     pub temperature: f32,
@@ -49,6 +49,14 @@ pub struct SamplerSettings {
     pub min_p: f32,
     /// 1 = off.
     pub repetition_penalty: f32,
+    /// Subtracted once from every generated token's logit. 0 = off.
+    pub presence_penalty: f32,
+    /// Subtracted per occurrence among the generated tokens. 0 = off.
+    pub frequency_penalty: f32,
+    /// (token id, bias) added to logits.
+    pub logit_bias: Vec<(u32, f32)>,
+    /// Tokens of the prompt: presence and frequency count only what follows it.
+    pub prompt_len: usize,
     /// The request's seed, or one the engine drew for it.
     pub seed: u64,
     /// Top logprobs to return per token (`Some(0)`: only the chosen token's).
@@ -58,6 +66,15 @@ pub struct SamplerSettings {
 impl SamplerSettings {
     pub fn is_greedy(&self) -> bool {
         self.temperature < GREEDY_TEMPERATURE || self.top_k == 1
+    }
+
+    /// Whether any processor changes logits before the choice (the device's raw candidates
+    /// then cannot stand in for the row).
+    pub fn processes_logits(&self) -> bool {
+        self.repetition_penalty != 1.0
+            || self.presence_penalty != 0.0
+            || self.frequency_penalty != 0.0
+            || !self.logit_bias.is_empty()
     }
 }
 
@@ -99,7 +116,7 @@ fn penalize(l: f32, penalty: f32) -> f32 {
 
 impl Sampler {
     pub fn new(settings: &SamplerSettings) -> Self {
-        Sampler { settings: *settings, cand: Vec::new() }
+        Sampler { settings: settings.clone(), cand: Vec::new() }
     }
 
     pub fn settings(&self) -> &SamplerSettings {
@@ -128,19 +145,32 @@ impl Sampler {
 
     fn choose(&mut self, raw: &[f32], history: &[u32], position: usize) -> u32 {
         let p = &self.settings;
-        let penalized = p.repetition_penalty != 1.0 && !history.is_empty();
         let greedy = p.is_greedy();
-        if greedy && !penalized {
+        if greedy && !p.processes_logits() {
             return argmax(raw);
         }
         let cand = &mut self.cand;
         cand.clear();
         cand.extend(raw.iter().enumerate().map(|(i, &l)| (key(l), i as u32)));
-        if penalized {
+        let in_vocab = |&&t: &&u32| (t as usize) < raw.len();
+        if p.repetition_penalty != 1.0 {
             // Computed from the raw logit, so a token repeated in history is penalised once.
-            for &t in history.iter().filter(|&&t| (t as usize) < raw.len()) {
+            for &t in history.iter().filter(in_vocab) {
                 cand[t as usize].0 = key(penalize(raw[t as usize], p.repetition_penalty));
             }
+        }
+        if p.presence_penalty != 0.0 || p.frequency_penalty != 0.0 {
+            // vLLM's order: after the repetition penalty, over the generated tokens only. A
+            // token's first occurrence takes the presence penalty, every one the frequency's.
+            let generated = &history[p.prompt_len.min(history.len())..];
+            for (i, &t) in generated.iter().enumerate().filter(|(_, t)| in_vocab(t)) {
+                let first = !generated[..i].contains(&t);
+                let presence = if first { p.presence_penalty as f64 } else { 0.0 };
+                cand[t as usize].0 -= p.frequency_penalty as f64 + presence;
+            }
+        }
+        for &(t, bias) in p.logit_bias.iter().filter(|(t, _)| (*t as usize) < raw.len()) {
+            cand[t as usize].0 += bias as f64;
         }
         if greedy {
             return cand.iter().min_by(|a, b| by_value_desc(a, b)).map_or(0, |c| c.1);

@@ -1,5 +1,5 @@
 //! Sampler behaviour: greedy, seeds, support restriction by top-k/top-p/min-p, temperature,
-//! repetition penalty and logprobs.
+//! repetition, presence and frequency penalties, logit bias and logprobs.
 
 use shardline_sampling::{log_softmax_top, logprob_of, Sampler, SamplingParams};
 
@@ -96,6 +96,60 @@ fn repetition_penalty_discourages_seen_tokens() {
     let mut s = sampler(&p);
     assert_eq!(s.sample(&logits, &[], 0).token_id, 0);
     assert_eq!(s.sample(&logits, &[0, 0, 2], 3).token_id, 1);
+}
+
+/// A sampler for a request whose prompt is `prompt_len` tokens.
+fn after_prompt(params: &SamplingParams, prompt_len: usize) -> Sampler {
+    let mut settings = params.sampler_settings(0);
+    settings.prompt_len = prompt_len;
+    Sampler::new(&settings)
+}
+
+#[test]
+fn presence_and_frequency_penalties_count_generated_tokens_only() {
+    let logits = [2.0f32, 1.6, 1.0];
+    // Presence: token 0, generated once after a 1-token prompt, loses 0.5: 1.5 < 1.6.
+    let presence = SamplingParams { presence_penalty: 0.5, ..SamplingParams::greedy() };
+    assert_eq!(after_prompt(&presence, 1).sample(&logits, &[1, 0], 2).token_id, 1);
+    // The same token in the prompt is not penalised.
+    assert_eq!(after_prompt(&presence, 2).sample(&logits, &[0, 0], 2).token_id, 0);
+    // Presence counts once however often; frequency per occurrence: 2.0 − 3·0.25 = 1.25 < 1.6.
+    assert_eq!(after_prompt(&presence, 0).sample(&logits, &[0, 0, 0], 3).token_id, 1, "2.0 − 0.5 < 1.6");
+    let frequency = SamplingParams { frequency_penalty: 0.25, ..SamplingParams::greedy() };
+    assert_eq!(after_prompt(&frequency, 0).sample(&logits, &[0], 1).token_id, 0, "2.0 − 0.25 > 1.6");
+    assert_eq!(after_prompt(&frequency, 0).sample(&logits, &[0, 0, 0], 3).token_id, 1, "2.0 − 0.75 < 1.6");
+    // Negative values encourage repetition.
+    let encourage = SamplingParams { presence_penalty: -1.5, ..SamplingParams::greedy() };
+    assert_eq!(after_prompt(&encourage, 0).sample(&logits, &[2], 1).token_id, 2, "1.0 + 1.5 > 2.0");
+    // Logprobs stay those of the raw distribution.
+    let with_logprobs = SamplingParams { logprobs: Some(1), ..presence };
+    let t = after_prompt(&with_logprobs, 0).sample(&logits, &[0], 1);
+    assert_eq!(t.token_id, 1);
+    assert!((t.logprob - logprob_of(&logits, 1)).abs() < 1e-6);
+}
+
+#[test]
+fn logit_bias_bans_and_forces_tokens_in_greedy_and_sampled_modes() {
+    let logits = [3.0f32, 2.0, 1.0, 0.0];
+    let ban = SamplingParams { logit_bias: vec![(0, -100.0)], ..SamplingParams::greedy() };
+    assert_eq!(sampler(&ban).sample(&logits, &[], 0).token_id, 1);
+    let force = SamplingParams { logit_bias: vec![(3, 100.0)], ..seeded(5) };
+    assert!(draw(force, &logits, 50).iter().all(|&t| t == 3), "a +100 bias leaves no other choice");
+    let ban_sampled = SamplingParams { logit_bias: vec![(0, -100.0), (1, -100.0)], ..seeded(9) };
+    assert!(draw(ban_sampled, &logits, 200).iter().all(|&t| t >= 2));
+}
+
+#[test]
+fn penalty_and_bias_ranges_are_checked() {
+    for (p, field) in [
+        (SamplingParams { presence_penalty: 2.5, ..Default::default() }, "presence_penalty"),
+        (SamplingParams { frequency_penalty: -2.1, ..Default::default() }, "frequency_penalty"),
+        (SamplingParams { logit_bias: vec![(1, 101.0)], ..Default::default() }, "logit_bias"),
+        (SamplingParams { logit_bias: vec![(50, 1.0)], ..Default::default() }, "logit_bias"),
+    ] {
+        let err = p.validate(10).unwrap_err().to_string();
+        assert!(err.contains(field), "{err}");
+    }
 }
 
 #[test]

@@ -122,7 +122,7 @@ impl ModelRunner {
 
         let vocab = logits.dim(1)?;
         let states = self.requests.states_mut(&batch.sampled);
-        let settings: Vec<SamplerSettings> = states.iter().map(|r| *r.sampler.settings()).collect();
+        let settings: Vec<SamplerSettings> = states.iter().map(|r| r.sampler.settings().clone()).collect();
         let needed: Vec<Option<usize>> = settings.iter().map(SamplerSettings::candidates_needed).collect();
         let k = needed.iter().flatten().copied().max();
         let inv_t: Vec<f32> = settings.iter().map(|s| if s.is_greedy() { 1.0 } else { 1.0 / s.temperature }).collect();

@@ -119,6 +119,10 @@ fn sampling_to_proto(s: &SamplerSettings) -> pb::SamplerSettings {
         repetition_penalty: s.repetition_penalty,
         seed: s.seed,
         logprobs: s.logprobs.map(|k| k as u32),
+        presence_penalty: s.presence_penalty,
+        frequency_penalty: s.frequency_penalty,
+        prompt_len: s.prompt_len as u32,
+        logit_bias: s.logit_bias.iter().map(|&(token_id, bias)| pb::LogitBias { token_id, bias }).collect(),
     }
 }
 
@@ -131,6 +135,10 @@ fn sampling_from_proto(s: &pb::SamplerSettings) -> SamplerSettings {
         repetition_penalty: s.repetition_penalty,
         seed: s.seed,
         logprobs: s.logprobs.map(|k| k as usize),
+        presence_penalty: s.presence_penalty,
+        frequency_penalty: s.frequency_penalty,
+        prompt_len: s.prompt_len as usize,
+        logit_bias: s.logit_bias.iter().map(|b| (b.token_id, b.bias)).collect(),
     }
 }
 

@@ -144,7 +144,7 @@ fn pipeline_keeps_several_steps_in_flight() {
             token_ids: tokens.clone(),
             num_computed_tokens: 0,
             block_ids: blocks,
-            sampling,
+            sampling: sampling.clone(),
         }],
         scheduled: vec![ScheduledRequest { id, num_tokens: tokens.len(), ..Default::default() }],
         ..Default::default()
@@ -270,4 +270,43 @@ fn seeded_sampling_is_the_same_on_every_layout_and_under_preemption() {
     assert_same(&single(&dir, preempting(), TIGHT_BLOCKS, &seeded_preempted), &want, "tp 1, preempted");
     assert_same(&grouped(&dir, (2, 2), EngineConfig::default(), 64, &seeded), &want, "tp 2 pp 2");
     assert_same(&grouped(&dir, (2, 2), preempting(), TIGHT_BLOCKS, &seeded_preempted), &want, "tp 2 pp 2, preempted");
+}
+
+/// Presence and frequency penalties and logit bias travel to the sampling rank with the
+/// prompt's length, so they count the same generated tokens on every layout and after a
+/// preemption recomputes a request.
+#[test]
+fn penalties_and_logit_bias_are_the_same_on_every_layout_and_under_preemption() {
+    let dir = model_dir();
+    fn penalized(engine: &mut Engine) -> Vec<GenerationOutput> {
+        let params = SamplingParams {
+            temperature: 0.7,
+            seed: Some(99),
+            presence_penalty: 0.8,
+            frequency_penalty: 0.6,
+            logit_bias: vec![(5, 3.0), (17, -100.0)],
+            ..Default::default()
+        };
+        shared_prefix_waves(engine, &params)
+    }
+    let want = single(&dir, EngineConfig::default(), 64, &penalized);
+    assert!(want.iter().all(|o| !o.token_ids.contains(&17)), "token 17 is banned");
+    let plain = single(&dir, EngineConfig::default(), 64, &|e: &mut Engine| {
+        shared_prefix_waves(e, &SamplingParams { temperature: 0.7, seed: Some(99), ..Default::default() })
+    });
+    assert_ne!(
+        want.iter().map(|o| &o.token_ids).collect::<Vec<_>>(),
+        plain.iter().map(|o| &o.token_ids).collect::<Vec<_>>(),
+        "the penalties change what is sampled"
+    );
+    let preempting = EngineConfig { max_batch_tokens: 6, ..Default::default() };
+    let penalized_preempted = |e: &mut Engine| {
+        let out = penalized(e);
+        assert!(e.num_preemptions() > 0, "{TIGHT_BLOCKS} blocks were meant to force preemption");
+        out
+    };
+    assert_same(&single(&dir, preempting, TIGHT_BLOCKS, &penalized_preempted), &want, "tp 1, preempted");
+    for layout in [(2, 1), (1, 2), (2, 2)] {
+        assert_same(&grouped(&dir, layout, EngineConfig::default(), 64, &penalized), &want, &format!("{layout:?}"));
+    }
 }

@@ -183,7 +183,7 @@ impl Scheduler {
                     token_ids: r.tokens.clone(),
                     num_computed_tokens: r.num_computed,
                     block_ids: r.blocks.clone(),
-                    sampling: r.sampling,
+                    sampling: r.sampling.clone(),
                 }),
                 Some((tokens, blocks)) => {
                     entry.new_token_ids = r.tokens[tokens..].to_vec();

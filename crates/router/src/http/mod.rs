@@ -10,7 +10,7 @@
 //! Defaults: completions `max_tokens` 16 (OpenAI's); chat without `max_tokens` /
 //! `max_completion_tokens` may use the rest of the context, `min(max_model_len, KV cache
 //! tokens) - prompt tokens`, as vLLM does. `n` must be 1; `echo`, `best_of > 1`, `suffix`,
-//! `logit_bias`, non-zero presence/frequency penalties and `tools` are refused.
+//! and `tools` are refused.
 //!
 //! A stream owns its request's [`Submitted`]: when the client disconnects, hyper drops the
 //! response body, the receiver goes with it and the core aborts the request before its next

@@ -55,16 +55,7 @@ impl Knobs<'_> {
         if let Some(n) = self.n.filter(|&n| n != 1) {
             return Err(ApiError::bad_request(format!("n = {n} is not supported; only n = 1 is")).with_param("n"));
         }
-        for (name, v) in [("presence_penalty", self.presence_penalty), ("frequency_penalty", self.frequency_penalty)] {
-            if v.is_some_and(|v| v != 0.0) {
-                return Err(
-                    ApiError::bad_request(format!("{name} is not supported (use repetition_penalty)")).with_param(name)
-                );
-            }
-        }
-        if self.logit_bias.as_ref().is_some_and(|m| !m.is_empty()) {
-            return Err(ApiError::bad_request("logit_bias is not supported").with_param("logit_bias"));
-        }
+        let logit_bias = self.logit_bias()?;
         let top_k = match self.top_k {
             None | Some(-1) | Some(0) => 0,
             Some(k) if k > 0 => k as usize,
@@ -81,6 +72,9 @@ impl Knobs<'_> {
             top_p: self.top_p.unwrap_or(d.top_p),
             min_p: self.min_p.unwrap_or(d.min_p),
             repetition_penalty: self.repetition_penalty.unwrap_or(d.repetition_penalty),
+            presence_penalty: self.presence_penalty.unwrap_or(d.presence_penalty),
+            frequency_penalty: self.frequency_penalty.unwrap_or(d.frequency_penalty),
+            logit_bias,
             seed: self.seed,
             logprobs,
             max_tokens,
@@ -88,6 +82,26 @@ impl Knobs<'_> {
             stop_token_ids: self.stop_token_ids.clone().unwrap_or_default(),
             ignore_eos: self.ignore_eos.unwrap_or(false),
         })
+    }
+}
+
+impl Knobs<'_> {
+    /// OpenAI's `logit_bias`: token ids as JSON object keys ("50256": -100), biases as numbers;
+    /// ranges are the engine's to check.
+    fn logit_bias(&self) -> Result<Vec<(u32, f32)>, ApiError> {
+        let bad = |m: String| Err(ApiError::bad_request(m).with_param("logit_bias"));
+        let mut out = Vec::new();
+        for (key, value) in self.logit_bias.iter().flatten() {
+            let Ok(id) = key.trim().parse::<u32>() else {
+                return bad(format!("logit_bias keys must be token ids, got `{key}`"));
+            };
+            let Some(bias) = value.as_f64() else {
+                return bad(format!("logit_bias[{key}] must be a number, got {value}"));
+            };
+            out.push((id, bias as f32));
+        }
+        out.sort_unstable_by_key(|b| b.0);
+        Ok(out)
     }
 }
 
