@@ -92,6 +92,9 @@ enum Command {
         prompt_token_ids: Vec<u32>,
         params: SamplingParams,
         events: async_mpsc::UnboundedSender<CoreEvent>,
+        /// More samples of the same prompt (`n > 1`), added once the first has its first
+        /// token, so that they find the prompt's K/V in the prefix cache.
+        siblings: Vec<(SamplingParams, async_mpsc::UnboundedSender<CoreEvent>)>,
         reply: Reply,
     },
     Shutdown,
@@ -110,21 +113,40 @@ pub struct EngineHandle {
 impl EngineHandle {
     /// Validates and queues a tokenized request. Errors: invalid request, queue full, engine gone.
     pub async fn submit(&self, prompt_token_ids: Vec<u32>, params: SamplingParams) -> Result<Submitted, RouterError> {
+        let mut subs = self.submit_samples(prompt_token_ids, vec![params]).await?;
+        Ok(subs.remove(0))
+    }
+
+    /// One request per entry of `samples` over the same prompt (OpenAI's `n`): the first
+    /// starts at once, the others once it has its first token and so the prompt's K/V is in
+    /// the prefix cache (full blocks are shared, only the last partial block is recomputed).
+    /// Every sample counts against `max_queue`. The siblings' `id` is the first's.
+    pub async fn submit_samples(
+        &self,
+        prompt_token_ids: Vec<u32>,
+        mut samples: Vec<SamplingParams>,
+    ) -> Result<Vec<Submitted>, RouterError> {
+        assert!(!samples.is_empty(), "at least one sample");
         if !self.stats.serving.load(Ordering::SeqCst) {
             return Err(RouterError::Unavailable("it has stopped".into()));
         }
-        if self.in_flight.fetch_add(1, Ordering::SeqCst) >= self.max_queue {
-            self.in_flight.fetch_sub(1, Ordering::SeqCst);
+        let n = samples.len();
+        if self.in_flight.fetch_add(n, Ordering::SeqCst) + n > self.max_queue {
+            self.in_flight.fetch_sub(n, Ordering::SeqCst);
             return Err(RouterError::QueueFull(self.max_queue));
         }
-        let slot = QueueSlot(Arc::clone(&self.in_flight));
-        let (events_tx, events) = async_mpsc::unbounded_channel();
+        let slots: Vec<QueueSlot> = (0..n).map(|_| QueueSlot(Arc::clone(&self.in_flight))).collect();
+        let (channels, receivers): (Vec<_>, Vec<_>) = (0..n).map(|_| async_mpsc::unbounded_channel()).unzip();
+        let mut channels = channels.into_iter();
+        let events = channels.next().expect("n >= 1");
+        let params = samples.remove(0);
+        let siblings = samples.into_iter().zip(channels).collect();
         let (reply, answer) = oneshot::channel();
         self.commands
-            .send(Command::Submit { prompt_token_ids, params, events: events_tx, reply })
+            .send(Command::Submit { prompt_token_ids, params, events, siblings, reply })
             .map_err(|_| RouterError::Unavailable("it has stopped".into()))?;
         let id = answer.await.map_err(|_| RouterError::Unavailable("it stopped".into()))??;
-        Ok(Submitted { id, events, _slot: slot })
+        Ok(receivers.into_iter().zip(slots).map(|(events, slot)| Submitted { id, events, _slot: slot }).collect())
     }
 
     /// Asks the core to stop after aborting what is in flight.
@@ -190,6 +212,8 @@ impl EngineCore {
 struct Stream {
     events: async_mpsc::UnboundedSender<CoreEvent>,
     last_token: Option<Instant>,
+    /// Samples waiting for this request's first token (its prompt, their params and streams).
+    siblings: Option<(Vec<u32>, Vec<(SamplingParams, async_mpsc::UnboundedSender<CoreEvent>)>)>,
 }
 
 struct CoreLoop {
@@ -238,11 +262,12 @@ impl CoreLoop {
     /// Returns false on shutdown.
     fn handle(&mut self, cmd: Command) -> bool {
         match cmd {
-            Command::Submit { prompt_token_ids, params, events, reply } => {
+            Command::Submit { prompt_token_ids, params, events, siblings, reply } => {
                 let prompt_tokens = prompt_token_ids.len() as u64;
+                let waiting = (!siblings.is_empty()).then(|| (prompt_token_ids.clone(), siblings));
                 let result = self.engine.add_request(prompt_token_ids, params);
                 if let Ok(id) = &result {
-                    self.streams.insert(*id, Stream { events, last_token: None });
+                    self.streams.insert(*id, Stream { events, last_token: None, siblings: waiting });
                     self.metrics.prompt_tokens.inc_by(prompt_tokens);
                 }
                 if reply.send(result).is_err() {
@@ -279,6 +304,10 @@ impl CoreLoop {
         let now = Instant::now();
         for e in events {
             let Some(stream) = self.streams.get_mut(&e.request_id) else { continue };
+            if let Some((prompt, siblings)) = stream.siblings.take() {
+                self.start_siblings(prompt, siblings);
+            }
+            let Some(stream) = self.streams.get_mut(&e.request_id) else { continue };
             if let Some(prev) = stream.last_token {
                 self.metrics.inter_token_latency.observe(now.duration_since(prev).as_secs_f64());
             }
@@ -303,6 +332,29 @@ impl CoreLoop {
         Ok(())
     }
 
+    /// Adds the samples that waited for their first sibling's prefill. Their parameters
+    /// passed the same checks as the first's, so a failure here is reported on their stream.
+    fn start_siblings(
+        &mut self,
+        prompt: Vec<u32>,
+        siblings: Vec<(SamplingParams, async_mpsc::UnboundedSender<CoreEvent>)>,
+    ) {
+        for (params, events) in siblings {
+            if events.is_closed() {
+                continue;
+            }
+            match self.engine.add_request(prompt.clone(), params) {
+                Ok(id) => {
+                    self.streams.insert(id, Stream { events, last_token: None, siblings: None });
+                    self.metrics.prompt_tokens.inc_by(prompt.len() as u64);
+                }
+                Err(e) => {
+                    let _ = events.send(CoreEvent::Failed(e.to_string()));
+                }
+            }
+        }
+    }
+
     fn publish_stats(&self) {
         let s = &self.stats;
         s.running.store(self.engine.num_running(), Ordering::Relaxed);
@@ -322,7 +374,10 @@ impl CoreLoop {
 
     fn fail_all(&mut self, why: &str) {
         for (_, s) in self.streams.drain() {
-            let _ = s.events.send(CoreEvent::Failed(why.to_string()));
+            let waiting = s.siblings.into_iter().flat_map(|(_, siblings)| siblings).map(|(_, events)| events);
+            for events in std::iter::once(s.events).chain(waiting) {
+                let _ = events.send(CoreEvent::Failed(why.to_string()));
+            }
         }
     }
 }

@@ -223,13 +223,17 @@ pub struct PromptTokensDetails {
 }
 
 impl Usage {
-    pub fn of(out: &GenerationOutput) -> Self {
-        let (prompt_tokens, completion_tokens) = (out.prompt_token_ids.len(), out.token_ids.len());
+    /// The usage of a request's samples (`n`): the prompt counted once (and its cache hits
+    /// as the first sample saw them), every sample's completion tokens.
+    pub fn of_samples(outs: &[GenerationOutput]) -> Self {
+        let completion_tokens = outs.iter().map(|o| o.token_ids.len()).sum::<usize>();
+        let (prompt_tokens, cached_tokens) =
+            outs.first().map_or((0, 0), |first| (first.prompt_token_ids.len(), first.num_cached_tokens));
         Usage {
             prompt_tokens,
             completion_tokens,
             total_tokens: prompt_tokens + completion_tokens,
-            prompt_tokens_details: PromptTokensDetails { cached_tokens: out.num_cached_tokens },
+            prompt_tokens_details: PromptTokensDetails { cached_tokens },
         }
     }
 }
@@ -247,7 +251,7 @@ pub struct CompletionLogprobs {
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct CompletionChoice {
-    pub index: u32,
+    pub index: usize,
     pub text: String,
     pub logprobs: Option<CompletionLogprobs>,
     /// `"stop"` or `"length"`; null in stream chunks before the last.
@@ -295,7 +299,7 @@ pub struct ChatMessageOut {
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct ChatChoice {
-    pub index: u32,
+    pub index: usize,
     pub message: ChatMessageOut,
     pub logprobs: Option<ChatLogprobs>,
     pub finish_reason: Option<&'static str>,
@@ -321,7 +325,7 @@ pub struct ChatDelta {
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct ChatChunkChoice {
-    pub index: u32,
+    pub index: usize,
     pub delta: ChatDelta,
     pub logprobs: Option<ChatLogprobs>,
     pub finish_reason: Option<&'static str>,

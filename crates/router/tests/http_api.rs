@@ -224,7 +224,8 @@ async fn bad_requests_are_400s_with_openai_errors_and_the_server_keeps_serving()
             ("/v1/completions", br#"{"prompt": "hi", "max_tokens": 600}"#.to_vec(), 400, "context length"),
             ("/v1/completions", br#"{"prompt": [1, 2, 300]}"#.to_vec(), 400, "300"),
             ("/v1/completions", br#"{"prompt": [1, -2]}"#.to_vec(), 400, "non-negative"),
-            ("/v1/completions", br#"{"prompt": "hi", "n": 2}"#.to_vec(), 400, "n = 2"),
+            ("/v1/completions", br#"{"prompt": "hi", "n": 0}"#.to_vec(), 400, "n must be in [1, 64]"),
+            ("/v1/completions", br#"{"prompt": "hi", "n": 65}"#.to_vec(), 400, "n must be in [1, 64]"),
             ("/v1/completions", br#"{"prompt": "hi", "echo": true}"#.to_vec(), 400, "echo"),
             ("/v1/completions", br#"{"prompt": "hi", "presence_penalty": 2.5}"#.to_vec(), 400, "presence_penalty"),
             ("/v1/completions", br#"{"prompt": "hi", "frequency_penalty": -3}"#.to_vec(), 400, "frequency_penalty"),
@@ -255,9 +256,9 @@ async fn bad_requests_are_400s_with_openai_errors_and_the_server_keeps_serving()
             ),
             (
                 "/v1/chat/completions",
-                br#"{"messages": [{"role": "user", "content": "hi"}], "n": 3}"#.to_vec(),
+                br#"{"messages": [{"role": "user", "content": "hi"}], "n": 100}"#.to_vec(),
                 400,
-                "n = 3",
+                "n must be in",
             ),
             (
                 "/v1/chat/completions",
@@ -355,6 +356,71 @@ async fn logit_bias_and_penalties_shape_the_output() {
         assert_ne!(tokens(&plain), tokens(&penalized));
         let again = post_ok(addr, "/v1/completions", &sampled(json!({}))).await;
         assert_eq!(tokens(&plain), tokens(&again), "seeded outputs repeat");
+    })
+    .await;
+}
+
+/// `n` samples: one choice each (index 0..n), seeded samples differing from each other and
+/// repeating, usage counting the prompt once, streams interleaving choices, and the siblings
+/// reusing the first sample's prompt K/V from the prefix cache.
+#[tokio::test]
+async fn n_samples_share_the_prompt_and_come_back_as_choices() {
+    let server = start().await;
+    let addr = server.addr;
+    bounded(async {
+        let prompt: Vec<u32> = (0..3 * BLOCK_SIZE as u32).map(|i| 20 + i).collect();
+        let body = json!({"prompt": prompt, "max_tokens": 8, "temperature": 1.0, "seed": 3, "n": 3,
+            "ignore_eos": true, "logprobs": 0});
+        let hits_before = metric(&text(get(addr, "/metrics").await).await, "shardline:prefix_cache_hits_total");
+        let v = post_ok(addr, "/v1/completions", &body).await;
+        let choices = v["choices"].as_array().unwrap();
+        assert_eq!(choices.len(), 3, "{v}");
+        let tokens: Vec<Value> = choices.iter().map(|c| c["logprobs"]["token_logprobs"].clone()).collect();
+        for (i, c) in choices.iter().enumerate() {
+            assert_eq!(c["index"], i, "{v}");
+            assert_eq!(c["finish_reason"], "length");
+        }
+        assert!(tokens[0] != tokens[1] || tokens[1] != tokens[2], "seeds differ per sample: {v}");
+        assert_eq!(v["usage"]["prompt_tokens"], prompt.len());
+        assert_eq!(v["usage"]["completion_tokens"], 24);
+        let hits_after = metric(&text(get(addr, "/metrics").await).await, "shardline:prefix_cache_hits_total");
+        let shared = hits_after.unwrap_or(0.0) - hits_before.unwrap_or(0.0);
+        assert!(shared >= (2 * 2 * BLOCK_SIZE) as f64, "2 siblings × at least 2 full prompt blocks: {shared}");
+        let again = post_ok(addr, "/v1/completions", &body).await;
+        let again: Vec<Value> =
+            again["choices"].as_array().unwrap().iter().map(|c| c["logprobs"]["token_logprobs"].clone()).collect();
+        assert_eq!(again, tokens, "seeded samples repeat");
+
+        let mut streamed = body.clone();
+        streamed["stream"] = json!(true);
+        streamed["stream_options"] = json!({"include_usage": true});
+        let events = post_stream(addr, "/v1/completions", &streamed).await;
+        let streamed_chunks = chunks(&events);
+        let finished: Vec<u64> = streamed_chunks
+            .iter()
+            .flat_map(|c| c["choices"].as_array().unwrap().clone())
+            .filter(|c| !c["finish_reason"].is_null())
+            .map(|c| c["index"].as_u64().unwrap())
+            .collect();
+        let mut sorted = finished.clone();
+        sorted.sort_unstable();
+        assert_eq!(sorted, vec![0, 1, 2], "each choice finishes once: {events:?}");
+        assert_eq!(streamed_chunks.last().unwrap()["usage"]["completion_tokens"], 24);
+
+        let chat = json!({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 4, "n": 2,
+            "temperature": 0});
+        let v = post_ok(addr, "/v1/chat/completions", &chat).await;
+        let c = v["choices"].as_array().unwrap();
+        assert_eq!(c.len(), 2);
+        assert_eq!(c[0]["message"], c[1]["message"], "greedy samples agree");
+        let mut chat_stream = chat.clone();
+        chat_stream["stream"] = json!(true);
+        let roles = chunks(&post_stream(addr, "/v1/chat/completions", &chat_stream).await)
+            .iter()
+            .flat_map(|c| c["choices"].as_array().unwrap().clone())
+            .filter(|c| c["delta"]["role"] == "assistant")
+            .count();
+        assert_eq!(roles, 2, "each choice opens with the assistant's role");
     })
     .await;
 }

@@ -9,8 +9,8 @@
 //!
 //! Defaults: completions `max_tokens` 16 (OpenAI's); chat without `max_tokens` /
 //! `max_completion_tokens` may use the rest of the context, `min(max_model_len, KV cache
-//! tokens) - prompt tokens`, as vLLM does. `n` must be 1; `echo`, `best_of > 1`, `suffix`,
-//! and `tools` are refused.
+//! tokens) - prompt tokens`, as vLLM does. `n` samples (up to 64) share the prompt's K/V
+//! through the prefix cache; `echo`, `best_of > 1`, `suffix` and `tools` are refused.
 //!
 //! A stream owns its request's [`Submitted`]: when the client disconnects, hyper drops the
 //! response body, the receiver goes with it and the core aborts the request before its next
@@ -44,7 +44,7 @@ mod stream;
 use error::parse_body;
 pub use error::ApiError;
 use logprobs::{chat_logprobs, push_completion_logprobs};
-use params::{chat_prompt_and_params, collect, completion_prompt_and_params, stream_mode};
+use params::{chat_prompt_and_params, collect_all, completion_prompt_and_params, stream_mode};
 use stream::{sse, ChatChunks, CompletionChunks};
 
 /// Largest request body accepted (long token-id prompts are verbose JSON).
@@ -150,64 +150,60 @@ async fn completions(State(s): State<Arc<AppState>>, body: Bytes) -> Result<Resp
     let req: CompletionRequest = parse_body(&body)?;
     s.check_model(req.model.as_deref())?;
     let (stream, include_usage) = stream_mode(req.stream, &req.stream_options)?;
-    let (prompt, params) = completion_prompt_and_params(&req, &s.info)?;
-    let sub = s.handle.submit(prompt, params).await?;
+    let (prompt, samples) = completion_prompt_and_params(&req, &s.info)?;
+    let subs = s.handle.submit_samples(prompt, samples).await?;
     let id = response_id("cmpl");
     let created = unix_now();
     let model = s.info.model_id.clone();
     if stream {
-        let format =
-            CompletionChunks { id, created, model, include_usage, tokenizer: Arc::clone(&s.info.tokenizer), offset: 0 };
-        return Ok(sse(sub, format, Vec::new()));
+        let tokenizer = Arc::clone(&s.info.tokenizer);
+        let offsets = vec![0; subs.len()];
+        let format = CompletionChunks { id, created, model, include_usage, tokenizer, offsets };
+        return Ok(sse(subs, format, Vec::new()));
     }
-    let out = collect(sub).await?;
-    let logprobs = out.logprobs.as_ref().map(|entries| {
-        let mut lp = CompletionLogprobs::default();
-        push_completion_logprobs(&s.info.tokenizer, entries, &mut 0, &mut lp);
-        lp
-    });
-    let usage = Usage::of(&out);
-    let reason = Some(out.finish_reason.as_str());
-    Ok(Json(CompletionResponse {
-        id,
-        object: "text_completion",
-        created,
-        model,
-        choices: vec![CompletionChoice { index: 0, text: out.text, logprobs, finish_reason: reason }],
-        usage: Some(usage),
-    })
-    .into_response())
+    let outs = collect_all(subs).await?;
+    let usage = Usage::of_samples(&outs);
+    let choices = outs
+        .into_iter()
+        .enumerate()
+        .map(|(index, out)| {
+            let logprobs = out.logprobs.as_ref().map(|entries| {
+                let mut lp = CompletionLogprobs::default();
+                push_completion_logprobs(&s.info.tokenizer, entries, &mut 0, &mut lp);
+                lp
+            });
+            CompletionChoice { index, text: out.text, logprobs, finish_reason: Some(out.finish_reason.as_str()) }
+        })
+        .collect();
+    Ok(Json(CompletionResponse { id, object: "text_completion", created, model, choices, usage: Some(usage) })
+        .into_response())
 }
 
 async fn chat_completions(State(s): State<Arc<AppState>>, body: Bytes) -> Result<Response, ApiError> {
     let req: ChatCompletionRequest = parse_body(&body)?;
     s.check_model(req.model.as_deref())?;
     let (stream, include_usage) = stream_mode(req.stream, &req.stream_options)?;
-    let (prompt, params) = chat_prompt_and_params(&req, &s.info)?;
-    let sub = s.handle.submit(prompt, params).await?;
+    let (prompt, samples) = chat_prompt_and_params(&req, &s.info)?;
+    let subs = s.handle.submit_samples(prompt, samples).await?;
     let id = response_id("chatcmpl");
     let created = unix_now();
     let model = s.info.model_id.clone();
     if stream {
         let format = ChatChunks { id, created, model, include_usage, tokenizer: Arc::clone(&s.info.tokenizer) };
-        let first = vec![format.role_chunk()];
-        return Ok(sse(sub, format, first));
+        let first = (0..subs.len()).map(|index| format.role_chunk(index)).collect();
+        return Ok(sse(subs, format, first));
     }
-    let out = collect(sub).await?;
-    let logprobs = out.logprobs.as_ref().map(|entries| chat_logprobs(&s.info.tokenizer, entries));
-    let usage = Usage::of(&out);
-    Ok(Json(ChatCompletionResponse {
-        id,
-        object: "chat.completion",
-        created,
-        model,
-        choices: vec![ChatChoice {
-            index: 0,
-            message: ChatMessageOut { role: "assistant", content: out.text },
-            logprobs,
+    let outs = collect_all(subs).await?;
+    let usage = Usage::of_samples(&outs);
+    let choices = outs
+        .into_iter()
+        .enumerate()
+        .map(|(index, out)| ChatChoice {
+            index,
+            logprobs: out.logprobs.as_ref().map(|entries| chat_logprobs(&s.info.tokenizer, entries)),
             finish_reason: Some(out.finish_reason.as_str()),
-        }],
-        usage,
-    })
-    .into_response())
+            message: ChatMessageOut { role: "assistant", content: out.text },
+        })
+        .collect();
+    Ok(Json(ChatCompletionResponse { id, object: "chat.completion", created, model, choices, usage }).into_response())
 }

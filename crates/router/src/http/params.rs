@@ -33,6 +33,9 @@ macro_rules! knobs {
     };
 }
 
+/// Most samples one request may ask for (`n`).
+const MAX_N: usize = 64;
+
 /// The sampling fields both endpoints share.
 pub(super) struct Knobs<'a> {
     temperature: Option<f32>,
@@ -52,8 +55,8 @@ pub(super) struct Knobs<'a> {
 
 impl Knobs<'_> {
     pub(super) fn params(&self, max_tokens: usize, logprobs: Option<usize>) -> Result<SamplingParams, ApiError> {
-        if let Some(n) = self.n.filter(|&n| n != 1) {
-            return Err(ApiError::bad_request(format!("n = {n} is not supported; only n = 1 is")).with_param("n"));
+        if let Some(n) = self.n.filter(|&n| n == 0 || n > MAX_N) {
+            return Err(ApiError::bad_request(format!("n must be in [1, {MAX_N}], got {n}")).with_param("n"));
         }
         let logit_bias = self.logit_bias()?;
         let top_k = match self.top_k {
@@ -86,6 +89,14 @@ impl Knobs<'_> {
 }
 
 impl Knobs<'_> {
+    /// `n` samples of `params`: a seeded request's i-th sample uses seed + i, so that they
+    /// differ and each repeats (unseeded ones get the engine's own random seeds).
+    pub(super) fn samples(&self, params: SamplingParams) -> Vec<SamplingParams> {
+        (0..self.n.unwrap_or(1) as u64)
+            .map(|i| SamplingParams { seed: params.seed.map(|s| s.wrapping_add(i)), ..params.clone() })
+            .collect()
+    }
+
     /// OpenAI's `logit_bias`: token ids as JSON object keys ("50256": -100), biases as numbers;
     /// ranges are the engine's to check.
     fn logit_bias(&self) -> Result<Vec<(u32, f32)>, ApiError> {
@@ -120,7 +131,7 @@ pub(super) fn stream_mode(stream: Option<bool>, options: &Option<StreamOptions>)
 pub(super) fn completion_prompt_and_params(
     req: &CompletionRequest,
     info: &ServerInfo,
-) -> Result<(Vec<u32>, SamplingParams), ApiError> {
+) -> Result<(Vec<u32>, Vec<SamplingParams>), ApiError> {
     if req.echo == Some(true) {
         return Err(ApiError::bad_request("echo is not supported").with_param("echo"));
     }
@@ -140,13 +151,13 @@ pub(super) fn completion_prompt_and_params(
     let knobs = knobs!(req);
     let params = knobs.params(req.max_tokens.unwrap_or(16), req.logprobs)?;
     let ids = info.encode(&prompt).map_err(|e| ApiError::from(e).with_param("prompt"))?;
-    Ok((ids, params))
+    Ok((ids, knobs.samples(params)))
 }
 
 pub(super) fn chat_prompt_and_params(
     req: &ChatCompletionRequest,
     info: &ServerInfo,
-) -> Result<(Vec<u32>, SamplingParams), ApiError> {
+) -> Result<(Vec<u32>, Vec<SamplingParams>), ApiError> {
     if req.messages.is_empty() {
         return Err(ApiError::bad_request("messages must not be empty").with_param("messages"));
     }
@@ -192,7 +203,17 @@ pub(super) fn chat_prompt_and_params(
         .or(req.max_tokens)
         .unwrap_or_else(|| info.limits.max_request_tokens().saturating_sub(ids.len()).max(1));
     let knobs = knobs!(req);
-    Ok((ids, knobs.params(max_tokens, logprobs)?))
+    let params = knobs.params(max_tokens, logprobs)?;
+    Ok((ids, knobs.samples(params)))
+}
+
+/// Waits for every sample's result, in order (they run at once in the engine).
+pub(super) async fn collect_all(subs: Vec<Submitted>) -> Result<Vec<GenerationOutput>, ApiError> {
+    let mut outs = Vec::with_capacity(subs.len());
+    for sub in subs {
+        outs.push(collect(sub).await?);
+    }
+    Ok(outs)
 }
 
 /// Waits for the request's result.

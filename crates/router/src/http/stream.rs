@@ -25,29 +25,65 @@ pub(super) fn json_event<T: Serialize>(v: &T) -> Event {
     Event::default().data(serde_json::to_string(v).expect("serializable chunk"))
 }
 
-/// Turns one request's core events into SSE chunks.
+/// Turns the core events of a request's samples (choices) into SSE chunks.
 pub(super) trait ChunkFormat: Send + Unpin + 'static {
-    fn token(&mut self, text: String, logprobs: Option<TokenLogprobs>, out: &mut VecDeque<Event>);
-    fn finished(&mut self, result: &GenerationOutput, out: &mut VecDeque<Event>);
+    fn token(&mut self, index: usize, text: String, logprobs: Option<TokenLogprobs>, out: &mut VecDeque<Event>);
+    fn finished(&mut self, index: usize, result: &GenerationOutput, out: &mut VecDeque<Event>);
+    /// After every choice has finished: the usage chunk, if the client asked for one.
+    fn all_finished(&mut self, usage: Usage, out: &mut VecDeque<Event>);
 }
 
-/// An SSE body that owns its request: dropping it (client gone) drops the event receiver,
-/// which aborts the request.
+/// An SSE body that owns its request's samples: dropping it (client gone) drops their event
+/// receivers, which aborts them.
 pub(super) struct EventStream<F> {
-    sub: Option<Submitted>,
+    /// One per choice, `None` once finished.
+    subs: Vec<Option<Submitted>>,
+    /// The finished choices' results, for the usage chunk.
+    done: Vec<GenerationOutput>,
+    /// The choice to poll first next time, so that no choice starves the others.
+    next: usize,
     pending: VecDeque<Event>,
     format: F,
 }
 
 impl<F: ChunkFormat> EventStream<F> {
-    pub(super) fn new(sub: Submitted, format: F, first: Vec<Event>) -> Self {
-        EventStream { sub: Some(sub), pending: first.into(), format }
+    pub(super) fn new(subs: Vec<Submitted>, format: F, first: Vec<Event>) -> Self {
+        EventStream {
+            subs: subs.into_iter().map(Some).collect(),
+            done: Vec::new(),
+            next: 0,
+            pending: first.into(),
+            format,
+        }
     }
 
     pub(super) fn fail(&mut self, err: ApiError) {
         self.pending.push_back(json_event(&err.body()));
         self.pending.push_back(Event::default().data("[DONE]"));
-        self.sub = None;
+        self.subs.clear();
+    }
+
+    /// Handles one event of choice `index`.
+    fn on_event(&mut self, index: usize, event: Option<CoreEvent>) {
+        match event {
+            Some(CoreEvent::Token { text, logprobs, .. }) => {
+                if !text.is_empty() || logprobs.is_some() {
+                    self.format.token(index, text, logprobs, &mut self.pending);
+                }
+            }
+            Some(CoreEvent::Finished(out)) => {
+                self.format.finished(index, &out, &mut self.pending);
+                self.done.push(*out);
+                self.subs[index] = None;
+                if self.subs.iter().all(Option::is_none) {
+                    self.format.all_finished(Usage::of_samples(&self.done), &mut self.pending);
+                    self.pending.push_back(Event::default().data("[DONE]"));
+                    self.subs.clear();
+                }
+            }
+            Some(CoreEvent::Failed(msg)) => self.fail(RouterError::Internal(msg).into()),
+            None => self.fail(RouterError::Unavailable("it stopped before the request finished".into()).into()),
+        }
     }
 }
 
@@ -60,30 +96,27 @@ impl<F: ChunkFormat> Stream for EventStream<F> {
             if let Some(e) = this.pending.pop_front() {
                 return Poll::Ready(Some(Ok(e)));
             }
-            let Some(sub) = this.sub.as_mut() else { return Poll::Ready(None) };
-            match sub.events.poll_recv(cx) {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(Some(CoreEvent::Token { text, logprobs, .. })) => {
-                    if !text.is_empty() || logprobs.is_some() {
-                        this.format.token(text, logprobs, &mut this.pending);
-                    }
-                }
-                Poll::Ready(Some(CoreEvent::Finished(out))) => {
-                    this.format.finished(&out, &mut this.pending);
-                    this.pending.push_back(Event::default().data("[DONE]"));
-                    this.sub = None;
-                }
-                Poll::Ready(Some(CoreEvent::Failed(msg))) => this.fail(RouterError::Internal(msg).into()),
-                Poll::Ready(None) => {
-                    this.fail(RouterError::Unavailable("it stopped before the request finished".into()).into())
-                }
+            if this.subs.is_empty() {
+                return Poll::Ready(None);
             }
+            // The first choice (in round-robin order) with an event ready.
+            let n = this.subs.len();
+            let ready = (0..n).map(|k| (this.next + k) % n).find_map(|i| {
+                let sub = this.subs[i].as_mut()?;
+                match sub.events.poll_recv(cx) {
+                    Poll::Ready(event) => Some((i, event)),
+                    Poll::Pending => None,
+                }
+            });
+            let Some((index, event)) = ready else { return Poll::Pending };
+            this.next = (index + 1) % n;
+            this.on_event(index, event);
         }
     }
 }
 
-pub(super) fn sse<F: ChunkFormat>(sub: Submitted, format: F, first: Vec<Event>) -> Response {
-    Sse::new(EventStream::new(sub, format, first)).keep_alive(KeepAlive::default()).into_response()
+pub(super) fn sse<F: ChunkFormat>(subs: Vec<Submitted>, format: F, first: Vec<Event>) -> Response {
+    Sse::new(EventStream::new(subs, format, first)).keep_alive(KeepAlive::default()).into_response()
 }
 
 pub(super) struct CompletionChunks {
@@ -92,7 +125,8 @@ pub(super) struct CompletionChunks {
     pub(super) model: String,
     pub(super) include_usage: bool,
     pub(super) tokenizer: Arc<Tokenizer>,
-    pub(super) offset: usize,
+    /// Per choice: text offset of its next logprobs entry.
+    pub(super) offsets: Vec<usize>,
 }
 
 impl CompletionChunks {
@@ -109,23 +143,27 @@ impl CompletionChunks {
 }
 
 impl ChunkFormat for CompletionChunks {
-    fn token(&mut self, text: String, logprobs: Option<TokenLogprobs>, out: &mut VecDeque<Event>) {
+    fn token(&mut self, index: usize, text: String, logprobs: Option<TokenLogprobs>, out: &mut VecDeque<Event>) {
         let logprobs = logprobs.map(|e| {
             let mut lp = CompletionLogprobs::default();
-            push_completion_logprobs(&self.tokenizer, std::slice::from_ref(&e), &mut self.offset, &mut lp);
+            push_completion_logprobs(&self.tokenizer, std::slice::from_ref(&e), &mut self.offsets[index], &mut lp);
             lp
         });
-        out.push_back(self.chunk(vec![CompletionChoice { index: 0, text, logprobs, finish_reason: None }], None));
+        out.push_back(self.chunk(vec![CompletionChoice { index, text, logprobs, finish_reason: None }], None));
     }
 
-    fn finished(&mut self, result: &GenerationOutput, out: &mut VecDeque<Event>) {
+    fn finished(&mut self, index: usize, result: &GenerationOutput, out: &mut VecDeque<Event>) {
         let reason = Some(result.finish_reason.as_str());
-        out.push_back(self.chunk(
-            vec![CompletionChoice { index: 0, text: String::new(), logprobs: None, finish_reason: reason }],
-            None,
-        ));
+        out.push_back(
+            self.chunk(
+                vec![CompletionChoice { index, text: String::new(), logprobs: None, finish_reason: reason }],
+                None,
+            ),
+        );
+    }
+
+    fn all_finished(&mut self, usage: Usage, out: &mut VecDeque<Event>) {
         if self.include_usage {
-            let usage = Usage::of(result);
             out.push_back(self.chunk(Vec::new(), Some(usage)));
         }
     }
@@ -151,27 +189,30 @@ impl ChatChunks {
         })
     }
 
-    pub(super) fn role_chunk(&self) -> Event {
+    /// The first chunk of choice `index`: the assistant's role.
+    pub(super) fn role_chunk(&self, index: usize) -> Event {
         let delta = ChatDelta { role: Some("assistant"), content: Some(String::new()) };
-        self.chunk(vec![ChatChunkChoice { index: 0, delta, logprobs: None, finish_reason: None }], None)
+        self.chunk(vec![ChatChunkChoice { index, delta, logprobs: None, finish_reason: None }], None)
     }
 }
 
 impl ChunkFormat for ChatChunks {
-    fn token(&mut self, text: String, logprobs: Option<TokenLogprobs>, out: &mut VecDeque<Event>) {
+    fn token(&mut self, index: usize, text: String, logprobs: Option<TokenLogprobs>, out: &mut VecDeque<Event>) {
         let logprobs = logprobs.map(|e| chat_logprobs(&self.tokenizer, std::slice::from_ref(&e)));
         let delta = ChatDelta { role: None, content: Some(text) };
-        out.push_back(self.chunk(vec![ChatChunkChoice { index: 0, delta, logprobs, finish_reason: None }], None));
+        out.push_back(self.chunk(vec![ChatChunkChoice { index, delta, logprobs, finish_reason: None }], None));
     }
 
-    fn finished(&mut self, result: &GenerationOutput, out: &mut VecDeque<Event>) {
+    fn finished(&mut self, index: usize, result: &GenerationOutput, out: &mut VecDeque<Event>) {
         let reason = Some(result.finish_reason.as_str());
         out.push_back(self.chunk(
-            vec![ChatChunkChoice { index: 0, delta: ChatDelta::default(), logprobs: None, finish_reason: reason }],
+            vec![ChatChunkChoice { index, delta: ChatDelta::default(), logprobs: None, finish_reason: reason }],
             None,
         ));
+    }
+
+    fn all_finished(&mut self, usage: Usage, out: &mut VecDeque<Event>) {
         if self.include_usage {
-            let usage = Usage::of(result);
             out.push_back(self.chunk(Vec::new(), Some(usage)));
         }
     }
