@@ -88,16 +88,20 @@ impl CoreStats {
 type Reply = oneshot::Sender<Result<RequestId, EngineError>>;
 
 enum Command {
-    Submit {
-        prompt_token_ids: Vec<u32>,
-        params: SamplingParams,
-        events: async_mpsc::UnboundedSender<CoreEvent>,
-        /// More samples of the same prompt (`n > 1`), added once the first has its first
-        /// token, so that they find the prompt's K/V in the prefix cache.
-        siblings: Vec<(SamplingParams, async_mpsc::UnboundedSender<CoreEvent>)>,
-        reply: Reply,
-    },
+    Submit(Box<Submission>),
     Shutdown,
+}
+
+/// One sample's parameters and the stream its events go to.
+type Sample = (SamplingParams, async_mpsc::UnboundedSender<CoreEvent>);
+
+struct Submission {
+    prompt_token_ids: Vec<u32>,
+    first: Sample,
+    /// More samples of the same prompt (`n > 1`), added once the first has its first token,
+    /// so that they find the prompt's K/V in the prefix cache.
+    siblings: Vec<Sample>,
+    reply: Reply,
 }
 
 /// Cheap to clone; every front end holds one.
@@ -143,7 +147,7 @@ impl EngineHandle {
         let siblings = samples.into_iter().zip(channels).collect();
         let (reply, answer) = oneshot::channel();
         self.commands
-            .send(Command::Submit { prompt_token_ids, params, events, siblings, reply })
+            .send(Command::Submit(Box::new(Submission { prompt_token_ids, first: (params, events), siblings, reply })))
             .map_err(|_| RouterError::Unavailable("it has stopped".into()))?;
         let id = answer.await.map_err(|_| RouterError::Unavailable("it stopped".into()))??;
         Ok(receivers.into_iter().zip(slots).map(|(events, slot)| Submitted { id, events, _slot: slot }).collect())
@@ -213,7 +217,7 @@ struct Stream {
     events: async_mpsc::UnboundedSender<CoreEvent>,
     last_token: Option<Instant>,
     /// Samples waiting for this request's first token (its prompt, their params and streams).
-    siblings: Option<(Vec<u32>, Vec<(SamplingParams, async_mpsc::UnboundedSender<CoreEvent>)>)>,
+    siblings: Option<(Vec<u32>, Vec<Sample>)>,
 }
 
 struct CoreLoop {
@@ -262,7 +266,8 @@ impl CoreLoop {
     /// Returns false on shutdown.
     fn handle(&mut self, cmd: Command) -> bool {
         match cmd {
-            Command::Submit { prompt_token_ids, params, events, siblings, reply } => {
+            Command::Submit(submission) => {
+                let Submission { prompt_token_ids, first: (params, events), siblings, reply } = *submission;
                 let prompt_tokens = prompt_token_ids.len() as u64;
                 let waiting = (!siblings.is_empty()).then(|| (prompt_token_ids.clone(), siblings));
                 let result = self.engine.add_request(prompt_token_ids, params);
@@ -334,11 +339,7 @@ impl CoreLoop {
 
     /// Adds the samples that waited for their first sibling's prefill. Their parameters
     /// passed the same checks as the first's, so a failure here is reported on their stream.
-    fn start_siblings(
-        &mut self,
-        prompt: Vec<u32>,
-        siblings: Vec<(SamplingParams, async_mpsc::UnboundedSender<CoreEvent>)>,
-    ) {
+    fn start_siblings(&mut self, prompt: Vec<u32>, siblings: Vec<Sample>) {
         for (params, events) in siblings {
             if events.is_closed() {
                 continue;
