@@ -7,6 +7,7 @@ use clap::Args;
 use shardline_engine::{EngineConfig, SchedulerPolicy};
 use shardline_model::{DeviceKind, LoadFormat, Quantization};
 use shardline_sampling::SamplingParams;
+use shardline_structured::Constraint;
 use strum::VariantNames;
 
 /// A value parser listing `names` in `--help` and parsing them with `T: FromStr`.
@@ -158,6 +159,18 @@ pub struct SamplingArgs {
     /// Add BIAS to token ID's logit, as `ID=BIAS` (repeatable; BIAS in [-100, 100]).
     #[arg(long, value_parser = parse_logit_bias, allow_negative_numbers = true)]
     pub logit_bias: Vec<(u32, f32)>,
+    /// The output must match this JSON Schema (JSON text, or @FILE).
+    #[arg(long, value_parser = parse_json_schema, group = "constraint")]
+    pub json_schema: Option<serde_json::Value>,
+    /// The output must be a JSON object.
+    #[arg(long, group = "constraint")]
+    pub json_object: bool,
+    /// The output must match this regular expression.
+    #[arg(long, group = "constraint")]
+    pub regex: Option<String>,
+    /// The output must be one of these strings (repeatable).
+    #[arg(long, group = "constraint")]
+    pub choice: Vec<String>,
     /// Seed for reproducible sampling.
     #[arg(long, env = "SHARDLINE_SEED")]
     pub seed: Option<u64>,
@@ -192,8 +205,31 @@ impl SamplingArgs {
             stop: self.stop.clone(),
             stop_token_ids: self.stop_token_id.clone(),
             ignore_eos: self.ignore_eos,
+            constraint: self.constraint(),
         }
     }
+
+    /// `--json-schema`, `--json-object`, `--regex` or `--choice` (clap allows one).
+    pub fn constraint(&self) -> Option<Constraint> {
+        if let Some(schema) = &self.json_schema {
+            Some(Constraint::JsonSchema(schema.clone()))
+        } else if self.json_object {
+            Some(Constraint::JsonObject)
+        } else if let Some(rx) = &self.regex {
+            Some(Constraint::Regex(rx.clone()))
+        } else {
+            (!self.choice.is_empty()).then(|| Constraint::Choice(self.choice.clone()))
+        }
+    }
+}
+
+/// `--json-schema`: JSON text, or `@FILE` holding it.
+fn parse_json_schema(s: &str) -> Result<serde_json::Value, String> {
+    let text = match s.strip_prefix('@') {
+        Some(path) => std::fs::read_to_string(path).map_err(|e| format!("reading {path}: {e}"))?,
+        None => s.to_string(),
+    };
+    serde_json::from_str(&text).map_err(|e| format!("not JSON: {e}"))
 }
 
 /// `ID=BIAS` of `--logit-bias`.

@@ -9,6 +9,7 @@ use serde_json::json;
 use shardline_bench::backend::grpc::{bearer, with_key};
 use shardline_proto::v1 as pb;
 use shardline_proto::v1::generation_client::GenerationClient;
+use shardline_structured::Constraint;
 use tonic::transport::Channel;
 
 use crate::args::SamplingArgs;
@@ -89,6 +90,13 @@ fn request(args: &GenerateArgs) -> anyhow::Result<pb::GenerateRequest> {
             presence_penalty: Some(p.presence_penalty),
             frequency_penalty: Some(p.frequency_penalty),
             logit_bias: p.logit_bias.into_iter().collect(),
+            constraint: p.constraint.map(|c| match c {
+                Constraint::JsonObject => pb::sampling_parameters::Constraint::JsonObject(true),
+                Constraint::JsonSchema(s) => pb::sampling_parameters::Constraint::JsonSchema(s.to_string()),
+                Constraint::Regex(r) => pb::sampling_parameters::Constraint::Regex(r),
+                Constraint::Choice(options) => pb::sampling_parameters::Constraint::Choice(pb::Choice { options }),
+                Constraint::Grammar(g) => pb::sampling_parameters::Constraint::Grammar(g),
+            }),
         }),
     })
 }

@@ -4,24 +4,10 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
-use std::time::Duration;
+use common::{http, shardline, Server};
 
-use common::{shardline, Server};
-
-/// (status, body) of one HTTP/1.1 request to `http` (`http://host:port`).
-fn http_get(http: &str, path: &str, authorization: Option<&str>) -> (u16, String) {
-    let authority = http.trim_start_matches("http://");
-    let mut stream = TcpStream::connect(authority).unwrap();
-    stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    let auth = authorization.map_or(String::new(), |a| format!("Authorization: {a}\r\n"));
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n{auth}\r\n").unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    let status = response.split_whitespace().nth(1).unwrap().parse().unwrap();
-    let body = response.split_once("\r\n\r\n").map_or("", |(_, b)| b).to_string();
-    (status, body)
+fn http_get(base: &str, path: &str, authorization: Option<&str>) -> (u16, String) {
+    http(base, "GET", path, None, authorization)
 }
 
 fn generate(grpc: &str, key: Option<&str>) -> std::process::Output {

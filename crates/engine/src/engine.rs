@@ -14,6 +14,7 @@ use shardline_tokenizer::Tokenizer;
 
 use crate::config::{EngineConfig, SchedulerPolicy};
 use crate::error::{EngineError, Result};
+use crate::guided::GuidedRequests;
 use crate::output::{GenerationOutput, StepEvent};
 use crate::output_processor::OutputProcessor;
 use crate::scheduler::{PrefixCacheStats, Scheduler, SchedulerConfig};
@@ -49,6 +50,7 @@ pub struct Engine {
     finished: HashMap<RequestId, GenerationOutput>,
     next_id: RequestId,
     recovery: RecoveryStats,
+    guided: GuidedRequests,
 }
 
 /// Recoveries from executor resets (a rank replaced) so far.
@@ -103,12 +105,18 @@ impl Engine {
             exec,
             scheduler,
             outputs: OutputProcessor::new(Arc::clone(&tokenizer), eos_token_ids),
+            guided: GuidedRequests::new(Arc::clone(&tokenizer), limits.vocab_size),
             tokenizer,
             limits,
             finished: HashMap::new(),
             next_id: 0,
             recovery: RecoveryStats::default(),
         })
+    }
+
+    /// Structured-output masks computed so far, and the seconds they took on rank 0.
+    pub fn structured_mask_stats(&self) -> (u64, f64) {
+        self.guided.mask_stats()
     }
 
     pub fn limits(&self) -> &EngineLimits {
@@ -157,6 +165,7 @@ impl Engine {
     /// Validates and queues a request for `prompt` token ids.
     pub fn add_request(&mut self, prompt: Vec<u32>, params: SamplingParams) -> Result<RequestId> {
         self.validate(&prompt, &params)?;
+        let guide = params.constraint.as_ref().map(|c| self.guided.compile(c)).transpose()?;
         let id = self.next_id;
         self.next_id += 1;
         // An unseeded request still gets a seed of its own, so that its tokens do not change
@@ -165,6 +174,9 @@ impl Engine {
         sampling.prompt_len = prompt.len();
         self.outputs.add(id, &prompt, params, Instant::now());
         self.scheduler.add_request(id, prompt, sampling);
+        if let Some(guide) = guide {
+            self.guided.insert(id, guide);
+        }
         Ok(id)
     }
 
@@ -229,6 +241,7 @@ impl Engine {
         let found = self.scheduler.abort(id);
         if found {
             self.outputs.remove(id);
+            self.guided.remove(id);
         }
         found
     }
@@ -236,7 +249,8 @@ impl Engine {
     /// One scheduling step: fills the executor's pipeline with plans, then completes the oldest
     /// step. Returns one event per request that produced a token.
     pub fn step(&mut self) -> Result<Vec<StepEvent>> {
-        while let Some(plan) = self.scheduler.schedule() {
+        while let Some(mut plan) = self.scheduler.schedule() {
+            self.guided.attach_masks(&mut plan);
             let now = Instant::now();
             for r in &plan.new_requests {
                 self.outputs.scheduled(r.id, now, r.num_computed_tokens);
@@ -267,8 +281,10 @@ impl Engine {
         let now = Instant::now();
         let mut events = Vec::with_capacity(sampled.len());
         for (id, token) in sampled {
-            let event = self.outputs.process(id, token, now)?;
+            let complete = self.guided.advance(id, token.token_id);
+            let event = self.outputs.process(id, token, now, complete)?;
             if event.finish.is_some() {
+                self.guided.remove(id);
                 self.scheduler.finish(id);
                 let out = self.outputs.take(id).expect("a request finishes once");
                 self.finished.insert(id, out);

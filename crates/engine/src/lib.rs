@@ -10,6 +10,7 @@
 mod config;
 mod engine;
 mod error;
+mod guided;
 mod output;
 mod output_processor;
 mod scheduler;

@@ -78,7 +78,8 @@ impl OutputProcessor {
     }
 
     /// Takes the request's next token; the event's `finish` says whether it is done.
-    pub fn process(&mut self, id: RequestId, sampled: SampledToken, now: Instant) -> Result<StepEvent> {
+    /// `complete`: its structured output is complete, so it stops as at an end-of-sequence.
+    pub fn process(&mut self, id: RequestId, sampled: SampledToken, now: Instant, complete: bool) -> Result<StepEvent> {
         let r = self.requests.get_mut(&id).expect("sampled requests have an output");
         r.first_token.get_or_insert(now);
         r.last_token = Some(now);
@@ -92,7 +93,8 @@ impl OutputProcessor {
         let mut out = r.stop.push(&delta);
         let mut finish = out.stopped.then_some(FinishReason::Stop);
         if finish.is_none() {
-            finish = check_token_stop(token_id, r.token_ids.len(), &r.params, &self.eos_token_ids);
+            finish = check_token_stop(token_id, r.token_ids.len(), &r.params, &self.eos_token_ids)
+                .or(complete.then_some(FinishReason::Stop));
             if finish.is_some() {
                 // The decoder may hold the last bytes of a character; they count for stop strings.
                 let tail = r.decoder.finish()?;

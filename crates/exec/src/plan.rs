@@ -37,6 +37,9 @@ pub struct ScheduledRequest {
     pub new_token_ids: Vec<u32>,
     /// KV blocks appended to its table since it last ran; empty for a request new in this plan.
     pub new_block_ids: Vec<u32>,
+    /// The tokens its next sample may take (a structured output's mask: one bit per id, 32
+    /// to a word), when it is constrained.
+    pub allowed_tokens: Option<Vec<u32>>,
 }
 
 /// What one step runs.

@@ -6,6 +6,7 @@ use shardline_sampling::{FinishReason, SamplingParams};
 use shardline_tokenizer::{ChatMessage, Prompt};
 
 use crate::error::RouterError;
+use shardline_structured::Constraint;
 
 /// The prompt a request carries; an empty one is refused here (text would otherwise still
 /// tokenize to a lone BOS).
@@ -25,11 +26,23 @@ pub fn prompt(input: Option<pb::generate_request::Input>) -> Result<Prompt, Rout
     }
 }
 
-/// vLLM's defaults for every unset field; ranges are checked later by the engine.
-pub fn sampling(p: Option<pb::SamplingParameters>) -> SamplingParams {
+/// vLLM's defaults for every unset field; ranges and constraints are checked later by the
+/// engine (a JSON schema that is not JSON is refused here).
+pub fn sampling(p: Option<pb::SamplingParameters>) -> Result<SamplingParams, RouterError> {
     let d = SamplingParams::default();
-    let Some(p) = p else { return d };
-    SamplingParams {
+    let Some(p) = p else { return Ok(d) };
+    let constraint = match p.constraint {
+        None | Some(pb::sampling_parameters::Constraint::JsonObject(false)) => None,
+        Some(pb::sampling_parameters::Constraint::JsonObject(true)) => Some(Constraint::JsonObject),
+        Some(pb::sampling_parameters::Constraint::JsonSchema(s)) => Some(Constraint::JsonSchema(
+            serde_json::from_str(&s)
+                .map_err(|e| RouterError::InvalidRequest(format!("json_schema is not JSON: {e}")))?,
+        )),
+        Some(pb::sampling_parameters::Constraint::Regex(r)) => Some(Constraint::Regex(r)),
+        Some(pb::sampling_parameters::Constraint::Choice(c)) => Some(Constraint::Choice(c.options)),
+        Some(pb::sampling_parameters::Constraint::Grammar(g)) => Some(Constraint::Grammar(g)),
+    };
+    Ok(SamplingParams {
         temperature: p.temperature.unwrap_or(d.temperature),
         top_p: p.top_p.unwrap_or(d.top_p),
         top_k: p.top_k.map_or(d.top_k, |k| k as usize),
@@ -48,7 +61,8 @@ pub fn sampling(p: Option<pb::SamplingParameters>) -> SamplingParams {
         stop_token_ids: p.stop_token_ids,
         ignore_eos: p.ignore_eos,
         logprobs: p.logprobs.map(|k| k as usize).or(d.logprobs),
-    }
+        constraint,
+    })
 }
 
 pub fn finish_reason(f: FinishReason) -> pb::FinishReason {

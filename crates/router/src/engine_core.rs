@@ -67,6 +67,9 @@ pub struct CoreStats {
     pub ranks_replaced: AtomicU64,
     pub requests_recomputed: AtomicU64,
     pub last_recovery_ms: AtomicU64,
+    /// Structured-output masks computed, and the microseconds they took.
+    pub structured_masks: AtomicU64,
+    pub structured_mask_us: AtomicU64,
 }
 
 impl CoreStats {
@@ -366,6 +369,9 @@ impl CoreLoop {
         let prefix = self.engine.prefix_cache_stats();
         s.prefix_cache_queries.store(prefix.queries, Ordering::Relaxed);
         s.prefix_cache_hits.store(prefix.hits, Ordering::Relaxed);
+        let (masks, mask_seconds) = self.engine.structured_mask_stats();
+        s.structured_masks.store(masks, Ordering::Relaxed);
+        s.structured_mask_us.store((mask_seconds * 1e6) as u64, Ordering::Relaxed);
         let recovery = self.engine.recovery_stats();
         s.recoveries.store(recovery.recoveries, Ordering::Relaxed);
         s.ranks_replaced.store(recovery.ranks_replaced, Ordering::Relaxed);

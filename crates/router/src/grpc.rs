@@ -64,7 +64,7 @@ impl GenerationService {
         let id = self.request_id(req.request_id);
         let prompt = self.info.encode(&convert::prompt(req.input)?)?;
         let prompt_tokens = prompt.len();
-        let params = convert::sampling(req.sampling);
+        let params = convert::sampling(req.sampling)?;
         let submitted = self.handle.submit(prompt, params).await?;
         tracing::debug!(request_id = %id, engine_id = submitted.id, prompt_tokens, "admitted");
         Ok((id, submitted))

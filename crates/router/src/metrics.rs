@@ -40,6 +40,8 @@ pub struct Metrics {
     steps: IntGauge,
     prefix_cache_queries: IntCounter,
     prefix_cache_hits: IntCounter,
+    structured_masks: IntCounter,
+    structured_mask_us: IntCounter,
     recoveries: IntCounter,
     rank_restarts: IntCounter,
     recovered_requests: IntCounter,
@@ -149,6 +151,16 @@ impl Metrics {
                 "shardline:prefix_cache_hits_total",
                 "Prompt tokens whose K/V came from the prefix cache.",
             ),
+            structured_masks: counter(
+                r,
+                "shardline:structured_output_masks_total",
+                "Token masks computed for structured outputs (one per constrained request per step).",
+            ),
+            structured_mask_us: counter(
+                r,
+                "shardline:structured_output_mask_microseconds_total",
+                "Time rank 0 spent computing structured-output masks, in microseconds.",
+            ),
             recoveries: counter(r, "shardline:recoveries_total", "Times the group lost a rank and formed again."),
             rank_restarts: counter(r, "shardline:rank_restarts_total", "Ranks replaced by a new process."),
             recovered_requests: counter(
@@ -186,6 +198,8 @@ impl Metrics {
         let catch_up = |c: &IntCounter, v: u64| c.inc_by(v.saturating_sub(c.get()));
         catch_up(&self.prefix_cache_queries, stats.prefix_cache_queries.load(Ordering::Relaxed));
         catch_up(&self.prefix_cache_hits, stats.prefix_cache_hits.load(Ordering::Relaxed));
+        catch_up(&self.structured_masks, stats.structured_masks.load(Ordering::Relaxed));
+        catch_up(&self.structured_mask_us, stats.structured_mask_us.load(Ordering::Relaxed));
         catch_up(&self.recoveries, stats.recoveries.load(Ordering::Relaxed));
         catch_up(&self.rank_restarts, stats.ranks_replaced.load(Ordering::Relaxed));
         catch_up(&self.recovered_requests, stats.requests_recomputed.load(Ordering::Relaxed));

@@ -123,6 +123,15 @@ pub struct CompletionRequest {
     pub presence_penalty: Option<f32>,
     pub frequency_penalty: Option<f32>,
     pub logit_bias: Option<serde_json::Map<String, Value>>,
+    /// `{"type": "text" | "json_object" | "json_schema", "json_schema": {"schema": …}}`.
+    pub response_format: Option<Value>,
+    /// vLLM's structured-output extras: a JSON schema, a regex, a list of choices, a Lark
+    /// grammar; or all of them under `structured_outputs` (`json`, `regex`, `choice`, `grammar`).
+    pub guided_json: Option<Value>,
+    pub guided_regex: Option<String>,
+    pub guided_choice: Option<Vec<String>>,
+    pub guided_grammar: Option<String>,
+    pub structured_outputs: Option<Value>,
     pub stream: Option<bool>,
     pub stream_options: Option<StreamOptions>,
 }
@@ -199,7 +208,15 @@ pub struct ChatCompletionRequest {
     pub frequency_penalty: Option<f32>,
     pub logit_bias: Option<serde_json::Map<String, Value>>,
     pub tools: Option<Vec<Value>>,
+    /// `{"type": "text" | "json_object" | "json_schema", "json_schema": {"schema": …}}`.
     pub response_format: Option<Value>,
+    /// vLLM's structured-output extras: a JSON schema, a regex, a list of choices, a Lark
+    /// grammar; or all of them under `structured_outputs` (`json`, `regex`, `choice`, `grammar`).
+    pub guided_json: Option<Value>,
+    pub guided_regex: Option<String>,
+    pub guided_choice: Option<Vec<String>>,
+    pub guided_grammar: Option<String>,
+    pub structured_outputs: Option<Value>,
     pub stream: Option<bool>,
     pub stream_options: Option<StreamOptions>,
 }

@@ -4,6 +4,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::SamplingError;
 use crate::sampler::SamplerSettings;
+use shardline_structured::Constraint;
 
 /// Most top logprobs a request may ask for per token (vLLM's default limit).
 pub const MAX_LOGPROBS: usize = 20;
@@ -36,6 +37,9 @@ pub struct SamplingParams {
     pub stop: Vec<String>,
     pub stop_token_ids: Vec<u32>,
     pub ignore_eos: bool,
+    /// What the output must match (structured outputs): rank 0 keeps the request's guide and
+    /// sends the allowed tokens with each step; the sampler draws only among them.
+    pub constraint: Option<Constraint>,
 }
 
 impl Default for SamplingParams {
@@ -55,6 +59,7 @@ impl Default for SamplingParams {
             stop: Vec::new(),
             stop_token_ids: Vec::new(),
             ignore_eos: false,
+            constraint: None,
         }
     }
 }

@@ -132,8 +132,20 @@ impl Sampler {
     /// prompt plus everything generated so far (for the repetition penalty). Panics on an
     /// empty `logits` row.
     pub fn sample(&mut self, logits: &[f32], history: &[u32], position: usize) -> SampledToken {
+        self.sample_masked(logits, history, position, None)
+    }
+
+    /// As [`Sampler::sample`], drawing only among the tokens `allowed` sets (one bit per id,
+    /// 32 to a word: a structured output's mask). Logprobs stay those of the raw row.
+    pub fn sample_masked(
+        &mut self,
+        logits: &[f32],
+        history: &[u32],
+        position: usize,
+        allowed: Option<&[u32]>,
+    ) -> SampledToken {
         assert!(!logits.is_empty(), "sample() needs a non-empty logits row");
-        let token_id = self.choose(logits, history, position);
+        let token_id = self.choose(logits, history, position, allowed);
         let Some(k) = self.settings.logprobs else {
             return SampledToken { token_id, logprob: 0.0, top: Vec::new() };
         };
@@ -143,10 +155,10 @@ impl Sampler {
         SampledToken { token_id, logprob, top }
     }
 
-    fn choose(&mut self, raw: &[f32], history: &[u32], position: usize) -> u32 {
+    fn choose(&mut self, raw: &[f32], history: &[u32], position: usize, allowed: Option<&[u32]>) -> u32 {
         let p = &self.settings;
         let greedy = p.is_greedy();
-        if greedy && !p.processes_logits() {
+        if greedy && !p.processes_logits() && allowed.is_none() {
             return argmax(raw);
         }
         let cand = &mut self.cand;
@@ -171,6 +183,11 @@ impl Sampler {
         }
         for &(t, bias) in p.logit_bias.iter().filter(|(t, _)| (*t as usize) < raw.len()) {
             cand[t as usize].0 += bias as f64;
+        }
+        if let Some(words) = allowed {
+            // Before top-k/top-p/min-p, as vLLM applies grammar bitmasks.
+            let allows = |t: usize| words.get(t / 32).is_some_and(|w| w >> (t % 32) & 1 == 1);
+            cand.iter_mut().filter(|c| !allows(c.1 as usize)).for_each(|c| c.0 = f64::NEG_INFINITY);
         }
         if greedy {
             return cand.iter().min_by(|a, b| by_value_desc(a, b)).map_or(0, |c| c.1);

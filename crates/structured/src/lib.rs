@@ -36,7 +36,8 @@ pub enum StructuredError {
 pub type Result<T> = std::result::Result<T, StructuredError>;
 
 /// What a request's output must match.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Constraint {
     /// Any JSON object (`response_format: {"type": "json_object"}`).
     JsonObject,

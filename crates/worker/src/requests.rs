@@ -16,6 +16,8 @@ pub struct RequestState {
     pub num_computed: usize,
     pub block_ids: Vec<u32>,
     pub sampler: Sampler,
+    /// This step's structured-output mask, if the request is constrained.
+    pub allowed_tokens: Option<Vec<u32>>,
 }
 
 /// The step being run, flattened for the model: one input per scheduled request, and which
@@ -47,6 +49,7 @@ impl RequestTable {
                 num_computed: r.num_computed_tokens,
                 block_ids: r.block_ids.clone(),
                 sampler: Sampler::new(&r.sampling),
+                allowed_tokens: None,
             };
             if self.requests.insert(r.id, state).is_some() {
                 return Err(bad(format!("request {} introduced while known", r.id)));
@@ -57,6 +60,7 @@ impl RequestTable {
             let r = self.requests.get_mut(&s.id).ok_or_else(|| bad(format!("step names unknown request {}", s.id)))?;
             r.tokens.extend(&s.new_token_ids);
             r.block_ids.extend(&s.new_block_ids);
+            r.allowed_tokens.clone_from(&s.allowed_tokens);
             let end = r.num_computed + s.num_tokens;
             if s.num_tokens == 0 || end > r.tokens.len() {
                 return Err(bad(format!(
@@ -109,7 +113,13 @@ mod tests {
     }
 
     fn sched(id: RequestId, n: usize, tokens: &[u32], blocks: &[u32]) -> ScheduledRequest {
-        ScheduledRequest { id, num_tokens: n, new_token_ids: tokens.to_vec(), new_block_ids: blocks.to_vec() }
+        ScheduledRequest {
+            id,
+            num_tokens: n,
+            new_token_ids: tokens.to_vec(),
+            new_block_ids: blocks.to_vec(),
+            allowed_tokens: None,
+        }
     }
 
     #[test]

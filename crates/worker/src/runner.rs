@@ -108,7 +108,10 @@ impl ModelRunner {
             .into_par_iter()
             .zip(values.par_chunks(vocab))
             .zip(batch.sampled.par_iter())
-            .map(|((r, row), &id)| Sampled { id, token: r.sampler.sample(row, &r.tokens, r.tokens.len()) })
+            .map(|((r, row), &id)| {
+                let token = r.sampler.sample_masked(row, &r.tokens, r.tokens.len(), r.allowed_tokens.as_deref());
+                Sampled { id, token }
+            })
             .collect();
         Ok(StepOutput { sampled })
     }
@@ -123,7 +126,12 @@ impl ModelRunner {
         let vocab = logits.dim(1)?;
         let states = self.requests.states_mut(&batch.sampled);
         let settings: Vec<SamplerSettings> = states.iter().map(|r| r.sampler.settings().clone()).collect();
-        let needed: Vec<Option<usize>> = settings.iter().map(SamplerSettings::candidates_needed).collect();
+        // A structured output's mask needs the whole row.
+        let needed: Vec<Option<usize>> = settings
+            .iter()
+            .zip(&states)
+            .map(|(s, r)| s.candidates_needed().filter(|_| r.allowed_tokens.is_none()))
+            .collect();
         let k = needed.iter().flatten().copied().max();
         let inv_t: Vec<f32> = settings.iter().map(|s| if s.is_greedy() { 1.0 } else { 1.0 / s.temperature }).collect();
         let cands = match k {
@@ -144,7 +152,7 @@ impl ModelRunner {
                 Some(token) => token,
                 None => {
                     let row_logits = logits.get(row)?.to_dtype(candle_core::DType::F32)?.to_vec1::<f32>()?;
-                    r.sampler.sample(&row_logits, &r.tokens, position)
+                    r.sampler.sample_masked(&row_logits, &r.tokens, position, r.allowed_tokens.as_deref())
                 }
             };
             sampled.push(Sampled { id, token });

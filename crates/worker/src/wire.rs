@@ -165,6 +165,7 @@ pub fn step_to_proto(step_id: u64, plan: &StepPlan) -> pb::Step {
                 num_tokens: s.num_tokens as u32,
                 new_token_ids: s.new_token_ids.clone(),
                 new_block_ids: s.new_block_ids.clone(),
+                allowed_tokens: s.allowed_tokens.as_ref().map(|w| w.iter().flat_map(|w| w.to_le_bytes()).collect()),
             })
             .collect(),
     }
@@ -198,6 +199,18 @@ pub fn step_from_proto(step: pb::Step) -> Result<StepPlan> {
             num_tokens: s.num_tokens as usize,
             new_token_ids: s.new_token_ids,
             new_block_ids: s.new_block_ids,
+            allowed_tokens: s.allowed_tokens.map(|b| {
+                b.chunks(4)
+                    .map(|c| {
+                        u32::from_le_bytes([
+                            c[0],
+                            *c.get(1).unwrap_or(&0),
+                            *c.get(2).unwrap_or(&0),
+                            *c.get(3).unwrap_or(&0),
+                        ])
+                    })
+                    .collect()
+            }),
         })
         .collect();
     Ok(StepPlan { forget: step.forget_request_ids, new_requests, scheduled })

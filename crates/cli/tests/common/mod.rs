@@ -103,3 +103,25 @@ pub fn assert_no_leftovers(ranks: &[u32]) {
         assert!(!process::alive(r), "rank process {r} left behind");
     }
 }
+
+/// (status, body) of one HTTP/1.1 request to `http` (`http://host:port`), with `auth` as the
+/// Authorization header and `body` as JSON.
+pub fn http(http: &str, method: &str, path: &str, body: Option<&str>, auth: Option<&str>) -> (u16, String) {
+    use std::io::{Read, Write};
+    let authority = http.trim_start_matches("http://");
+    let mut stream = std::net::TcpStream::connect(authority).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
+    let auth = auth.map_or(String::new(), |a| format!("Authorization: {a}\r\n"));
+    let body = body.unwrap_or_default();
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let status = response.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let body = response.split_once("\r\n\r\n").map_or("", |(_, b)| b).to_string();
+    (status, body)
+}

@@ -40,6 +40,7 @@ mod error;
 mod logprobs;
 mod params;
 mod stream;
+mod structured;
 
 use error::parse_body;
 pub use error::ApiError;

@@ -6,6 +6,7 @@ use shardline_sampling::SamplingParams;
 use shardline_tokenizer::{ChatMessage, Prompt};
 
 use super::error::ApiError;
+use super::structured::StructuredFields;
 use crate::engine_core::{CoreEvent, Submitted};
 use crate::error::RouterError;
 use crate::openai::{ChatCompletionRequest, CompletionRequest, PromptInput, StopInput, StreamOptions};
@@ -35,6 +36,20 @@ macro_rules! knobs {
 
 /// Most samples one request may ask for (`n`).
 const MAX_N: usize = 64;
+
+/// The structured-output fields of a completion or chat-completion request.
+macro_rules! structured {
+    ($req:expr) => {
+        StructuredFields {
+            response_format: &$req.response_format,
+            guided_json: &$req.guided_json,
+            guided_regex: &$req.guided_regex,
+            guided_choice: &$req.guided_choice,
+            guided_grammar: &$req.guided_grammar,
+            structured_outputs: &$req.structured_outputs,
+        }
+    };
+}
 
 /// The sampling fields both endpoints share.
 pub(super) struct Knobs<'a> {
@@ -84,6 +99,7 @@ impl Knobs<'_> {
             stop: self.stop.clone().map(|s| s.0).unwrap_or_default(),
             stop_token_ids: self.stop_token_ids.clone().unwrap_or_default(),
             ignore_eos: self.ignore_eos.unwrap_or(false),
+            constraint: None,
         })
     }
 }
@@ -149,7 +165,8 @@ pub(super) fn completion_prompt_and_params(
     }
     .ok_or_else(|| ApiError::bad_request("the prompt is empty").with_param("prompt"))?;
     let knobs = knobs!(req);
-    let params = knobs.params(req.max_tokens.unwrap_or(16), req.logprobs)?;
+    let mut params = knobs.params(req.max_tokens.unwrap_or(16), req.logprobs)?;
+    params.constraint = structured!(req).constraint()?;
     let ids = info.encode(&prompt).map_err(|e| ApiError::from(e).with_param("prompt"))?;
     Ok((ids, knobs.samples(params)))
 }
@@ -163,12 +180,6 @@ pub(super) fn chat_prompt_and_params(
     }
     if req.tools.as_ref().is_some_and(|t| !t.is_empty()) {
         return Err(ApiError::bad_request("tools are not supported").with_param("tools"));
-    }
-    if let Some(rf) = &req.response_format {
-        if rf.get("type").and_then(|t| t.as_str()) != Some("text") {
-            return Err(ApiError::bad_request("only response_format {\"type\": \"text\"} is supported")
-                .with_param("response_format"));
-        }
     }
     let logprobs = match (req.logprobs.unwrap_or(false), req.top_logprobs) {
         (false, Some(k)) if k > 0 => {
@@ -203,7 +214,8 @@ pub(super) fn chat_prompt_and_params(
         .or(req.max_tokens)
         .unwrap_or_else(|| info.limits.max_request_tokens().saturating_sub(ids.len()).max(1));
     let knobs = knobs!(req);
-    let params = knobs.params(max_tokens, logprobs)?;
+    let mut params = knobs.params(max_tokens, logprobs)?;
+    params.constraint = structured!(req).constraint()?;
     Ok((ids, knobs.samples(params)))
 }
 

@@ -1,0 +1,103 @@
+//! Structured outputs on the engine's side (vLLM's structured-output manager): each
+//! constrained request's guide lives here, on rank 0. When a step is planned, every
+//! constrained request in it gets the mask of tokens its next sample may take; the mask
+//! travels with the plan to whichever rank samples, and the sampler draws only among those
+//! tokens. When the token comes back, the guide moves past it. A recomputed request keeps its
+//! guide: recomputation rebuilds K/V, never tokens already drawn.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use shardline_exec::{RequestId, StepPlan};
+use shardline_structured::{Constraint, Grammars, Guide};
+use shardline_tokenizer::Tokenizer;
+
+use crate::error::{EngineError, Result};
+
+pub(crate) struct GuidedRequests {
+    tokenizer: Arc<Tokenizer>,
+    vocab_size: usize,
+    /// Built on the first constrained request: the token trie takes a moment to build.
+    grammars: Option<Grammars>,
+    guides: HashMap<RequestId, Guide>,
+    /// What masks were computed, for `mask_seconds`.
+    masks: u64,
+    mask_time: std::time::Duration,
+}
+
+impl GuidedRequests {
+    pub(crate) fn new(tokenizer: Arc<Tokenizer>, vocab_size: usize) -> Self {
+        GuidedRequests {
+            tokenizer,
+            vocab_size,
+            grammars: None,
+            guides: HashMap::new(),
+            masks: 0,
+            mask_time: Default::default(),
+        }
+    }
+
+    /// Compiles `constraint`; a malformed one is the request's error (a 400).
+    pub(crate) fn compile(&mut self, constraint: &Constraint) -> Result<Guide> {
+        if self.grammars.is_none() {
+            let grammars = Grammars::new(Arc::clone(&self.tokenizer), self.vocab_size)
+                .map_err(|e| EngineError::InvalidRequest(e.to_string()))?;
+            self.grammars = Some(grammars);
+        }
+        let grammars = self.grammars.as_ref().expect("built above");
+        grammars.guide(constraint).map_err(|e| EngineError::InvalidRequest(e.to_string()))
+    }
+
+    pub(crate) fn insert(&mut self, id: RequestId, guide: Guide) {
+        self.guides.insert(id, guide);
+    }
+
+    pub(crate) fn remove(&mut self, id: RequestId) {
+        self.guides.remove(&id);
+    }
+
+    /// Gives each constrained request of `plan` the mask for its next sample. A guide that
+    /// fails, or that no token of the vocabulary can continue, allows only end-of-sequence,
+    /// which ends the request instead of the step.
+    pub(crate) fn attach_masks(&mut self, plan: &mut StepPlan) {
+        if self.guides.is_empty() {
+            return;
+        }
+        let start = std::time::Instant::now();
+        for s in &mut plan.scheduled {
+            let Some(guide) = self.guides.get_mut(&s.id) else { continue };
+            s.allowed_tokens = Some(match guide.allowed() {
+                Ok(mask) if mask.count() > 0 => mask.words().to_vec(),
+                outcome => {
+                    let why = outcome.err().map_or("no token can continue it".into(), |e| e.to_string());
+                    tracing::warn!(request = s.id, "structured output ended early: {why}");
+                    let mut words = vec![0u32; self.vocab_size.div_ceil(32)];
+                    for &t in self.tokenizer.eos_token_ids() {
+                        words[t as usize / 32] |= 1 << (t % 32);
+                    }
+                    words
+                }
+            });
+            self.masks += 1;
+        }
+        self.mask_time += start.elapsed();
+    }
+
+    /// Moves request `id`'s guide past `token`; true when its output is complete (or the
+    /// guide cannot go on), so the request stops.
+    pub(crate) fn advance(&mut self, id: RequestId, token: u32) -> bool {
+        let Some(guide) = self.guides.get_mut(&id) else { return false };
+        match guide.advance(token) {
+            Ok(()) => guide.is_finished(),
+            Err(e) => {
+                tracing::warn!(request = id, "structured output stopped: {e}");
+                true
+            }
+        }
+    }
+
+    /// Masks computed so far and the seconds they took.
+    pub(crate) fn mask_stats(&self) -> (u64, f64) {
+        (self.masks, self.mask_time.as_secs_f64())
+    }
+}
