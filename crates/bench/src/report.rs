@@ -229,6 +229,7 @@ mod tests {
             endpoint: "http://127.0.0.1:50051".into(),
             model: None,
             api_key: None,
+            json_schema: None,
             input_len: 16,
             output_len: 3,
             random_range: 0.0,

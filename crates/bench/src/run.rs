@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure};
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::backend::{BackendKind, Client};
+use crate::backend::{BackendKind, Client, ClientOptions};
 use crate::dataset::Dataset;
 use crate::load::{drive, Load, SendFuture, Stop};
 use crate::metrics::{summarize, Slo, Summary};
@@ -52,6 +52,8 @@ pub struct BenchConfig {
     pub model: Option<String>,
     /// The server's `--api-key`, sent with every request.
     pub api_key: Option<String>,
+    /// A JSON Schema every output must match (structured outputs).
+    pub json_schema: Option<serde_json::Value>,
     /// Random prompts' lengths (the unique suffix's with prefix repetition; unused when
     /// replaying a file).
     pub input_len: usize,
@@ -131,9 +133,12 @@ pub struct BenchReport {
 /// Runs the sweep against a live server.
 pub async fn run(config: &BenchConfig) -> anyhow::Result<BenchReport> {
     config.validate()?;
-    let client = Arc::new(
-        Client::connect(config.backend, &config.endpoint, config.model.clone(), config.api_key.as_deref()).await?,
-    );
+    let options = ClientOptions {
+        model: config.model.clone(),
+        api_key: config.api_key.clone(),
+        json_schema: config.json_schema.clone(),
+    };
+    let client = Arc::new(Client::connect(config.backend, &config.endpoint, &options).await?);
     let vocab = config.vocab_size.or(client.vocab_size()).unwrap_or(DEFAULT_VOCAB);
     let spec = WorkloadSpec {
         input_len: config.input_len,

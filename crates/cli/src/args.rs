@@ -224,7 +224,7 @@ impl SamplingArgs {
 }
 
 /// `--json-schema`: JSON text, or `@FILE` holding it.
-fn parse_json_schema(s: &str) -> Result<serde_json::Value, String> {
+pub fn parse_json_schema(s: &str) -> Result<serde_json::Value, String> {
     let text = match s.strip_prefix('@') {
         Some(path) => std::fs::read_to_string(path).map_err(|e| format!("reading {path}: {e}"))?,
         None => s.to_string(),

@@ -46,6 +46,10 @@ pub struct BenchArgs {
     /// the environment, as `serve` takes it, the first).
     #[arg(long, env = "SHARDLINE_API_KEY", hide_env_values = true)]
     api_key: Option<String>,
+    /// Every output must match this JSON Schema (JSON text, or @FILE): the cost of structured
+    /// outputs. A schema that cannot end early (an unbounded array) keeps output lengths equal.
+    #[arg(long, value_parser = crate::args::parse_json_schema)]
+    json_schema: Option<serde_json::Value>,
     /// Where prompts come from.
     #[arg(long, env = "SHARDLINE_BENCH_DATASET", value_enum, default_value = "random")]
     dataset: DatasetKind,
@@ -151,6 +155,7 @@ impl BenchArgs {
             backend: self.backend,
             model: self.model,
             api_key: self.api_key.map(|k| k.split(',').next().unwrap_or_default().trim().to_string()),
+            json_schema: self.json_schema,
             input_len: self.input_len,
             output_len: self.output_len,
             random_range: self.random_range,

@@ -316,6 +316,7 @@ impl ExperimentConfig {
             endpoint,
             model: None,
             api_key: None,
+            json_schema: None,
             input_len: b.input_len,
             output_len: b.output_len,
             random_range: b.random_range,

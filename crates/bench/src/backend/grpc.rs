@@ -10,7 +10,7 @@ use shardline_proto::v1::generation_client::GenerationClient;
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::transport::Channel;
 
-use super::{ServerUsage, Timeline};
+use super::{ClientOptions, ServerUsage, Timeline};
 use crate::metrics::RequestRecord;
 use crate::workload::{Prompt, RequestSpec};
 
@@ -18,13 +18,16 @@ pub struct GrpcBackend {
     client: GenerationClient<Channel>,
     /// `authorization` metadata for a server's `--api-key`.
     authorization: Option<MetadataValue<Ascii>>,
+    constraint: Option<pb::sampling_parameters::Constraint>,
     pub model: String,
     pub vocab_size: u32,
 }
 
 impl GrpcBackend {
-    pub async fn connect(endpoint: &str, api_key: Option<&str>) -> anyhow::Result<GrpcBackend> {
-        let authorization = api_key.map(bearer).transpose()?;
+    pub async fn connect(endpoint: &str, options: &ClientOptions) -> anyhow::Result<GrpcBackend> {
+        let authorization = options.api_key.as_deref().map(bearer).transpose()?;
+        let constraint =
+            options.json_schema.as_ref().map(|s| pb::sampling_parameters::Constraint::JsonSchema(s.to_string()));
         let url = if endpoint.contains("://") { endpoint.to_string() } else { format!("http://{endpoint}") };
         let mut client =
             GenerationClient::connect(url.clone()).await.with_context(|| format!("connecting to {url}"))?;
@@ -33,7 +36,7 @@ impl GrpcBackend {
             .await
             .map_err(|s| anyhow::anyhow!("ModelInfo on {url} answered {:?}: {}", s.code(), s.message()))?
             .into_inner();
-        Ok(GrpcBackend { client, authorization, model: info.model_id, vocab_size: info.vocab_size })
+        Ok(GrpcBackend { client, authorization, constraint, model: info.model_id, vocab_size: info.vocab_size })
     }
 
     pub(crate) async fn send(&self, req: &RequestSpec, mut timeline: Timeline) -> RequestRecord {
@@ -47,6 +50,7 @@ impl GrpcBackend {
                 temperature: Some(0.0),
                 max_tokens: Some(req.max_tokens as u32),
                 ignore_eos: true,
+                constraint: self.constraint.clone(),
                 ..Default::default()
             }),
         };

@@ -50,6 +50,17 @@ impl FromStr for BackendKind {
     }
 }
 
+/// What every request of a client carries beside its prompt.
+#[derive(Clone, Debug, Default)]
+pub struct ClientOptions {
+    /// Model name for OpenAI requests; None asks `/v1/models`.
+    pub model: Option<String>,
+    /// The server's `--api-key`, sent as `Authorization: Bearer …`.
+    pub api_key: Option<String>,
+    /// A JSON Schema every output must match (structured outputs), to measure their cost.
+    pub json_schema: Option<serde_json::Value>,
+}
+
 /// A connected client of one server.
 pub enum Client {
     Grpc(grpc::GrpcBackend),
@@ -59,16 +70,10 @@ pub enum Client {
 impl Client {
     /// Connects and asks the server what it serves (gRPC `ModelInfo`, OpenAI `/v1/models`), so
     /// a wrong endpoint fails here rather than as N request errors.
-    /// `api_key` goes with every request as `Authorization: Bearer …`.
-    pub async fn connect(
-        kind: BackendKind,
-        endpoint: &str,
-        model: Option<String>,
-        api_key: Option<&str>,
-    ) -> anyhow::Result<Client> {
+    pub async fn connect(kind: BackendKind, endpoint: &str, options: &ClientOptions) -> anyhow::Result<Client> {
         Ok(match kind {
-            BackendKind::Grpc => Client::Grpc(grpc::GrpcBackend::connect(endpoint, api_key).await?),
-            BackendKind::OpenAi => Client::OpenAi(openai::OpenAiBackend::connect(endpoint, model, api_key).await?),
+            BackendKind::Grpc => Client::Grpc(grpc::GrpcBackend::connect(endpoint, options).await?),
+            BackendKind::OpenAi => Client::OpenAi(openai::OpenAiBackend::connect(endpoint, options).await?),
         })
     }
 

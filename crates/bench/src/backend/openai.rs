@@ -12,24 +12,27 @@ use anyhow::{bail, Context};
 use serde_json::{json, Value};
 
 use super::http::Target;
-use super::{ServerUsage, Timeline};
+use super::{ClientOptions, ServerUsage, Timeline};
 use crate::metrics::RequestRecord;
 use crate::workload::{Prompt, RequestSpec};
 
 pub struct OpenAiBackend {
     target: Target,
     pub model: String,
+    /// `response_format` of every request, for a JSON Schema.
+    response_format: Option<Value>,
 }
 
 impl OpenAiBackend {
     /// Checks the server answers `GET /v1/models`; without `model`, uses the first one listed.
-    pub async fn connect(
-        endpoint: &str,
-        model: Option<String>,
-        api_key: Option<&str>,
-    ) -> anyhow::Result<OpenAiBackend> {
-        let target =
-            Target { bearer: api_key.map(String::from), ..Target::parse(endpoint).map_err(anyhow::Error::msg)? };
+    pub async fn connect(endpoint: &str, options: &ClientOptions) -> anyhow::Result<OpenAiBackend> {
+        let parsed = Target::parse(endpoint).map_err(anyhow::Error::msg)?;
+        let target = Target { bearer: options.api_key.clone(), ..parsed };
+        let model = options.model.clone();
+        let response_format = options
+            .json_schema
+            .as_ref()
+            .map(|schema| json!({"type": "json_schema", "json_schema": {"name": "bench", "schema": schema}}));
         let response =
             target.request("GET", "/v1/models", None).await.with_context(|| format!("connecting to {endpoint}"))?;
         let status = response.status;
@@ -48,7 +51,7 @@ impl OpenAiBackend {
                     .to_string()
             }
         };
-        Ok(OpenAiBackend { target, model })
+        Ok(OpenAiBackend { target, model, response_format })
     }
 
     fn body(&self, req: &RequestSpec) -> Vec<u8> {
@@ -56,7 +59,7 @@ impl OpenAiBackend {
             Prompt::TokenIds(ids) => json!(ids),
             Prompt::Text { text, .. } => json!(text),
         };
-        json!({
+        let mut body = json!({
             "model": self.model,
             "prompt": prompt,
             "max_tokens": req.max_tokens,
@@ -64,9 +67,11 @@ impl OpenAiBackend {
             "ignore_eos": true,
             "stream": true,
             "stream_options": {"include_usage": true},
-        })
-        .to_string()
-        .into_bytes()
+        });
+        if let Some(rf) = &self.response_format {
+            body["response_format"] = rf.clone();
+        }
+        body.to_string().into_bytes()
     }
 
     pub(crate) async fn send(&self, req: &RequestSpec, mut timeline: Timeline) -> RequestRecord {
