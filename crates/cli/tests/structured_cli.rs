@@ -169,3 +169,89 @@ fn constrained_outputs_are_valid_streamed_sampled_and_on_every_layout() {
     assert_eq!(constrained_outputs(&group.http), want, "tp 2 pp 2");
     assert!(group.stop().code().is_some(), "SIGTERM ends the group (bounded wait)");
 }
+
+fn weather_tools() -> Value {
+    json!([{"type": "function", "function": {"name": "get_weather", "description": "Current weather in a city",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string", "maxLength": 30},
+            "unit": {"enum": ["celsius", "fahrenheit"]}}, "required": ["city", "unit"], "additionalProperties": false}}},
+        {"type": "function", "function": {"name": "get_time", "parameters": {"type": "object",
+            "properties": {"zone": {"type": "string", "maxLength": 20}}, "required": ["zone"]}}}])
+}
+
+/// A call's arguments, parsed and checked against `get_weather`'s schema by hand.
+fn check_weather_call(call: &Value) {
+    assert_eq!(call["type"], "function", "{call}");
+    assert!(call["id"].as_str().is_some_and(|id| id.starts_with("call_")), "{call}");
+    let args: Value = serde_json::from_str(call["function"]["arguments"].as_str().unwrap()).unwrap();
+    match call["function"]["name"].as_str().unwrap() {
+        "get_weather" => {
+            assert!(args["city"].as_str().is_some_and(|c| c.chars().count() <= 30), "{args}");
+            assert!(["celsius", "fahrenheit"].contains(&args["unit"].as_str().unwrap()), "{args}");
+        }
+        "get_time" => assert!(args["zone"].is_string(), "{args}"),
+        other => panic!("unknown tool {other}"),
+    }
+}
+
+#[test]
+fn tool_calls_come_back_valid_streamed_or_not() {
+    let server = Server::start(&["serve", "--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"]);
+    let ask = |choice: Value, stream: bool| {
+        json!({"messages": [{"role": "user", "content": "What is the weather in Paris?"}], "max_tokens": 80,
+            "temperature": 0, "tools": weather_tools(), "tool_choice": choice, "stream": stream})
+    };
+    let named = json!({"type": "function", "function": {"name": "get_weather"}});
+    for choice in [json!("required"), named.clone()] {
+        let v = post(&server.http, "/v1/chat/completions", &ask(choice.clone(), false));
+        let c = &v["choices"][0];
+        assert_eq!(c["finish_reason"], "tool_calls", "{choice}: {v}");
+        assert!(c["message"]["content"].is_null(), "{v}");
+        let calls = c["message"]["tool_calls"].as_array().unwrap();
+        assert_eq!(calls.len(), 1);
+        check_weather_call(&calls[0]);
+        if choice == named {
+            assert_eq!(calls[0]["function"]["name"], "get_weather");
+        }
+        // Streamed: the deltas carry the same call.
+        let (status, raw) =
+            http(&server.http, "POST", "/v1/chat/completions", Some(&ask(choice.clone(), true).to_string()), None);
+        assert_eq!(status, 200, "{raw}");
+        let chunks: Vec<Value> =
+            raw.lines().filter_map(|l| l.strip_prefix("data: ")).filter_map(|d| serde_json::from_str(d).ok()).collect();
+        let streamed: Vec<Value> = chunks
+            .iter()
+            .filter_map(|c| c["choices"][0]["delta"]["tool_calls"][0].as_object().cloned().map(Value::Object))
+            .collect();
+        assert_eq!(streamed.len(), 1, "{raw}");
+        assert_eq!(streamed[0]["function"], calls[0]["function"], "streamed and whole calls agree");
+        assert!(chunks.iter().any(|c| c["choices"][0]["finish_reason"] == "tool_calls"), "{raw}");
+    }
+    // auto: a call or text, never a malformed call; none: plain text.
+    for choice in [json!("auto"), json!("none")] {
+        let v = post(&server.http, "/v1/chat/completions", &ask(choice.clone(), false));
+        let m = &v["choices"][0]["message"];
+        match m["tool_calls"].as_array() {
+            Some(calls) => calls.iter().for_each(check_weather_call),
+            None => assert!(!m["content"].as_str().unwrap().trim_start().starts_with('{'), "{choice}: {v}"),
+        }
+    }
+    // The call and its result go back in as history.
+    let follow_up = json!({"messages": [
+        {"role": "user", "content": "What is the weather in Paris?"},
+        {"role": "assistant", "content": null, "tool_calls": [{"id": "call_1", "type": "function",
+            "function": {"name": "get_weather", "arguments": "{\"city\": \"Paris\", \"unit\": \"celsius\"}"}}]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "18 degrees and sunny"}],
+        "max_tokens": 20, "temperature": 0, "tools": weather_tools(), "tool_choice": "none"});
+    let v = post(&server.http, "/v1/chat/completions", &follow_up);
+    assert!(v["choices"][0]["message"]["content"].is_string(), "{v}");
+    for (choice, needle) in [
+        (json!("sometimes"), "tool_choice `sometimes`"),
+        (json!({"type": "function", "function": {"name": "nope"}}), "not among the tools"),
+    ] {
+        let (status, text) =
+            http(&server.http, "POST", "/v1/chat/completions", Some(&ask(choice, false).to_string()), None);
+        assert_eq!(status, 400, "{text}");
+        assert!(text.contains(needle), "{text}");
+    }
+    assert!(server.stop().success());
+}

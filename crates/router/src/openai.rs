@@ -181,6 +181,9 @@ pub struct ChatMessageIn {
     pub role: String,
     #[serde(default)]
     pub content: MessageContent,
+    /// An assistant turn's calls (rendered back into the prompt as the call JSON).
+    #[serde(default)]
+    pub tool_calls: Option<Vec<Value>>,
 }
 
 /// Body of `POST /v1/chat/completions`.
@@ -208,6 +211,8 @@ pub struct ChatCompletionRequest {
     pub frequency_penalty: Option<f32>,
     pub logit_bias: Option<serde_json::Map<String, Value>>,
     pub tools: Option<Vec<Value>>,
+    /// `none`, `auto`, `required` or `{"type": "function", "function": {"name": …}}`.
+    pub tool_choice: Option<Value>,
     /// `{"type": "text" | "json_object" | "json_schema", "json_schema": {"schema": …}}`.
     pub response_format: Option<Value>,
     /// vLLM's structured-output extras: a JSON schema, a regex, a list of choices, a Lark
@@ -311,7 +316,28 @@ pub struct ChatLogprobs {
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct ChatMessageOut {
     pub role: &'static str,
-    pub content: String,
+    /// `null` when the message is a tool call.
+    pub content: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<Vec<ToolCallOut>>,
+}
+
+/// One function call of a message (`index` only in stream deltas).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ToolCallOut {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub index: Option<usize>,
+    pub id: String,
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub function: FunctionCallOut,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct FunctionCallOut {
+    pub name: String,
+    /// The arguments as JSON text.
+    pub arguments: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -338,6 +364,8 @@ pub struct ChatDelta {
     pub role: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub content: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<Vec<ToolCallOut>>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]

@@ -149,3 +149,16 @@ fn malformed_constraints_are_refused_naming_their_kind() {
         }
     }
 }
+
+#[test]
+fn a_lark_grammar_can_offer_free_text_or_a_json_call() {
+    let tok = tokenizer();
+    let grammars = Grammars::new(Arc::clone(&tok), VOCAB).unwrap();
+    let schema = json!({"type": "object", "properties": {"name": {"const": "f"}, "arguments": {"type": "object"}},
+        "required": ["name", "arguments"], "additionalProperties": false});
+    let lark = format!("start: call | text\ncall: %json {schema}\ntext: /[^{{][\\s\\S]*/");
+    let mut guide = grammars.guide(&Constraint::Grammar(lark)).unwrap();
+    let mask = guide.allowed().unwrap();
+    assert!(mask.allows(tok.encode("{", false).unwrap()[0]));
+    assert!(mask.allows(tok.encode("Hello", false).unwrap()[0]));
+}

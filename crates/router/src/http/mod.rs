@@ -41,12 +41,13 @@ mod logprobs;
 mod params;
 mod stream;
 mod structured;
+mod tools;
 
 use error::parse_body;
 pub use error::ApiError;
 use logprobs::{chat_logprobs, push_completion_logprobs};
 use params::{chat_prompt_and_params, collect_all, completion_prompt_and_params, stream_mode};
-use stream::{sse, ChatChunks, CompletionChunks};
+use stream::{sse, ChatChunks, CompletionChunks, Held};
 
 /// Largest request body accepted (long token-id prompts are verbose JSON).
 const MAX_BODY_BYTES: usize = 32 << 20;
@@ -184,13 +185,15 @@ async fn chat_completions(State(s): State<Arc<AppState>>, body: Bytes) -> Result
     let req: ChatCompletionRequest = parse_body(&body)?;
     s.check_model(req.model.as_deref())?;
     let (stream, include_usage) = stream_mode(req.stream, &req.stream_options)?;
-    let (prompt, samples) = chat_prompt_and_params(&req, &s.info)?;
+    let (prompt, samples, tools) = chat_prompt_and_params(&req, &s.info)?;
     let subs = s.handle.submit_samples(prompt, samples).await?;
     let id = response_id("chatcmpl");
     let created = unix_now();
     let model = s.info.model_id.clone();
     if stream {
-        let format = ChatChunks { id, created, model, include_usage, tokenizer: Arc::clone(&s.info.tokenizer) };
+        let tokenizer = Arc::clone(&s.info.tokenizer);
+        let held = vec![Held::Undecided; subs.len()];
+        let format = ChatChunks { id, created, model, include_usage, tokenizer, tools, held };
         let first = (0..subs.len()).map(|index| format.role_chunk(index)).collect();
         return Ok(sse(subs, format, first));
     }
@@ -199,11 +202,20 @@ async fn chat_completions(State(s): State<Arc<AppState>>, body: Bytes) -> Result
     let choices = outs
         .into_iter()
         .enumerate()
-        .map(|(index, out)| ChatChoice {
-            index,
-            logprobs: out.logprobs.as_ref().map(|entries| chat_logprobs(&s.info.tokenizer, entries)),
-            finish_reason: Some(out.finish_reason.as_str()),
-            message: ChatMessageOut { role: "assistant", content: out.text },
+        .map(|(index, out)| {
+            let logprobs = out.logprobs.as_ref().map(|entries| chat_logprobs(&s.info.tokenizer, entries));
+            let call = tools.as_ref().and_then(|t| t.parse_call(&out.text));
+            let (message, finish_reason) = match call {
+                Some(call) => (
+                    ChatMessageOut { role: "assistant", content: None, tool_calls: Some(vec![call.out(None)]) },
+                    "tool_calls",
+                ),
+                None => (
+                    ChatMessageOut { role: "assistant", content: Some(out.text), tool_calls: None },
+                    out.finish_reason.as_str(),
+                ),
+            };
+            ChatChoice { index, logprobs, finish_reason: Some(finish_reason), message }
         })
         .collect();
     Ok(Json(ChatCompletionResponse { id, object: "chat.completion", created, model, choices, usage }).into_response())

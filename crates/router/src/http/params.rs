@@ -7,6 +7,7 @@ use shardline_tokenizer::{ChatMessage, Prompt};
 
 use super::error::ApiError;
 use super::structured::StructuredFields;
+use super::tools::ToolSet;
 use crate::engine_core::{CoreEvent, Submitted};
 use crate::error::RouterError;
 use crate::openai::{ChatCompletionRequest, CompletionRequest, PromptInput, StopInput, StreamOptions};
@@ -174,13 +175,11 @@ pub(super) fn completion_prompt_and_params(
 pub(super) fn chat_prompt_and_params(
     req: &ChatCompletionRequest,
     info: &ServerInfo,
-) -> Result<(Vec<u32>, Vec<SamplingParams>), ApiError> {
+) -> Result<(Vec<u32>, Vec<SamplingParams>, Option<ToolSet>), ApiError> {
     if req.messages.is_empty() {
         return Err(ApiError::bad_request("messages must not be empty").with_param("messages"));
     }
-    if req.tools.as_ref().is_some_and(|t| !t.is_empty()) {
-        return Err(ApiError::bad_request("tools are not supported").with_param("tools"));
-    }
+    let tools = ToolSet::parse(&req.tools, &req.tool_choice)?;
     let logprobs = match (req.logprobs.unwrap_or(false), req.top_logprobs) {
         (false, Some(k)) if k > 0 => {
             return Err(ApiError::bad_request("top_logprobs requires logprobs = true").with_param("top_logprobs"))
@@ -201,8 +200,10 @@ pub(super) fn chat_prompt_and_params(
             "this model has no chat template; use /v1/completions with a formatted prompt",
         ));
     }
-    let messages: Vec<ChatMessage> =
-        req.messages.iter().map(|m| ChatMessage::new(m.role.clone(), m.content.0.clone())).collect();
+    let mut messages: Vec<ChatMessage> = req.messages.iter().map(history_message).collect();
+    if let Some(tools) = &tools {
+        messages.insert(0, ChatMessage::new("system".to_string(), tools.system_prompt()));
+    }
     // Rendering here turns template errors (e.g. a role the template refuses) into 400s.
     let rendered = tok.apply_chat_template(&messages, true).map_err(|e| {
         ApiError::bad_request(format!("the chat template failed on these messages: {e}")).with_param("messages")
@@ -216,7 +217,28 @@ pub(super) fn chat_prompt_and_params(
     let knobs = knobs!(req);
     let mut params = knobs.params(max_tokens, logprobs)?;
     params.constraint = structured!(req).constraint()?;
-    Ok((ids, knobs.samples(params)))
+    if let Some(tools) = &tools {
+        if params.constraint.is_some() {
+            return Err(ApiError::bad_request("give tools or a structured-output constraint, not both"));
+        }
+        params.constraint = Some(tools.constraint());
+    }
+    Ok((ids, knobs.samples(params), tools))
+}
+
+/// A history message as the template sees it: an assistant turn that called a tool shows
+/// the call as the JSON the model wrote.
+fn history_message(m: &crate::openai::ChatMessageIn) -> ChatMessage {
+    let call = m.tool_calls.as_ref().and_then(|calls| calls.first()).and_then(|c| c.get("function"));
+    let content = match call {
+        Some(f) => {
+            let arguments = f.get("arguments").and_then(|a| a.as_str()).and_then(|a| serde_json::from_str(a).ok());
+            serde_json::json!({"name": f.get("name"), "arguments": arguments.unwrap_or_else(|| serde_json::json!({}))})
+                .to_string()
+        }
+        None => m.content.0.clone(),
+    };
+    ChatMessage::new(m.role.clone(), content)
 }
 
 /// Waits for every sample's result, in order (they run at once in the engine).

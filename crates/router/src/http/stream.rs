@@ -15,10 +15,12 @@ use tokio_stream::Stream;
 
 use super::error::ApiError;
 use super::logprobs::{chat_logprobs, push_completion_logprobs};
+use super::tools::ToolSet;
 use crate::engine_core::{CoreEvent, Submitted};
 use crate::error::RouterError;
 use crate::openai::{
-    ChatChunkChoice, ChatCompletionChunk, ChatDelta, CompletionChoice, CompletionLogprobs, CompletionResponse, Usage,
+    ChatChunkChoice, ChatCompletionChunk, ChatDelta, ChatLogprobs, CompletionChoice, CompletionLogprobs,
+    CompletionResponse, Usage,
 };
 
 pub(super) fn json_event<T: Serialize>(v: &T) -> Event {
@@ -169,12 +171,25 @@ impl ChunkFormat for CompletionChunks {
     }
 }
 
+/// Whether a chat choice's text streams or is held back as a possible tool call.
+#[derive(Clone, Debug, PartialEq)]
+pub(super) enum Held {
+    /// No text yet (with tools in auto mode, the first byte decides).
+    Undecided,
+    Streaming,
+    /// Held back until the end, where it becomes a call (or, if it is none, content).
+    Holding(String),
+}
+
 pub(super) struct ChatChunks {
     pub(super) id: String,
     pub(super) created: u64,
     pub(super) model: String,
     pub(super) include_usage: bool,
     pub(super) tokenizer: Arc<Tokenizer>,
+    pub(super) tools: Option<ToolSet>,
+    /// Per choice.
+    pub(super) held: Vec<Held>,
 }
 
 impl ChatChunks {
@@ -191,22 +206,48 @@ impl ChatChunks {
 
     /// The first chunk of choice `index`: the assistant's role.
     pub(super) fn role_chunk(&self, index: usize) -> Event {
-        let delta = ChatDelta { role: Some("assistant"), content: Some(String::new()) };
+        let delta = ChatDelta { role: Some("assistant"), content: Some(String::new()), tool_calls: None };
         self.chunk(vec![ChatChunkChoice { index, delta, logprobs: None, finish_reason: None }], None)
+    }
+
+    fn content(&self, index: usize, text: String, logprobs: Option<ChatLogprobs>) -> Event {
+        let delta = ChatDelta { role: None, content: Some(text), tool_calls: None };
+        self.chunk(vec![ChatChunkChoice { index, delta, logprobs, finish_reason: None }], None)
     }
 }
 
 impl ChunkFormat for ChatChunks {
     fn token(&mut self, index: usize, text: String, logprobs: Option<TokenLogprobs>, out: &mut VecDeque<Event>) {
         let logprobs = logprobs.map(|e| chat_logprobs(&self.tokenizer, std::slice::from_ref(&e)));
-        let delta = ChatDelta { role: None, content: Some(text) };
-        out.push_back(self.chunk(vec![ChatChunkChoice { index, delta, logprobs, finish_reason: None }], None));
+        if let (Some(tools), Held::Undecided) = (&self.tools, &self.held[index]) {
+            if text.is_empty() {
+                return;
+            }
+            let call = tools.always_calls() || text.trim_start().starts_with('{');
+            self.held[index] = if call { Held::Holding(String::new()) } else { Held::Streaming };
+        }
+        match &mut self.held[index] {
+            Held::Holding(buffer) => buffer.push_str(&text),
+            Held::Undecided | Held::Streaming => out.push_back(self.content(index, text, logprobs)),
+        }
     }
 
     fn finished(&mut self, index: usize, result: &GenerationOutput, out: &mut VecDeque<Event>) {
-        let reason = Some(result.finish_reason.as_str());
+        let mut reason = result.finish_reason.as_str();
+        if let Held::Holding(text) = std::mem::replace(&mut self.held[index], Held::Streaming) {
+            match self.tools.as_ref().and_then(|t| t.parse_call(&text)) {
+                Some(call) => {
+                    let delta = ChatDelta { role: None, content: None, tool_calls: Some(vec![call.out(Some(0))]) };
+                    out.push_back(
+                        self.chunk(vec![ChatChunkChoice { index, delta, logprobs: None, finish_reason: None }], None),
+                    );
+                    reason = "tool_calls";
+                }
+                None => out.push_back(self.content(index, text, None)),
+            }
+        }
         out.push_back(self.chunk(
-            vec![ChatChunkChoice { index, delta: ChatDelta::default(), logprobs: None, finish_reason: reason }],
+            vec![ChatChunkChoice { index, delta: ChatDelta::default(), logprobs: None, finish_reason: Some(reason) }],
             None,
         ));
     }
