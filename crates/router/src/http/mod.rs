@@ -46,7 +46,7 @@ mod tools;
 use error::parse_body;
 pub use error::ApiError;
 use logprobs::{chat_logprobs, push_completion_logprobs};
-use params::{chat_prompt_and_params, collect_all, completion_prompt_and_params, stream_mode};
+use params::{chat_prompt_and_params, collect_all, completion_prompt_and_params, stream_mode, ChatPlan};
 use stream::{sse, ChatChunks, CompletionChunks, Held};
 
 /// Largest request body accepted (long token-id prompts are verbose JSON).
@@ -185,7 +185,7 @@ async fn chat_completions(State(s): State<Arc<AppState>>, body: Bytes) -> Result
     let req: ChatCompletionRequest = parse_body(&body)?;
     s.check_model(req.model.as_deref())?;
     let (stream, include_usage) = stream_mode(req.stream, &req.stream_options)?;
-    let (prompt, samples, tools) = chat_prompt_and_params(&req, &s.info)?;
+    let ChatPlan { prompt, samples, tools } = chat_prompt_and_params(&req, &s.info)?;
     let subs = s.handle.submit_samples(prompt, samples).await?;
     let id = response_id("chatcmpl");
     let created = unix_now();

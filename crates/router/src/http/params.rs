@@ -172,10 +172,15 @@ pub(super) fn completion_prompt_and_params(
     Ok((ids, knobs.samples(params)))
 }
 
-pub(super) fn chat_prompt_and_params(
-    req: &ChatCompletionRequest,
-    info: &ServerInfo,
-) -> Result<(Vec<u32>, Vec<SamplingParams>, Option<ToolSet>), ApiError> {
+/// A chat request made ready for the engine.
+pub(super) struct ChatPlan {
+    pub(super) prompt: Vec<u32>,
+    /// One per choice (`n`).
+    pub(super) samples: Vec<SamplingParams>,
+    pub(super) tools: Option<ToolSet>,
+}
+
+pub(super) fn chat_prompt_and_params(req: &ChatCompletionRequest, info: &ServerInfo) -> Result<ChatPlan, ApiError> {
     if req.messages.is_empty() {
         return Err(ApiError::bad_request("messages must not be empty").with_param("messages"));
     }
@@ -223,7 +228,7 @@ pub(super) fn chat_prompt_and_params(
         }
         params.constraint = Some(tools.constraint());
     }
-    Ok((ids, knobs.samples(params), tools))
+    Ok(ChatPlan { prompt: ids, samples: knobs.samples(params), tools })
 }
 
 /// A history message as the template sees it: an assistant turn that called a tool shows
