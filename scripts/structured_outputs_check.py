@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
 """Structured outputs through the official `openai` client: 30 varied JSON schemas (nested
 objects, arrays, enums, bounded numbers, optional fields, patterns) sent as
-`response_format: {"type": "json_schema", ...}` to a running `shardline serve`. Every output must
-parse and validate with the `jsonschema` package. Prints one line per schema and a summary, and
-exits non-zero on any failure.
+`response_format: {"type": "json_schema", ...}` to a running `shardline serve`, then tool calls
+(required, named, auto; streamed and not). Every output and every call's arguments must parse
+and validate with the `jsonschema` package. Prints one line per check and a summary, and exits
+non-zero on any failure.
 
 Not run in CI (needs `openai` and `jsonschema`). Usage:
     python3 -m venv .venv-dev && .venv-dev/bin/pip install openai jsonschema
@@ -98,7 +99,56 @@ def main():
                 length += 1
             print(f"FAIL  {name:16} {finish:6} {text!r}: {e}")
     print(f"\n{valid}/{len(SCHEMAS)} outputs parse and validate ({length} cut off by max_tokens)")
-    return 0 if valid == len(SCHEMAS) else 1
+    calls_ok = check_tools(client, model)
+    return 0 if valid == len(SCHEMAS) and calls_ok else 1
+
+
+TOOLS = [
+    {"type": "function", "function": {"name": "get_weather", "description": "Current weather in a city",
+     "parameters": obj({"city": S(maxLength=30), "unit": {"enum": ["celsius", "fahrenheit"]}})}},
+    {"type": "function", "function": {"name": "add", "description": "Add two integers",
+     "parameters": obj({"a": I(), "b": I()})}},
+]
+
+
+def check_tools(client, model):
+    """Tool calls, whole and streamed: each assembles into arguments valid for the named tool."""
+    schemas = {t["function"]["name"]: t["function"]["parameters"] for t in TOOLS}
+    ok = True
+    for prompt, choice in [("What is the weather in Oslo?", "required"),
+                           ("What is 2 plus 40?", {"type": "function", "function": {"name": "add"}}),
+                           ("What is the weather in Rome?", "auto")]:
+        for stream in (False, True):
+            args = dict(model=model, messages=[{"role": "user", "content": prompt}], tools=TOOLS,
+                        tool_choice=choice, max_tokens=80, temperature=0)
+            if stream:
+                name, arguments, content, finish = None, "", "", None
+                for chunk in client.chat.completions.create(stream=True, **args):
+                    d = chunk.choices[0].delta if chunk.choices else None
+                    for call in (d.tool_calls or []) if d else []:
+                        name = call.function.name or name
+                        arguments += call.function.arguments or ""
+                    content += (d.content or "") if d else ""
+                    finish = (chunk.choices[0].finish_reason if chunk.choices else None) or finish
+            else:
+                m = client.chat.completions.create(**args)
+                msg, finish = m.choices[0].message, m.choices[0].finish_reason
+                call = (msg.tool_calls or [None])[0]
+                name, arguments, content = (call.function.name, call.function.arguments, msg.content) if call else (None, "", msg.content)
+            label = f"tools {json.dumps(choice)[:24]:24} {'stream' if stream else 'whole ':6}"
+            if name is None:
+                good = choice == "auto" and not (content or "").lstrip().startswith("{")
+                print(f"{'ok  ' if good else 'FAIL'}  {label} text: {content!r}")
+                ok &= good
+                continue
+            try:
+                jsonschema.validate(json.loads(arguments), schemas[name])
+                assert finish == "tool_calls", finish
+                print(f"ok    {label} {name}({arguments})")
+            except Exception as e:  # noqa: BLE001
+                ok = False
+                print(f"FAIL  {label} {name}({arguments!r}): {e}")
+    return ok
 
 
 if __name__ == "__main__":
