@@ -97,6 +97,20 @@ pub struct StreamOptions {
     pub include_usage: Option<bool>,
 }
 
+/// The structured-output fields of both endpoints.
+#[derive(Clone, Debug, Default, Deserialize)]
+pub struct StructuredOutputFields {
+    /// `{"type": "text" | "json_object" | "json_schema", "json_schema": {"schema": …}}`.
+    pub response_format: Option<Value>,
+    /// vLLM's structured-output extras: a JSON schema, a regex, a list of choices, a Lark
+    /// grammar; or all of them under `structured_outputs` (`json`, `regex`, `choice`, `grammar`).
+    pub guided_json: Option<Value>,
+    pub guided_regex: Option<String>,
+    pub guided_choice: Option<Vec<String>>,
+    pub guided_grammar: Option<String>,
+    pub structured_outputs: Option<Value>,
+}
+
 /// Body of `POST /v1/completions`.
 #[derive(Clone, Debug, Deserialize)]
 pub struct CompletionRequest {
@@ -123,15 +137,9 @@ pub struct CompletionRequest {
     pub presence_penalty: Option<f32>,
     pub frequency_penalty: Option<f32>,
     pub logit_bias: Option<serde_json::Map<String, Value>>,
-    /// `{"type": "text" | "json_object" | "json_schema", "json_schema": {"schema": …}}`.
-    pub response_format: Option<Value>,
-    /// vLLM's structured-output extras: a JSON schema, a regex, a list of choices, a Lark
-    /// grammar; or all of them under `structured_outputs` (`json`, `regex`, `choice`, `grammar`).
-    pub guided_json: Option<Value>,
-    pub guided_regex: Option<String>,
-    pub guided_choice: Option<Vec<String>>,
-    pub guided_grammar: Option<String>,
-    pub structured_outputs: Option<Value>,
+    /// Structured outputs (`response_format`, vLLM's `guided_*`, `structured_outputs`).
+    #[serde(flatten)]
+    pub structured: StructuredOutputFields,
     pub stream: Option<bool>,
     pub stream_options: Option<StreamOptions>,
 }
@@ -213,15 +221,9 @@ pub struct ChatCompletionRequest {
     pub tools: Option<Vec<Value>>,
     /// `none`, `auto`, `required` or `{"type": "function", "function": {"name": …}}`.
     pub tool_choice: Option<Value>,
-    /// `{"type": "text" | "json_object" | "json_schema", "json_schema": {"schema": …}}`.
-    pub response_format: Option<Value>,
-    /// vLLM's structured-output extras: a JSON schema, a regex, a list of choices, a Lark
-    /// grammar; or all of them under `structured_outputs` (`json`, `regex`, `choice`, `grammar`).
-    pub guided_json: Option<Value>,
-    pub guided_regex: Option<String>,
-    pub guided_choice: Option<Vec<String>>,
-    pub guided_grammar: Option<String>,
-    pub structured_outputs: Option<Value>,
+    /// Structured outputs (`response_format`, vLLM's `guided_*`, `structured_outputs`).
+    #[serde(flatten)]
+    pub structured: StructuredOutputFields,
     pub stream: Option<bool>,
     pub stream_options: Option<StreamOptions>,
 }

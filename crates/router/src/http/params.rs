@@ -6,7 +6,7 @@ use shardline_sampling::SamplingParams;
 use shardline_tokenizer::{ChatMessage, Prompt};
 
 use super::error::ApiError;
-use super::structured::StructuredFields;
+use super::structured::constraint;
 use super::tools::ToolSet;
 use crate::engine_core::{CoreEvent, Submitted};
 use crate::error::RouterError;
@@ -37,20 +37,6 @@ macro_rules! knobs {
 
 /// Most samples one request may ask for (`n`).
 const MAX_N: usize = 64;
-
-/// The structured-output fields of a completion or chat-completion request.
-macro_rules! structured {
-    ($req:expr) => {
-        StructuredFields {
-            response_format: &$req.response_format,
-            guided_json: &$req.guided_json,
-            guided_regex: &$req.guided_regex,
-            guided_choice: &$req.guided_choice,
-            guided_grammar: &$req.guided_grammar,
-            structured_outputs: &$req.structured_outputs,
-        }
-    };
-}
 
 /// The sampling fields both endpoints share.
 pub(super) struct Knobs<'a> {
@@ -167,7 +153,7 @@ pub(super) fn completion_prompt_and_params(
     .ok_or_else(|| ApiError::bad_request("the prompt is empty").with_param("prompt"))?;
     let knobs = knobs!(req);
     let mut params = knobs.params(req.max_tokens.unwrap_or(16), req.logprobs)?;
-    params.constraint = structured!(req).constraint()?;
+    params.constraint = constraint(&req.structured)?;
     let ids = info.encode(&prompt).map_err(|e| ApiError::from(e).with_param("prompt"))?;
     Ok((ids, knobs.samples(params)))
 }
@@ -221,7 +207,7 @@ pub(super) fn chat_prompt_and_params(req: &ChatCompletionRequest, info: &ServerI
         .unwrap_or_else(|| info.limits.max_request_tokens().saturating_sub(ids.len()).max(1));
     let knobs = knobs!(req);
     let mut params = knobs.params(max_tokens, logprobs)?;
-    params.constraint = structured!(req).constraint()?;
+    params.constraint = constraint(&req.structured)?;
     if let Some(tools) = &tools {
         if params.constraint.is_some() {
             return Err(ApiError::bad_request("give tools or a structured-output constraint, not both"));

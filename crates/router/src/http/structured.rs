@@ -7,16 +7,7 @@ use serde_json::Value;
 use shardline_structured::Constraint;
 
 use super::error::ApiError;
-
-/// The fields both endpoints carry.
-pub(super) struct StructuredFields<'a> {
-    pub(super) response_format: &'a Option<Value>,
-    pub(super) guided_json: &'a Option<Value>,
-    pub(super) guided_regex: &'a Option<String>,
-    pub(super) guided_choice: &'a Option<Vec<String>>,
-    pub(super) guided_grammar: &'a Option<String>,
-    pub(super) structured_outputs: &'a Option<Value>,
-}
+use crate::openai::StructuredOutputFields;
 
 fn bad(param: &str, message: String) -> ApiError {
     ApiError::bad_request(message).with_param(param)
@@ -72,25 +63,23 @@ fn structured_outputs(v: &Value) -> Result<Vec<Constraint>, ApiError> {
     Ok(found)
 }
 
-impl StructuredFields<'_> {
-    /// The request's constraint, if any; more than one is an error.
-    pub(super) fn constraint(&self) -> Result<Option<Constraint>, ApiError> {
-        let mut found: Vec<Constraint> = Vec::new();
-        if let Some(rf) = self.response_format {
-            found.extend(response_format(rf)?);
-        }
-        if let Some(v) = self.guided_json {
-            found.push(schema("guided_json", v)?);
-        }
-        found.extend(self.guided_regex.clone().map(Constraint::Regex));
-        found.extend(self.guided_choice.clone().map(Constraint::Choice));
-        found.extend(self.guided_grammar.clone().map(Constraint::Grammar));
-        if let Some(v) = self.structured_outputs {
-            found.extend(structured_outputs(v)?);
-        }
-        match found.len() {
-            0 | 1 => Ok(found.pop()),
-            _ => Err(ApiError::bad_request("give one structured-output constraint, not several")),
-        }
+/// The request's constraint, if any; more than one is an error.
+pub(super) fn constraint(f: &StructuredOutputFields) -> Result<Option<Constraint>, ApiError> {
+    let mut found: Vec<Constraint> = Vec::new();
+    if let Some(rf) = &f.response_format {
+        found.extend(response_format(rf)?);
+    }
+    if let Some(v) = &f.guided_json {
+        found.push(schema("guided_json", v)?);
+    }
+    found.extend(f.guided_regex.clone().map(Constraint::Regex));
+    found.extend(f.guided_choice.clone().map(Constraint::Choice));
+    found.extend(f.guided_grammar.clone().map(Constraint::Grammar));
+    if let Some(v) = &f.structured_outputs {
+        found.extend(structured_outputs(v)?);
+    }
+    match found.len() {
+        0 | 1 => Ok(found.pop()),
+        _ => Err(ApiError::bad_request("give one structured-output constraint, not several")),
     }
 }
