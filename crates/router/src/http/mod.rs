@@ -10,7 +10,8 @@
 //! Defaults: completions `max_tokens` 16 (OpenAI's); chat without `max_tokens` /
 //! `max_completion_tokens` may use the rest of the context, `min(max_model_len, KV cache
 //! tokens) - prompt tokens`, as vLLM does. `n` samples (up to 64) share the prompt's K/V
-//! through the prefix cache; `echo`, `best_of > 1`, `suffix` and `tools` are refused.
+//! through the prefix cache. Structured outputs ([`structured`]) and tool calls ([`tools`])
+//! become a constraint the engine enforces; `echo`, `best_of > 1` and `suffix` are refused.
 //!
 //! A stream owns its request's [`Submitted`]: when the client disconnects, hyper drops the
 //! response body, the receiver goes with it and the core aborts the request before its next
