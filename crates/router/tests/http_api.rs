@@ -226,7 +226,7 @@ async fn bad_requests_are_400s_with_openai_errors_and_the_server_keeps_serving()
             ("/v1/completions", br#"{"prompt": [1, -2]}"#.to_vec(), 400, "non-negative"),
             ("/v1/completions", br#"{"prompt": "hi", "n": 0}"#.to_vec(), 400, "n must be in [1, 64]"),
             ("/v1/completions", br#"{"prompt": "hi", "n": 65}"#.to_vec(), 400, "n must be in [1, 64]"),
-            ("/v1/completions", br#"{"prompt": "hi", "echo": true}"#.to_vec(), 400, "echo"),
+            ("/v1/completions", br#"{"prompt": "hi", "echo": true, "logprobs": 1}"#.to_vec(), 400, "echo"),
             ("/v1/completions", br#"{"prompt": "hi", "presence_penalty": 2.5}"#.to_vec(), 400, "presence_penalty"),
             ("/v1/completions", br#"{"prompt": "hi", "frequency_penalty": -3}"#.to_vec(), 400, "frequency_penalty"),
             ("/v1/completions", br#"{"prompt": "hi", "logit_bias": {"abc": 1}}"#.to_vec(), 400, "token ids"),
@@ -323,6 +323,35 @@ async fn bad_requests_are_400s_with_openai_errors_and_the_server_keeps_serving()
         // Still serving.
         let v = post_ok(addr, "/v1/completions", &json!({"prompt": "hi", "max_tokens": 3, "ignore_eos": true})).await;
         assert_eq!(v["usage"]["completion_tokens"], 3);
+    })
+    .await;
+}
+
+/// `echo` prepends the prompt's text, given as text or as token ids, streamed or not.
+#[tokio::test]
+async fn echo_prepends_the_prompt() {
+    let server = start().await;
+    let addr = server.addr;
+    bounded(async {
+        let v = post_ok(addr, "/v1/completions", &json!({"prompt": "hello there", "max_tokens": 4, "temperature": 0}))
+            .await;
+        let plain = v["choices"][0]["text"].as_str().unwrap().to_string();
+        let body = json!({"prompt": "hello there", "max_tokens": 4, "temperature": 0, "echo": true});
+        let v = post_ok(addr, "/v1/completions", &body).await;
+        assert_eq!(v["choices"][0]["text"], format!("hello there{plain}"));
+        let mut streamed = body.clone();
+        streamed["stream"] = json!(true);
+        let text: String = chunks(&post_stream(addr, "/v1/completions", &streamed).await)
+            .iter()
+            .filter_map(|c| c["choices"][0]["text"].as_str().map(String::from))
+            .collect();
+        assert_eq!(text, format!("hello there{plain}"));
+        let tokenizer = shardline_tokenizer::Tokenizer::from_dir(server.dir.path()).unwrap();
+        let ids = tokenizer.encode("hello there", false).unwrap();
+        let v =
+            post_ok(addr, "/v1/completions", &json!({"prompt": ids, "max_tokens": 4, "temperature": 0, "echo": true}))
+                .await;
+        assert!(v["choices"][0]["text"].as_str().unwrap().starts_with(&tokenizer.decode(&ids, false).unwrap()));
     })
     .await;
 }

@@ -11,7 +11,8 @@
 //! `max_completion_tokens` may use the rest of the context, `min(max_model_len, KV cache
 //! tokens) - prompt tokens`, as vLLM does. `n` samples (up to 64) share the prompt's K/V
 //! through the prefix cache. Structured outputs ([`structured`]) and tool calls ([`tools`])
-//! become a constraint the engine enforces; `echo`, `best_of > 1` and `suffix` are refused.
+//! become a constraint the engine enforces. `echo` prepends the prompt's text (not yet with
+//! logprobs, which would need the prompt's); `best_of > 1` and `suffix` are refused.
 //!
 //! A stream owns its request's [`Submitted`]: when the client disconnects, hyper drops the
 //! response body, the receiver goes with it and the core aborts the request before its next
@@ -33,7 +34,7 @@ use crate::auth::ApiKeys;
 use crate::engine_core::EngineHandle;
 use crate::openai::{
     ChatChoice, ChatCompletionRequest, ChatCompletionResponse, ChatMessageOut, CompletionChoice, CompletionLogprobs,
-    CompletionRequest, CompletionResponse, ModelCard, ModelList, Usage,
+    CompletionRequest, CompletionResponse, ModelCard, ModelList, PromptInput, Usage,
 };
 use crate::ServerInfo;
 
@@ -154,6 +155,14 @@ async fn completions(State(s): State<Arc<AppState>>, body: Bytes) -> Result<Resp
     s.check_model(req.model.as_deref())?;
     let (stream, include_usage) = stream_mode(req.stream, &req.stream_options)?;
     let (prompt, samples) = completion_prompt_and_params(&req, &s.info)?;
+    // `echo`: each choice's text starts with the prompt's.
+    let echo = match (req.echo, &req.prompt) {
+        (Some(true), PromptInput::Text(t)) => t.clone(),
+        (Some(true), PromptInput::Tokens(_)) => {
+            s.info.tokenizer.decode(&prompt, false).map_err(crate::error::RouterError::Prompt)?
+        }
+        _ => String::new(),
+    };
     let subs = s.handle.submit_samples(prompt, samples).await?;
     let id = response_id("cmpl");
     let created = unix_now();
@@ -162,7 +171,16 @@ async fn completions(State(s): State<Arc<AppState>>, body: Bytes) -> Result<Resp
         let tokenizer = Arc::clone(&s.info.tokenizer);
         let offsets = vec![0; subs.len()];
         let format = CompletionChunks { id, created, model, include_usage, tokenizer, offsets };
-        return Ok(sse(subs, format, Vec::new()));
+        let first = match echo.is_empty() {
+            true => Vec::new(),
+            false => (0..subs.len())
+                .map(|index| {
+                    let choice = CompletionChoice { index, text: echo.clone(), logprobs: None, finish_reason: None };
+                    format.chunk(vec![choice], None)
+                })
+                .collect(),
+        };
+        return Ok(sse(subs, format, first));
     }
     let outs = collect_all(subs).await?;
     let usage = Usage::of_samples(&outs);
@@ -175,7 +193,8 @@ async fn completions(State(s): State<Arc<AppState>>, body: Bytes) -> Result<Resp
                 push_completion_logprobs(&s.info.tokenizer, entries, &mut 0, &mut lp);
                 lp
             });
-            CompletionChoice { index, text: out.text, logprobs, finish_reason: Some(out.finish_reason.as_str()) }
+            let text = format!("{echo}{}", out.text);
+            CompletionChoice { index, text, logprobs, finish_reason: Some(out.finish_reason.as_str()) }
         })
         .collect();
     Ok(Json(CompletionResponse { id, object: "text_completion", created, model, choices, usage: Some(usage) })

@@ -135,8 +135,11 @@ pub(super) fn completion_prompt_and_params(
     req: &CompletionRequest,
     info: &ServerInfo,
 ) -> Result<(Vec<u32>, Vec<SamplingParams>), ApiError> {
-    if req.echo == Some(true) {
-        return Err(ApiError::bad_request("echo is not supported").with_param("echo"));
+    if req.echo == Some(true) && req.logprobs.is_some() {
+        return Err(ApiError::bad_request(
+            "echo with logprobs needs the prompt's logprobs, which are not computed yet; use one or the other",
+        )
+        .with_param("echo"));
     }
     if let Some(b) = req.best_of.filter(|&b| b != 1) {
         return Err(ApiError::bad_request(format!("best_of = {b} is not supported")).with_param("best_of"));
