@@ -260,7 +260,7 @@ impl Engine {
         if !self.scheduler.has_in_flight() {
             return Ok(Vec::new());
         }
-        let output = match self.exec.wait() {
+        let mut output = match self.exec.wait() {
             Ok(output) => output,
             Err(ExecutorError::Reset(reset)) => {
                 let n = self.scheduler.reset();
@@ -277,6 +277,9 @@ impl Engine {
                 return Err(e.into());
             }
         };
+        for scored in std::mem::take(&mut output.prompt_logprobs) {
+            self.outputs.prompt_scored(scored);
+        }
         let sampled = self.scheduler.update_from_output(output)?;
         let now = Instant::now();
         let mut events = Vec::with_capacity(sampled.len());

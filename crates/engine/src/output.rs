@@ -3,7 +3,7 @@
 
 use serde::Serialize;
 use shardline_exec::RequestId;
-use shardline_sampling::{FinishReason, TokenLogprob};
+use shardline_sampling::{FinishReason, ScoredToken, TokenLogprob};
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct TokenLogprobs {
@@ -38,6 +38,9 @@ pub struct GenerationOutput {
     pub finish_reason: FinishReason,
     /// Present when the request asked for logprobs.
     pub logprobs: Option<Vec<TokenLogprobs>>,
+    /// Present when the request asked for prompt logprobs: one entry per prompt token, the
+    /// first `None` (nothing precedes it to predict it).
+    pub prompt_logprobs: Option<Vec<Option<ScoredToken>>>,
     /// Prompt tokens whose K/V came from the prefix cache (OpenAI's
     /// `usage.prompt_tokens_details.cached_tokens`).
     pub num_cached_tokens: usize,
@@ -55,4 +58,7 @@ pub struct StepEvent {
     pub finish: Option<FinishReason>,
     /// This token's logprob entry, when the request asked for logprobs.
     pub logprobs: Option<TokenLogprobs>,
+    /// With the first token of a request that asked for prompt logprobs: the prompt's (as
+    /// [`GenerationOutput::prompt_logprobs`]), all known by then.
+    pub prompt_logprobs: Option<Vec<Option<ScoredToken>>>,
 }

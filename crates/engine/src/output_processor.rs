@@ -8,8 +8,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
-use shardline_exec::RequestId;
-use shardline_sampling::{check_token_stop, FinishReason, SampledToken, SamplingParams, StopMatcher};
+use shardline_exec::{PromptLogprobs, RequestId};
+use shardline_sampling::{check_token_stop, FinishReason, SampledToken, SamplingParams, ScoredToken, StopMatcher};
 use shardline_tokenizer::{IncrementalDecoder, Tokenizer};
 
 use crate::error::Result;
@@ -30,6 +30,9 @@ struct RequestOutput {
     stop: StopMatcher,
     text: String,
     logprobs: Vec<TokenLogprobs>,
+    /// By prompt position, when asked for: a recomputed prompt is scored again, and the same
+    /// positions are overwritten with the same values.
+    prompt_logprobs: Option<Vec<Option<ScoredToken>>>,
     finish: Option<FinishReason>,
     num_cached_tokens: usize,
     arrival: Instant,
@@ -48,6 +51,7 @@ impl OutputProcessor {
     }
 
     pub fn add(&mut self, id: RequestId, prompt: &[u32], params: SamplingParams, arrival: Instant) {
+        let prompt_logprobs = params.prompt_logprobs.map(|_| vec![None; prompt.len()]);
         let out = RequestOutput {
             prompt_token_ids: prompt.to_vec(),
             token_ids: Vec::new(),
@@ -56,6 +60,7 @@ impl OutputProcessor {
             params,
             text: String::new(),
             logprobs: Vec::new(),
+            prompt_logprobs,
             finish: None,
             num_cached_tokens: 0,
             arrival,
@@ -77,6 +82,14 @@ impl OutputProcessor {
         }
     }
 
+    /// Records prompt tokens a step scored (for a request still known).
+    pub fn prompt_scored(&mut self, scored: PromptLogprobs) {
+        let Some(slots) = self.requests.get_mut(&scored.id).and_then(|r| r.prompt_logprobs.as_mut()) else { return };
+        for (slot, entry) in slots.iter_mut().skip(scored.start).zip(scored.entries) {
+            *slot = Some(entry);
+        }
+    }
+
     /// Takes the request's next token; the event's `finish` says whether it is done.
     /// `complete`: its structured output is complete, so it stops as at an end-of-sequence.
     pub fn process(&mut self, id: RequestId, sampled: SampledToken, now: Instant, complete: bool) -> Result<StepEvent> {
@@ -89,6 +102,7 @@ impl OutputProcessor {
         if let Some(entry) = &entry {
             r.logprobs.push(entry.clone());
         }
+        let prompt_logprobs = if r.token_ids.len() == 1 { r.prompt_logprobs.clone() } else { None };
         let delta = r.decoder.push(token_id)?;
         let mut out = r.stop.push(&delta);
         let mut finish = out.stopped.then_some(FinishReason::Stop);
@@ -109,7 +123,7 @@ impl OutputProcessor {
         }
         r.text.push_str(&out.emit);
         r.finish = finish;
-        Ok(StepEvent { request_id: id, token_id, text: out.emit, finish, logprobs: entry })
+        Ok(StepEvent { request_id: id, token_id, text: out.emit, finish, logprobs: entry, prompt_logprobs })
     }
 
     /// The finished request's result; it is forgotten here.
@@ -140,6 +154,7 @@ impl RequestOutput {
             token_ids: self.token_ids,
             finish_reason: self.finish.unwrap_or(FinishReason::Length),
             logprobs: self.params.logprobs.map(|_| self.logprobs),
+            prompt_logprobs: self.prompt_logprobs,
             num_cached_tokens: self.num_cached_tokens,
             metrics: GenerationMetrics {
                 ttft_ms: ttft * 1e3,

@@ -10,4 +10,4 @@ mod executor;
 mod plan;
 
 pub use executor::{Executor, ExecutorError, Reset};
-pub use plan::{NewRequest, RequestId, Sampled, ScheduledRequest, StepOutput, StepPlan};
+pub use plan::{NewRequest, PromptLogprobs, RequestId, Sampled, ScheduledRequest, StepOutput, StepPlan};

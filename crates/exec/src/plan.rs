@@ -6,7 +6,7 @@
 //! allocated since. Executors keep each request's state between steps and apply a plan in a
 //! fixed order: forget, then add, then update and run.
 
-use shardline_sampling::{SampledToken, SamplerSettings};
+use shardline_sampling::{SampledToken, SamplerSettings, ScoredToken};
 
 /// The engine's id of a request; stable for the request's whole life, across preemptions.
 pub type RequestId = u64;
@@ -73,9 +73,20 @@ pub struct Sampled {
     pub token: SampledToken,
 }
 
+/// A request's prompt tokens scored by the step that computed their predecessors (for
+/// `prompt_logprobs`): entry `i` is the prompt token at position `start + i`, scored under the
+/// logits of the position before it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PromptLogprobs {
+    pub id: RequestId,
+    pub start: usize,
+    pub entries: Vec<ScoredToken>,
+}
+
 /// What a step returns: one sampled token per request that reached the end of its known
-/// tokens, in batch order.
+/// tokens, in batch order, and the prompt logprobs of the requests that asked for them.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct StepOutput {
     pub sampled: Vec<Sampled>,
+    pub prompt_logprobs: Vec<PromptLogprobs>,
 }

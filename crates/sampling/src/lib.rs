@@ -11,7 +11,7 @@ mod stop;
 
 pub use candidates::{Candidates, MAX_CANDIDATES};
 pub use error::SamplingError;
-pub use logprobs::{log_softmax_top, logprob_of, TokenLogprob};
+pub use logprobs::{log_softmax_top, logprob_of, score_token, ScoredToken, TokenLogprob};
 pub use params::{SamplingParams, MAX_LOGPROBS};
 pub use sampler::{draw, SampledToken, Sampler, SamplerSettings};
 pub use stop::{check_token_stop, FinishReason, StopMatcher, StopOutcome};

@@ -210,9 +210,45 @@ pub fn logprob_of(logits: &[f32], token: u32) -> f32 {
     (key(logits[token as usize]) - log_sum_exp(logits)) as f32
 }
 
+/// A known token scored under a row's raw distribution: a prompt token, for prompt logprobs.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ScoredToken {
+    pub token_id: u32,
+    pub logprob: f32,
+    /// 1 + how many tokens are strictly more likely (vLLM's `rank`; ties share a rank).
+    pub rank: u32,
+    /// The `k` most likely tokens, most likely first.
+    pub top: Vec<TokenLogprob>,
+}
+
+/// Scores `token` under `logits` (one log-sum-exp for its logprob and the top `k`).
+/// Panics if `token` is outside `logits`.
+pub fn score_token(logits: &[f32], token: u32, k: usize) -> ScoredToken {
+    let lse = log_sum_exp(logits);
+    let own = key(logits[token as usize]);
+    let above = logits.iter().filter(|&&l| key(l) > own).count();
+    ScoredToken {
+        token_id: token,
+        logprob: (own - lse) as f32,
+        rank: above as u32 + 1,
+        top: top_with_lse(logits, k, lse),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_scored_token_has_its_logprob_rank_and_the_top_list() {
+        let logits = [1.0f32, 3.0, 2.0, 3.0, f32::NAN];
+        let s = score_token(&logits, 2, 2);
+        assert_eq!(s.rank, 3, "two tokens are more likely");
+        assert!((s.logprob - logprob_of(&logits, 2)).abs() < 1e-6);
+        assert_eq!(s.top, log_softmax_top(&logits, 2));
+        assert_eq!(score_token(&logits, 1, 0).rank, 1, "a tie shares the best rank");
+        assert!(score_token(&logits, 1, 0).top.is_empty());
+    }
 
     #[test]
     fn fast_exp_matches_std_to_a_few_ulp() {

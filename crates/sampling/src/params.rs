@@ -33,6 +33,10 @@ pub struct SamplingParams {
     pub seed: Option<u64>,
     /// Top logprobs per generated token (`Some(0)`: only the chosen token's).
     pub logprobs: Option<usize>,
+    /// Top logprobs per prompt token (vLLM's `prompt_logprobs`; `Some(0)`: only the prompt
+    /// token's own). The prompt then skips the prefix cache: every position's logits are
+    /// computed.
+    pub prompt_logprobs: Option<usize>,
     pub max_tokens: usize,
     pub stop: Vec<String>,
     pub stop_token_ids: Vec<u32>,
@@ -55,6 +59,7 @@ impl Default for SamplingParams {
             logit_bias: Vec::new(),
             seed: None,
             logprobs: None,
+            prompt_logprobs: None,
             max_tokens: 256,
             stop: Vec::new(),
             stop_token_ids: Vec::new(),
@@ -85,6 +90,7 @@ impl SamplingParams {
             prompt_len: 0,
             seed: self.seed.unwrap_or(seed),
             logprobs: self.logprobs,
+            prompt_logprobs: self.prompt_logprobs,
         }
     }
 
@@ -116,6 +122,9 @@ impl SamplingParams {
         }
         if let Some(k) = self.logprobs.filter(|&k| k > MAX_LOGPROBS) {
             return bad("logprobs", "at most 20 (MAX_LOGPROBS)", k.to_string());
+        }
+        if let Some(k) = self.prompt_logprobs.filter(|&k| k > MAX_LOGPROBS) {
+            return bad("prompt_logprobs", "at most 20 (MAX_LOGPROBS)", k.to_string());
         }
         if self.max_tokens == 0 {
             return bad("max_tokens", ">= 1", "0".into());

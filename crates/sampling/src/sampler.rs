@@ -61,6 +61,9 @@ pub struct SamplerSettings {
     pub seed: u64,
     /// Top logprobs to return per token (`Some(0)`: only the chosen token's).
     pub logprobs: Option<usize>,
+    /// Top logprobs to return per prompt token: the last stage then computes logits for every
+    /// prompt row, not only the sampled one.
+    pub prompt_logprobs: Option<usize>,
 }
 
 impl SamplerSettings {

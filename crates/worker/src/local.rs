@@ -29,11 +29,12 @@ impl LocalExecutor {
         let Some(batch) = self.runner.prepare(plan)? else { return Ok(StepOutput::default()) };
         let x = self.runner.embed(&batch, &SingleRank)?;
         let x = self.runner.forward_layers(x, &batch, &SingleRank)?;
+        let prompt_logprobs = self.runner.score_prompts(&x, &batch, &SingleRank, true)?;
         if batch.sampled.is_empty() {
-            return Ok(StepOutput::default());
+            return Ok(StepOutput { prompt_logprobs, ..Default::default() });
         }
         let logits = self.runner.logits(&x, &batch, &SingleRank)?;
-        self.runner.sample(&logits, &batch)
+        Ok(StepOutput { prompt_logprobs, ..self.runner.sample(&logits, &batch)? })
     }
 }
 

@@ -20,12 +20,27 @@ pub struct RequestState {
     pub allowed_tokens: Option<Vec<u32>>,
 }
 
-/// The step being run, flattened for the model: one input per scheduled request, and which
-/// requests get a token sampled (those whose computed tokens reach their end), in batch order.
+/// The step being run, flattened for the model: one input per scheduled request, which
+/// requests get a token sampled (those whose computed tokens reach their end), in batch order,
+/// and the rows that score prompt tokens.
 #[derive(Debug)]
 pub struct PreparedStep {
     pub inputs: Vec<SeqInput>,
     pub sampled: Vec<RequestId>,
+    pub scored: Vec<PromptRows>,
+}
+
+/// Consecutive rows of a step whose logits score a request's next prompt tokens (it asked for
+/// prompt logprobs): row `first_row + i` predicts `targets[i]`, the prompt token at position
+/// `start + i`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PromptRows {
+    pub id: RequestId,
+    pub first_row: usize,
+    pub start: usize,
+    pub targets: Vec<u32>,
+    /// Top logprobs to return with each.
+    pub top: usize,
 }
 
 #[derive(Default)]
@@ -55,7 +70,9 @@ impl RequestTable {
                 return Err(bad(format!("request {} introduced while known", r.id)));
             }
         }
-        let mut step = PreparedStep { inputs: Vec::with_capacity(plan.scheduled.len()), sampled: Vec::new() };
+        let mut step =
+            PreparedStep { inputs: Vec::with_capacity(plan.scheduled.len()), sampled: Vec::new(), scored: Vec::new() };
+        let mut rows = 0;
         for s in &plan.scheduled {
             let r = self.requests.get_mut(&s.id).ok_or_else(|| bad(format!("step names unknown request {}", s.id)))?;
             r.tokens.extend(&s.new_token_ids);
@@ -71,6 +88,21 @@ impl RequestTable {
                 )));
             }
             let wants_logits = end == r.tokens.len();
+            let settings = r.sampler.settings();
+            if let Some(top) = settings.prompt_logprobs {
+                // The row at position p scores the prompt token at p + 1.
+                let scored_end = end.min(settings.prompt_len.saturating_sub(1));
+                if scored_end > r.num_computed {
+                    step.scored.push(PromptRows {
+                        id: s.id,
+                        first_row: rows,
+                        start: r.num_computed + 1,
+                        targets: r.tokens[r.num_computed + 1..scored_end + 1].to_vec(),
+                        top,
+                    });
+                }
+            }
+            rows += s.num_tokens;
             step.inputs.push(SeqInput {
                 tokens: r.tokens[r.num_computed..end].to_vec(),
                 cached_len: r.num_computed,
@@ -150,6 +182,31 @@ mod tests {
         // Forgotten requests are gone; naming one again is a plan error.
         let plan = StepPlan { forget: vec![1], scheduled: vec![sched(1, 1, &[], &[])], ..Default::default() };
         assert!(t.apply(&plan).unwrap_err().to_string().contains("unknown request 1"));
+    }
+
+    #[test]
+    fn prompt_logprob_rows_cover_the_prompt_once_across_chunks() {
+        let mut t = RequestTable::default();
+        let mut scoring = new(2, vec![10, 11, 12, 13, 14], 0, vec![0]);
+        scoring.sampling = SamplingParams { prompt_logprobs: Some(2), ..SamplingParams::greedy() }.sampler_settings(0);
+        scoring.sampling.prompt_len = 5;
+        // Request 1 (3 rows) comes first, so request 2's rows start at 3.
+        let plan = StepPlan {
+            new_requests: vec![new(1, vec![1, 2, 3], 0, vec![1]), scoring],
+            scheduled: vec![sched(1, 3, &[], &[]), sched(2, 3, &[], &[])],
+            ..Default::default()
+        };
+        let step = t.apply(&plan).unwrap();
+        let rows = PromptRows { id: 2, first_row: 3, start: 1, targets: vec![11, 12, 13], top: 2 };
+        assert_eq!(step.scored, [rows]);
+        // The last chunk: position 3 scores token 14; position 4 (the prompt's last) samples.
+        let plan = StepPlan { scheduled: vec![sched(2, 2, &[], &[])], ..Default::default() };
+        let step = t.apply(&plan).unwrap();
+        assert_eq!(step.scored, [PromptRows { id: 2, first_row: 0, start: 4, targets: vec![14], top: 2 }]);
+        assert_eq!(step.sampled, [2]);
+        // Decoding scores nothing.
+        let plan = StepPlan { scheduled: vec![sched(2, 1, &[7], &[])], ..Default::default() };
+        assert!(t.apply(&plan).unwrap().scored.is_empty());
     }
 
     #[test]

@@ -8,11 +8,11 @@ use candle_core::{DType, Tensor};
 use rayon::prelude::{
     IndexedParallelIterator, IntoParallelIterator, IntoParallelRefIterator, ParallelIterator, ParallelSlice,
 };
-use shardline_exec::{RequestId, Sampled, StepOutput, StepPlan};
+use shardline_exec::{PromptLogprobs, RequestId, Sampled, StepOutput, StepPlan};
 use shardline_model::{BatchInput, Collective, KvCache, Llama};
 
 use crate::error::Result;
-use crate::requests::RequestTable;
+use crate::requests::{PromptRows, RequestTable};
 
 pub struct ModelRunner {
     model: Llama,
@@ -27,12 +27,17 @@ pub struct ModelRunner {
     team: shardline_ops::team::Team,
 }
 
-/// A step ready to run: the flattened batch and the requests whose rows are sampled, in the
-/// order of `batch.logit_rows`.
+/// A step ready to run: the flattened batch, the requests whose rows are sampled, in the
+/// order of `batch.logit_rows`, and the rows that score prompt tokens.
 pub struct Batch {
     pub input: BatchInput,
     pub sampled: Vec<RequestId>,
+    pub scored: Vec<PromptRows>,
 }
+
+/// Prompt rows whose logits are computed at once: 256 rows of a 152k vocabulary are 150 MiB
+/// of f32, so a long prompt chunk is scored in slices.
+const SCORED_ROWS_PER_SLICE: usize = 256;
 
 impl ModelRunner {
     /// `model` with a KV cache of `num_blocks` × `block_size` tokens.
@@ -72,7 +77,7 @@ impl ModelRunner {
             return Ok(None);
         }
         let input = BatchInput::new(step.inputs, self.cache.block_size(), self.cache.num_blocks())?;
-        Ok(Some(Batch { input, sampled: step.sampled }))
+        Ok(Some(Batch { input, sampled: step.sampled, scored: step.scored }))
     }
 
     /// Token embeddings of the batch (first stage).
@@ -89,6 +94,44 @@ impl ModelRunner {
     /// Logits of the sampled rows (last stage), gathered over the tensor-parallel group.
     pub fn logits(&self, x: &Tensor, batch: &Batch, comm: &dyn Collective) -> Result<Tensor> {
         Ok(self.pool.install(|| self.team.enter(|| self.model.logits(x, &batch.input.logit_rows, comm)))?)
+    }
+
+    /// Scores the prompt tokens of the batch's `scored` rows (last stage). Every tensor-parallel
+    /// rank takes part in gathering the logits; only the sampling rank (`scores`) turns them
+    /// into logprobs, the others return nothing.
+    pub fn score_prompts(
+        &self,
+        x: &Tensor,
+        batch: &Batch,
+        comm: &dyn Collective,
+        scores: bool,
+    ) -> Result<Vec<PromptLogprobs>> {
+        let mut out = Vec::with_capacity(batch.scored.len());
+        for p in &batch.scored {
+            let mut entries = Vec::with_capacity(p.targets.len());
+            for (slice, targets) in p.targets.chunks(SCORED_ROWS_PER_SLICE).enumerate() {
+                let first = p.first_row + slice * SCORED_ROWS_PER_SLICE;
+                let rows: Vec<usize> = (first..first + targets.len()).collect();
+                let logits = self.pool.install(|| self.team.enter(|| self.model.logits(x, &rows, comm)))?;
+                if !scores {
+                    continue;
+                }
+                let values = logits.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+                let vocab = values.len() / targets.len();
+                let scored: Vec<_> = self.pool.install(|| {
+                    values
+                        .par_chunks(vocab)
+                        .zip(targets.par_iter())
+                        .map(|(row, &t)| shardline_sampling::score_token(row, t, p.top))
+                        .collect()
+                });
+                entries.extend(scored);
+            }
+            if scores {
+                out.push(PromptLogprobs { id: p.id, start: p.start, entries });
+            }
+        }
+        Ok(out)
     }
 
     /// One token per sampled row, the rows in parallel: each request's draw depends on its seed
@@ -113,7 +156,7 @@ impl ModelRunner {
                 Sampled { id, token }
             })
             .collect();
-        Ok(StepOutput { sampled })
+        Ok(StepOutput { sampled, ..Default::default() })
     }
 
     /// On a GPU the logits stay there: a kernel picks each row's best candidates and only those
@@ -157,6 +200,6 @@ impl ModelRunner {
             };
             sampled.push(Sampled { id, token });
         }
-        Ok(StepOutput { sampled })
+        Ok(StepOutput { sampled, ..Default::default() })
     }
 }

@@ -173,17 +173,19 @@ impl WorkerShard {
             self.wait_device()?;
             return Ok(None);
         }
+        // Every tp rank takes part in gathering the vocabulary shards; rank 0 of the stage
+        // scores and samples.
+        let prompt_logprobs = self.runner.score_prompts(&x, batch, &self.tp, tp_rank == 0)?;
         if batch.sampled.is_empty() {
             self.wait_device()?;
-            return Ok((tp_rank == 0).then(StepOutput::default));
+            return Ok((tp_rank == 0).then_some(StepOutput { prompt_logprobs, ..Default::default() }));
         }
-        // Every tp rank takes part in gathering the vocabulary shards; rank 0 of the stage samples.
         let logits = self.runner.logits(&x, batch, &self.tp)?;
         self.wait_device()?;
         if tp_rank != 0 {
             return Ok(None);
         }
-        Ok(Some(self.runner.sample(&logits, batch)?))
+        Ok(Some(StepOutput { prompt_logprobs, ..self.runner.sample(&logits, batch)? }))
     }
 
     /// Waits, bounded, for the step's queued device work on a CUDA rank with NCCL links (the

@@ -5,10 +5,10 @@
 use std::time::Duration;
 
 use candle_core::DType;
-use shardline_exec::{NewRequest, Sampled, ScheduledRequest, StepOutput, StepPlan};
+use shardline_exec::{NewRequest, PromptLogprobs, Sampled, ScheduledRequest, StepOutput, StepPlan};
 use shardline_model::{DeviceKind, LoadFormat, Quantization};
 use shardline_proto::worker::v1 as pb;
-use shardline_sampling::{SampledToken, SamplerSettings, TokenLogprob};
+use shardline_sampling::{SampledToken, SamplerSettings, ScoredToken, TokenLogprob};
 
 use crate::error::{Result, WorkerError};
 use crate::layout::GroupLayout;
@@ -123,6 +123,7 @@ fn sampling_to_proto(s: &SamplerSettings) -> pb::SamplerSettings {
         frequency_penalty: s.frequency_penalty,
         prompt_len: s.prompt_len as u32,
         logit_bias: s.logit_bias.iter().map(|&(token_id, bias)| pb::LogitBias { token_id, bias }).collect(),
+        prompt_logprobs: s.prompt_logprobs.map(|k| k as u32),
     }
 }
 
@@ -139,6 +140,7 @@ fn sampling_from_proto(s: &pb::SamplerSettings) -> SamplerSettings {
         frequency_penalty: s.frequency_penalty,
         prompt_len: s.prompt_len as usize,
         logit_bias: s.logit_bias.iter().map(|b| (b.token_id, b.bias)).collect(),
+        prompt_logprobs: s.prompt_logprobs.map(|k| k as usize),
     }
 }
 
@@ -216,6 +218,14 @@ pub fn step_from_proto(step: pb::Step) -> Result<StepPlan> {
     Ok(StepPlan { forget: step.forget_request_ids, new_requests, scheduled })
 }
 
+fn top_to_proto(top: &[TokenLogprob]) -> Vec<pb::TopLogprob> {
+    top.iter().map(|t| pb::TopLogprob { token_id: t.token_id, logprob: t.logprob }).collect()
+}
+
+fn top_from_proto(top: Vec<pb::TopLogprob>) -> Vec<TokenLogprob> {
+    top.into_iter().map(|t| TokenLogprob { token_id: t.token_id, logprob: t.logprob }).collect()
+}
+
 pub fn output_to_proto(step_id: u64, out: &StepOutput) -> pb::StepResult {
     let sampled = out
         .sampled
@@ -224,10 +234,28 @@ pub fn output_to_proto(step_id: u64, out: &StepOutput) -> pb::StepResult {
             request_id: s.id,
             token_id: s.token.token_id,
             logprob: s.token.logprob,
-            top: s.token.top.iter().map(|t| pb::TopLogprob { token_id: t.token_id, logprob: t.logprob }).collect(),
+            top: top_to_proto(&s.token.top),
         })
         .collect();
-    pb::StepResult { step_id, sampled, error: String::new() }
+    let prompt_logprobs = out
+        .prompt_logprobs
+        .iter()
+        .map(|p| pb::PromptLogprobs {
+            request_id: p.id,
+            start: p.start as u32,
+            entries: p
+                .entries
+                .iter()
+                .map(|e| pb::ScoredToken {
+                    token_id: e.token_id,
+                    logprob: e.logprob,
+                    rank: e.rank,
+                    top: top_to_proto(&e.top),
+                })
+                .collect(),
+        })
+        .collect();
+    pb::StepResult { step_id, sampled, error: String::new(), prompt_logprobs }
 }
 
 pub fn output_from_proto(result: pb::StepResult) -> StepOutput {
@@ -236,14 +264,28 @@ pub fn output_from_proto(result: pb::StepResult) -> StepOutput {
         .into_iter()
         .map(|s| Sampled {
             id: s.request_id,
-            token: SampledToken {
-                token_id: s.token_id,
-                logprob: s.logprob,
-                top: s.top.into_iter().map(|t| TokenLogprob { token_id: t.token_id, logprob: t.logprob }).collect(),
-            },
+            token: SampledToken { token_id: s.token_id, logprob: s.logprob, top: top_from_proto(s.top) },
         })
         .collect();
-    StepOutput { sampled }
+    let prompt_logprobs = result
+        .prompt_logprobs
+        .into_iter()
+        .map(|p| PromptLogprobs {
+            id: p.request_id,
+            start: p.start as usize,
+            entries: p
+                .entries
+                .into_iter()
+                .map(|e| ScoredToken {
+                    token_id: e.token_id,
+                    logprob: e.logprob,
+                    rank: e.rank,
+                    top: top_from_proto(e.top),
+                })
+                .collect(),
+        })
+        .collect();
+    StepOutput { sampled, prompt_logprobs }
 }
 
 #[cfg(test)]
@@ -282,8 +324,13 @@ mod tests {
                 token_ids: vec![1, 2, 3],
                 num_computed_tokens: 0,
                 block_ids: vec![9],
-                sampling: SamplingParams { temperature: 0.8, logprobs: Some(2), ..Default::default() }
-                    .sampler_settings(77),
+                sampling: SamplingParams {
+                    temperature: 0.8,
+                    logprobs: Some(2),
+                    prompt_logprobs: Some(1),
+                    ..Default::default()
+                }
+                .sampler_settings(77),
             }],
             scheduled: vec![ScheduledRequest { id: 4, num_tokens: 3, ..Default::default() }],
         };
@@ -296,6 +343,16 @@ mod tests {
                     logprob: -0.5,
                     top: vec![TokenLogprob { token_id: 7, logprob: -0.5 }],
                 },
+            }],
+            prompt_logprobs: vec![PromptLogprobs {
+                id: 4,
+                start: 1,
+                entries: vec![ScoredToken {
+                    token_id: 2,
+                    logprob: -1.5,
+                    rank: 3,
+                    top: vec![TokenLogprob { token_id: 8, logprob: -0.25 }],
+                }],
             }],
         };
         assert_eq!(output_from_proto(output_to_proto(5, &out)), out);

@@ -310,3 +310,84 @@ fn penalties_and_logit_bias_are_the_same_on_every_layout_and_under_preemption() 
         assert_same(&grouped(&dir, layout, EngineConfig::default(), 64, &penalized), &want, &format!("{layout:?}"));
     }
 }
+
+/// The shared-prefix waves asking for prompt logprobs: no request reuses cached K/V, since each
+/// needs every prompt position's logits.
+fn scored_waves(engine: &mut Engine) -> Vec<GenerationOutput> {
+    let sampling = SamplingParams { logprobs: Some(3), prompt_logprobs: Some(3), ..SamplingParams::greedy() };
+    let outs = shared_prefix_waves(engine, &sampling);
+    assert!(outs.iter().all(|o| o.num_cached_tokens == 0), "a request scoring its prompt computes all of it");
+    if engine.limits().num_kv_blocks == TIGHT_BLOCKS {
+        assert!(engine.num_preemptions() > 0, "{TIGHT_BLOCKS} blocks were meant to force preemption");
+    }
+    outs
+}
+
+fn assert_same_prompt_scores(got: &[GenerationOutput], want: &[GenerationOutput], what: &str) {
+    assert_same(got, want, what);
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        let (g, w) = (g.prompt_logprobs.as_ref().unwrap(), w.prompt_logprobs.as_ref().unwrap());
+        assert_eq!(g.len(), w.len(), "{what}, request {i}");
+        assert!(g[0].is_none(), "nothing scores the first prompt token");
+        for (p, (a, b)) in g.iter().zip(w).enumerate().skip(1) {
+            let (a, b) = (a.as_ref().expect("every later position is scored"), b.as_ref().unwrap());
+            assert_eq!((a.token_id, a.rank), (b.token_id, b.rank), "{what}, request {i}, position {p}");
+            assert!((a.logprob - b.logprob).abs() < 1e-4, "{what}, request {i}, position {p}");
+            let ids = |s: &shardline_sampling::ScoredToken| s.top.iter().map(|t| t.token_id).collect::<Vec<_>>();
+            assert_eq!(ids(a), ids(b), "{what}, request {i}, position {p}");
+        }
+    }
+}
+
+/// Prompt logprobs score each prompt token under the logits before it: a greedy continuation,
+/// scored as part of a prompt, gets the logprobs (rank 1) it was sampled with; and the scores
+/// are the same on every layout, with chunked prefill and under preemption.
+#[test]
+fn prompt_logprobs_match_sampled_logprobs_and_every_layout() {
+    let dir = model_dir();
+    let mut engine = Engine::new(
+        Box::new(
+            LocalExecutor::new(
+                ModelSpec::cpu(dir.path().to_str().unwrap(), DType::F32).load().unwrap(),
+                64,
+                BLOCK_SIZE,
+            )
+            .unwrap(),
+        ),
+        tokenizer(&dir),
+        &[],
+        EngineConfig::default(),
+    )
+    .unwrap();
+    let prompt: Vec<u32> = (20..30).collect();
+    let greedy = SamplingParams { max_tokens: 6, ignore_eos: true, logprobs: Some(3), ..SamplingParams::greedy() };
+    let generated = engine.generate(prompt.clone(), greedy, |_| {}).unwrap();
+    let scoring = SamplingParams { max_tokens: 1, prompt_logprobs: Some(3), ..SamplingParams::greedy() };
+    let scored = engine.generate([prompt, generated.token_ids.clone()].concat(), scoring, |_| {}).unwrap();
+    let scores = scored.prompt_logprobs.unwrap();
+    for (j, sampled) in generated.logprobs.unwrap().iter().enumerate() {
+        let s = scores[10 + j].as_ref().unwrap();
+        assert_eq!((s.token_id, s.rank), (sampled.token_id, 1), "generated token {j}");
+        assert!(
+            (s.logprob - sampled.logprob).abs() < 1e-4,
+            "generated token {j}: {} vs {}",
+            s.logprob,
+            sampled.logprob
+        );
+        assert_eq!(s.top, sampled.top, "generated token {j}");
+    }
+
+    let want = single(&dir, EngineConfig::default(), 64, &scored_waves);
+    let tight = EngineConfig { max_batch_tokens: 6, ..Default::default() };
+    assert_same_prompt_scores(
+        &single(&dir, tight.clone(), TIGHT_BLOCKS, &scored_waves),
+        &want,
+        "tp 1, chunked, preempted",
+    );
+    for layout in [(2, 1), (1, 2), (2, 2)] {
+        let got = grouped(&dir, layout, EngineConfig::default(), 64, &scored_waves);
+        assert_same_prompt_scores(&got, &want, &format!("{layout:?}"));
+    }
+    let got = grouped(&dir, (2, 2), tight, TIGHT_BLOCKS, &scored_waves);
+    assert_same_prompt_scores(&got, &want, "tp 2 pp 2, chunked, preempted");
+}

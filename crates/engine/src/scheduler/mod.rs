@@ -14,7 +14,8 @@
 //!
 //! With prefix caching, admission first looks up the longest cached prefix of the request's
 //! full blocks ([`block_pool`]) and starts computing after it; at least one token is always
-//! computed, since the step must produce the logits of the last one. Blocks are named once the
+//! computed, since the step must produce the logits of the last one. A request asking for
+//! prompt logprobs skips the lookup: it needs the logits of every prompt position. Blocks are named once the
 //! step computing them returns, so a block still being written is never shared.
 //!
 //! Several steps may be in flight (one microbatch per pipeline stage): each plan then takes its
@@ -306,7 +307,9 @@ impl Scheduler {
             if is_static && !self.static_batch.contains(&r.id) {
                 break;
             }
-            let hits = if self.pool.caching() {
+            // A request scoring its prompt needs every prompt position's logits, so it
+            // computes them all rather than reuse cached K/V (as vLLM does).
+            let hits = if self.pool.caching() && r.sampling.prompt_logprobs.is_none() {
                 r.name_full_blocks(bs);
                 // Full blocks before the last token only: that token must be computed.
                 let usable = (r.tokens.len() - 1) / bs;
