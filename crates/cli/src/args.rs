@@ -206,6 +206,7 @@ impl SamplingArgs {
             stop_token_ids: self.stop_token_id.clone(),
             ignore_eos: self.ignore_eos,
             constraint: self.constraint(),
+            prompt_logprobs: None,
         }
     }
 

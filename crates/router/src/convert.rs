@@ -61,6 +61,8 @@ pub fn sampling(p: Option<pb::SamplingParameters>) -> Result<SamplingParams, Rou
         stop_token_ids: p.stop_token_ids,
         ignore_eos: p.ignore_eos,
         logprobs: p.logprobs.map(|k| k as usize).or(d.logprobs),
+        // The gRPC API streams tokens; the prompt's scores are an HTTP (vLLM) extra.
+        prompt_logprobs: None,
         constraint,
     })
 }

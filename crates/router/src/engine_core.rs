@@ -11,7 +11,7 @@ use std::thread::JoinHandle;
 use std::time::Instant;
 
 use shardline_engine::{Engine, EngineError, GenerationOutput, RequestId, TokenLogprobs};
-use shardline_sampling::SamplingParams;
+use shardline_sampling::{SamplingParams, ScoredToken};
 use tokio::sync::{mpsc as async_mpsc, oneshot};
 
 use crate::error::RouterError;
@@ -24,6 +24,8 @@ pub enum CoreEvent {
         token_id: u32,
         text: String,
         logprobs: Option<TokenLogprobs>,
+        /// With the first token, when the request asked for prompt logprobs.
+        prompt_logprobs: Option<Vec<Option<ScoredToken>>>,
     },
     Finished(Box<GenerationOutput>),
     /// The engine failed; the server is going down.
@@ -323,7 +325,12 @@ impl CoreLoop {
             self.metrics.generation_tokens.inc();
             let sent = stream
                 .events
-                .send(CoreEvent::Token { token_id: e.token_id, text: e.text, logprobs: e.logprobs })
+                .send(CoreEvent::Token {
+                    token_id: e.token_id,
+                    text: e.text,
+                    logprobs: e.logprobs,
+                    prompt_logprobs: e.prompt_logprobs,
+                })
                 .is_ok();
             if e.finish.is_some() {
                 let stream = self.streams.remove(&e.request_id).expect("stream present");

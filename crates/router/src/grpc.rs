@@ -141,7 +141,7 @@ async fn forward(id: String, mut submitted: Submitted, tx: mpsc::Sender<Result<p
             event = submitted.events.recv() => event,
         };
         let (msg, last) = match event {
-            Some(CoreEvent::Token { token_id, text, logprobs }) => (
+            Some(CoreEvent::Token { token_id, text, logprobs, .. }) => (
                 Ok(pb::GenerateStreamResponse {
                     request_id: id.clone(),
                     text,

@@ -128,8 +128,11 @@ pub struct CompletionRequest {
     pub stop: Option<StopInput>,
     pub stop_token_ids: Option<Vec<u32>>,
     pub ignore_eos: Option<bool>,
-    /// Top logprobs per token (0: only the chosen token's).
+    /// Top logprobs per token (0: only the chosen token's). With `echo`, the prompt's tokens
+    /// get theirs too.
     pub logprobs: Option<usize>,
+    /// vLLM's: top logprobs per prompt token, returned as each choice's `prompt_logprobs`.
+    pub prompt_logprobs: Option<usize>,
     pub n: Option<usize>,
     pub best_of: Option<usize>,
     pub echo: Option<bool>,
@@ -214,6 +217,8 @@ pub struct ChatCompletionRequest {
     pub ignore_eos: Option<bool>,
     pub logprobs: Option<bool>,
     pub top_logprobs: Option<usize>,
+    /// vLLM's: top logprobs per prompt token, returned as the response's `prompt_logprobs`.
+    pub prompt_logprobs: Option<usize>,
     pub n: Option<usize>,
     pub presence_penalty: Option<f32>,
     pub frequency_penalty: Option<f32>,
@@ -262,13 +267,14 @@ impl Usage {
     }
 }
 
-/// Legacy completions logprobs: parallel lists, one entry per generated token.
+/// Legacy completions logprobs: parallel lists, one entry per generated token (with `echo`,
+/// per prompt token first; the prompt's first token has none, so `null`).
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct CompletionLogprobs {
     pub tokens: Vec<String>,
-    pub token_logprobs: Vec<f32>,
+    pub token_logprobs: Vec<Option<f32>>,
     /// Token string → logprob: the top `logprobs` tokens plus the chosen one.
-    pub top_logprobs: Vec<serde_json::Map<String, Value>>,
+    pub top_logprobs: Vec<Option<serde_json::Map<String, Value>>>,
     /// Character offset of each token within the generated text.
     pub text_offset: Vec<usize>,
 }
@@ -280,7 +286,14 @@ pub struct CompletionChoice {
     pub logprobs: Option<CompletionLogprobs>,
     /// `"stop"` or `"length"`; null in stream chunks before the last.
     pub finish_reason: Option<&'static str>,
+    /// vLLM's, when asked: per prompt token, `null` for the first, else token id →
+    /// `{logprob, rank, decoded_token}` for the prompt's token and the most likely ones.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prompt_logprobs: Option<PromptLogprobsOut>,
 }
+
+/// vLLM's `prompt_logprobs` shape.
+pub type PromptLogprobsOut = Vec<Option<serde_json::Map<String, Value>>>;
 
 /// A `/v1/completions` response, or (streaming) one chunk of it: the same object name and
 /// shape, with `usage` only on the final usage chunk.
@@ -358,6 +371,9 @@ pub struct ChatCompletionResponse {
     pub model: String,
     pub choices: Vec<ChatChoice>,
     pub usage: Usage,
+    /// vLLM's, when asked (as [`CompletionChoice::prompt_logprobs`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prompt_logprobs: Option<PromptLogprobsOut>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]

@@ -36,6 +36,63 @@ async fn echo_prepends_the_prompt() {
     .await;
 }
 
+/// `echo` with `logprobs` lists the prompt's tokens first (the first without a logprob), then
+/// the generated ones, streamed or not; their logprobs are vLLM's `prompt_logprobs` (chat
+/// too). What the scores are is checked in the worker's layout tests.
+#[tokio::test]
+async fn echo_with_logprobs_scores_the_prompt() {
+    let server = start().await;
+    let addr = server.addr;
+    bounded(async {
+        let tokenizer = shardline_tokenizer::Tokenizer::from_dir(server.dir.path()).unwrap();
+        let prompt = tokenizer.encode("hello there my friend", false).unwrap();
+        let body = json!({"prompt": prompt, "max_tokens": 4, "temperature": 0, "ignore_eos": true, "echo": true,
+            "logprobs": 2, "prompt_logprobs": 2});
+        let v = post_ok(addr, "/v1/completions", &body).await;
+        let choice = &v["choices"][0];
+        let lp = &choice["logprobs"];
+        let n = prompt.len();
+        assert_eq!(lp["tokens"].as_array().unwrap().len(), n + 4, "{lp}");
+        assert!(lp["token_logprobs"][0].is_null() && lp["top_logprobs"][0].is_null(), "{lp}");
+        let vllm = choice["prompt_logprobs"].as_array().unwrap();
+        assert_eq!(vllm.len(), n);
+        assert!(vllm[0].is_null());
+        for i in 1..n {
+            let own = &vllm[i][prompt[i].to_string()];
+            let (a, b) = (lp["token_logprobs"][i].as_f64().unwrap(), own["logprob"].as_f64().unwrap());
+            assert!((a - b).abs() < 1e-6, "position {i}: {a} vs {b}");
+            assert!(own["rank"].as_u64().unwrap() >= 1);
+            assert!(lp["top_logprobs"][i].as_object().unwrap().len() <= 3);
+        }
+        let offsets: Vec<u64> = lp["text_offset"].as_array().unwrap().iter().map(|o| o.as_u64().unwrap()).collect();
+        assert!(offsets.windows(2).all(|w| w[0] <= w[1]), "{offsets:?}");
+        let echoed = tokenizer.decode(&prompt, false).unwrap();
+        assert_eq!(offsets[n] as usize, echoed.chars().count(), "generated tokens start after the prompt");
+
+        // The same, streamed: the echo chunk carries the prompt's entries.
+        let mut streamed = body.clone();
+        streamed.as_object_mut().unwrap().remove("prompt_logprobs");
+        streamed["stream"] = json!(true);
+        let cs = chunks(&post_stream(addr, "/v1/completions", &streamed).await);
+        let text: String = cs.iter().filter_map(|c| c["choices"][0]["text"].as_str()).collect();
+        assert_eq!(text, choice["text"].as_str().unwrap());
+        let streamed_logprobs: Vec<Value> = cs
+            .iter()
+            .filter_map(|c| c["choices"][0]["logprobs"]["token_logprobs"].as_array().cloned())
+            .flatten()
+            .collect();
+        assert_eq!(&streamed_logprobs, lp["token_logprobs"].as_array().unwrap());
+
+        // Chat returns them at the top level, for the rendered prompt.
+        let chat = json!({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2, "prompt_logprobs": 1});
+        let v = post_ok(addr, "/v1/chat/completions", &chat).await;
+        let scores = v["prompt_logprobs"].as_array().unwrap();
+        assert!(scores[0].is_null() && scores[1..].iter().all(|m| m.is_object()), "{v}");
+        assert_eq!(scores.len() as u64, v["usage"]["prompt_tokens"].as_u64().unwrap());
+    })
+    .await;
+}
+
 /// OpenAI's penalties and logit_bias reach the sampler: a +100 bias makes every greedy token
 /// the biased one (chat and completions), and penalties change a sampled output.
 #[tokio::test]

@@ -11,8 +11,10 @@
 //! `max_completion_tokens` may use the rest of the context, `min(max_model_len, KV cache
 //! tokens) - prompt tokens`, as vLLM does. `n` samples (up to 64) share the prompt's K/V
 //! through the prefix cache. Structured outputs ([`structured`]) and tool calls ([`tools`])
-//! become a constraint the engine enforces. `echo` prepends the prompt's text (not yet with
-//! logprobs, which would need the prompt's); `best_of > 1` and `suffix` are refused.
+//! become a constraint the engine enforces. `echo` prepends the prompt's text; with
+//! `logprobs`, the prompt's tokens are listed with theirs (computed by the last stage, see
+//! `SamplingParams::prompt_logprobs`), as is vLLM's `prompt_logprobs` (not on streams, as
+//! vLLM). `best_of > 1` and `suffix` are refused.
 //!
 //! A stream owns its request's [`Submitted`]: when the client disconnects, hyper drops the
 //! response body, the receiver goes with it and the core aborts the request before its next
@@ -47,9 +49,9 @@ mod tools;
 
 use error::parse_body;
 pub use error::ApiError;
-use logprobs::{chat_logprobs, push_completion_logprobs};
+use logprobs::{chat_logprobs, push_completion_logprobs, push_prompt_logprobs, vllm_prompt_logprobs};
 use params::{chat_prompt_and_params, collect_all, completion_prompt_and_params, stream_mode, ChatPlan};
-use stream::{sse, ChatChunks, CompletionChunks, Held};
+use stream::{sse, ChatChunks, CompletionChunks, EchoWithLogprobs, Held};
 
 /// Largest request body accepted (long token-id prompts are verbose JSON).
 const MAX_BODY_BYTES: usize = 32 << 20;
@@ -163,38 +165,56 @@ async fn completions(State(s): State<Arc<AppState>>, body: Bytes) -> Result<Resp
         }
         _ => String::new(),
     };
-    let subs = s.handle.submit_samples(prompt, samples).await?;
+    // With logprobs, the echoed prompt's tokens are listed with theirs.
+    let echo_top = req.logprobs.filter(|_| !echo.is_empty());
+    let subs = s.handle.submit_samples(prompt.clone(), samples).await?;
     let id = response_id("cmpl");
     let created = unix_now();
     let model = s.info.model_id.clone();
     if stream {
         let tokenizer = Arc::clone(&s.info.tokenizer);
         let offsets = vec![0; subs.len()];
-        let format = CompletionChunks { id, created, model, include_usage, tokenizer, offsets };
-        let first = match echo.is_empty() {
-            true => Vec::new(),
-            false => (0..subs.len())
+        let first = match (echo.is_empty(), echo_top) {
+            // Sent with each choice's first token, which brings the prompt's logprobs.
+            (true, _) | (false, Some(_)) => Vec::new(),
+            (false, None) => (0..subs.len())
                 .map(|index| {
-                    let choice = CompletionChoice { index, text: echo.clone(), logprobs: None, finish_reason: None };
-                    format.chunk(vec![choice], None)
+                    let choice = CompletionChoice {
+                        index,
+                        text: echo.clone(),
+                        logprobs: None,
+                        finish_reason: None,
+                        prompt_logprobs: None,
+                    };
+                    CompletionChunks::event(&id, created, &model, vec![choice], None)
                 })
                 .collect(),
         };
+        let echo = echo_top.map(|top| EchoWithLogprobs { text: echo, prompt, top });
+        let format = CompletionChunks { id, created, model, include_usage, tokenizer, offsets, echo };
         return Ok(sse(subs, format, first));
     }
     let outs = collect_all(subs).await?;
     let usage = Usage::of_samples(&outs);
+    let tok = &s.info.tokenizer;
     let choices = outs
         .into_iter()
         .enumerate()
         .map(|(index, out)| {
+            let scores = out.prompt_logprobs.as_deref().unwrap_or_default();
             let logprobs = out.logprobs.as_ref().map(|entries| {
                 let mut lp = CompletionLogprobs::default();
-                push_completion_logprobs(&s.info.tokenizer, entries, &mut 0, &mut lp);
+                let mut offset = 0;
+                if let Some(top) = echo_top {
+                    push_prompt_logprobs(tok, &out.prompt_token_ids, scores, top, &mut offset, &mut lp);
+                }
+                push_completion_logprobs(tok, entries, &mut offset, &mut lp);
                 lp
             });
+            let prompt_logprobs = req.prompt_logprobs.map(|k| vllm_prompt_logprobs(tok, scores, k));
             let text = format!("{echo}{}", out.text);
-            CompletionChoice { index, text, logprobs, finish_reason: Some(out.finish_reason.as_str()) }
+            let finish_reason = Some(out.finish_reason.as_str());
+            CompletionChoice { index, text, logprobs, finish_reason, prompt_logprobs }
         })
         .collect();
     Ok(Json(CompletionResponse { id, object: "text_completion", created, model, choices, usage: Some(usage) })
@@ -219,6 +239,10 @@ async fn chat_completions(State(s): State<Arc<AppState>>, body: Bytes) -> Result
     }
     let outs = collect_all(subs).await?;
     let usage = Usage::of_samples(&outs);
+    let prompt_logprobs = req
+        .prompt_logprobs
+        .zip(outs.first())
+        .map(|(k, out)| vllm_prompt_logprobs(&s.info.tokenizer, out.prompt_logprobs.as_deref().unwrap_or_default(), k));
     let choices = outs
         .into_iter()
         .enumerate()
@@ -238,5 +262,7 @@ async fn chat_completions(State(s): State<Arc<AppState>>, body: Bytes) -> Result
             ChatChoice { index, logprobs, finish_reason: Some(finish_reason), message }
         })
         .collect();
-    Ok(Json(ChatCompletionResponse { id, object: "chat.completion", created, model, choices, usage }).into_response())
+    let response =
+        ChatCompletionResponse { id, object: "chat.completion", created, model, choices, usage, prompt_logprobs };
+    Ok(Json(response).into_response())
 }

@@ -87,6 +87,7 @@ impl Knobs<'_> {
             stop_token_ids: self.stop_token_ids.clone().unwrap_or_default(),
             ignore_eos: self.ignore_eos.unwrap_or(false),
             constraint: None,
+            prompt_logprobs: None,
         })
     }
 }
@@ -131,16 +132,22 @@ pub(super) fn stream_mode(stream: Option<bool>, options: &Option<StreamOptions>)
     Ok((stream, usage))
 }
 
+/// vLLM's `prompt_logprobs` come whole with the response, so not with a stream (as vLLM).
+fn no_streamed_prompt_logprobs(prompt_logprobs: Option<usize>, stream: Option<bool>) -> Result<(), ApiError> {
+    match (prompt_logprobs, stream) {
+        (Some(_), Some(true)) => {
+            Err(ApiError::bad_request("prompt_logprobs are not available when stream = true")
+                .with_param("prompt_logprobs"))
+        }
+        _ => Ok(()),
+    }
+}
+
 pub(super) fn completion_prompt_and_params(
     req: &CompletionRequest,
     info: &ServerInfo,
 ) -> Result<(Vec<u32>, Vec<SamplingParams>), ApiError> {
-    if req.echo == Some(true) && req.logprobs.is_some() {
-        return Err(ApiError::bad_request(
-            "echo with logprobs needs the prompt's logprobs, which are not computed yet; use one or the other",
-        )
-        .with_param("echo"));
-    }
+    no_streamed_prompt_logprobs(req.prompt_logprobs, req.stream)?;
     if let Some(b) = req.best_of.filter(|&b| b != 1) {
         return Err(ApiError::bad_request(format!("best_of = {b} is not supported")).with_param("best_of"));
     }
@@ -157,6 +164,10 @@ pub(super) fn completion_prompt_and_params(
     let knobs = knobs!(req);
     let mut params = knobs.params(req.max_tokens.unwrap_or(16), req.logprobs)?;
     params.constraint = constraint(&req.structured)?;
+    // `echo` with `logprobs` lists the prompt's tokens with theirs. Every sample scores its
+    // prompt (rather than share the first's): samples then never wait on each other's scores.
+    let echo_top = req.logprobs.filter(|_| req.echo == Some(true));
+    params.prompt_logprobs = echo_top.into_iter().chain(req.prompt_logprobs).max();
     let ids = info.encode(&prompt).map_err(|e| ApiError::from(e).with_param("prompt"))?;
     Ok((ids, knobs.samples(params)))
 }
@@ -173,6 +184,7 @@ pub(super) fn chat_prompt_and_params(req: &ChatCompletionRequest, info: &ServerI
     if req.messages.is_empty() {
         return Err(ApiError::bad_request("messages must not be empty").with_param("messages"));
     }
+    no_streamed_prompt_logprobs(req.prompt_logprobs, req.stream)?;
     let tools = ToolSet::parse(&req.tools, &req.tool_choice)?;
     let logprobs = match (req.logprobs.unwrap_or(false), req.top_logprobs) {
         (false, Some(k)) if k > 0 => {
@@ -211,6 +223,7 @@ pub(super) fn chat_prompt_and_params(req: &ChatCompletionRequest, info: &ServerI
     let knobs = knobs!(req);
     let mut params = knobs.params(max_tokens, logprobs)?;
     params.constraint = constraint(&req.structured)?;
+    params.prompt_logprobs = req.prompt_logprobs;
     if let Some(tools) = &tools {
         if params.constraint.is_some() {
             return Err(ApiError::bad_request("give tools or a structured-output constraint, not both"));

@@ -10,11 +10,12 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use shardline_engine::{GenerationOutput, TokenLogprobs};
+use shardline_sampling::ScoredToken;
 use shardline_tokenizer::Tokenizer;
 use tokio_stream::Stream;
 
 use super::error::ApiError;
-use super::logprobs::{chat_logprobs, push_completion_logprobs};
+use super::logprobs::{chat_logprobs, push_completion_logprobs, push_prompt_logprobs};
 use super::tools::ToolSet;
 use crate::engine_core::{CoreEvent, Submitted};
 use crate::error::RouterError;
@@ -29,7 +30,15 @@ pub(super) fn json_event<T: Serialize>(v: &T) -> Event {
 
 /// Turns the core events of a request's samples (choices) into SSE chunks.
 pub(super) trait ChunkFormat: Send + Unpin + 'static {
-    fn token(&mut self, index: usize, text: String, logprobs: Option<TokenLogprobs>, out: &mut VecDeque<Event>);
+    /// A token of choice `index`; its first comes with the prompt's logprobs when asked.
+    fn token(
+        &mut self,
+        index: usize,
+        text: String,
+        logprobs: Option<TokenLogprobs>,
+        prompt_logprobs: Option<Vec<Option<ScoredToken>>>,
+        out: &mut VecDeque<Event>,
+    );
     fn finished(&mut self, index: usize, result: &GenerationOutput, out: &mut VecDeque<Event>);
     /// After every choice has finished: the usage chunk, if the client asked for one.
     fn all_finished(&mut self, usage: Usage, out: &mut VecDeque<Event>);
@@ -68,9 +77,9 @@ impl<F: ChunkFormat> EventStream<F> {
     /// Handles one event of choice `index`.
     fn on_event(&mut self, index: usize, event: Option<CoreEvent>) {
         match event {
-            Some(CoreEvent::Token { text, logprobs, .. }) => {
-                if !text.is_empty() || logprobs.is_some() {
-                    self.format.token(index, text, logprobs, &mut self.pending);
+            Some(CoreEvent::Token { text, logprobs, prompt_logprobs, .. }) => {
+                if !text.is_empty() || logprobs.is_some() || prompt_logprobs.is_some() {
+                    self.format.token(index, text, logprobs, prompt_logprobs, &mut self.pending);
                 }
             }
             Some(CoreEvent::Finished(out)) => {
@@ -129,39 +138,82 @@ pub(super) struct CompletionChunks {
     pub(super) tokenizer: Arc<Tokenizer>,
     /// Per choice: text offset of its next logprobs entry.
     pub(super) offsets: Vec<usize>,
+    /// `echo` with `logprobs`: each choice's echo chunk waits for its prompt's logprobs, which
+    /// come with its first token.
+    pub(super) echo: Option<EchoWithLogprobs>,
+}
+
+/// The echoed prompt of a stream that lists its tokens' logprobs.
+pub(super) struct EchoWithLogprobs {
+    pub(super) text: String,
+    pub(super) prompt: Vec<u32>,
+    pub(super) top: usize,
 }
 
 impl CompletionChunks {
-    pub(super) fn chunk(&self, choices: Vec<CompletionChoice>, usage: Option<Usage>) -> Event {
-        json_event(&CompletionResponse {
-            id: self.id.clone(),
-            object: "text_completion",
-            created: self.created,
-            model: self.model.clone(),
-            choices,
-            usage,
-        })
+    /// A chunk of the stream `id`.
+    pub(super) fn event(
+        id: &str,
+        created: u64,
+        model: &str,
+        choices: Vec<CompletionChoice>,
+        usage: Option<Usage>,
+    ) -> Event {
+        let object = "text_completion";
+        json_event(&CompletionResponse { id: id.into(), object, created, model: model.into(), choices, usage })
+    }
+
+    fn chunk(&self, choices: Vec<CompletionChoice>, usage: Option<Usage>) -> Event {
+        Self::event(&self.id, self.created, &self.model, choices, usage)
     }
 }
 
 impl ChunkFormat for CompletionChunks {
-    fn token(&mut self, index: usize, text: String, logprobs: Option<TokenLogprobs>, out: &mut VecDeque<Event>) {
+    fn token(
+        &mut self,
+        index: usize,
+        text: String,
+        logprobs: Option<TokenLogprobs>,
+        prompt_logprobs: Option<Vec<Option<ScoredToken>>>,
+        out: &mut VecDeque<Event>,
+    ) {
+        if let (Some(echo), Some(scores)) = (&self.echo, prompt_logprobs) {
+            let mut lp = CompletionLogprobs::default();
+            push_prompt_logprobs(&self.tokenizer, &echo.prompt, &scores, echo.top, &mut self.offsets[index], &mut lp);
+            let choice = CompletionChoice {
+                index,
+                text: echo.text.clone(),
+                logprobs: Some(lp),
+                finish_reason: None,
+                prompt_logprobs: None,
+            };
+            out.push_back(self.chunk(vec![choice], None));
+        }
         let logprobs = logprobs.map(|e| {
             let mut lp = CompletionLogprobs::default();
             push_completion_logprobs(&self.tokenizer, std::slice::from_ref(&e), &mut self.offsets[index], &mut lp);
             lp
         });
-        out.push_back(self.chunk(vec![CompletionChoice { index, text, logprobs, finish_reason: None }], None));
+        out.push_back(
+            self.chunk(
+                vec![CompletionChoice { index, text, logprobs, finish_reason: None, prompt_logprobs: None }],
+                None,
+            ),
+        );
     }
 
     fn finished(&mut self, index: usize, result: &GenerationOutput, out: &mut VecDeque<Event>) {
         let reason = Some(result.finish_reason.as_str());
-        out.push_back(
-            self.chunk(
-                vec![CompletionChoice { index, text: String::new(), logprobs: None, finish_reason: reason }],
-                None,
-            ),
-        );
+        out.push_back(self.chunk(
+            vec![CompletionChoice {
+                index,
+                text: String::new(),
+                logprobs: None,
+                finish_reason: reason,
+                prompt_logprobs: None,
+            }],
+            None,
+        ));
     }
 
     fn all_finished(&mut self, usage: Usage, out: &mut VecDeque<Event>) {
@@ -217,7 +269,15 @@ impl ChatChunks {
 }
 
 impl ChunkFormat for ChatChunks {
-    fn token(&mut self, index: usize, text: String, logprobs: Option<TokenLogprobs>, out: &mut VecDeque<Event>) {
+    /// Prompt logprobs are refused on chat streams (as vLLM), so none come.
+    fn token(
+        &mut self,
+        index: usize,
+        text: String,
+        logprobs: Option<TokenLogprobs>,
+        _prompt_logprobs: Option<Vec<Option<ScoredToken>>>,
+        out: &mut VecDeque<Event>,
+    ) {
         let logprobs = logprobs.map(|e| chat_logprobs(&self.tokenizer, std::slice::from_ref(&e)));
         if let (Some(tools), Held::Undecided) = (&self.tools, &self.held[index]) {
             if text.is_empty() {
