@@ -337,11 +337,9 @@ pub struct ChatMessageOut {
     pub tool_calls: Option<Vec<ToolCallOut>>,
 }
 
-/// One function call of a message (`index` only in stream deltas).
+/// One function call of a message.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct ToolCallOut {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub index: Option<usize>,
     pub id: String,
     #[serde(rename = "type")]
     pub kind: &'static str,
@@ -383,7 +381,27 @@ pub struct ChatDelta {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub content: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub tool_calls: Option<Vec<ToolCallOut>>,
+    pub tool_calls: Option<Vec<ToolCallDelta>>,
+}
+
+/// A piece of a streamed function call (OpenAI's shape): the first names the call (`id`,
+/// `type`, `function.name`), the next ones carry pieces of `function.arguments`, which join
+/// into the arguments' JSON text.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ToolCallDelta {
+    pub index: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
+    pub kind: Option<&'static str>,
+    pub function: FunctionCallDelta,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct FunctionCallDelta {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    pub arguments: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]

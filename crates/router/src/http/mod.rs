@@ -232,7 +232,7 @@ async fn chat_completions(State(s): State<Arc<AppState>>, body: Bytes) -> Result
     let model = s.info.model_id.clone();
     if stream {
         let tokenizer = Arc::clone(&s.info.tokenizer);
-        let held = vec![Held::Undecided; subs.len()];
+        let held = (0..subs.len()).map(|_| Held::Undecided).collect();
         let format = ChatChunks { id, created, model, include_usage, tokenizer, tools, held };
         let first = (0..subs.len()).map(|index| format.role_chunk(index)).collect();
         return Ok(sse(subs, format, first));
@@ -251,7 +251,7 @@ async fn chat_completions(State(s): State<Arc<AppState>>, body: Bytes) -> Result
             let call = tools.as_ref().and_then(|t| t.parse_call(&out.text));
             let (message, finish_reason) = match call {
                 Some(call) => (
-                    ChatMessageOut { role: "assistant", content: None, tool_calls: Some(vec![call.out(None)]) },
+                    ChatMessageOut { role: "assistant", content: None, tool_calls: Some(vec![call.out()]) },
                     "tool_calls",
                 ),
                 None => (

@@ -16,12 +16,12 @@ use tokio_stream::Stream;
 
 use super::error::ApiError;
 use super::logprobs::{chat_logprobs, push_completion_logprobs, push_prompt_logprobs};
-use super::tools::ToolSet;
+use super::tools::{CallEnd, CallStream, ToolSet};
 use crate::engine_core::{CoreEvent, Submitted};
 use crate::error::RouterError;
 use crate::openai::{
     ChatChunkChoice, ChatCompletionChunk, ChatDelta, ChatLogprobs, CompletionChoice, CompletionLogprobs,
-    CompletionResponse, Usage,
+    CompletionResponse, ToolCallDelta, Usage,
 };
 
 pub(super) fn json_event<T: Serialize>(v: &T) -> Event {
@@ -223,14 +223,13 @@ impl ChunkFormat for CompletionChunks {
     }
 }
 
-/// Whether a chat choice's text streams or is held back as a possible tool call.
-#[derive(Clone, Debug, PartialEq)]
+/// Whether a chat choice's text streams as content or as a tool call.
 pub(super) enum Held {
     /// No text yet (with tools in auto mode, the first byte decides).
     Undecided,
     Streaming,
-    /// Held back until the end, where it becomes a call (or, if it is none, content).
-    Holding(String),
+    /// A call, streamed as deltas (or, if it turns out to be none, content at the end).
+    Calling(CallStream),
 }
 
 pub(super) struct ChatChunks {
@@ -262,6 +261,11 @@ impl ChatChunks {
         self.chunk(vec![ChatChunkChoice { index, delta, logprobs: None, finish_reason: None }], None)
     }
 
+    fn tool_calls(&self, index: usize, deltas: Vec<ToolCallDelta>) -> Event {
+        let delta = ChatDelta { role: None, content: None, tool_calls: Some(deltas) };
+        self.chunk(vec![ChatChunkChoice { index, delta, logprobs: None, finish_reason: None }], None)
+    }
+
     fn content(&self, index: usize, text: String, logprobs: Option<ChatLogprobs>) -> Event {
         let delta = ChatDelta { role: None, content: Some(text), tool_calls: None };
         self.chunk(vec![ChatChunkChoice { index, delta, logprobs, finish_reason: None }], None)
@@ -284,26 +288,33 @@ impl ChunkFormat for ChatChunks {
                 return;
             }
             let call = tools.always_calls() || text.trim_start().starts_with('{');
-            self.held[index] = if call { Held::Holding(String::new()) } else { Held::Streaming };
+            self.held[index] = if call { Held::Calling(CallStream::new()) } else { Held::Streaming };
         }
-        match &mut self.held[index] {
-            Held::Holding(buffer) => buffer.push_str(&text),
-            Held::Undecided | Held::Streaming => out.push_back(self.content(index, text, logprobs)),
+        match (&mut self.held[index], &self.tools) {
+            (Held::Calling(call), Some(tools)) => {
+                let deltas = call.push(tools, &text);
+                if !deltas.is_empty() {
+                    out.push_back(self.tool_calls(index, deltas));
+                }
+            }
+            _ => out.push_back(self.content(index, text, logprobs)),
         }
     }
 
     fn finished(&mut self, index: usize, result: &GenerationOutput, out: &mut VecDeque<Event>) {
         let mut reason = result.finish_reason.as_str();
-        if let Held::Holding(text) = std::mem::replace(&mut self.held[index], Held::Streaming) {
-            match self.tools.as_ref().and_then(|t| t.parse_call(&text)) {
-                Some(call) => {
-                    let delta = ChatDelta { role: None, content: None, tool_calls: Some(vec![call.out(Some(0))]) };
-                    out.push_back(
-                        self.chunk(vec![ChatChunkChoice { index, delta, logprobs: None, finish_reason: None }], None),
-                    );
+        if let (Held::Calling(call), Some(tools)) =
+            (std::mem::replace(&mut self.held[index], Held::Streaming), &self.tools)
+        {
+            match call.finish(tools) {
+                CallEnd::Call(deltas) => {
+                    if !deltas.is_empty() {
+                        out.push_back(self.tool_calls(index, deltas));
+                    }
                     reason = "tool_calls";
                 }
-                None => out.push_back(self.content(index, text, None)),
+                CallEnd::Partial => {}
+                CallEnd::Text(text) => out.push_back(self.content(index, text, None)),
             }
         }
         out.push_back(self.chunk(

@@ -11,6 +11,9 @@
 //!
 //! Models whose chat templates describe tools themselves do it in their own words; the
 //! system message here gives every model the same description.
+//!
+//! Streams send a call as it is generated ([`CallStream`]): its name once known, then its
+//! arguments piece by piece, as OpenAI's deltas.
 
 use serde_json::{json, Value};
 use shardline_structured::Constraint;
@@ -18,7 +21,7 @@ use shardline_structured::Constraint;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::error::ApiError;
-use crate::openai::{FunctionCallOut, ToolCallOut};
+use crate::openai::{FunctionCallDelta, FunctionCallOut, ToolCallDelta, ToolCallOut};
 
 struct Tool {
     name: String,
@@ -46,17 +49,173 @@ pub(crate) struct ToolCall {
     pub(crate) arguments: String,
 }
 
+/// A fresh call id.
+fn call_id() -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    format!("call_{:08x}", NEXT.fetch_add(1, Ordering::Relaxed))
+}
+
 impl ToolCall {
-    /// OpenAI's shape, with a fresh call id; `index` for stream deltas.
-    pub(crate) fn out(self, index: Option<usize>) -> ToolCallOut {
-        static NEXT: AtomicU64 = AtomicU64::new(0);
-        let id = format!("call_{:08x}", NEXT.fetch_add(1, Ordering::Relaxed));
+    /// OpenAI's shape, with a fresh call id.
+    pub(crate) fn out(self) -> ToolCallOut {
         ToolCallOut {
-            index,
-            id,
+            id: call_id(),
             kind: "function",
             function: FunctionCallOut { name: self.name, arguments: self.arguments },
         }
+    }
+}
+
+/// Where a call's text `{"name": "…", "arguments": …}` has its arguments: the name and the
+/// byte offset the arguments start at. `Ok(None)` while the text is too short to say;
+/// `Err(())` when it is not shaped so (the arguments first, say).
+fn call_head(text: &str) -> Result<Option<(String, usize)>, ()> {
+    // Matches `lit` after optional whitespace: true when matched, false when `rest` ends first.
+    fn literal(rest: &mut &str, lit: &str) -> Result<bool, ()> {
+        let r = rest.trim_start();
+        match r.strip_prefix(lit) {
+            Some(after) => {
+                *rest = after;
+                Ok(true)
+            }
+            None if lit.starts_with(r) => Ok(false),
+            None => Err(()),
+        }
+    }
+    let mut rest = text;
+    for lit in ["{", "\"name\"", ":"] {
+        if !literal(&mut rest, lit)? {
+            return Ok(None);
+        }
+    }
+    let r = rest.trim_start();
+    let mut strings = serde_json::Deserializer::from_str(r).into_iter::<String>();
+    let name = match strings.next() {
+        Some(Ok(name)) => name,
+        None => return Ok(None),
+        Some(Err(e)) if e.is_eof() => return Ok(None),
+        Some(Err(_)) => return Err(()),
+    };
+    rest = &r[strings.byte_offset()..];
+    for lit in [",", "\"arguments\"", ":"] {
+        if !literal(&mut rest, lit)? {
+            return Ok(None);
+        }
+    }
+    // Complete once the arguments' first character is there (whitespace before it is not theirs).
+    let arguments = rest.trim_start();
+    Ok((!arguments.is_empty()).then(|| (name, text.len() - arguments.len())))
+}
+
+/// A complete call's name and its arguments' text as the model wrote it (so a streamed call's
+/// pieces join into exactly what a whole response returns).
+fn split_call(text: &str) -> Option<(String, &str)> {
+    let (name, start) = call_head(text).ok()??;
+    let body = text[start..].trim_end().strip_suffix('}')?.trim_end();
+    let arguments: Value = serde_json::from_str(body).ok()?;
+    arguments.is_object().then_some((name, body))
+}
+
+/// A call streamed as it is generated. The object's closing brace (and whatever trails
+/// arguments that may still grow) is held back: it ends the call, not the arguments.
+pub(crate) struct CallStream {
+    text: String,
+    /// Byte offset of the arguments in `text`, once the head is complete.
+    arguments_at: Option<usize>,
+    /// Bytes of the arguments sent so far.
+    sent: usize,
+    /// The text is not shaped as expected: the call goes whole at the end.
+    whole: bool,
+}
+
+/// How a streamed call ended.
+pub(crate) enum CallEnd {
+    /// A call: the deltas that complete it.
+    Call(Vec<ToolCallDelta>),
+    /// Cut short after its pieces began (by `max_tokens`): nothing more to send.
+    Partial,
+    /// Not a call after all: the text, to send as content.
+    Text(String),
+}
+
+impl CallStream {
+    pub(crate) fn new() -> Self {
+        CallStream { text: String::new(), arguments_at: None, sent: 0, whole: false }
+    }
+
+    fn head(name: String) -> ToolCallDelta {
+        ToolCallDelta {
+            index: 0,
+            id: Some(call_id()),
+            kind: Some("function"),
+            function: FunctionCallDelta { name: Some(name), arguments: String::new() },
+        }
+    }
+
+    fn piece(arguments: &str) -> ToolCallDelta {
+        ToolCallDelta {
+            index: 0,
+            id: None,
+            kind: None,
+            function: FunctionCallDelta { name: None, arguments: arguments.into() },
+        }
+    }
+
+    /// Takes the next generated text; returns the deltas it completes.
+    pub(crate) fn push(&mut self, tools: &ToolSet, text: &str) -> Vec<ToolCallDelta> {
+        self.text.push_str(text);
+        let mut out = Vec::new();
+        if self.whole {
+            return out;
+        }
+        let start = match self.arguments_at {
+            Some(start) => start,
+            None => match call_head(&self.text) {
+                Ok(None) => return out,
+                Ok(Some((name, start))) if tools.tools.iter().any(|t| t.name == name) => {
+                    out.push(Self::head(name));
+                    self.arguments_at = Some(start);
+                    start
+                }
+                _ => {
+                    self.whole = true;
+                    return out;
+                }
+            },
+        };
+        let ready = self.text[start..].trim_end_matches(|c: char| c == '}' || c.is_whitespace()).len();
+        if ready > self.sent {
+            Self::add_piece(&mut out, &self.text[start + self.sent..start + ready]);
+            self.sent = ready;
+        }
+        out
+    }
+
+    /// Appends `arguments` to the head when it goes out in the same delta (as OpenAI's first
+    /// delta carries the first piece), else as a delta of its own.
+    fn add_piece(out: &mut Vec<ToolCallDelta>, arguments: &str) {
+        match out.last_mut() {
+            Some(head) => head.function.arguments.push_str(arguments),
+            None => out.push(Self::piece(arguments)),
+        }
+    }
+
+    /// At the end of the output: what completes the call, or what it was instead.
+    pub(crate) fn finish(self, tools: &ToolSet) -> CallEnd {
+        let Some(call) = tools.parse_call(&self.text) else {
+            return match self.arguments_at {
+                Some(_) => CallEnd::Partial,
+                None => CallEnd::Text(self.text),
+            };
+        };
+        let mut out = Vec::new();
+        if self.arguments_at.is_none() {
+            out.push(Self::head(call.name));
+        }
+        if let Some(rest) = call.arguments.get(self.sent..).filter(|r| !r.is_empty()) {
+            Self::add_piece(&mut out, rest);
+        }
+        CallEnd::Call(out)
     }
 }
 
@@ -156,6 +315,10 @@ impl ToolSet {
 
     /// Whether output that starts with `{` is a call (auto mode decides by the first byte).
     pub(crate) fn parse_call(&self, text: &str) -> Option<ToolCall> {
+        if let Some((name, arguments)) = split_call(text) {
+            let known = self.tools.iter().any(|t| t.name == name);
+            return known.then(|| ToolCall { name, arguments: arguments.to_string() });
+        }
         let v: Value = serde_json::from_str(text.trim()).ok()?;
         let name = v.get("name")?.as_str()?;
         self.tools.iter().any(|t| t.name == name).then(|| ToolCall {
@@ -167,5 +330,76 @@ impl ToolSet {
     /// Whether every output is a call (so streams hold text back until it is complete).
     pub(crate) fn always_calls(&self) -> bool {
         !matches!(self.choice, Choice::Auto)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tools() -> ToolSet {
+        let list = vec![json!({"type": "function", "function": {"name": "get_weather"}})];
+        ToolSet::parse(&Some(list), &Some(json!("required"))).unwrap().unwrap()
+    }
+
+    /// Streams `text` in pieces of `step` characters; returns the deltas' name and the joined
+    /// arguments, and how many deltas carried arguments.
+    fn stream(text: &str, step: usize) -> (Option<String>, String, usize, bool) {
+        let tools = tools();
+        let mut call = CallStream::new();
+        let chars: Vec<char> = text.chars().collect();
+        let mut deltas = Vec::new();
+        for piece in chars.chunks(step) {
+            deltas.extend(call.push(&tools, &piece.iter().collect::<String>()));
+        }
+        let is_call = match call.finish(&tools) {
+            CallEnd::Call(rest) => {
+                deltas.extend(rest);
+                true
+            }
+            _ => false,
+        };
+        let name = deltas.first().and_then(|d| d.function.name.clone());
+        assert!(deltas.iter().skip(1).all(|d| d.id.is_none() && d.function.name.is_none()), "one head");
+        let arguments: String = deltas.iter().map(|d| d.function.arguments.as_str()).collect();
+        let pieces = deltas.iter().filter(|d| !d.function.arguments.is_empty()).count();
+        (name, arguments, pieces, is_call)
+    }
+
+    #[test]
+    fn a_streamed_call_joins_into_the_whole_calls_arguments() {
+        let args = r#"{"city": "Paris {left}", "nested": {"a": [1, {"b": "}"}]}}"#;
+        for text in [
+            format!(r#"{{"name":"get_weather","arguments":{args}}}"#),
+            format!("{{ \"name\" : \"get_weather\" ,\n \"arguments\" : {args} }}\n"),
+        ] {
+            let whole = tools().parse_call(&text).unwrap();
+            assert_eq!(whole.arguments, args, "the model's own text");
+            for step in [1, 2, 3, 7, 1000] {
+                let (name, joined, pieces, is_call) = stream(&text, step);
+                assert!(is_call);
+                assert_eq!(name.as_deref(), Some("get_weather"), "step {step}");
+                assert_eq!(joined, args, "step {step}");
+                if step < 4 {
+                    assert!(pieces > 5, "arguments arrive piece by piece ({pieces})");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn other_shapes_are_sent_whole_or_as_text() {
+        // The arguments before the name: sent whole at the end, re-serialized.
+        let (name, joined, pieces, is_call) = stream(r#"{"arguments": {"x": 1}, "name": "get_weather"}"#, 2);
+        assert!(is_call);
+        assert_eq!((name.as_deref(), joined.as_str(), pieces), (Some("get_weather"), r#"{"x":1}"#, 1), "one delta");
+        // Not a call: text. A call cut short: neither.
+        assert!(!stream("hello there", 3).3);
+        let tools = tools();
+        let mut call = CallStream::new();
+        assert!(!call.push(&tools, r#"{"name": "get_weather", "arguments": {"ci"#).is_empty());
+        assert!(matches!(call.finish(&tools), CallEnd::Partial));
+        assert_eq!(call_head(r#"{"name": "get_wea"#), Ok(None));
+        assert_eq!(call_head(r#"{"nope"#), Err(()));
     }
 }
