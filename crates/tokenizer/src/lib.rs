@@ -174,15 +174,32 @@ impl Tokenizer {
     /// Render the chat template like transformers'
     /// `apply_chat_template(messages, tokenize=False, add_generation_prompt=...)`.
     pub fn apply_chat_template(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<String> {
+        self.render_chat(messages, add_generation_prompt, None)
+    }
+
+    /// The same with `tools` (OpenAI's `[{"type": "function", "function": {…}}]`) given to the
+    /// template, as transformers' `apply_chat_template(messages, tools=…)`: templates with a
+    /// tools section describe them in the model's own words; others ignore them.
+    pub fn apply_chat_template_with_tools(
+        &self,
+        messages: &[ChatMessage],
+        tools: &[serde_json::Value],
+        add_generation_prompt: bool,
+    ) -> Result<String> {
+        self.render_chat(messages, add_generation_prompt, Some(tools))
+    }
+
+    fn render_chat(
+        &self,
+        messages: &[ChatMessage],
+        add_generation_prompt: bool,
+        tools: Option<&[serde_json::Value]>,
+    ) -> Result<String> {
         let template = self.chat_template.as_deref().ok_or(TokenizerError::NoChatTemplate)?;
         let bos = self.bos.and_then(|id| self.inner.id_to_token(id));
         let eos = self.eos.first().and_then(|&id| self.inner.id_to_token(id));
-        chat::render(
-            template,
-            messages,
-            add_generation_prompt,
-            &chat::TemplateTokens { bos_token: bos.as_deref(), eos_token: eos.as_deref() },
-        )
+        let tokens = chat::TemplateTokens { bos_token: bos.as_deref(), eos_token: eos.as_deref() };
+        chat::render(template, messages, add_generation_prompt, &tokens, tools)
     }
 
     pub fn inner(&self) -> &tokenizers::Tokenizer {

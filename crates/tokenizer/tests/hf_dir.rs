@@ -112,6 +112,26 @@ fn chat_template_renders_like_transformers_jinja() {
     assert!(err.to_string().contains("Unknown role: tool"), "{err}");
 }
 
+/// `tools` reach the template as transformers passes them (OpenAI's list), so a template's
+/// tools section renders them in its own words (here, Qwen2.5's); without, `tools` is none.
+#[test]
+fn chat_template_renders_the_tools_it_is_given() {
+    let dir = tiny_dir(300, chat_config());
+    let tok = Tokenizer::from_dir(dir.path()).unwrap();
+    let messages = [ChatMessage::new("user", "Hi")];
+    let tools = [serde_json::json!({"type": "function", "function": {"name": "get_weather", "parameters": {}}})];
+    assert!(!tok.apply_chat_template(&messages, true).unwrap().contains("TOOLS"));
+    assert!(tok.apply_chat_template_with_tools(&messages, &tools, true).unwrap().contains("TOOLS"));
+
+    let qwen = "{%- if tools %}<|im_start|>system\n<tools>{%- for tool in tools %}\n{{ tool | tojson }}{%- endfor %}\n</tools><|im_end|>\n{%- endif %}{%- for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{%- endfor %}";
+    write(dir.path(), "chat_template.jinja", qwen);
+    let tok = Tokenizer::from_dir(dir.path()).unwrap();
+    // trim_blocks drops the newline after each block tag, `{%-` the whitespace before it.
+    let want = "<|im_start|>system\n<tools>{\"type\": \"function\", \"function\": {\"name\": \"get_weather\", \"parameters\": {}}}</tools><|im_end|><|im_start|>user\nHi<|im_end|>";
+    assert_eq!(tok.apply_chat_template_with_tools(&messages, &tools, false).unwrap(), want);
+    assert_eq!(tok.apply_chat_template(&messages, false).unwrap(), "<|im_start|>user\nHi<|im_end|>");
+}
+
 #[test]
 fn chat_template_jinja_file_takes_precedence() {
     let dir = tiny_dir(300, chat_config());

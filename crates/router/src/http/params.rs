@@ -3,7 +3,7 @@
 
 use shardline_engine::GenerationOutput;
 use shardline_sampling::SamplingParams;
-use shardline_tokenizer::{ChatMessage, Prompt};
+use shardline_tokenizer::{ChatMessage, Prompt, Tokenizer};
 
 use super::error::ApiError;
 use super::structured::constraint;
@@ -206,14 +206,8 @@ pub(super) fn chat_prompt_and_params(req: &ChatCompletionRequest, info: &ServerI
             "this model has no chat template; use /v1/completions with a formatted prompt",
         ));
     }
-    let mut messages: Vec<ChatMessage> = req.messages.iter().map(history_message).collect();
-    if let Some(tools) = &tools {
-        messages.insert(0, ChatMessage::new("system".to_string(), tools.system_prompt()));
-    }
-    // Rendering here turns template errors (e.g. a role the template refuses) into 400s.
-    let rendered = tok.apply_chat_template(&messages, true).map_err(|e| {
-        ApiError::bad_request(format!("the chat template failed on these messages: {e}")).with_param("messages")
-    })?;
+    let messages: Vec<ChatMessage> = req.messages.iter().map(history_message).collect();
+    let rendered = render_chat(tok, messages, tools.as_ref().zip(req.tools.as_deref()))?;
     let ids = tok.encode(&rendered, false).map_err(|e| ApiError::from(RouterError::Prompt(e)))?;
     // Without a limit: the rest of the context; 1 when nothing is left, so the engine reports it.
     let max_tokens = req
@@ -231,6 +225,26 @@ pub(super) fn chat_prompt_and_params(req: &ChatCompletionRequest, info: &ServerI
         params.constraint = Some(tools.constraint());
     }
     Ok(ChatPlan { prompt: ids, samples: knobs.samples(params), tools })
+}
+
+/// The prompt of a chat: the template's own tools section describes the tools if it has one
+/// (it then renders differently with them), otherwise a system message does. Rendering here
+/// turns template errors (e.g. a role the template refuses) into 400s.
+fn render_chat(
+    tok: &Tokenizer,
+    mut messages: Vec<ChatMessage>,
+    tools: Option<(&ToolSet, &[serde_json::Value])>,
+) -> Result<String, ApiError> {
+    let template_error =
+        |e| ApiError::bad_request(format!("the chat template failed on these messages: {e}")).with_param("messages");
+    let plain = tok.apply_chat_template(&messages, true).map_err(template_error)?;
+    let Some((tools, list)) = tools else { return Ok(plain) };
+    let with_tools = tok.apply_chat_template_with_tools(&messages, list, true).map_err(template_error)?;
+    if with_tools != plain {
+        return Ok(with_tools);
+    }
+    messages.insert(0, ChatMessage::new("system".to_string(), tools.system_prompt()));
+    tok.apply_chat_template(&messages, true).map_err(template_error)
 }
 
 /// A history message as the template sees it: an assistant turn that called a tool shows
@@ -267,4 +281,34 @@ pub(super) async fn collect(mut sub: Submitted) -> Result<GenerationOutput, ApiE
         }
     }
     Err(RouterError::Unavailable("it stopped before the request finished".into()).into())
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    /// A tokenizer whose chat template is `template`.
+    fn tokenizer(template: &str) -> Tokenizer {
+        let dir = tempfile::tempdir().unwrap();
+        let json = shardline_tokenizer::testing::tiny_tokenizer_json(300);
+        std::fs::write(dir.path().join("tokenizer.json"), json).unwrap();
+        std::fs::write(dir.path().join("chat_template.jinja"), template).unwrap();
+        Tokenizer::from_dir(dir.path()).unwrap()
+    }
+
+    #[test]
+    fn tools_are_described_by_the_template_when_it_can_else_by_a_system_message() {
+        let list = vec![json!({"type": "function", "function": {"name": "get_weather"}})];
+        let tools = ToolSet::parse(&Some(list.clone()), &None).unwrap().unwrap();
+        let messages = vec![ChatMessage::new("user", "Hi")];
+        let own = "{% if tools %}[tools: {{ tools[0].function.name }}]{% endif %}{% for m in messages %}<{{ m.role }}>{{ m.content }}{% endfor %}";
+        let rendered = render_chat(&tokenizer(own), messages.clone(), Some((&tools, &list))).unwrap();
+        assert_eq!(rendered, "[tools: get_weather]<user>Hi");
+        let plain = "{% for m in messages %}<{{ m.role }}>{{ m.content }}{% endfor %}";
+        let rendered = render_chat(&tokenizer(plain), messages.clone(), Some((&tools, &list))).unwrap();
+        assert_eq!(rendered, format!("<system>{}<user>Hi", tools.system_prompt()));
+        assert_eq!(render_chat(&tokenizer(own), messages, None).unwrap(), "<user>Hi");
+    }
 }

@@ -16,7 +16,7 @@ use tokio_stream::Stream;
 
 use super::error::ApiError;
 use super::logprobs::{chat_logprobs, push_completion_logprobs, push_prompt_logprobs};
-use super::tools::{CallEnd, CallStream, ToolSet};
+use super::tools::{opens_call, CallEnd, CallStream, ToolSet};
 use crate::engine_core::{CoreEvent, Submitted};
 use crate::error::RouterError;
 use crate::openai::{
@@ -287,7 +287,7 @@ impl ChunkFormat for ChatChunks {
             if text.is_empty() {
                 return;
             }
-            let call = tools.always_calls() || text.trim_start().starts_with('{');
+            let call = tools.always_calls() || opens_call(&text);
             self.held[index] = if call { Held::Calling(CallStream::new()) } else { Held::Streaming };
         }
         match (&mut self.held[index], &self.tools) {

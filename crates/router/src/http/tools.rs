@@ -6,11 +6,13 @@
 //! function's `parameters` schema:
 //! - `"required"`: the output is a call to one of the tools;
 //! - a named function: a call to that one;
-//! - `"auto"` (the default with tools): a call, or text that does not start with `{`;
+//! - `"auto"` (the default with tools): a call, or text that does not start with `{` (a call
+//!   in Hermes' `<tool_call>` tags, as Qwen2.5's template asks, is recognized but not
+//!   constrained);
 //! - `"none"`: plain chat, tools neither described nor called.
 //!
-//! Models whose chat templates describe tools themselves do it in their own words; the
-//! system message here gives every model the same description.
+//! A chat template with a tools section describes them in the model's own words (the tools
+//! reach it as transformers passes them); for one without, a system message here does.
 //!
 //! Streams send a call as it is generated ([`CallStream`]): its name once known, then its
 //! arguments piece by piece, as OpenAI's deltas.
@@ -66,6 +68,15 @@ impl ToolCall {
     }
 }
 
+const HERMES_OPEN: &str = "<tool_call>";
+const HERMES_CLOSE: &str = "</tool_call>";
+
+/// Whether output opening with `text` is (or may still be) a call: `{`, or Hermes' tag.
+pub(crate) fn opens_call(text: &str) -> bool {
+    let t = text.trim_start();
+    t.starts_with('{') || t.starts_with(HERMES_OPEN) || (!t.is_empty() && HERMES_OPEN.starts_with(t))
+}
+
 /// Where a call's text `{"name": "…", "arguments": …}` has its arguments: the name and the
 /// byte offset the arguments start at. `Ok(None)` while the text is too short to say;
 /// `Err(())` when it is not shaped so (the arguments first, say).
@@ -82,7 +93,13 @@ fn call_head(text: &str) -> Result<Option<(String, usize)>, ()> {
             None => Err(()),
         }
     }
-    let mut rest = text;
+    // A call may come wrapped in Hermes' tags (Qwen2.5's and Hermes' templates ask for them).
+    let mut rest = text.trim_start();
+    match rest.strip_prefix(HERMES_OPEN) {
+        Some(after) => rest = after,
+        None if rest.starts_with('<') => return if HERMES_OPEN.starts_with(rest) { Ok(None) } else { Err(()) },
+        None => {}
+    }
     for lit in ["{", "\"name\"", ":"] {
         if !literal(&mut rest, lit)? {
             return Ok(None);
@@ -111,7 +128,9 @@ fn call_head(text: &str) -> Result<Option<(String, usize)>, ()> {
 /// pieces join into exactly what a whole response returns).
 fn split_call(text: &str) -> Option<(String, &str)> {
     let (name, start) = call_head(text).ok()??;
-    let body = text[start..].trim_end().strip_suffix('}')?.trim_end();
+    let body = text[start..].trim_end();
+    let body = body.strip_suffix(HERMES_CLOSE).map_or(body, str::trim_end);
+    let body = body.strip_suffix('}')?.trim_end();
     let arguments: Value = serde_json::from_str(body).ok()?;
     arguments.is_object().then_some((name, body))
 }
@@ -183,7 +202,14 @@ impl CallStream {
                 }
             },
         };
-        let ready = self.text[start..].trim_end_matches(|c: char| c == '}' || c.is_whitespace()).len();
+        let mut tail = &self.text[start..];
+        // Hermes' closing tag, or what may grow into it, ends the call too.
+        if let Some(at) =
+            tail.rfind('<').filter(|&at| HERMES_CLOSE.starts_with(&tail[at..]) || tail[at..].starts_with(HERMES_CLOSE))
+        {
+            tail = &tail[..at];
+        }
+        let ready = tail.trim_end_matches(|c: char| c == '}' || c.is_whitespace()).len();
         if ready > self.sent {
             Self::add_piece(&mut out, &self.text[start + self.sent..start + ready]);
             self.sent = ready;
@@ -393,6 +419,17 @@ mod tests {
         let (name, joined, pieces, is_call) = stream(r#"{"arguments": {"x": 1}, "name": "get_weather"}"#, 2);
         assert!(is_call);
         assert_eq!((name.as_deref(), joined.as_str(), pieces), (Some("get_weather"), r#"{"x":1}"#, 1), "one delta");
+        // Hermes' tags around a call, streamed in pieces.
+        let args = r#"{"city": "Oslo"}"#;
+        for step in [1, 4, 100] {
+            let (name, joined, _, is_call) = stream(
+                &format!("<tool_call>\n{{\"name\": \"get_weather\", \"arguments\": {args}}}\n</tool_call>"),
+                step,
+            );
+            assert!(is_call);
+            assert_eq!((name.as_deref(), joined.as_str()), (Some("get_weather"), args), "step {step}");
+        }
+        assert!(opens_call(" <tool") && opens_call("{") && !opens_call("<b>") && !opens_call("Hi"));
         // Not a call: text. A call cut short: neither.
         assert!(!stream("hello there", 3).3);
         let tools = tools();

@@ -2,7 +2,7 @@
 //!
 //! transformers renders with a sandboxed Jinja2 environment (`trim_blocks`, `lstrip_blocks`,
 //! loop controls), passes `messages`, `add_generation_prompt`, the special token strings,
-//! `tools=None`, `documents=None`, and provides `raise_exception`, `strftime_now` and a `tojson`
+//! `tools` (OpenAI's list, or None), `documents=None`, and provides `raise_exception`, `strftime_now` and a `tojson`
 //! filter that is Python's `json.dumps`. We reproduce that environment with minijinja, plus the
 //! Python string/dict methods (`.strip()`, `.startswith()`, `.items()` ...) from minijinja-contrib.
 
@@ -53,6 +53,7 @@ pub(crate) fn render(
     messages: &[ChatMessage],
     add_generation_prompt: bool,
     tokens: &TemplateTokens<'_>,
+    tools: Option<&[serde_json::Value]>,
 ) -> Result<String> {
     let env = environment();
     let describe = |e: Error| {
@@ -71,7 +72,7 @@ pub(crate) fn render(
         add_generation_prompt => add_generation_prompt,
         bos_token => tokens.bos_token.unwrap_or(""),
         eos_token => tokens.eos_token.unwrap_or(""),
-        tools => Value::from(()),
+        tools => tools.map_or(Value::from(()), Value::from_serialize),
         documents => Value::from(()),
     };
     tmpl.render(ctx).map_err(describe)
