@@ -1,6 +1,8 @@
 //! The step loop (vLLM v1's `EngineCore.step`): fill the executor's pipeline with plans from
 //! the scheduler, wait for the oldest step, let the scheduler update its books from the sampled
-//! tokens, and let the output processor turn them into text and stop decisions.
+//! tokens, and let the output processor turn them into text and stop decisions. A plan with
+//! constrained requests is submitted while their structured-output masks are computed on a
+//! thread of their own, so mask time hides behind the forward rather than adding to the step.
 
 use std::collections::HashMap;
 use std::sync::atomic::AtomicBool;
@@ -8,7 +10,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use rand::Rng;
-use shardline_exec::{Executor, ExecutorError, RequestId};
+use shardline_exec::{Executor, ExecutorError, PendingMasks, RequestId, StepPlan};
 use shardline_sampling::SamplingParams;
 use shardline_tokenizer::Tokenizer;
 
@@ -250,12 +252,16 @@ impl Engine {
     /// step. Returns one event per request that produced a token.
     pub fn step(&mut self) -> Result<Vec<StepEvent>> {
         while let Some(mut plan) = self.scheduler.schedule() {
-            self.guided.attach_masks(&mut plan);
             let now = Instant::now();
             for r in &plan.new_requests {
                 self.outputs.scheduled(r.id, now, r.num_computed_tokens);
             }
-            self.exec.submit(plan)?;
+            let masked = self.guided.mark(&mut plan);
+            if masked.is_empty() {
+                self.exec.submit(plan, None)?;
+            } else {
+                self.submit_masked(plan, &masked)?;
+            }
         }
         if !self.scheduler.has_in_flight() {
             return Ok(Vec::new());
@@ -295,6 +301,25 @@ impl Engine {
             events.push(event);
         }
         Ok(events)
+    }
+
+    /// Submits `plan` while the masks of its `masked` requests are computed on a scoped thread
+    /// and sent after it (vLLM v1 computes its grammar bitmask between `execute_model` and
+    /// `sample_tokens` likewise): the executor runs the forward meanwhile and waits for the
+    /// masks, bounded, only to sample.
+    fn submit_masked(&mut self, plan: StepPlan, masked: &[RequestId]) -> Result<()> {
+        let (tx, pending) = PendingMasks::channel();
+        let (exec, guided) = (&mut self.exec, &mut self.guided);
+        std::thread::scope(|s| {
+            std::thread::Builder::new()
+                .name("structured-masks".into())
+                .spawn_scoped(s, move || {
+                    // An executor that failed before taking them has dropped the receiver.
+                    let _ = tx.send(guided.masks(masked));
+                })
+                .map_err(|e| EngineError::Internal(format!("starting the structured-output mask thread: {e}")))?;
+            Ok(exec.submit(plan, Some(pending))?)
+        })
     }
 
     /// Runs the engine until every queued request finishes, calling `on_event` for each token;

@@ -1,14 +1,16 @@
 //! Structured outputs on the engine's side (vLLM's structured-output manager): each
 //! constrained request's guide lives here, on rank 0. When a step is planned, every
-//! constrained request in it gets the mask of tokens its next sample may take; the mask
-//! travels with the plan to whichever rank samples, and the sampler draws only among those
-//! tokens. When the token comes back, the guide moves past it. A recomputed request keeps its
-//! guide: recomputation rebuilds K/V, never tokens already drawn.
+//! constrained request in it is marked masked; while the step's forward runs, the engine
+//! computes each one's mask of the tokens its next sample may take (on its own thread, see
+//! `Engine::step`), and the masks follow the plan to whichever rank samples, where the
+//! sampler draws only among those tokens. When the token comes back, the guide moves past it.
+//! A recomputed request keeps its guide: recomputation rebuilds K/V, never tokens already
+//! drawn.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use shardline_exec::{RequestId, StepPlan};
+use shardline_exec::{RequestId, StepMasks, StepPlan};
 use shardline_structured::{Constraint, Grammars, Guide};
 use shardline_tokenizer::Tokenizer;
 
@@ -56,31 +58,55 @@ impl GuidedRequests {
         self.guides.remove(&id);
     }
 
-    /// Gives each constrained request of `plan` the mask for its next sample. A guide that
-    /// fails, or that no token of the vocabulary can continue, allows only end-of-sequence,
-    /// which ends the request instead of the step.
-    pub(crate) fn attach_masks(&mut self, plan: &mut StepPlan) {
+    /// Marks each constrained request of `plan` masked; returns their ids (empty when the
+    /// plan has none, and no masks follow it).
+    pub(crate) fn mark(&self, plan: &mut StepPlan) -> Vec<RequestId> {
         if self.guides.is_empty() {
-            return;
+            return Vec::new();
         }
-        let start = std::time::Instant::now();
+        let mut masked = Vec::new();
         for s in &mut plan.scheduled {
-            let Some(guide) = self.guides.get_mut(&s.id) else { continue };
-            s.allowed_tokens = Some(match guide.allowed() {
-                Ok(mask) if mask.count() > 0 => mask.words().to_vec(),
+            s.masked = self.guides.contains_key(&s.id);
+            if s.masked {
+                masked.push(s.id);
+            }
+        }
+        masked
+    }
+
+    /// The mask of each of `ids` (requests [`GuidedRequests::mark`] returned) for its next
+    /// sample. A guide that fails, or that no token of the vocabulary can continue, allows
+    /// only end-of-sequence, which ends the request instead of the step.
+    pub(crate) fn masks(&mut self, ids: &[RequestId]) -> StepMasks {
+        let start = std::time::Instant::now();
+        let mut masks = StepMasks::default();
+        for &id in ids {
+            let words = match self.guides.get_mut(&id).map(|g| g.allowed()) {
+                Some(Ok(mask)) if mask.count() > 0 => mask.words().to_vec(),
                 outcome => {
-                    let why = outcome.err().map_or("no token can continue it".into(), |e| e.to_string());
-                    tracing::warn!(request = s.id, "structured output ended early: {why}");
-                    let mut words = vec![0u32; self.vocab_size.div_ceil(32)];
-                    for &t in self.tokenizer.eos_token_ids() {
-                        words[t as usize / 32] |= 1 << (t % 32);
-                    }
-                    words
+                    let why = match outcome {
+                        Some(Err(e)) => e.to_string(),
+                        Some(Ok(_)) => "no token can continue it".into(),
+                        None => "its guide is gone".into(),
+                    };
+                    tracing::warn!(request = id, "structured output ended early: {why}");
+                    self.eos_only()
                 }
-            });
+            };
+            masks.allowed.insert(id, words);
             self.masks += 1;
         }
         self.mask_time += start.elapsed();
+        masks
+    }
+
+    /// A mask allowing only the end-of-sequence tokens.
+    fn eos_only(&self) -> Vec<u32> {
+        let mut words = vec![0u32; self.vocab_size.div_ceil(32)];
+        for &t in self.tokenizer.eos_token_ids() {
+            words[t as usize / 32] |= 1 << (t % 32);
+        }
+        words
     }
 
     /// Moves request `id`'s guide past `token`; true when its output is complete (or the

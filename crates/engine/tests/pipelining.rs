@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use common::{engine, executor, model_dir, params, text, tokenizer, BLOCK_SIZE};
 use shardline_engine::{Engine, EngineConfig, Executor, RequestId};
-use shardline_exec::{ExecutorError, StepOutput, StepPlan};
+use shardline_exec::{ExecutorError, PendingMasks, StepOutput, StepPlan};
 use shardline_worker::LocalExecutor;
 
 /// One submitted step: its requests, the blocks it writes and reads, and its output.
@@ -38,7 +38,7 @@ impl Executor for Pipelined {
     fn max_in_flight(&self) -> usize {
         self.depth
     }
-    fn submit(&mut self, plan: StepPlan) -> Result<(), ExecutorError> {
+    fn submit(&mut self, plan: StepPlan, masks: Option<PendingMasks>) -> Result<(), ExecutorError> {
         assert!(self.queue.len() < self.depth, "more than {} steps in flight", self.depth);
         for id in &plan.forget {
             assert!(self.queue.iter().all(|p| !p.ids.contains(id)), "request {id} forgotten while in flight");
@@ -68,7 +68,7 @@ impl Executor for Pipelined {
             assert!(step.writes.is_disjoint(&other.reads), "a step writes a block another step in flight reads");
             assert!(step.reads.is_disjoint(&other.writes), "a step reads a block another step in flight writes");
         }
-        self.inner.submit(plan)?;
+        self.inner.submit(plan, masks)?;
         step.output = self.inner.wait()?;
         self.queue.push_back(step);
         self.most_in_flight.fetch_max(self.queue.len(), Ordering::Relaxed);

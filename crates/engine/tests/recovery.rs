@@ -10,7 +10,7 @@ use std::collections::HashMap;
 
 use common::{engine, executor, model_dir, params, text, tokenizer};
 use shardline_engine::{Engine, EngineConfig, Executor, RequestId};
-use shardline_exec::{ExecutorError, Reset, StepOutput, StepPlan};
+use shardline_exec::{ExecutorError, PendingMasks, Reset, StepOutput, StepPlan};
 use shardline_sampling::SamplingParams;
 use shardline_worker::LocalExecutor;
 
@@ -27,8 +27,8 @@ struct Resetting {
 
 impl Executor for Resetting {
     shardline_exec::executor_shape_from!(inner);
-    fn submit(&mut self, plan: StepPlan) -> Result<(), ExecutorError> {
-        self.inner.submit(plan)
+    fn submit(&mut self, plan: StepPlan, masks: Option<PendingMasks>) -> Result<(), ExecutorError> {
+        self.inner.submit(plan, masks)
     }
     fn wait(&mut self) -> Result<StepOutput, ExecutorError> {
         self.waits += 1;

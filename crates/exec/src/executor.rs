@@ -3,6 +3,7 @@
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
+use crate::masks::{MasksError, PendingMasks};
 use crate::plan::{StepOutput, StepPlan};
 
 #[derive(Debug, thiserror::Error)]
@@ -38,6 +39,12 @@ impl ExecutorError {
     }
 }
 
+impl From<MasksError> for ExecutorError {
+    fn from(e: MasksError) -> Self {
+        ExecutorError::failed(e)
+    }
+}
+
 /// Runs step plans. Up to [`Executor::max_in_flight`] steps may be submitted before the oldest
 /// is waited for (one per pipeline stage, like vLLM's virtual engines); the engine never puts a
 /// request, or a KV block it writes, in two steps in flight.
@@ -53,8 +60,12 @@ pub trait Executor: Send {
     fn max_in_flight(&self) -> usize {
         1
     }
-    /// Starts a step (an executor running one step at a time may run it here).
-    fn submit(&mut self, plan: StepPlan) -> Result<(), ExecutorError>;
+    /// Starts a step (an executor running one step at a time may run it here). When the plan
+    /// has masked requests ([`StepPlan::has_masks`]), `masks` brings their masks later: the
+    /// engine computes them while this runs, and the executor samples only once they came
+    /// (waiting at most [`crate::MASKS_TIMEOUT`]); `None` when no request is masked. An
+    /// executor that samples elsewhere passes them on to the rank that samples.
+    fn submit(&mut self, plan: StepPlan, masks: Option<PendingMasks>) -> Result<(), ExecutorError>;
     /// Waits for the oldest submitted step.
     fn wait(&mut self) -> Result<StepOutput, ExecutorError>;
     /// A flag raised while the executor re-forms its group after losing a rank (a `wait` is

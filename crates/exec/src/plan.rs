@@ -37,9 +37,9 @@ pub struct ScheduledRequest {
     pub new_token_ids: Vec<u32>,
     /// KV blocks appended to its table since it last ran; empty for a request new in this plan.
     pub new_block_ids: Vec<u32>,
-    /// The tokens its next sample may take (a structured output's mask: one bit per id, 32
-    /// to a word), when it is constrained.
-    pub allowed_tokens: Option<Vec<u32>>,
+    /// Constrained by a structured output: its next sample takes a mask, which comes after the
+    /// plan (see [`crate::StepMasks`]), computed while the step's forward runs.
+    pub masked: bool,
 }
 
 /// What one step runs.
@@ -63,6 +63,11 @@ impl StepPlan {
     /// Tokens computed in this step.
     pub fn num_tokens(&self) -> usize {
         self.scheduled.iter().map(|s| s.num_tokens).sum()
+    }
+
+    /// Whether masks follow this plan: some request of it is masked.
+    pub fn has_masks(&self) -> bool {
+        self.scheduled.iter().any(|s| s.masked)
     }
 }
 

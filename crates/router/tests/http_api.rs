@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use shardline_engine::Executor;
-use shardline_exec::{ExecutorError, Reset, StepOutput, StepPlan};
+use shardline_exec::{ExecutorError, PendingMasks, Reset, StepOutput, StepPlan};
 use shardline_tokenizer::ChatMessage;
 use shardline_tokenizer::Prompt;
 use shardline_worker::LocalExecutor;
@@ -425,8 +425,8 @@ struct RecoversOnce {
 
 impl Executor for RecoversOnce {
     shardline_exec::executor_shape_from!(inner);
-    fn submit(&mut self, plan: StepPlan) -> Result<(), ExecutorError> {
-        self.inner.submit(plan)
+    fn submit(&mut self, plan: StepPlan, masks: Option<PendingMasks>) -> Result<(), ExecutorError> {
+        self.inner.submit(plan, masks)
     }
     fn wait(&mut self) -> Result<StepOutput, ExecutorError> {
         let out = self.inner.wait()?;

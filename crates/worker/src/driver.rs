@@ -1,6 +1,8 @@
 //! Rank 0's executor over a started group: sends each step plan to every rank (requests in full
 //! once, then diffs) and collects the sampled tokens from the sampling rank. `submit` does not
-//! wait, so several steps can be in flight and every pipeline stage works at once.
+//! wait for the step, so several steps can be in flight and every pipeline stage works at once;
+//! a masked step's `submit` waits (bounded) only for the structured-output masks the engine
+//! computes while the ranks already run the step, and sends them to the sampling rank alone.
 //!
 //! Recovery (with a [`RankReplacer`]): when a step fails, the launcher is asked to replace the
 //! rank that died (rank 0 kills it first if it is only silent: stopped or hung). Rank 0 then drops
@@ -17,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use prost::Message;
 use shardline_comm::{Comm, CommError, Tag};
-use shardline_exec::{Executor, ExecutorError, Reset, StepOutput, StepPlan};
+use shardline_exec::{Executor, ExecutorError, PendingMasks, Reset, StepOutput, StepPlan};
 use shardline_proto::worker::v1::{control_message::Kind, ControlMessage, Shutdown, StepResult};
 
 use crate::error::{Result, WorkerError};
@@ -25,7 +27,7 @@ use crate::group::{workers_ready, GroupReady, LocalCommand, LocalShard, Reform};
 use crate::heartbeat;
 use crate::layout::GroupLayout;
 use crate::process_id;
-use crate::wire::{output_from_proto, step_to_proto};
+use crate::wire::{masks_to_proto, output_from_proto, step_to_proto};
 
 /// How often rank 0 checks its own shard while waiting for the sampling rank's result.
 const RESULT_POLL: Duration = Duration::from_millis(50);
@@ -139,24 +141,50 @@ impl GroupExecutor {
         self.local.as_ref().ok_or_else(|| WorkerError::Protocol("the group is shut down".into()))
     }
 
-    /// Sends a step to the group without waiting for its result.
-    fn send_step(&mut self, plan: StepPlan) -> Result<u64> {
+    /// Sends a step to the group without waiting for its result; then, for a masked plan, its
+    /// masks to the sampling rank once they come.
+    fn send_step(&mut self, plan: StepPlan, masks: Option<PendingMasks>) -> Result<u64> {
+        if plan.has_masks() != masks.is_some() {
+            let why =
+                if masks.is_some() { "masks for a plan without masked requests" } else { "no masks for a masked plan" };
+            return Err(ExecutorError::Plan(why.into()).into());
+        }
         let step_id = self.next_step;
         self.next_step += 1;
         let bytes = ControlMessage { kind: Some(Kind::Step(step_to_proto(step_id, &plan))) }.encode_to_vec();
         for r in 1..self.layout.world_size() {
-            match self.comm.send(r, Tag::Control, bytes.clone()) {
-                // A rank already gone fails this step's wait, which recovers the group.
-                Err(_) if self.replacer.is_some() => {}
-                sent => sent?,
-            }
+            self.send_control(r, bytes.clone())?;
         }
         self.local()?
             .steps
             .send(LocalCommand::Step(step_id, plan))
             .map_err(|_| WorkerError::Protocol("rank 0's shard thread has stopped".into()))?;
         self.in_flight.push_back(step_id);
+        let Some(masks) = masks else { return Ok(step_id) };
+        // Every rank runs the step meanwhile; the sampling rank reads the masks before it samples
+        // (and before the next step, sent after this returns).
+        let masks = masks.wait().map_err(ExecutorError::from)?;
+        match self.layout.result_rank() {
+            0 => self
+                .local()?
+                .steps
+                .send(LocalCommand::Masks(step_id, masks))
+                .map_err(|_| WorkerError::Protocol("rank 0's shard thread has stopped".into()))?,
+            rank => {
+                let kind = Kind::StepMasks(masks_to_proto(step_id, &masks));
+                self.send_control(rank, ControlMessage { kind: Some(kind) }.encode_to_vec())?;
+            }
+        }
         Ok(step_id)
+    }
+
+    /// Sends a control message to worker `rank`.
+    fn send_control(&self, rank: usize, bytes: Vec<u8>) -> Result<()> {
+        match self.comm.send(rank, Tag::Control, bytes) {
+            // A rank already gone fails this step's wait, which recovers the group.
+            Err(_) if self.replacer.is_some() => Ok(()),
+            sent => Ok(sent?),
+        }
     }
 
     /// Waits for the oldest in-flight step's sampled tokens.
@@ -278,8 +306,8 @@ impl Executor for GroupExecutor {
         self.replacer.is_some().then(|| Arc::clone(&self.recovering))
     }
 
-    fn submit(&mut self, plan: StepPlan) -> std::result::Result<(), ExecutorError> {
-        self.send_step(plan)?;
+    fn submit(&mut self, plan: StepPlan, masks: Option<PendingMasks>) -> std::result::Result<(), ExecutorError> {
+        self.send_step(plan, masks)?;
         Ok(())
     }
 

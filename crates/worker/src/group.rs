@@ -1,15 +1,17 @@
 //! Starting a group: rank 0 (`start_group`, the engine's side) and every other rank
 //! (`run_worker`). Rank 0 runs its own shard on a thread fed through a channel, so its engine
-//! loop never blocks on its own collectives.
+//! loop never blocks on its own collectives. Whichever rank samples reads a masked step's
+//! structured-output masks from the same stream as its steps (the control stream, or on rank 0
+//! that channel), right after the step: rank 0 sends them before the next step.
 
-use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use prost::Message;
 use shardline_comm::{rendezvous, Comm, CommError, GroupSecret, RendezvousConfig, Tag};
-use shardline_exec::{StepOutput, StepPlan};
+use shardline_exec::{StepMasks, StepOutput, StepPlan, MASKS_TIMEOUT};
 use shardline_model::ModelConfig;
 use shardline_proto::worker::v1::{control_message::Kind, ControlMessage, GroupSpec, Ready, StepResult};
 
@@ -17,7 +19,7 @@ use crate::env::RankEnv;
 use crate::error::{Result, WorkerError};
 use crate::heartbeat;
 use crate::shard::WorkerShard;
-use crate::wire::{output_to_proto, step_from_proto, GroupConfig};
+use crate::wire::{masks_from_proto, output_to_proto, step_from_proto, GroupConfig};
 
 /// What rank 0 learned while the group formed.
 pub struct GroupReady {
@@ -52,6 +54,8 @@ impl Reform {
 /// What rank 0's shard thread is asked to do.
 pub(crate) enum LocalCommand {
     Step(u64, StepPlan),
+    /// The masks of the step just sent, when rank 0 is the sampling rank.
+    Masks(u64, StepMasks),
     /// Move to the re-formed group's mesh; answers with the shard's READY.
     Rejoin(Arc<Comm>, Sender<Result<Ready>>),
     Shutdown,
@@ -129,10 +133,10 @@ pub fn start_group(
                         return;
                     }
                 };
-                for cmd in step_rx {
+                while let Ok(cmd) = step_rx.recv() {
                     match cmd {
                         LocalCommand::Step(step_id, plan) => {
-                            let r = shard.step(step_id, &plan);
+                            let r = shard.step(step_id, &plan, &mut |id| local_masks(&step_rx, id));
                             // Without recovery a failed step ends the group; with it, the
                             // executor re-forms the group and sends Rejoin.
                             let fatal = r.is_err() && !config.recover;
@@ -140,6 +144,8 @@ pub fn start_group(
                                 return;
                             }
                         }
+                        // The masks of a step that failed before it read them.
+                        LocalCommand::Masks(..) => {}
                         LocalCommand::Rejoin(comm, ack) => {
                             let _ = ack.send(shard.rejoin(comm).map(|()| shard.ready()));
                         }
@@ -155,6 +161,51 @@ pub fn start_group(
     let ready = [vec![ready0], workers_ready(&comm, load_timeout)?].concat();
     let local = LocalShard { steps: step_tx, results: res_rx, thread };
     Ok(GroupReady { comm, config, model_config, ready, local, reform })
+}
+
+/// Rank 0's shard thread: the masks of step `step_id`, the next command, within
+/// [`MASKS_TIMEOUT`].
+fn local_masks(commands: &Receiver<LocalCommand>, step_id: u64) -> Result<StepMasks> {
+    match commands.recv_timeout(MASKS_TIMEOUT) {
+        Ok(LocalCommand::Masks(id, masks)) if id == step_id => Ok(masks),
+        Ok(LocalCommand::Masks(id, _)) => Err(WorkerError::Protocol(format!(
+            "rank 0's shard received the structured-output masks of step {id} during step {step_id}"
+        ))),
+        Ok(_) => Err(WorkerError::Protocol(format!(
+            "rank 0's shard expected the structured-output masks of step {step_id}, got another command"
+        ))),
+        Err(RecvTimeoutError::Timeout) => Err(WorkerError::Protocol(format!(
+            "the structured-output masks of step {step_id} did not come within {:.0} s",
+            MASKS_TIMEOUT.as_secs_f64()
+        ))),
+        Err(RecvTimeoutError::Disconnected) => Err(WorkerError::Protocol("rank 0's executor has stopped".into())),
+    }
+}
+
+/// A worker that samples: the masks of step `step_id`, the next control message, within
+/// [`MASKS_TIMEOUT`] (rank 0 computes them while the step runs), checking meanwhile that rank
+/// 0 still beats.
+fn remote_masks(comm: &Comm, step_id: u64, heartbeat_timeout: Duration) -> Result<StepMasks> {
+    let deadline = Instant::now() + MASKS_TIMEOUT;
+    let bytes = loop {
+        let slice = deadline.saturating_duration_since(Instant::now()).min(heartbeat_timeout / 2);
+        match comm.recv_within(0, Tag::Control, Some(slice), "send the step's structured-output masks") {
+            Err(CommError::Timeout { .. }) if Instant::now() >= deadline => {
+                return Err(WorkerError::Protocol(format!(
+                    "rank 0 did not send the structured-output masks of step {step_id} within {:.0} s",
+                    MASKS_TIMEOUT.as_secs_f64()
+                )))
+            }
+            Err(CommError::Timeout { .. }) => heartbeat::check(comm, [0], heartbeat_timeout)?,
+            other => break other?,
+        }
+    };
+    match ControlMessage::decode(bytes.as_slice())?.kind {
+        Some(Kind::StepMasks(masks)) => masks_from_proto(step_id, masks),
+        _ => Err(WorkerError::Protocol(format!(
+            "expected the structured-output masks of step {step_id}, got another control message"
+        ))),
+    }
 }
 
 /// Every worker's READY (ranks 1..), each within `load_timeout`; a rank that failed to load
@@ -236,7 +287,8 @@ fn serve_steps(comm: &Comm, shard: &mut WorkerShard, heartbeat_timeout: Duration
         match ControlMessage::decode(bytes.as_slice())?.kind {
             Some(Kind::Step(step)) => {
                 let step_id = step.step_id;
-                match step_from_proto(step).and_then(|plan| shard.step(step_id, &plan)) {
+                let mut masks = |id| remote_masks(comm, id, heartbeat_timeout);
+                match step_from_proto(step).and_then(|plan| shard.step(step_id, &plan, &mut masks)) {
                     Ok(Some(out)) => comm.send(0, Tag::Result, output_to_proto(step_id, &out).encode_to_vec())?,
                     Ok(None) => {}
                     Err(e) => {
@@ -250,6 +302,12 @@ fn serve_steps(comm: &Comm, shard: &mut WorkerShard, heartbeat_timeout: Duration
                 eprintln!("{}", shard.stats_line());
                 comm.close();
                 return Ok(());
+            }
+            Some(Kind::StepMasks(m)) => {
+                return Err(WorkerError::Protocol(format!(
+                    "received the structured-output masks of step {} outside that step",
+                    m.step_id
+                )))
             }
             None => return Err(WorkerError::Protocol("empty control message".into())),
         }

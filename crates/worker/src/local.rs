@@ -1,9 +1,10 @@
 //! The whole model in this process, as an [`Executor`]: one rank, no collectives, each step
-//! run when submitted.
+//! run when submitted. A step with structured-output masks runs its layers and logits first
+//! and only then waits for the masks, which the engine computes meanwhile.
 
 use std::collections::VecDeque;
 
-use shardline_exec::{Executor, ExecutorError, StepOutput, StepPlan};
+use shardline_exec::{Executor, ExecutorError, PendingMasks, StepOutput, StepPlan};
 use shardline_model::{Llama, SingleRank};
 
 use crate::error::Result;
@@ -25,7 +26,12 @@ impl LocalExecutor {
         self.runner.model()
     }
 
-    fn run(&mut self, plan: &StepPlan) -> Result<StepOutput> {
+    fn run(&mut self, plan: &StepPlan, masks: Option<PendingMasks>) -> Result<StepOutput> {
+        if plan.has_masks() != masks.is_some() {
+            let why =
+                if masks.is_some() { "masks for a plan without masked requests" } else { "no masks for a masked plan" };
+            return Err(ExecutorError::Plan(why.into()).into());
+        }
         let Some(batch) = self.runner.prepare(plan)? else { return Ok(StepOutput::default()) };
         let x = self.runner.embed(&batch, &SingleRank)?;
         let x = self.runner.forward_layers(x, &batch, &SingleRank)?;
@@ -34,6 +40,9 @@ impl LocalExecutor {
             return Ok(StepOutput { prompt_logprobs, ..Default::default() });
         }
         let logits = self.runner.logits(&x, &batch, &SingleRank)?;
+        if let Some(masks) = masks {
+            self.runner.set_masks(&batch, masks.wait().map_err(ExecutorError::from)?)?;
+        }
         Ok(StepOutput { prompt_logprobs, ..self.runner.sample(&logits, &batch)? })
     }
 }
@@ -55,8 +64,8 @@ impl Executor for LocalExecutor {
         self.runner.model().config().max_position_embeddings
     }
 
-    fn submit(&mut self, plan: StepPlan) -> std::result::Result<(), ExecutorError> {
-        let out = self.run(&plan)?;
+    fn submit(&mut self, plan: StepPlan, masks: Option<PendingMasks>) -> std::result::Result<(), ExecutorError> {
+        let out = self.run(&plan, masks)?;
         self.done.push_back(out);
         Ok(())
     }

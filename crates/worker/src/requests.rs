@@ -1,11 +1,13 @@
 //! What a rank knows of each request between steps (vLLM's `CachedRequestState`), kept current
 //! from the step plans: a request arrives once with its tokens, table and sampling settings,
 //! then each step appends the tokens and blocks it names. Every rank of a group applies the
-//! same plans in the same order, so all agree without asking rank 0 again.
+//! same plans in the same order, so all agree without asking rank 0 again. A structured
+//! output's mask is not in the plan: it comes once the logits are ready (see
+//! `shardline_exec::StepMasks`) and is set just before sampling.
 
 use std::collections::HashMap;
 
-use shardline_exec::{ExecutorError, RequestId, StepPlan};
+use shardline_exec::{ExecutorError, MasksError, RequestId, StepMasks, StepPlan};
 use shardline_model::SeqInput;
 use shardline_sampling::Sampler;
 
@@ -16,7 +18,9 @@ pub struct RequestState {
     pub num_computed: usize,
     pub block_ids: Vec<u32>,
     pub sampler: Sampler,
-    /// This step's structured-output mask, if the request is constrained.
+    /// Constrained by a structured output this step: its sample waits for a mask.
+    pub masked: bool,
+    /// This step's structured-output mask, once it came (see [`RequestTable::set_masks`]).
     pub allowed_tokens: Option<Vec<u32>>,
 }
 
@@ -64,6 +68,7 @@ impl RequestTable {
                 num_computed: r.num_computed_tokens,
                 block_ids: r.block_ids.clone(),
                 sampler: Sampler::new(&r.sampling),
+                masked: false,
                 allowed_tokens: None,
             };
             if self.requests.insert(r.id, state).is_some() {
@@ -77,7 +82,8 @@ impl RequestTable {
             let r = self.requests.get_mut(&s.id).ok_or_else(|| bad(format!("step names unknown request {}", s.id)))?;
             r.tokens.extend(&s.new_token_ids);
             r.block_ids.extend(&s.new_block_ids);
-            r.allowed_tokens.clone_from(&s.allowed_tokens);
+            r.masked = s.masked;
+            r.allowed_tokens = None;
             let end = r.num_computed + s.num_tokens;
             if s.num_tokens == 0 || end > r.tokens.len() {
                 return Err(bad(format!(
@@ -117,6 +123,18 @@ impl RequestTable {
         Ok(step)
     }
 
+    /// Gives each request of `sampled` that this step masks its mask from `masks`; a masked
+    /// request without one is an error (sampling it freely would break its constraint).
+    pub fn set_masks(&mut self, sampled: &[RequestId], mut masks: StepMasks) -> Result<(), ExecutorError> {
+        for id in sampled {
+            let r = self.requests.get_mut(id).ok_or_else(|| bad(format!("sampled request {id} is unknown")))?;
+            if r.masked {
+                r.allowed_tokens = Some(masks.allowed.remove(id).ok_or(MasksError::Missing(*id))?);
+            }
+        }
+        Ok(())
+    }
+
     /// The states of `ids`, in that order (for sampling several rows at once).
     pub fn states_mut(&mut self, ids: &[RequestId]) -> Vec<&mut RequestState> {
         let position: HashMap<RequestId, usize> = ids.iter().enumerate().map(|(i, id)| (*id, i)).collect();
@@ -150,7 +168,7 @@ mod tests {
             num_tokens: n,
             new_token_ids: tokens.to_vec(),
             new_block_ids: blocks.to_vec(),
-            allowed_tokens: None,
+            masked: false,
         }
     }
 
@@ -218,5 +236,27 @@ mod tests {
         let over = StepPlan { scheduled: vec![sched(1, 3, &[], &[])], ..Default::default() };
         assert!(t.apply(&over).unwrap_err().to_string().contains("computes tokens 0..3 of 2"));
         assert!(t.apply(&StepPlan { forget: vec![5], ..Default::default() }).is_err());
+    }
+
+    #[test]
+    fn masks_reach_masked_requests_only_and_last_one_step() {
+        let mut t = RequestTable::default();
+        let plan = StepPlan {
+            new_requests: vec![new(1, vec![1, 2], 0, vec![0]), new(2, vec![3], 0, vec![1])],
+            scheduled: vec![ScheduledRequest { masked: true, ..sched(1, 2, &[], &[]) }, sched(2, 1, &[], &[])],
+            ..Default::default()
+        };
+        let step = t.apply(&plan).unwrap();
+        let missing = t.set_masks(&step.sampled, StepMasks::default()).unwrap_err();
+        assert!(missing.to_string().contains("no mask for request 1"), "{missing}");
+        let masks = StepMasks { allowed: [(1, vec![0b100])].into() };
+        t.set_masks(&step.sampled, masks).unwrap();
+        let states = t.states_mut(&[1, 2]);
+        assert_eq!(states[0].allowed_tokens.as_deref(), Some(&[0b100u32][..]));
+        assert_eq!(states[1].allowed_tokens, None);
+        // The next step's plan decides anew: unmasked, the old mask is gone.
+        let step = t.apply(&StepPlan { scheduled: vec![sched(1, 1, &[2], &[])], ..Default::default() }).unwrap();
+        t.set_masks(&step.sampled, StepMasks::default()).unwrap();
+        assert_eq!(t.states_mut(&[1])[0].allowed_tokens, None);
     }
 }

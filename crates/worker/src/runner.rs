@@ -8,7 +8,7 @@ use candle_core::{DType, Tensor};
 use rayon::prelude::{
     IndexedParallelIterator, IntoParallelIterator, IntoParallelRefIterator, ParallelIterator, ParallelSlice,
 };
-use shardline_exec::{PromptLogprobs, RequestId, Sampled, StepOutput, StepPlan};
+use shardline_exec::{PromptLogprobs, RequestId, Sampled, StepMasks, StepOutput, StepPlan};
 use shardline_model::{BatchInput, Collective, KvCache, Llama};
 
 use crate::error::Result;
@@ -132,6 +132,12 @@ impl ModelRunner {
             }
         }
         Ok(out)
+    }
+
+    /// Sets the structured-output masks of the batch's masked requests (they come after the
+    /// plan, while the forward runs); before [`ModelRunner::sample`].
+    pub fn set_masks(&mut self, batch: &Batch, masks: StepMasks) -> Result<()> {
+        Ok(self.requests.set_masks(&batch.sampled, masks)?)
     }
 
     /// One token per sampled row, the rows in parallel: each request's draw depends on its seed

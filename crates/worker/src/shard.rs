@@ -1,13 +1,15 @@
 //! One rank's part of every step: embed (first stage) or receive hidden states from the previous
 //! stage, run this stage's layers with tensor-parallel collectives, then pass hidden states on
-//! or (last stage) compute the sampled rows' logits, which the stage's tp rank 0 samples.
+//! or (last stage) compute the sampled rows' logits, which the stage's tp rank 0 samples. A
+//! step with masked requests brings the sampling rank one more message, its structured-output
+//! masks, read only once the logits are ready: rank 0 computes them while the forward runs.
 
 use std::sync::Arc;
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
 use shardline_comm::{Comm, Tag};
-use shardline_exec::{StepOutput, StepPlan};
+use shardline_exec::{StepMasks, StepOutput, StepPlan};
 use shardline_model::{ModelSpec, ShardPlan};
 use shardline_proto::worker::v1::Ready;
 
@@ -18,6 +20,10 @@ use crate::error::{Result, WorkerError};
 use crate::layout::GroupLayout;
 use crate::runner::{Batch, ModelRunner};
 use crate::wire::GroupConfig;
+
+/// Where the sampling rank reads a step's structured-output masks from, given the step id:
+/// the control stream from rank 0 on a worker, the shard thread's commands on rank 0.
+pub(crate) type MaskSource<'a> = &'a mut dyn FnMut(u64) -> Result<StepMasks>;
 
 /// Peak resident set size of this process (VmHWM), 0 where /proc is unavailable.
 pub fn peak_rss_bytes() -> u64 {
@@ -151,19 +157,27 @@ impl WorkerShard {
     }
 
     /// Runs this rank's part of step `step_id`; the sampling rank (last stage, tp rank 0)
-    /// returns the sampled tokens, every other rank `None`.
-    pub fn step(&mut self, step_id: u64, plan: &StepPlan) -> Result<Option<StepOutput>> {
+    /// returns the sampled tokens, every other rank `None`. When the plan has masked requests,
+    /// the sampling rank reads the step's masks from `masks` (given the step id; a bounded
+    /// wait) once, after its logits and even when it samples nothing, so that what it reads
+    /// next is the next step's; other ranks never call it.
+    pub fn step(&mut self, step_id: u64, plan: &StepPlan, masks: MaskSource) -> Result<Option<StepOutput>> {
         let start = Instant::now();
+        let mut masks = (plan.has_masks() && self.rank == self.layout.result_rank()).then_some(masks);
         let out = match self.runner.prepare(plan)? {
-            Some(batch) => self.forward(step_id, &batch),
+            Some(batch) => self.forward(step_id, &batch, &mut masks),
             None => Ok(None),
+        };
+        let out = match (out, masks) {
+            (Ok(out), Some(unread)) => unread(step_id).map(|_| out),
+            (out, _) => out,
         };
         self.stats.steps += 1;
         self.stats.busy_s += start.elapsed().as_secs_f64();
         out
     }
 
-    fn forward(&mut self, step_id: u64, batch: &Batch) -> Result<Option<StepOutput>> {
+    fn forward(&mut self, step_id: u64, batch: &Batch, masks: &mut Option<MaskSource>) -> Result<Option<StepOutput>> {
         let stage = self.layout.stage_of(self.rank);
         let tp_rank = self.layout.tp_rank_of(self.rank);
         let x = if stage == 0 { self.runner.embed(batch, &self.tp)? } else { self.receive_hidden(step_id, batch)? };
@@ -184,6 +198,10 @@ impl WorkerShard {
         self.wait_device()?;
         if tp_rank != 0 {
             return Ok(None);
+        }
+        if let Some(masks) = masks.take() {
+            let masks = masks(step_id)?;
+            self.runner.set_masks(batch, masks)?;
         }
         Ok(Some(StepOutput { prompt_logprobs, ..self.runner.sample(&logits, batch)? }))
     }

@@ -1,11 +1,11 @@
 //! Between a group's Rust types and their wire form (`proto/shardline/worker/v1`): the one
-//! place step plans, sampled tokens and the group's dtype, device and load format are
-//! converted for the wire.
+//! place step plans, structured-output masks, sampled tokens and the group's dtype, device and
+//! load format are converted for the wire.
 
 use std::time::Duration;
 
 use candle_core::DType;
-use shardline_exec::{NewRequest, PromptLogprobs, Sampled, ScheduledRequest, StepOutput, StepPlan};
+use shardline_exec::{NewRequest, PromptLogprobs, Sampled, ScheduledRequest, StepMasks, StepOutput, StepPlan};
 use shardline_model::{DeviceKind, LoadFormat, Quantization};
 use shardline_proto::worker::v1 as pb;
 use shardline_sampling::{SampledToken, SamplerSettings, ScoredToken, TokenLogprob};
@@ -167,7 +167,7 @@ pub fn step_to_proto(step_id: u64, plan: &StepPlan) -> pb::Step {
                 num_tokens: s.num_tokens as u32,
                 new_token_ids: s.new_token_ids.clone(),
                 new_block_ids: s.new_block_ids.clone(),
-                allowed_tokens: s.allowed_tokens.as_ref().map(|w| w.iter().flat_map(|w| w.to_le_bytes()).collect()),
+                masked: s.masked,
             })
             .collect(),
     }
@@ -201,21 +201,47 @@ pub fn step_from_proto(step: pb::Step) -> Result<StepPlan> {
             num_tokens: s.num_tokens as usize,
             new_token_ids: s.new_token_ids,
             new_block_ids: s.new_block_ids,
-            allowed_tokens: s.allowed_tokens.map(|b| {
-                b.chunks(4)
-                    .map(|c| {
-                        u32::from_le_bytes([
-                            c[0],
-                            *c.get(1).unwrap_or(&0),
-                            *c.get(2).unwrap_or(&0),
-                            *c.get(3).unwrap_or(&0),
-                        ])
-                    })
-                    .collect()
-            }),
+            masked: s.masked,
         })
         .collect();
     Ok(StepPlan { forget: step.forget_request_ids, new_requests, scheduled })
+}
+
+pub fn masks_to_proto(step_id: u64, masks: &StepMasks) -> pb::StepMasks {
+    let mut ids: Vec<_> = masks.allowed.keys().copied().collect();
+    ids.sort_unstable();
+    let masks = ids
+        .into_iter()
+        .map(|id| pb::RequestMask {
+            request_id: id,
+            allowed_tokens: masks.allowed[&id].iter().flat_map(|w| w.to_le_bytes()).collect(),
+        })
+        .collect();
+    pb::StepMasks { step_id, masks }
+}
+
+/// The masks of step `step_id`; masks of another step are a protocol error (the control
+/// stream's order broke).
+pub fn masks_from_proto(step_id: u64, masks: pb::StepMasks) -> Result<StepMasks> {
+    if masks.step_id != step_id {
+        return Err(WorkerError::Protocol(format!(
+            "received the structured-output masks of step {} during step {step_id}",
+            masks.step_id
+        )));
+    }
+    let mut allowed = std::collections::HashMap::with_capacity(masks.masks.len());
+    for m in masks.masks {
+        if !m.allowed_tokens.len().is_multiple_of(4) {
+            return Err(WorkerError::Protocol(format!(
+                "step {step_id}: request {}'s mask is {} bytes, not whole 32-bit words",
+                m.request_id,
+                m.allowed_tokens.len()
+            )));
+        }
+        let words = m.allowed_tokens.chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+        allowed.insert(m.request_id, words);
+    }
+    Ok(StepMasks { allowed })
 }
 
 fn top_to_proto(top: &[TokenLogprob]) -> Vec<pb::TopLogprob> {
@@ -356,5 +382,19 @@ mod tests {
             }],
         };
         assert_eq!(output_from_proto(output_to_proto(5, &out)), out);
+    }
+
+    #[test]
+    fn masked_plans_and_their_masks_round_trip() {
+        let masked = ScheduledRequest { id: 4, num_tokens: 1, masked: true, ..Default::default() };
+        let plan = StepPlan { scheduled: vec![masked], ..Default::default() };
+        assert_eq!(step_from_proto(step_to_proto(6, &plan)).unwrap(), plan);
+        let masks = StepMasks { allowed: [(4, vec![0x8000_0001, 7]), (9, vec![0, 1 << 31])].into() };
+        assert_eq!(masks_from_proto(6, masks_to_proto(6, &masks)).unwrap(), masks);
+        let late = masks_from_proto(7, masks_to_proto(6, &masks)).unwrap_err();
+        assert!(late.to_string().contains("masks of step 6 during step 7"), "{late}");
+        let mut torn = masks_to_proto(6, &masks);
+        torn.masks[0].allowed_tokens.pop();
+        assert!(masks_from_proto(6, torn).unwrap_err().to_string().contains("not whole 32-bit words"));
     }
 }

@@ -1,6 +1,7 @@
 //! Every TP × PP layout gives the single process's greedy tokens (and logprobs within 1e-4),
 //! on a tiny random model whose head counts do not divide evenly; prefix caching, preemption,
-//! chunked prefill and seeded sampling do not change that. Ranks are threads of this test
+//! chunked prefill, seeded sampling and structured outputs (whose masks follow each step to
+//! whichever rank samples) do not change that. Ranks are threads of this test
 //! process talking over loopback TCP, exactly as separate processes would.
 
 use std::net::TcpListener;
@@ -13,6 +14,7 @@ use shardline_engine::{Engine, EngineConfig, Executor, GenerationOutput};
 use shardline_exec::{NewRequest, ScheduledRequest, StepPlan};
 use shardline_model::{DeviceKind, LoadFormat, ModelSpec, Quantization};
 use shardline_sampling::SamplingParams;
+use shardline_structured::Constraint;
 use shardline_tokenizer::Tokenizer;
 use shardline_worker::{run_worker, start_group, GroupConfig, GroupExecutor, GroupLayout, LocalExecutor, RankEnv};
 
@@ -155,7 +157,7 @@ fn pipeline_keeps_several_steps_in_flight() {
     let mut local = LocalExecutor::new(model, 64, BLOCK_SIZE).unwrap();
     let mut want = Vec::new();
     for plan in [plan_for(1, a.clone(), vec![0, 1]), plan_for(2, b.clone(), vec![2])] {
-        local.submit(plan).unwrap();
+        local.submit(plan, None).unwrap();
         want.push(local.wait().unwrap());
     }
 
@@ -165,8 +167,8 @@ fn pipeline_keeps_several_steps_in_flight() {
         let ready = start_group(group_config(&dir, 1, 2, 64), &rank_env(0, 2, port), TIMEOUT, TIMEOUT).unwrap();
         let mut exec = GroupExecutor::new(ready);
         assert_eq!(exec.max_in_flight(), 2);
-        exec.submit(plan_for(1, a.clone(), vec![0, 1])).unwrap();
-        exec.submit(plan_for(2, b.clone(), vec![2])).unwrap();
+        exec.submit(plan_for(1, a.clone(), vec![0, 1]), None).unwrap();
+        exec.submit(plan_for(2, b.clone(), vec![2]), None).unwrap();
         for w in &want {
             let got = exec.wait().unwrap();
             assert_eq!(got.sampled.len(), 1);
@@ -390,4 +392,48 @@ fn prompt_logprobs_match_sampled_logprobs_and_every_layout() {
     }
     let got = grouped(&dir, (2, 2), tight, TIGHT_BLOCKS, &scored_waves);
     assert_same_prompt_scores(&got, &want, "tp 2 pp 2, chunked, preempted");
+}
+
+/// A regex and a choice beside a free request, seeded at temperature: each constrained output
+/// matches, so every mask reached the rank that sampled.
+fn constrained(engine: &mut Engine) -> Vec<GenerationOutput> {
+    let tok = Arc::clone(engine.tokenizer());
+    let regex = Constraint::Regex("[0-9]{2}:[0-9]{2}".into());
+    let choice = Constraint::Choice(vec!["yes".into(), "no".into(), "maybe".into()]);
+    let ids: Vec<_> = [Some(regex), Some(choice), None]
+        .into_iter()
+        .enumerate()
+        .map(|(i, constraint)| {
+            let p = SamplingParams {
+                temperature: 0.9,
+                seed: Some(5 + i as u64),
+                max_tokens: 10,
+                constraint,
+                ..Default::default()
+            };
+            engine.add_request(tok.encode(&format!("request {i}: the time is now"), true).unwrap(), p).unwrap()
+        })
+        .collect();
+    let outs = engine.run_to_completion(&ids, |_| {}).unwrap();
+    let (time, answer) = (&outs[0].text, &outs[1].text);
+    assert!(time.len() == 5 && time.as_bytes()[2] == b':' && time.replace(':', "").parse::<u32>().is_ok(), "{time}");
+    assert!(["yes", "no", "maybe"].contains(&answer.as_str()), "{answer}");
+    outs
+}
+
+/// With tp 2 × pp 1, rank 0's own shard samples and takes the masks from rank 0's executor
+/// directly; with pp 2, a worker of the last stage does, over the control stream, with two
+/// steps in flight. A small step budget chunks the prompts, so some masked steps sample
+/// nothing and their masks are read all the same.
+#[test]
+fn structured_output_masks_reach_the_sampling_rank_on_every_layout() {
+    let dir = model_dir();
+    let want = single(&dir, EngineConfig::default(), 64, &constrained);
+    let chunked = || EngineConfig { max_batch_tokens: 6, ..Default::default() };
+    assert_same(&single(&dir, chunked(), 64, &constrained), &want, "tp 1, chunked");
+    for layout in [(2, 1), (1, 2), (2, 2)] {
+        let name = format!("tp {} pp {}", layout.0, layout.1);
+        assert_same(&grouped(&dir, layout, EngineConfig::default(), 64, &constrained), &want, &name);
+        assert_same(&grouped(&dir, layout, chunked(), 64, &constrained), &want, &format!("{name}, chunked"));
+    }
 }

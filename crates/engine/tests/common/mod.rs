@@ -1,5 +1,7 @@
 //! A tiny random model and tokenizer written to disk in-test, and engines over it.
 
+#![allow(dead_code)] // each test binary uses a different part
+
 use std::sync::{Arc, OnceLock};
 
 use candle_core::DType;
