@@ -2,7 +2,7 @@
 """Checks a running `shardline serve` with the official `openai` Python client.
 
 Calls /v1/models, /v1/completions and /v1/chat/completions, each plain and streamed (with
-usage), plus logprobs and one bad request, and prints what came back. Exits non-zero on the
+usage), plus logprobs, `echo` with logprobs (and vLLM's `prompt_logprobs`) and one bad request, and prints what came back. Exits non-zero on the
 first failure.
 
 Not run in CI (needs the `openai` package). Usage:
@@ -70,6 +70,30 @@ def main():
     print(repr(text), finish, usage)
     assert text == choice.text, "greedy stream differs from the plain response"
     assert usage is not None and usage.completion_tokens == c.usage.completion_tokens
+
+    section("completions, echo with logprobs (the prompt's tokens first)")
+    e = client.completions.create(
+        model=model, prompt=args.prompt, max_tokens=args.max_tokens, temperature=0, logprobs=2, echo=True,
+        extra_body={"prompt_logprobs": 2},
+    )
+    lp = e.choices[0].logprobs
+    n = e.usage.prompt_tokens
+    assert e.choices[0].text == args.prompt + choice.text, e.choices[0].text
+    assert len(lp.tokens) == n + e.usage.completion_tokens, (len(lp.tokens), e.usage)
+    assert lp.token_logprobs[0] is None and all(x is not None for x in lp.token_logprobs[1:])
+    assert lp.token_logprobs[n:] == choice.logprobs.token_logprobs, "generated logprobs as without echo"
+    vllm = e.choices[0].model_extra["prompt_logprobs"]
+    assert vllm[0] is None and len(vllm) == n
+    print("prompt:", list(zip(lp.tokens, lp.token_logprobs))[:n])
+    print("vLLM prompt_logprobs[1]:", vllm[1])
+    streamed = []
+    for chunk in client.completions.create(
+        model=model, prompt=args.prompt, max_tokens=args.max_tokens, temperature=0, logprobs=2, echo=True, stream=True
+    ):
+        if chunk.choices and chunk.choices[0].logprobs:
+            streamed += chunk.choices[0].logprobs.token_logprobs
+    assert streamed == lp.token_logprobs, "streamed echo logprobs differ"
+    print("streamed: the same", len(streamed), "entries")
 
     messages = [
         {"role": "system", "content": "You are a concise assistant."},

@@ -121,6 +121,7 @@ def check_tools(client, model):
         for stream in (False, True):
             args = dict(model=model, messages=[{"role": "user", "content": prompt}], tools=TOOLS,
                         tool_choice=choice, max_tokens=80, temperature=0)
+            pieces = 0
             if stream:
                 name, arguments, content, finish = None, "", "", None
                 for chunk in client.chat.completions.create(stream=True, **args):
@@ -128,6 +129,7 @@ def check_tools(client, model):
                     for call in (d.tool_calls or []) if d else []:
                         name = call.function.name or name
                         arguments += call.function.arguments or ""
+                        pieces += 1
                     content += (d.content or "") if d else ""
                     finish = (chunk.choices[0].finish_reason if chunk.choices else None) or finish
             else:
@@ -144,7 +146,8 @@ def check_tools(client, model):
             try:
                 jsonschema.validate(json.loads(arguments), schemas[name])
                 assert finish == "tool_calls", finish
-                print(f"ok    {label} {name}({arguments})")
+                deltas = f" in {pieces} deltas" if stream else ""
+                print(f"ok    {label} {name}({arguments}){deltas}")
             except Exception as e:  # noqa: BLE001
                 ok = False
                 print(f"FAIL  {label} {name}({arguments!r}): {e}")

@@ -153,6 +153,11 @@ fn constrained_outputs_are_valid_streamed_sampled_and_on_every_layout() {
         (json!({"guided_choice": []}), "invalid choice"),
         (json!({"guided_regex": "a", "guided_choice": ["b"]}), "one structured-output constraint"),
         (json!({"guided_json": "{not json"}), "guided_json is not a JSON schema"),
+        // Too large to compile quickly: refused before compiling, naming the bound.
+        (
+            json!({"guided_choice": (0..5000).map(|i| format!("option number {i}")).collect::<Vec<_>>()}),
+            "at most 65536",
+        ),
     ] {
         let (status, text) =
             http(&single.http, "POST", "/v1/chat/completions", Some(&chat("hi", extra.clone()).to_string()), None);

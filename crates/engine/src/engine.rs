@@ -12,6 +12,7 @@ use std::time::Instant;
 use rand::Rng;
 use shardline_exec::{Executor, ExecutorError, PendingMasks, RequestId, StepPlan};
 use shardline_sampling::SamplingParams;
+use shardline_structured::{Guide, SharedGrammars};
 use shardline_tokenizer::Tokenizer;
 
 use crate::config::{EngineConfig, SchedulerPolicy};
@@ -164,10 +165,34 @@ impl Engine {
         Ok(())
     }
 
-    /// Validates and queues a request for `prompt` token ids.
+    /// Validates and queues a request for `prompt` token ids; its constraint, if any, is
+    /// compiled here.
     pub fn add_request(&mut self, prompt: Vec<u32>, params: SamplingParams) -> Result<RequestId> {
+        self.add_request_guided(prompt, params, None)
+    }
+
+    /// The grammars constraints compile with, for front ends that compile off the engine's
+    /// thread (a large schema then never delays a step) and pass the guide to
+    /// [`Engine::add_request_guided`].
+    pub fn grammars(&self) -> SharedGrammars {
+        self.guided.grammars().clone()
+    }
+
+    /// [`Engine::add_request`] with the constraint's guide already compiled (from
+    /// [`Engine::grammars`]); `None` compiles it here.
+    pub fn add_request_guided(
+        &mut self,
+        prompt: Vec<u32>,
+        params: SamplingParams,
+        guide: Option<Guide>,
+    ) -> Result<RequestId> {
         self.validate(&prompt, &params)?;
-        let guide = params.constraint.as_ref().map(|c| self.guided.compile(c)).transpose()?;
+        let guide = match (&params.constraint, guide) {
+            (Some(_), Some(guide)) => Some(guide),
+            (Some(constraint), None) => Some(self.guided.compile(constraint)?),
+            (None, Some(_)) => return Err(EngineError::InvalidRequest("a guide without a constraint".into())),
+            (None, None) => None,
+        };
         let id = self.next_id;
         self.next_id += 1;
         // An unseeded request still gets a seed of its own, so that its tokens do not change

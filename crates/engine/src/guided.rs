@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use shardline_exec::{RequestId, StepMasks, StepPlan};
-use shardline_structured::{Constraint, Grammars, Guide};
+use shardline_structured::{Constraint, Guide, SharedGrammars};
 use shardline_tokenizer::Tokenizer;
 
 use crate::error::{EngineError, Result};
@@ -19,8 +19,9 @@ use crate::error::{EngineError, Result};
 pub(crate) struct GuidedRequests {
     tokenizer: Arc<Tokenizer>,
     vocab_size: usize,
-    /// Built on the first constrained request: the token trie takes a moment to build.
-    grammars: Option<Grammars>,
+    /// Built on the first constrained request (the token trie takes a moment to build), and
+    /// shared with front ends, which compile their requests' constraints on their own threads.
+    grammars: SharedGrammars,
     guides: HashMap<RequestId, Guide>,
     /// What masks were computed, for `mask_seconds`.
     masks: u64,
@@ -30,24 +31,23 @@ pub(crate) struct GuidedRequests {
 impl GuidedRequests {
     pub(crate) fn new(tokenizer: Arc<Tokenizer>, vocab_size: usize) -> Self {
         GuidedRequests {
+            grammars: SharedGrammars::new(Arc::clone(&tokenizer), vocab_size),
             tokenizer,
             vocab_size,
-            grammars: None,
             guides: HashMap::new(),
             masks: 0,
             mask_time: Default::default(),
         }
     }
 
-    /// Compiles `constraint`; a malformed one is the request's error (a 400).
-    pub(crate) fn compile(&mut self, constraint: &Constraint) -> Result<Guide> {
-        if self.grammars.is_none() {
-            let grammars = Grammars::new(Arc::clone(&self.tokenizer), self.vocab_size)
-                .map_err(|e| EngineError::InvalidRequest(e.to_string()))?;
-            self.grammars = Some(grammars);
-        }
-        let grammars = self.grammars.as_ref().expect("built above");
-        grammars.guide(constraint).map_err(|e| EngineError::InvalidRequest(e.to_string()))
+    /// Compiles `constraint` (on the engine's thread: front ends that can compile on their own
+    /// through [`GuidedRequests::grammars`]); a malformed one is the request's error (a 400).
+    pub(crate) fn compile(&self, constraint: &Constraint) -> Result<Guide> {
+        self.grammars.guide(constraint).map_err(|e| EngineError::InvalidRequest(e.to_string()))
+    }
+
+    pub(crate) fn grammars(&self) -> &SharedGrammars {
+        &self.grammars
     }
 
     pub(crate) fn insert(&mut self, id: RequestId, guide: Guide) {

@@ -12,6 +12,7 @@ use std::time::Instant;
 
 use shardline_engine::{Engine, EngineError, GenerationOutput, RequestId, TokenLogprobs};
 use shardline_sampling::{SamplingParams, ScoredToken};
+use shardline_structured::{Guide, SharedGrammars};
 use tokio::sync::{mpsc as async_mpsc, oneshot};
 
 use crate::error::RouterError;
@@ -97,8 +98,9 @@ enum Command {
     Shutdown,
 }
 
-/// One sample's parameters and the stream its events go to.
-type Sample = (SamplingParams, async_mpsc::UnboundedSender<CoreEvent>);
+/// One sample's parameters, its constraint's guide (compiled off the core's thread) and the
+/// stream its events go to.
+type Sample = (SamplingParams, Option<Guide>, async_mpsc::UnboundedSender<CoreEvent>);
 
 struct Submission {
     prompt_token_ids: Vec<u32>,
@@ -115,6 +117,8 @@ pub struct EngineHandle {
     commands: mpsc::Sender<Command>,
     in_flight: Arc<AtomicUsize>,
     max_queue: usize,
+    /// Where constraints compile, on a blocking thread of the caller's runtime.
+    grammars: SharedGrammars,
     pub stats: Arc<CoreStats>,
     pub metrics: Arc<Metrics>,
 }
@@ -145,14 +149,27 @@ impl EngineHandle {
             return Err(RouterError::QueueFull(self.max_queue));
         }
         let slots: Vec<QueueSlot> = (0..n).map(|_| QueueSlot(Arc::clone(&self.in_flight))).collect();
+        // The samples share one constraint: compiled once, here (a large schema takes tens
+        // of milliseconds, which the core's steps never wait for), and cloned for each.
+        let guide = match samples[0].constraint.clone() {
+            Some(constraint) => {
+                let grammars = self.grammars.clone();
+                let compiled = tokio::task::spawn_blocking(move || grammars.guide(&constraint))
+                    .await
+                    .map_err(|e| RouterError::Internal(format!("compiling the constraint: {e}")))?;
+                Some(compiled.map_err(|e| RouterError::InvalidRequest(e.to_string()))?)
+            }
+            None => None,
+        };
         let (channels, receivers): (Vec<_>, Vec<_>) = (0..n).map(|_| async_mpsc::unbounded_channel()).unzip();
         let mut channels = channels.into_iter();
         let events = channels.next().expect("n >= 1");
         let params = samples.remove(0);
-        let siblings = samples.into_iter().zip(channels).collect();
+        let siblings = samples.into_iter().zip(channels).map(|(p, events)| (p, guide.clone(), events)).collect();
         let (reply, answer) = oneshot::channel();
+        let first = (params, guide, events);
         self.commands
-            .send(Command::Submit(Box::new(Submission { prompt_token_ids, first: (params, events), siblings, reply })))
+            .send(Command::Submit(Box::new(Submission { prompt_token_ids, first, siblings, reply })))
             .map_err(|_| RouterError::Unavailable("it has stopped".into()))?;
         let id = answer.await.map_err(|_| RouterError::Unavailable("it stopped".into()))??;
         Ok(receivers.into_iter().zip(slots).map(|(events, slot)| Submitted { id, events, _slot: slot }).collect())
@@ -180,6 +197,7 @@ pub struct EngineCore {
 impl EngineCore {
     pub fn start(engine: Engine, cfg: CoreConfig, metrics: Arc<Metrics>) -> Self {
         let (commands, rx) = mpsc::channel();
+        let grammars = engine.grammars();
         let stats = Arc::new(CoreStats { recovering: engine.recovering_flag(), ..CoreStats::default() });
         stats.serving.store(true, Ordering::SeqCst);
         let core_stats = Arc::clone(&stats);
@@ -200,6 +218,7 @@ impl EngineCore {
             commands,
             in_flight: Arc::new(AtomicUsize::new(0)),
             max_queue: cfg.max_queue,
+            grammars,
             stats,
             metrics,
         };
@@ -272,10 +291,10 @@ impl CoreLoop {
     fn handle(&mut self, cmd: Command) -> bool {
         match cmd {
             Command::Submit(submission) => {
-                let Submission { prompt_token_ids, first: (params, events), siblings, reply } = *submission;
+                let Submission { prompt_token_ids, first: (params, guide, events), siblings, reply } = *submission;
                 let prompt_tokens = prompt_token_ids.len() as u64;
                 let waiting = (!siblings.is_empty()).then(|| (prompt_token_ids.clone(), siblings));
-                let result = self.engine.add_request(prompt_token_ids, params);
+                let result = self.engine.add_request_guided(prompt_token_ids, params, guide);
                 if let Ok(id) = &result {
                     self.streams.insert(*id, Stream { events, last_token: None, siblings: waiting });
                     self.metrics.prompt_tokens.inc_by(prompt_tokens);
@@ -350,11 +369,11 @@ impl CoreLoop {
     /// Adds the samples that waited for their first sibling's prefill. Their parameters
     /// passed the same checks as the first's, so a failure here is reported on their stream.
     fn start_siblings(&mut self, prompt: Vec<u32>, siblings: Vec<Sample>) {
-        for (params, events) in siblings {
+        for (params, guide, events) in siblings {
             if events.is_closed() {
                 continue;
             }
-            match self.engine.add_request(prompt.clone(), params) {
+            match self.engine.add_request_guided(prompt.clone(), params, guide) {
                 Ok(id) => {
                     self.streams.insert(id, Stream { events, last_token: None, siblings: None });
                     self.metrics.prompt_tokens.inc_by(prompt.len() as u64);
@@ -388,7 +407,7 @@ impl CoreLoop {
 
     fn fail_all(&mut self, why: &str) {
         for (_, s) in self.streams.drain() {
-            let waiting = s.siblings.into_iter().flat_map(|(_, siblings)| siblings).map(|(_, events)| events);
+            let waiting = s.siblings.into_iter().flat_map(|(_, siblings)| siblings).map(|(_, _, events)| events);
             for events in std::iter::once(s.events).chain(waiting) {
                 let _ = events.send(CoreEvent::Failed(why.to_string()));
             }

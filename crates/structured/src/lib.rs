@@ -9,10 +9,12 @@
 //! - **JSON layout.** Schemas compile to compact JSON (`", "` and `": "` separators, no free
 //!   whitespace) unless the schema's own `x-guidance` says otherwise: a small model offered
 //!   free whitespace can emit newlines until it runs out of tokens.
-//! - **Bounded work.** llguidance's parser limits cap the work per token and per grammar: an
-//!   overly expensive constraint fails its request with a message instead of stalling a step.
+//! - **Bounded work.** A constraint's text is at most [`MAX_CONSTRAINT_BYTES`]: compiling
+//!   grows faster than its size (20,000 choices take 0.2 s, 200,000 a minute), so larger ones
+//!   are refused before compiling. llguidance's parser limits cap the work per token. Front
+//!   ends compile on their own threads through [`SharedGrammars`], never the engine's.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use llguidance::api::TopLevelGrammar;
 use llguidance::toktrie::{SimpleVob, TokEnv, TokRxInfo, TokTrie, TokenizerEnv};
@@ -51,7 +53,22 @@ pub enum Constraint {
     Grammar(String),
 }
 
+/// The largest constraint compiled, in bytes of its text (the schema as JSON, the regex, the
+/// grammar, or the choices together): about 4,000 choices or a 1,000-property schema, which
+/// compile in tens of milliseconds on one core.
+pub const MAX_CONSTRAINT_BYTES: usize = 64 * 1024;
+
 impl Constraint {
+    /// The bytes of its text, for [`MAX_CONSTRAINT_BYTES`].
+    fn size(&self) -> usize {
+        match self {
+            Constraint::JsonObject => 0,
+            Constraint::JsonSchema(schema) => schema.to_string().len(),
+            Constraint::Regex(text) | Constraint::Grammar(text) => text.len(),
+            Constraint::Choice(options) => options.iter().map(|o| o.len() + 1).sum(),
+        }
+    }
+
     fn kind(&self) -> &'static str {
         match self {
             Constraint::JsonObject | Constraint::JsonSchema(_) => "JSON schema",
@@ -76,9 +93,11 @@ impl Constraint {
                 if options.is_empty() {
                     return Err(invalid("no strings to choose from".into()));
                 }
-                // Lark string literals take JSON's escapes.
-                let alternatives: Vec<String> = options.iter().map(|o| Value::from(o.as_str()).to_string()).collect();
-                TopLevelGrammar::from_lark(format!("start: {}", alternatives.join(" | ")))
+                // One regex of escaped alternatives: the lexer takes it as a single automaton,
+                // where a grammar rule per string would give the parser a row of thousands of
+                // items (beyond llguidance's 2,000) for a long list.
+                let alternatives: Vec<String> = options.iter().map(|o| regex_syntax::escape(o)).collect();
+                TopLevelGrammar::from_regex(&alternatives.join("|"))
             }
             Constraint::Grammar(lark) => TopLevelGrammar::from_lark(lark.clone()),
         })
@@ -142,6 +161,11 @@ impl Grammars {
     /// Compiles `constraint` for one request: an error names what is wrong with it.
     pub fn guide(&self, constraint: &Constraint) -> Result<Guide> {
         let kind = constraint.kind();
+        let size = constraint.size();
+        if size > MAX_CONSTRAINT_BYTES {
+            let message = format!("{size} bytes; at most {MAX_CONSTRAINT_BYTES} are compiled");
+            return Err(StructuredError::Invalid { kind, message });
+        }
         let parser = self
             .factory
             .create_parser(constraint.grammar()?)
@@ -179,10 +203,40 @@ impl TokenMask {
     }
 }
 
-/// One request's position in its constraint.
+/// One model's [`Grammars`], built on first use (the token trie takes a moment) and shared
+/// by every thread that compiles constraints: cheap to clone.
+#[derive(Clone)]
+pub struct SharedGrammars {
+    tokenizer: Arc<Tokenizer>,
+    vocab_size: usize,
+    built: Arc<OnceLock<std::result::Result<Grammars, String>>>,
+}
+
+impl SharedGrammars {
+    pub fn new(tokenizer: Arc<Tokenizer>, vocab_size: usize) -> Self {
+        SharedGrammars { tokenizer, vocab_size, built: Arc::new(OnceLock::new()) }
+    }
+
+    /// [`Grammars::guide`], building the grammars first if no thread has yet.
+    pub fn guide(&self, constraint: &Constraint) -> Result<Guide> {
+        let built = self
+            .built
+            .get_or_init(|| Grammars::new(Arc::clone(&self.tokenizer), self.vocab_size).map_err(|e| e.to_string()));
+        built.as_ref().map_err(|e| StructuredError::Tokenizer(e.clone()))?.guide(constraint)
+    }
+}
+
+/// One request's position in its constraint. A clone is independent (the `n` samples of a
+/// request each take one of the guide compiled once).
 pub struct Guide {
     matcher: Matcher,
     eos: Vec<u32>,
+}
+
+impl Clone for Guide {
+    fn clone(&self) -> Self {
+        Guide { matcher: self.matcher.deep_clone(), eos: self.eos.clone() }
+    }
 }
 
 impl Guide {

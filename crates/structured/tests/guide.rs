@@ -8,7 +8,7 @@ use std::sync::Arc;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
-use shardline_structured::{Constraint, Grammars, StructuredError};
+use shardline_structured::{Constraint, Grammars, SharedGrammars, StructuredError, MAX_CONSTRAINT_BYTES};
 use shardline_tokenizer::Tokenizer;
 
 const VOCAB: usize = 49152;
@@ -161,4 +161,28 @@ fn a_lark_grammar_can_offer_free_text_or_a_json_call() {
     let mask = guide.allowed().unwrap();
     assert!(mask.allows(tok.encode("{", false).unwrap()[0]));
     assert!(mask.allows(tok.encode("Hello", false).unwrap()[0]));
+}
+
+/// A constraint too large to compile quickly is refused before compiling, naming its size
+/// (200,000 choices took a minute to fail inside llguidance); one just under the bound
+/// compiles. Guides cloned for `n` samples advance independently.
+#[test]
+fn oversized_constraints_are_refused_before_compiling_and_clones_are_independent() {
+    let tok = tokenizer();
+    let grammars = SharedGrammars::new(Arc::clone(&tok), VOCAB);
+    let choices = |n: usize| Constraint::Choice((0..n).map(|i| format!("option number {i}")).collect());
+    match grammars.guide(&choices(200_000)) {
+        Err(e @ StructuredError::Invalid { .. }) => {
+            assert!(e.to_string().contains(&format!("at most {MAX_CONSTRAINT_BYTES}")), "{e}")
+        }
+        other => panic!("accepted or failed otherwise: {:?}", other.err()),
+    }
+    let fits = MAX_CONSTRAINT_BYTES / "option number 9999,".len();
+    let mut guide = grammars.guide(&choices(fits)).unwrap();
+    let mut clone = guide.clone();
+    let before = guide.allowed().unwrap();
+    let first = (0..VOCAB as u32).find(|&t| before.allows(t)).unwrap();
+    guide.advance(first).unwrap();
+    assert_ne!(guide.allowed().unwrap(), before);
+    assert_eq!(clone.allowed().unwrap(), before, "the clone has not moved");
 }
