@@ -21,16 +21,21 @@ use crate::metrics::Metrics;
 /// What a request's receiver gets, in order: tokens, then exactly one `Finished` or `Failed`.
 #[derive(Debug)]
 pub enum CoreEvent {
-    Token {
-        token_id: u32,
-        text: String,
-        logprobs: Option<TokenLogprobs>,
-        /// With the first token, when the request asked for prompt logprobs.
-        prompt_logprobs: Option<Vec<Option<ScoredToken>>>,
-    },
+    Token(TokenEvent),
     Finished(Box<GenerationOutput>),
     /// The engine failed; the server is going down.
     Failed(String),
+}
+
+/// A generated token.
+#[derive(Debug)]
+pub struct TokenEvent {
+    pub token_id: u32,
+    /// Text that became final with it (may be empty).
+    pub text: String,
+    pub logprobs: Option<TokenLogprobs>,
+    /// With the first token, when the request asked for prompt logprobs.
+    pub prompt_logprobs: Option<Vec<Option<ScoredToken>>>,
 }
 
 /// A submitted request: its engine id and event stream. Dropping it aborts the request.
@@ -344,12 +349,12 @@ impl CoreLoop {
             self.metrics.generation_tokens.inc();
             let sent = stream
                 .events
-                .send(CoreEvent::Token {
+                .send(CoreEvent::Token(TokenEvent {
                     token_id: e.token_id,
                     text: e.text,
                     logprobs: e.logprobs,
                     prompt_logprobs: e.prompt_logprobs,
-                })
+                }))
                 .is_ok();
             if e.finish.is_some() {
                 let stream = self.streams.remove(&e.request_id).expect("stream present");

@@ -15,7 +15,7 @@ use tonic::{Request, Response, Status};
 
 use crate::auth::ApiKeys;
 use crate::convert;
-use crate::engine_core::{CoreEvent, EngineHandle, Submitted};
+use crate::engine_core::{CoreEvent, EngineHandle, Submitted, TokenEvent};
 use crate::ServerInfo;
 
 /// Messages buffered per stream before the engine's events wait on a slow client.
@@ -80,7 +80,7 @@ impl Generation for GenerationService {
         // If the client goes away, this future is dropped with `submitted`: the request aborts.
         while let Some(event) = submitted.events.recv().await {
             match event {
-                CoreEvent::Token { .. } => {}
+                CoreEvent::Token(_) => {}
                 CoreEvent::Finished(out) => return Ok(Response::new(convert::response(id, &out))),
                 CoreEvent::Failed(why) => return Err(Status::internal(format!("generation failed: {why}"))),
             }
@@ -141,7 +141,7 @@ async fn forward(id: String, mut submitted: Submitted, tx: mpsc::Sender<Result<p
             event = submitted.events.recv() => event,
         };
         let (msg, last) = match event {
-            Some(CoreEvent::Token { token_id, text, logprobs, .. }) => (
+            Some(CoreEvent::Token(TokenEvent { token_id, text, logprobs, .. })) => (
                 Ok(pb::GenerateStreamResponse {
                     request_id: id.clone(),
                     text,

@@ -275,7 +275,7 @@ pub(super) async fn collect_all(subs: Vec<Submitted>) -> Result<Vec<GenerationOu
 pub(super) async fn collect(mut sub: Submitted) -> Result<GenerationOutput, ApiError> {
     while let Some(ev) = sub.events.recv().await {
         match ev {
-            CoreEvent::Token { .. } => {}
+            CoreEvent::Token(_) => {}
             CoreEvent::Finished(out) => return Ok(*out),
             CoreEvent::Failed(msg) => return Err(RouterError::Internal(msg).into()),
         }

@@ -9,15 +9,14 @@ use std::task::{Context, Poll};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
-use shardline_engine::{GenerationOutput, TokenLogprobs};
-use shardline_sampling::ScoredToken;
+use shardline_engine::GenerationOutput;
 use shardline_tokenizer::Tokenizer;
 use tokio_stream::Stream;
 
 use super::error::ApiError;
 use super::logprobs::{chat_logprobs, push_completion_logprobs, push_prompt_logprobs};
 use super::tools::{opens_call, CallEnd, CallStream, ToolSet};
-use crate::engine_core::{CoreEvent, Submitted};
+use crate::engine_core::{CoreEvent, Submitted, TokenEvent};
 use crate::error::RouterError;
 use crate::openai::{
     ChatChunkChoice, ChatCompletionChunk, ChatDelta, ChatLogprobs, CompletionChoice, CompletionLogprobs,
@@ -31,14 +30,7 @@ pub(super) fn json_event<T: Serialize>(v: &T) -> Event {
 /// Turns the core events of a request's samples (choices) into SSE chunks.
 pub(super) trait ChunkFormat: Send + Unpin + 'static {
     /// A token of choice `index`; its first comes with the prompt's logprobs when asked.
-    fn token(
-        &mut self,
-        index: usize,
-        text: String,
-        logprobs: Option<TokenLogprobs>,
-        prompt_logprobs: Option<Vec<Option<ScoredToken>>>,
-        out: &mut VecDeque<Event>,
-    );
+    fn token(&mut self, index: usize, token: TokenEvent, out: &mut VecDeque<Event>);
     fn finished(&mut self, index: usize, result: &GenerationOutput, out: &mut VecDeque<Event>);
     /// After every choice has finished: the usage chunk, if the client asked for one.
     fn all_finished(&mut self, usage: Usage, out: &mut VecDeque<Event>);
@@ -77,9 +69,9 @@ impl<F: ChunkFormat> EventStream<F> {
     /// Handles one event of choice `index`.
     fn on_event(&mut self, index: usize, event: Option<CoreEvent>) {
         match event {
-            Some(CoreEvent::Token { text, logprobs, prompt_logprobs, .. }) => {
-                if !text.is_empty() || logprobs.is_some() || prompt_logprobs.is_some() {
-                    self.format.token(index, text, logprobs, prompt_logprobs, &mut self.pending);
+            Some(CoreEvent::Token(token)) => {
+                if !token.text.is_empty() || token.logprobs.is_some() || token.prompt_logprobs.is_some() {
+                    self.format.token(index, token, &mut self.pending);
                 }
             }
             Some(CoreEvent::Finished(out)) => {
@@ -169,14 +161,8 @@ impl CompletionChunks {
 }
 
 impl ChunkFormat for CompletionChunks {
-    fn token(
-        &mut self,
-        index: usize,
-        text: String,
-        logprobs: Option<TokenLogprobs>,
-        prompt_logprobs: Option<Vec<Option<ScoredToken>>>,
-        out: &mut VecDeque<Event>,
-    ) {
+    fn token(&mut self, index: usize, token: TokenEvent, out: &mut VecDeque<Event>) {
+        let TokenEvent { text, logprobs, prompt_logprobs, .. } = token;
         if let (Some(echo), Some(scores)) = (&self.echo, prompt_logprobs) {
             let mut lp = CompletionLogprobs::default();
             push_prompt_logprobs(&self.tokenizer, &echo.prompt, &scores, echo.top, &mut self.offsets[index], &mut lp);
@@ -274,14 +260,8 @@ impl ChatChunks {
 
 impl ChunkFormat for ChatChunks {
     /// Prompt logprobs are refused on chat streams (as vLLM), so none come.
-    fn token(
-        &mut self,
-        index: usize,
-        text: String,
-        logprobs: Option<TokenLogprobs>,
-        _prompt_logprobs: Option<Vec<Option<ScoredToken>>>,
-        out: &mut VecDeque<Event>,
-    ) {
+    fn token(&mut self, index: usize, token: TokenEvent, out: &mut VecDeque<Event>) {
+        let TokenEvent { text, logprobs, .. } = token;
         let logprobs = logprobs.map(|e| chat_logprobs(&self.tokenizer, std::slice::from_ref(&e)));
         if let (Some(tools), Held::Undecided) = (&self.tools, &self.held[index]) {
             if text.is_empty() {
