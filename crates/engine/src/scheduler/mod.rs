@@ -15,8 +15,8 @@
 //! With prefix caching, admission first looks up the longest cached prefix of the request's
 //! full blocks ([`block_pool`]) and starts computing after it; at least one token is always
 //! computed, since the step must produce the logits of the last one. A request asking for
-//! prompt logprobs skips the lookup: it needs the logits of every prompt position. Blocks are named once the
-//! step computing them returns, so a block still being written is never shared.
+//! prompt logprobs skips the lookup: it needs the logits of every prompt position. Blocks are
+//! named once the step computing them returns, so a block still being written is never shared.
 //!
 //! Several steps may be in flight (one microbatch per pipeline stage): each plan then takes its
 //! share of the requests not already in one, and a request in flight is never scheduled again,
