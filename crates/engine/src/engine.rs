@@ -281,7 +281,7 @@ impl Engine {
             for r in &plan.new_requests {
                 self.outputs.scheduled(r.id, now, r.num_computed_tokens);
             }
-            let masked = self.guided.mark(&mut plan);
+            let masked = self.guided.mark(&mut plan, |s| self.scheduler.samples_after(s));
             if masked.is_empty() {
                 self.exec.submit(plan, None)?;
             } else {

@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use shardline_exec::{RequestId, StepMasks, StepPlan};
+use shardline_exec::{RequestId, ScheduledRequest, StepMasks, StepPlan};
 use shardline_structured::{Constraint, Guide, SharedGrammars};
 use shardline_tokenizer::Tokenizer;
 
@@ -60,13 +60,14 @@ impl GuidedRequests {
 
     /// Marks each constrained request of `plan` masked; returns their ids (empty when the
     /// plan has none, and no masks follow it).
-    pub(crate) fn mark(&self, plan: &mut StepPlan) -> Vec<RequestId> {
+    pub(crate) fn mark(&self, plan: &mut StepPlan, samples: impl Fn(&ScheduledRequest) -> bool) -> Vec<RequestId> {
         if self.guides.is_empty() {
             return Vec::new();
         }
         let mut masked = Vec::new();
         for s in &mut plan.scheduled {
-            s.masked = self.guides.contains_key(&s.id);
+            // A prompt chunk that stops short of the prompt's end samples nothing: no mask.
+            s.masked = self.guides.contains_key(&s.id) && samples(s);
             if s.masked {
                 masked.push(s.id);
             }

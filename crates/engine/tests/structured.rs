@@ -82,4 +82,11 @@ fn constrained_batches_survive_preemption_and_prefix_caching_unchanged() {
     assert_eq!(texts(&batch(&mut engine(256, no_cache))), texts(&want), "prefix caching off");
     let (masks, seconds) = tight.structured_mask_stats();
     assert!(masks > 0 && seconds > 0.0);
+    // Prompts in 8-token chunks: one mask per token drawn under a constraint, none for the
+    // chunks that sample nothing.
+    let mut chunked = engine(256, EngineConfig { max_batch_tokens: 8, ..Default::default() });
+    let got = batch(&mut chunked);
+    assert_eq!(texts(&got), texts(&want), "prompts in 8-token chunks");
+    let drawn: usize = got.iter().enumerate().filter(|(i, _)| i % 4 != 3).map(|(_, o)| o.token_ids.len()).sum();
+    assert_eq!(chunked.structured_mask_stats().0 as usize, drawn, "masks computed");
 }

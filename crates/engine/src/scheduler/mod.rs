@@ -470,6 +470,12 @@ impl Scheduler {
         }
     }
 
+    /// Whether `s`, of the plan just scheduled, reaches the end of its request's known tokens,
+    /// so that the step samples its next token.
+    pub fn samples_after(&self, s: &ScheduledRequest) -> bool {
+        self.running.iter().find(|r| r.id == s.id).is_some_and(|r| r.num_computed + s.num_tokens == r.tokens.len())
+    }
+
     /// Prompt tokens `id` found cached when first admitted (`None` before that).
     pub fn num_cached_tokens(&self, id: RequestId) -> Option<usize> {
         self.running.iter().chain(&self.waiting).find(|r| r.id == id).and_then(|r| r.num_cached_tokens)
