@@ -107,8 +107,8 @@ impl Engine {
         Ok(Engine {
             exec,
             scheduler,
+            guided: GuidedRequests::new(Arc::clone(&tokenizer), limits.vocab_size, &eos_token_ids),
             outputs: OutputProcessor::new(Arc::clone(&tokenizer), eos_token_ids),
-            guided: GuidedRequests::new(Arc::clone(&tokenizer), limits.vocab_size),
             tokenizer,
             limits,
             finished: HashMap::new(),

@@ -17,8 +17,9 @@ use shardline_tokenizer::Tokenizer;
 use crate::error::{EngineError, Result};
 
 pub(crate) struct GuidedRequests {
-    tokenizer: Arc<Tokenizer>,
-    vocab_size: usize,
+    /// The mask a request falls back to when its guide fails: only the engine's
+    /// end-of-sequence ids (the tokenizer's and the model config's), so the request ends.
+    eos_only: Vec<u32>,
     /// Built on the first constrained request (the token trie takes a moment to build), and
     /// shared with front ends, which compile their requests' constraints on their own threads.
     grammars: SharedGrammars,
@@ -29,11 +30,14 @@ pub(crate) struct GuidedRequests {
 }
 
 impl GuidedRequests {
-    pub(crate) fn new(tokenizer: Arc<Tokenizer>, vocab_size: usize) -> Self {
+    pub(crate) fn new(tokenizer: Arc<Tokenizer>, vocab_size: usize, eos_token_ids: &[u32]) -> Self {
+        let mut eos_only = vec![0u32; vocab_size.div_ceil(32)];
+        for &t in eos_token_ids.iter().filter(|&&t| (t as usize) < vocab_size) {
+            eos_only[t as usize / 32] |= 1 << (t % 32);
+        }
         GuidedRequests {
-            grammars: SharedGrammars::new(Arc::clone(&tokenizer), vocab_size),
-            tokenizer,
-            vocab_size,
+            grammars: SharedGrammars::new(tokenizer, vocab_size),
+            eos_only,
             guides: HashMap::new(),
             masks: 0,
             mask_time: Default::default(),
@@ -91,7 +95,7 @@ impl GuidedRequests {
                         None => "its guide is gone".into(),
                     };
                     tracing::warn!(request = id, "structured output ended early: {why}");
-                    self.eos_only()
+                    self.eos_only.clone()
                 }
             };
             masks.allowed.insert(id, words);
@@ -99,15 +103,6 @@ impl GuidedRequests {
         }
         self.mask_time += start.elapsed();
         masks
-    }
-
-    /// A mask allowing only the end-of-sequence tokens.
-    fn eos_only(&self) -> Vec<u32> {
-        let mut words = vec![0u32; self.vocab_size.div_ceil(32)];
-        for &t in self.tokenizer.eos_token_ids() {
-            words[t as usize / 32] |= 1 << (t % 32);
-        }
-        words
     }
 
     /// Moves request `id`'s guide past `token`; true when its output is complete (or the
@@ -126,5 +121,30 @@ impl GuidedRequests {
     /// Masks computed so far and the seconds they took.
     pub(crate) fn mask_stats(&self) -> (u64, f64) {
         (self.masks, self.mask_time.as_secs_f64())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A request whose guide failed (here: is gone) may only end, by any of the engine's
+    /// end-of-sequence ids: the tokenizer's and the model config's. The tiny tokenizer names
+    /// none, so without the config's ids its fallback mask would allow nothing at all.
+    #[test]
+    fn a_failed_guide_allows_only_the_engines_end_of_sequence_ids() {
+        let dir = tempfile::tempdir().unwrap();
+        let json = shardline_tokenizer::testing::tiny_tokenizer_json(300);
+        std::fs::write(dir.path().join("tokenizer.json"), json).unwrap();
+        let tokenizer = Arc::new(Tokenizer::from_dir(dir.path()).unwrap());
+        let mut eos = tokenizer.eos_token_ids().to_vec();
+        eos.extend([2, 257]);
+        let mut guided = GuidedRequests::new(tokenizer, 300, &eos);
+        let masks = guided.masks(&[7]);
+        let words = &masks.allowed[&7];
+        let allowed: Vec<u32> = (0..300).filter(|&t| words[t as usize / 32] >> (t % 32) & 1 == 1).collect();
+        eos.sort_unstable();
+        eos.dedup();
+        assert_eq!(allowed, eos);
     }
 }
