@@ -1,8 +1,8 @@
 //! Parity with HF transformers on SmolLM2-135M-Instruct (the Q4_1 GGUF dequantized to f32, as
-//! HF loads it: `--quantization none`):
-//! greedy token ids must be identical and top-5 logprobs within 1e-3 of the golden file made by
-//! `scripts/hf_golden.py`; prompt logprobs of the same tokens, scored as a prompt, likewise. The model is resolved like `--model smollm2-135m` (fetched into
-//! $SHARDLINE_CACHE on first use).
+//! HF loads it: `--quantization none`): greedy token ids must be identical and top-5 logprobs
+//! within 1e-3 of the golden file made by `scripts/hf_golden.py`; prompt logprobs of the same
+//! tokens, scored as a prompt, likewise. The model is resolved like `--model smollm2-135m`
+//! (fetched into $SHARDLINE_CACHE on first use).
 
 use std::sync::Arc;
 
