@@ -13,7 +13,7 @@ use shardline_comm::GroupSecret;
 use shardline_engine::{Engine, EngineConfig, Executor, GenerationOutput};
 use shardline_exec::{NewRequest, ScheduledRequest, StepPlan};
 use shardline_model::{DeviceKind, LoadFormat, ModelSpec, Quantization};
-use shardline_sampling::SamplingParams;
+use shardline_sampling::{SamplingParams, TokenLogprob};
 use shardline_structured::Constraint;
 use shardline_tokenizer::Tokenizer;
 use shardline_worker::{run_worker, start_group, GroupConfig, GroupExecutor, GroupLayout, LocalExecutor, RankEnv};
@@ -376,7 +376,13 @@ fn prompt_logprobs_match_sampled_logprobs_and_every_layout() {
             s.logprob,
             sampled.logprob
         );
-        assert_eq!(s.top, sampled.top, "generated token {j}");
+        // The prompt's rows go through the matmuls many at a time, a decode row alone: the
+        // sums may round differently in the last bit, so the top lists match within 1e-4.
+        let ids = |top: &[TokenLogprob]| top.iter().map(|t| t.token_id).collect::<Vec<_>>();
+        assert_eq!(ids(&s.top), ids(&sampled.top), "generated token {j}");
+        for (a, b) in s.top.iter().zip(&sampled.top) {
+            assert!((a.logprob - b.logprob).abs() < 1e-4, "generated token {j}: {a:?} vs {b:?}");
+        }
     }
 
     let want = single(&dir, EngineConfig::default(), 64, &scored_waves);
